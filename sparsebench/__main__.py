@@ -1,0 +1,3 @@
+from sparsebench.cli import main
+
+main()
