@@ -1,0 +1,7 @@
+"""Method registry: one line per method; the key is also `conf/method/<key>.yaml` and `tests/methods/test_<key>.py`."""
+from sparsebench.registry import Registry
+
+METHODS = Registry("method", {
+    "dense": "sparsebench.methods.dense:Dense",
+    "streaming": "sparsebench.methods.streaming:Streaming",
+})

@@ -42,7 +42,7 @@ def block_sparse_attn_naive(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k
                             kv_counts: torch.Tensor, block_q: int, block_k: int, scale: float | None = None,
                             sink: int = 0, window: int | None = None, extra_cols: torch.Tensor | None = None,
                             extra_counts: torch.Tensor | None = None, return_lse: bool = False,
-                            max_scores: int = 1 << 26):
+                            q_rows: torch.Tensor | None = None, max_scores: int = 1 << 26):
     """Block-sparse attention by dense masked softmax (see the module docstring for the semantics).
 
     Args:
@@ -53,10 +53,14 @@ def block_sparse_attn_naive(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k
         sink, window: token-level rule; `window=None` means none.
         extra_cols, extra_counts: optional single key columns per query block.
         return_lse: also return the natural-log log-sum-exp `[B, H, T]` (fp32) of the scaled scores.
+        q_rows: compute only these query rows (1-D, ascending); outputs then have `len(q_rows)` rows.
         max_scores: scores held at once (sets the query chunk). Default: 2**26 (256 MB of fp32).
 
     Returns:
         `out [B, H, T, D]` in q's dtype, and `lse` when asked.
+
+    Only the keys some row of a chunk can reach are gathered, so a local window costs O(T * window) and a causal
+    pattern skips the upper triangle's key columns.
     """
     B, H, T, D = q.shape
     HKV, S = k.shape[1], k.shape[2]
@@ -66,32 +70,37 @@ def block_sparse_attn_naive(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k
         raise ValueError(f"kv_indices has {HS} head lists; expected H={H}, HKV={HKV} or 1")
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     off = S - T
+    all_rows = torch.arange(T, device=q.device) if q_rows is None else q_rows.to(q.device)
+    R = all_rows.numel()
     chunk = max(block_q, (max_scores // max(B * H * S, 1)) // block_q * block_q)
-    kf, vf = k.float(), v.float()
-    out = torch.empty(B, H, T, v.shape[-1], dtype=q.dtype, device=q.device)
-    lse = torch.empty(B, H, T, dtype=torch.float32, device=q.device)
+    out = torch.empty(B, H, R, v.shape[-1], dtype=q.dtype, device=q.device)
+    lse = torch.empty(B, H, R, dtype=torch.float32, device=q.device)
     cols = torch.arange(S, device=q.device)
-    for t0 in range(0, T, chunk):
-        rows = torch.arange(t0, min(T, t0 + chunk), device=q.device)
+    for r0 in range(0, R, chunk):
+        rows = all_rows[r0:r0 + chunk]
         mask = _row_mask(kv_indices, kv_counts, extra_cols, extra_counts, rows, S, block_q, block_k)
         pos = rows + off
         allowed = cols[None, :] <= pos[:, None]
         if window is not None:
             allowed &= (pos[:, None] - cols[None, :] < window) | (cols[None, :] < sink)
         mask &= allowed
+        keys = mask.flatten(0, 2).any(0).nonzero().squeeze(1)  # key columns some row of the chunk uses
+        mask = mask[..., keys]
+        Sc, Tc = keys.numel(), rows.numel()
+        kf, vf = k[:, :, keys].float(), v[:, :, keys].float()
         # group query heads by their KV head: [B, HKV, G, Tc, D]
-        qg = q[:, :, rows].float().view(B, HKV, G, rows.numel(), D)
+        qg = q[:, :, rows].float().view(B, HKV, G, Tc, D)
         s = torch.einsum("bkgtd,bksd->bkgts", qg, kf) * scale
-        m = mask.view(B, HKV, G, rows.numel(), S) if HS == H else (
-            mask[:, :, None] if HS == HKV else mask[:, :, None].expand(B, HKV, 1, rows.numel(), S))
+        m = mask.view(B, HKV, G, Tc, Sc) if HS == H else (
+            mask[:, :, None] if HS == HKV else mask[:, :, None].expand(B, HKV, 1, Tc, Sc))
         s = s.masked_fill(~m, float("-inf"))
-        row_max = s.amax(-1, keepdim=True)
+        row_max = s.amax(-1, keepdim=True) if Sc else s.new_full((*s.shape[:-1], 1), float("-inf"))
         safe_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
         p = torch.exp(s - safe_max)
         denom = p.sum(-1, keepdim=True)
         o = torch.einsum("bkgts,bksd->bkgtd", p, vf) / denom.clamp_min(1e-30)
-        out[:, :, rows] = o.reshape(B, H, rows.numel(), -1).to(q.dtype)
-        lse[:, :, rows] = (safe_max + torch.log(denom)).reshape(B, H, rows.numel())
+        out[:, :, r0:r0 + Tc] = o.reshape(B, H, Tc, -1).to(q.dtype)
+        lse[:, :, r0:r0 + Tc] = (safe_max + torch.log(denom)).reshape(B, H, Tc)
     return (out, lse) if return_lse else out
 
 
