@@ -31,6 +31,7 @@ _SPLIT_MARK = "\x00"
 # The pydoc topics are reStructuredText rendered to plain text: headings underlined with one repeated character,
 # grid tables, indented code/grammar blocks, *emphasis* and numbered footnote references.
 _UNDERLINE = re.compile(r"^([*=\-~^#+])\1{2,}\s*$")
+_STRONG = re.compile(r"(?<![\w*\"])\*\*(\w[^*\n]*?)\*\*")
 _EMPHASIS = re.compile(r"(?<![\w*\"])\*(\w[^*\n]*?)\*")
 _FOOTNOTE_REF = re.compile(r"\s*\[\d+\]")
 _BULLET = re.compile(r"^(?:[*\-]|\d+\.|\(\d+\))\s+")
@@ -72,28 +73,37 @@ def split_sentences(text: str) -> list[str]:
 
 
 def _doc_paragraphs(text: str) -> list[str]:
-    """Prose paragraphs of one rendered pydoc topic, without headings, tables, code and markup."""
+    """Prose paragraphs of one rendered pydoc topic, without headings, tables, interactive sessions and markup.
+
+    Method and definition bodies are indented under their signature line, so each run of lines with one
+    indentation is its own paragraph; code that survives this is dropped later by the sentence filter.
+    """
     paragraphs = []
     for block in re.split(r"\n[ \t]*\n", text):
         lines = [line.rstrip() for line in block.split("\n") if line.strip()]
-        if not lines or lines[0][:1].isspace():
-            continue  # code, grammar and note bodies are indented
-        if any(_UNDERLINE.match(line) for line in lines) or lines[0].startswith(("+", "|", ">>>")):
-            continue  # headings and tables
-        kept = []
+        if not lines or any(_UNDERLINE.match(line.strip()) for line in lines):
+            continue  # headings (and table rules)
+        first = lines[0].lstrip()
+        if first.startswith(("+", "|", ">>>", "...")) or "::=" in block:
+            continue  # tables, interactive sessions, grammar
+        runs: list[list[str]] = []
+        indent = None
         for line in lines:
-            if len(line) - len(line.lstrip()) > 2:
-                break  # a definition body or an indented example follows the lead-in line
-            kept.append(line.strip())
-        paragraph = _BULLET.sub("", " ".join(kept))
-        paragraph = _FOOTNOTE_REF.sub("", _EMPHASIS.sub(r"\1", paragraph))
-        paragraphs.append(paragraph)
+            this = len(line) - len(line.lstrip())
+            if indent is None or abs(this - indent) > 2:
+                runs.append([])
+                indent = this
+            runs[-1].append(line.strip())
+        for run in runs:
+            paragraph = _BULLET.sub("", " ".join(run))
+            paragraph = _EMPHASIS.sub(r"\1", _STRONG.sub(r"\1", paragraph))
+            paragraphs.append(_FOOTNOTE_REF.sub("", paragraph))
     return paragraphs
 
 
 def _is_doc_prose(sentence: str) -> bool:
     words = sentence.split()
-    return (4 <= len(words) <= _MAX_WORDS_PER_DOC_SENTENCE and sentence[0].isupper()
+    return (4 <= len(words) <= _MAX_WORDS_PER_DOC_SENTENCE and (sentence[0].isupper() or sentence[0] == '"')
             and sentence.endswith((".", "!", "?")) and sum(c.isalpha() for c in sentence) > 0.6 * len(sentence))
 
 
