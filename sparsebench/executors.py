@@ -5,7 +5,7 @@
   "full" and the rest as "partial" (a `mask_mod` applies causality and the sink/window rule). Never run eagerly:
   eager FlexAttention ignores the index lists and silently computes dense attention.
 - `triton`: the project's kernel (`kernels/block_sparse_attn/triton.py`), CUDA only.
-- `auto`: triton on CUDA where it supports the selection, else flex on CUDA, else reference.
+- `auto`: triton on CUDA where it supports the selection, else flex (CUDA and CPU), else reference.
 """
 from __future__ import annotations
 
@@ -34,11 +34,10 @@ def resolve(name: str, sel: Selection | None, device: torch.device) -> str:
     check_executor(name)
     if name != "auto":
         return name
-    if device.type == "cuda":
-        if _triton_available():
-            return "triton"
-        if sel is None or sel.extra_cols is None:
-            return "flex"
+    if device.type == "cuda" and _triton_available():
+        return "triton"
+    if sel is None or sel.extra_cols is None:
+        return "flex"
     return "reference"
 
 
@@ -64,7 +63,17 @@ _FLEX = None
 def _compiled_flex():
     global _FLEX
     if _FLEX is None:
+        import torch._dynamo
         from torch.nn.attention.flex_attention import flex_attention
+
+        # past the recompile limit dynamo would fall back to eager flex, which silently computes dense attention:
+        # allow many shapes, and fail loudly rather than fall back
+        cfg = torch._dynamo.config
+        for name in ("recompile_limit", "cache_size_limit"):
+            if hasattr(cfg, name):
+                setattr(cfg, name, max(getattr(cfg, name), 256))
+        if hasattr(cfg, "fail_on_recompile_limit_hit"):
+            cfg.fail_on_recompile_limit_hit = True
         _FLEX = torch.compile(flex_attention, dynamic=False)
     return _FLEX
 
@@ -107,12 +116,17 @@ def to_flex_block_mask(sel: Selection):
 
     p_cnt, p_idx = split(partial)
     f_cnt, f_idx = split(full)
-    off, window, sink = sel.q_offset, sel.window, sel.sink
+    # the rule's numbers ride in tensors, so a new window or offset reuses the compiled kernel
+    dev = sel.kv_indices.device
+    off = torch.tensor(sel.q_offset, device=dev)
+    has_window = sel.window is not None
+    window = torch.tensor(sel.window if has_window else 0, device=dev)
+    sink = torch.tensor(sel.sink, device=dev)
 
     def mask_mod(b, h, q_idx, kv_idx):
         pos = q_idx + off
         ok = kv_idx <= pos
-        if window is not None:
+        if has_window:
             ok = ok & ((pos - kv_idx < window) | (kv_idx < sink))
         return ok
 

@@ -42,7 +42,7 @@ def block_sparse_attn_naive(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k
                             kv_counts: torch.Tensor, block_q: int, block_k: int, scale: float | None = None,
                             sink: int = 0, window: int | None = None, extra_cols: torch.Tensor | None = None,
                             extra_counts: torch.Tensor | None = None, return_lse: bool = False,
-                            q_rows: torch.Tensor | None = None, max_scores: int = 1 << 26):
+                            q_rows: torch.Tensor | None = None, max_scores: int = 1 << 26, max_rows: int = 512):
     """Block-sparse attention by dense masked softmax (see the module docstring for the semantics).
 
     Args:
@@ -55,6 +55,8 @@ def block_sparse_attn_naive(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k
         return_lse: also return the natural-log log-sum-exp `[B, H, T]` (fp32) of the scaled scores.
         q_rows: compute only these query rows (1-D, ascending); outputs then have `len(q_rows)` rows.
         max_scores: scores held at once (sets the query chunk). Default: 2**26 (256 MB of fp32).
+        max_rows: most query rows per chunk; small chunks keep the gathered key set close to what the rows use.
+            Default: 512.
 
     Returns:
         `out [B, H, T, D]` in q's dtype, and `lse` when asked.
@@ -72,7 +74,7 @@ def block_sparse_attn_naive(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k
     off = S - T
     all_rows = torch.arange(T, device=q.device) if q_rows is None else q_rows.to(q.device)
     R = all_rows.numel()
-    chunk = max(block_q, (max_scores // max(B * H * S, 1)) // block_q * block_q)
+    chunk = max(block_q, min(max_rows, max_scores // max(B * H * S, 1)) // block_q * block_q)
     out = torch.empty(B, H, R, v.shape[-1], dtype=q.dtype, device=q.device)
     lse = torch.empty(B, H, R, dtype=torch.float32, device=q.device)
     cols = torch.arange(S, device=q.device)

@@ -1,0 +1,133 @@
+"""Command line: `python -m sparsebench key=value ...` and `-m` multiruns (Hydra).
+
+With no argument at all it runs `experiment=quickstart`. Each job is one cell (`sparsebench.run.run_job`); after a
+single run, or when a multirun ends, the experiment's jobs are collected into tables, its figure is drawn and a
+summary table is printed. Importing this module stays cheap: torch loads inside the job.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from sparsebench import schema
+
+log = logging.getLogger("sparsebench")
+schema.store()
+
+
+class UsageError(Exception):
+    """Bad input found before any model loads."""
+
+
+def finalize(cfg: DictConfig) -> None:
+    """Collect the experiment's jobs into tables, draw its figure and print the summary."""
+    import pandas as pd
+
+    from sparsebench.results import collect
+
+    try:
+        written = collect(cfg.paths.raw_dir, cfg.experiment_name, cfg.paths.table_dir)
+    except FileNotFoundError as e:
+        print(f"sparsebench: nothing to collect ({e})")
+        return
+    rows = pd.read_parquet(written[f"{cfg.experiment_name}.parquet"])
+    ok = rows[rows["status"] == "ok"]
+    with pd.option_context("display.width", 160, "display.max_columns", 20, "display.max_rows", 200):
+        if len(ok):
+            metrics = [m for m in ("accuracy", "density", "input_tokens", "attention_flops", "prefill_ms")
+                       if m in set(ok["metric"])]
+            table = ok[ok["metric"].isin(metrics)].pivot_table(
+                index=["model", "task", "method", "seq_len"], columns="metric", values="value")[metrics]
+            print("\nSummary (means over samples; accuracy and density as fractions):")
+            print(table.to_string(float_format=lambda x: f"{x:.4g}"))
+        failed = rows[rows["status"] != "ok"]
+        if len(failed):
+            print("\nFailed cells:")
+            print(failed[["method", "task", "seq_len", "status", "message"]].to_string(index=False))
+    samples_key = f"{cfg.experiment_name}_samples.parquet"
+    if cfg.figures and samples_key in written:
+        samples = pd.read_parquet(written[samples_key])
+        if "depth" in samples.columns and samples["depth"].notna().any():
+            from sparsebench.plots import niah_grid, niah_heatmap
+
+            grid = niah_grid(samples[samples["depth"].notna()])
+            path = niah_heatmap(grid, f"{cfg.paths.figure_dir}/{cfg.experiment_name}_niah_heatmap.png",
+                                title=f"NIAH accuracy, {cfg.experiment_name}")
+            print("\nNIAH accuracy by depth (the heatmap's numbers):")
+            print(grid.pivot_table(index=["method", "depth"], columns="seq_len", values="accuracy").to_string(
+                float_format=lambda x: f"{x:.2f}"))
+            written["heatmap"] = path
+    print("\nWrote:")
+    print(f"  job files   {cfg.paths.raw_dir}/{cfg.experiment_name}/<run_id>/(rows|samples|layers).jsonl")
+    for name, path in written.items():
+        print(f"  {name:<11} {path}")
+
+
+class SweepSummary(Callback):
+    """Hydra callback: when a multirun ends, collect its jobs and print the summary once."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        finalize(config)
+
+
+def _is_multirun() -> bool:
+    try:
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:
+        return False
+
+
+def _record_invalid(cfg: DictConfig, err: Exception) -> None:
+    """A cell that failed its checks inside a multirun: one status row, so the sweep's table shows it."""
+    import json
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from sparsebench.results import Row, run_id, write_jsonl
+
+    raw = OmegaConf.to_container(cfg, resolve=True)
+    rid = run_id({"invalid": {k: raw.get(k) for k in ("method", "task", "model", "seq_len", "seed", "n_samples")}})
+    row = Row(run_id=rid, experiment=cfg.experiment_name, method=str(cfg.method.name), method_label="",
+              method_params=json.dumps(raw["method"], sort_keys=True), target_density=None, model=cfg.model.name,
+              model_quant=cfg.model.quant, n_params=None, task=str(cfg.task.name), subtask=str(cfg.task.name),
+              seq_len=cfg.seq_len, seed=cfg.seed, phase="prefill", executor=cfg.method.executor, dtype="",
+              metric="status", value=None, unit="", n=0, status="error", message=str(err))
+    write_jsonl(Path(cfg.paths.raw_dir) / cfg.experiment_name / rid / "rows.jsonl", [asdict(row)])
+
+
+@hydra.main(version_base="1.3", config_path="pkg://sparsebench.conf", config_name="config")
+def _hydra_main(cfg: DictConfig) -> None:
+    from sparsebench.run import run_job
+
+    multirun = _is_multirun()
+    try:
+        status, rows = run_job(cfg, raise_errors=not multirun)
+    except (ValueError, KeyError, FileNotFoundError) as e:  # raised by the checks, before any model loads
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        if not multirun:
+            raise UsageError(msg) from None
+        print(f"sparsebench: cell failed its checks: {msg}", file=sys.stderr)
+        _record_invalid(cfg, e)
+        return
+    tag = {"skipped": "already finished, skipped"}.get(status, status)
+    print(f"[{cfg.method.name} | {cfg.task.name} | {cfg.model.name} | seq_len={cfg.seq_len}] {tag}")
+    if not multirun:
+        finalize(cfg)
+
+
+def main() -> None:
+    if len(sys.argv) == 1:
+        sys.argv.append("experiment=quickstart")
+    try:
+        _hydra_main()
+    except UsageError as e:
+        print(f"sparsebench: error: {e}", file=sys.stderr)
+        sys.exit(2)

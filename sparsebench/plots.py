@@ -1,0 +1,68 @@
+"""Paper-style figures drawn from the result tables only (never from logs or W&B).
+
+Styles: one column 3.25 in, two columns 6.75 in; sequential colour maps with monotone lightness and numbers
+written in the cells, so figures read in grayscale too.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def paper_style():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rc = {"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
+          "legend.fontsize": 7, "figure.dpi": 200, "savefig.bbox": "tight", "font.family": "DejaVu Sans"}
+    with plt.rc_context(rc):
+        yield plt
+
+
+def niah_grid(samples):
+    """Mean accuracy per (method, seq_len, depth) from a samples table: the numbers the heatmap shows."""
+    import json
+
+    import pandas as pd
+
+    df = samples.copy()
+    scores = df["scores"].map(lambda s: json.loads(s) if isinstance(s, str) else s)
+    df["accuracy"] = scores.map(lambda s: s.get("accuracy"))
+    return df.groupby(["method", "seq_len", "depth"], as_index=False)["accuracy"].mean()
+
+
+def niah_heatmap(grid, path: str | Path, title: str = "") -> Path:
+    """Depth (rows) x length (columns) accuracy, one panel per method."""
+    import numpy as np
+
+    methods = list(dict.fromkeys(grid["method"]))
+    lengths = sorted(grid["seq_len"].unique())
+    depths = sorted(grid["depth"].unique())
+    with paper_style() as plt:
+        width = min(6.75, 0.55 + 1.6 * len(methods) + 0.25 * len(lengths) * len(methods))
+        fig, axes = plt.subplots(1, len(methods), figsize=(width, 0.35 * len(depths) + 1.0), squeeze=False,
+                                 sharey=True)
+        for ax, m in zip(axes[0], methods):
+            sub = grid[grid["method"] == m].pivot(index="depth", columns="seq_len", values="accuracy")
+            sub = sub.reindex(index=depths, columns=lengths)
+            im = ax.imshow(sub.values, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+            for (i, j), val in np.ndenumerate(sub.values):
+                if not np.isnan(val):
+                    ax.text(j, i, f"{val:.2f}", ha="center", va="center", fontsize=6,
+                            color="black" if val > 0.5 else "white")
+            ax.set_xticks(range(len(lengths)), [f"{L // 1024}K" if L % 1024 == 0 else str(L) for L in lengths])
+            ax.set_yticks(range(len(depths)), [f"{d:g}%" for d in depths])
+            ax.set_xlabel("context length (tokens)")
+            ax.set_title(m)
+        axes[0][0].set_ylabel("needle depth")
+        fig.colorbar(im, ax=axes[0].tolist(), shrink=0.9, label="accuracy")
+        if title:
+            fig.suptitle(title, y=1.04)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path)
+        plt.close(fig)
+    return path

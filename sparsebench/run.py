@@ -1,0 +1,274 @@
+"""One job: validate, load the model, route its attention to the method, run the task, account, write results.
+
+`run_job(cfg)` reads top to bottom: everything that can fail without the model is checked first (registry names,
+method knobs, task data, seq_len against the model's context), then the cell is skipped if its `run_id` finished
+before. A failure after that writes `status` rows (`oom`, `error`, `missing_data`) instead of results.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import logging
+import platform
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from sparsebench.results import JobFiles, Row, git_sha, mean_stderr, run_id
+
+log = logging.getLogger(__name__)
+CONTROL = ("name", "layers", "executor")  # method config keys that are not knobs of the method class
+
+
+@dataclass
+class Job:
+    cfg: DictConfig
+    run_id: str
+    files: JobFiles
+    semantic: dict
+    method_cls: Any
+    task: Any
+
+
+def _method_knobs(cfg: DictConfig) -> dict:
+    return {k: v for k, v in OmegaConf.to_container(cfg.method, resolve=True).items() if k not in CONTROL}
+
+
+def _task_knobs(cfg: DictConfig) -> dict:
+    return {k: v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items() if k != "name"}
+
+
+def _model_file_id(mcfg: DictConfig) -> str | None:
+    """The model's file identity, known without loading it (GGUF sha256, hub revision, random seed)."""
+    if mcfg.source == "gguf_package":
+        import importlib
+
+        return importlib.import_module(mcfg.gguf_package).EXPECTED_SHA256
+    if mcfg.source == "hub":
+        return mcfg.revision
+    return f"random:{mcfg.seed}"
+
+
+def prepare(cfg: DictConfig) -> Job:
+    """Every check that needs no model, and the job's identity. Raises with a message naming the problem."""
+    from sparsebench.executors import check_executor
+    from sparsebench.methods import METHODS
+    from sparsebench.models import SOURCES, resolve_device, resolve_dtype
+    from sparsebench.tasks import TASKS
+
+    METHODS.check(cfg.method.name)
+    TASKS.check(cfg.task.name)
+    check_executor(cfg.method.executor)
+    if cfg.model.source not in SOURCES:
+        raise ValueError(f"model.source={cfg.model.source!r} is not one of {', '.join(SOURCES)}")
+    if cfg.seq_len > cfg.model.max_context:
+        raise ValueError(f"seq_len={cfg.seq_len} is beyond model {cfg.model.name!r}'s context of "
+                         f"{cfg.model.max_context} tokens")
+    if cfg.seq_len < 1 or cfg.n_samples < 1:
+        raise ValueError(f"seq_len and n_samples must be positive; got seq_len={cfg.seq_len}, "
+                         f"n_samples={cfg.n_samples}")
+    method_cls = METHODS.get(cfg.method.name)
+    method_cls(executor=cfg.method.executor, **_method_knobs(cfg))  # knob validation before any model
+    task = TASKS.get(cfg.task.name)(**_task_knobs(cfg))
+    task.check()
+    device = resolve_device(cfg.model.device)
+    semantic = {
+        "method": OmegaConf.to_container(cfg.method, resolve=True),
+        "impl_version": method_cls.impl_version,
+        "model": {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "device"},
+        "model_file": _model_file_id(cfg.model),
+        "task": OmegaConf.to_container(cfg.task, resolve=True),
+        "task_version": getattr(task, "version", 1),
+        "seq_len": cfg.seq_len, "seed": cfg.seed, "n_samples": cfg.n_samples,
+        "dtype": resolve_dtype(cfg.model.dtype, device), "device_type": device.split(":")[0],
+        "diagnostics": cfg.diagnostics, "diag_rows": cfg.diag_rows if cfg.diagnostics else None,
+    }
+    rid = run_id(semantic)
+    files = JobFiles(Path(cfg.paths.raw_dir) / cfg.experiment_name / rid)
+    return Job(cfg, rid, files, semantic, method_cls, task)
+
+
+def _versions() -> str:
+    out = {}
+    for pkg in ("sparsebench", "torch", "transformers", "triton"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return json.dumps(out, sort_keys=True)
+
+
+def _row_base(job: Job, info, executor: str, label: str) -> dict:
+    cfg = job.cfg
+    return dict(run_id=job.run_id, experiment=cfg.experiment_name, method=cfg.method.name, method_label=label,
+                method_params=json.dumps(OmegaConf.to_container(cfg.method, resolve=True), sort_keys=True),
+                target_density=None, model=cfg.model.name, model_quant=cfg.model.quant,
+                n_params=info.n_params if info else None, task=cfg.task.name, seq_len=cfg.seq_len, seed=cfg.seed,
+                executor=executor, dtype=job.semantic["dtype"], git_sha=git_sha(), versions=_versions(),
+                device=(info.device if info else "") + f" ({platform.node()})",
+                timestamp=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+def status_rows(job: Job, status: str, message: str, info=None) -> list[Row]:
+    base = _row_base(job, info, job.cfg.method.executor, job.method_cls.label if job.method_cls else "")
+    return [Row(**base, subtask=job.cfg.task.name, phase="prefill", metric="status", value=None, unit="", n=0,
+                status=status, message=message[:2000])]
+
+
+def _peak_mem_gb(device) -> float:
+    import resource
+
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux: the process's peak RSS
+
+
+def _generate(model, tokenizer, input_ids, max_new_tokens: int):
+    """Greedy decoding with the KV cache; the prefill is timed apart from decode."""
+    import torch
+
+    import inspect
+
+    dev = input_ids.device
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    # transformers renamed past_key_values to cache (5.2x); accept both
+    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    eos = set()
+    for e in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
+        eos |= set(e) if isinstance(e, (list, tuple)) else ({e} if e is not None else set())
+    with torch.inference_mode():
+        sync()
+        t0 = time.perf_counter()
+        out = model(input_ids=input_ids, use_cache=True, logits_to_keep=1)
+        sync()
+        t1 = time.perf_counter()
+        tokens = []
+        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        for _ in range(max_new_tokens):
+            tokens.append(int(nxt))
+            if int(nxt) in eos or len(tokens) == max_new_tokens:
+                break
+            past = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+            out = model(input_ids=nxt, use_cache=True, logits_to_keep=1, **{cache_kw: past})
+            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        sync()
+        t2 = time.perf_counter()
+    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    return text, (t1 - t0) * 1e3, (t2 - t1) * 1e3, len(tokens)
+
+
+def execute(job: Job) -> tuple[list[Row], list[dict], list[dict]]:
+    """Load the model, route attention, run every sample; returns rows, sample records and layer records."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from sparsebench import flops
+    from sparsebench.attention import Meter, install, method_layers
+    from sparsebench.executors import resolve
+    from sparsebench.models import apply_chat_template, load
+
+    cfg = job.cfg
+    model, tok, info = load(cfg.model, cfg.paths.cache_dir)
+    method = job.method_cls(executor=cfg.method.executor, **_method_knobs(cfg))
+    layers = method_layers(model.config, cfg.method.layers)
+    meter = Meter(diagnostics=cfg.diagnostics, diag_rows=cfg.diag_rows)
+    install(model, method, layers, cfg.method.executor, meter)
+    device = next(model.parameters()).device
+    executor = resolve(cfg.method.executor, None, device)
+    samples = list(job.task.samples(tok, cfg.seq_len, cfg.n_samples, cfg.seed))
+    sample_recs, layer_recs = [], []
+    desc = f"{cfg.method.name} {cfg.task.name} L={cfg.seq_len}"
+    for s in tqdm(samples, desc=desc, disable=not cfg.progress, leave=False):
+        text = apply_chat_template(tok, s.prompt, cfg.model.chat_template)
+        ids = tok(text, return_tensors="pt", add_special_tokens=cfg.model.chat_template == "none")["input_ids"]
+        ids = ids.to(device)
+        meter.reset()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        output, prefill_ms, decode_ms, n_new = _generate(model, tok, ids, s.max_new_tokens)
+        scores = job.task.score(s, output)
+        prefill = meter.records  # decode steps are not routed through the meter
+        m_layers = [r for r in prefill if r.kind == "method"]
+        T = ids.shape[1]
+        attn = sum(r.attention_flops for r in prefill)
+        est = sum(r.estimation_flops for r in prefill)
+        rec = dict(run_id=job.run_id, experiment=cfg.experiment_name, method=cfg.method.name, model=cfg.model.name,
+                   task=cfg.task.name, seq_len=cfg.seq_len, seed=cfg.seed, sample_id=s.id, subtask=s.subtask, prompt_sha256=s.prompt_sha256,
+                   input_tokens=T, truncation=s.meta.get("truncation", "none"), output=output, scores=scores,
+                   density=(sum(r.density for r in m_layers) / len(m_layers)) if m_layers else 1.0,
+                   estimation_flops=est, attention_flops=attn,
+                   total_flops=flops.linear_flops(model, T) + flops.lm_head_flops(model, 1) + attn + est,
+                   estimation_ms=sum(r.estimation_ms for r in prefill),
+                   attention_ms=sum(r.attention_ms for r in prefill), prefill_ms=prefill_ms, decode_ms=decode_ms,
+                   new_tokens=n_new, peak_mem_gb=_peak_mem_gb(device),
+                   meta={k: v for k, v in s.meta.items() if k != "truncation"})
+        if cfg.diagnostics and m_layers:
+            rec["attention_recall"] = sum(r.attention_recall for r in m_layers) / len(m_layers)
+            rec["output_rel_error"] = sum(r.output_rel_error for r in m_layers) / len(m_layers)
+        for k in ("depth",):
+            if k in s.meta:
+                rec[k] = s.meta[k]
+        sample_recs.append(rec)
+        layer_recs.extend(dict(run_id=job.run_id, sample_id=s.id, **asdict(r)) for r in prefill)
+    rows = aggregate(job, sample_recs, info, executor, method.label)
+    return rows, sample_recs, layer_recs
+
+
+UNITS = {"density": "fraction", "input_tokens": "tokens", "estimation_flops": "flop", "attention_flops": "flop",
+         "total_flops": "flop", "estimation_ms": "ms", "attention_ms": "ms", "prefill_ms": "ms", "decode_ms": "ms",
+         "peak_mem_gb": "GB", "attention_recall": "fraction", "output_rel_error": "fraction"}
+DECODE_METRICS = {"decode_ms"}
+
+
+def aggregate(job: Job, recs: list[dict], info, executor: str, label: str) -> list[Row]:
+    """Per subtask: mean and standard error of each quality metric and each cost metric over samples."""
+    base = _row_base(job, info, executor, label)
+    rows = []
+    for sub in sorted({r["subtask"] for r in recs}):
+        group = [r for r in recs if r["subtask"] == sub]
+        quality = sorted({m for r in group for m in r["scores"]})
+        for metric in quality + [m for m in UNITS if m in group[0]]:
+            vals = [r["scores"][metric] if metric in quality else r[metric] for r in group]
+            if metric == "peak_mem_gb":
+                value, err = max(vals), None
+            else:
+                value, err = mean_stderr([float(v) for v in vals])
+            rows.append(Row(**base, subtask=sub, phase="decode" if metric in DECODE_METRICS else "prefill",
+                            metric=metric, value=value, unit=UNITS.get(metric, "fraction"), n=len(vals),
+                            stderr=err))
+    return rows
+
+
+def run_job(cfg: DictConfig, raise_errors: bool = True) -> tuple[str, list[Row]]:
+    """Run one cell; returns (status, rows). Finished cells are skipped ("skipped", their rows)."""
+    import torch
+
+    from sparsebench.results import read_jsonl
+
+    job = prepare(cfg)  # bad input raises here, before any model loads
+    if job.files.finished():
+        log.info("run_id %s finished before: skipped (%s)", job.run_id, job.files.dir)
+        return "skipped", [Row(**r) for r in read_jsonl(job.files.rows)]
+    config = {"run_id": job.run_id, "semantic": job.semantic, "resolved": OmegaConf.to_container(cfg, resolve=True)}
+    try:
+        rows, samples, layers = execute(job)
+    except torch.OutOfMemoryError as e:
+        rows, samples, layers = status_rows(job, "oom", str(e)), [], []
+    except FileNotFoundError as e:
+        rows, samples, layers = status_rows(job, "missing_data", str(e)), [], []
+    except Exception as e:  # a failed cell is data: record it, then let the caller decide
+        rows, samples, layers = status_rows(job, "error", f"{type(e).__name__}: {e}"), [], []
+        job.files.write(rows, samples, layers, config)
+        if raise_errors:
+            raise
+        log.exception("cell %s failed", job.run_id)
+        return "error", rows
+    job.files.write(rows, samples, layers, config)
+    status = rows[0].status if rows else "error"
+    return status, rows

@@ -1,0 +1,122 @@
+"""Typed configs (dataclasses stored in Hydra's ConfigStore under `schema/<group>`).
+
+A YAML in `conf/<group>/` extends its schema explicitly (`- /schema/method/streaming@_here_`), so a misspelled key
+(`method.treshold=0.5`) or a wrong type fails when the config is composed, naming the key. No torch import here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+# ------------------------------------------------------------------------------------------------ methods
+@dataclass
+class MethodConfig:
+    name: str = MISSING
+    layers: Any = "full_attention"  # full_attention | all | [layer indices]
+    executor: str = "auto"  # auto | reference | flex | triton
+
+
+@dataclass
+class DenseConfig(MethodConfig):
+    name: str = "dense"
+    block_size: int = 128
+
+
+@dataclass
+class StreamingConfig(MethodConfig):
+    name: str = "streaming"
+    n_init: int = 128
+    n_local: int = 3968
+    block_size: int = 128
+
+
+# ------------------------------------------------------------------------------------------------ tasks
+@dataclass
+class TaskConfig:
+    name: str = MISSING
+
+
+@dataclass
+class NIAHConfig(TaskConfig):
+    name: str = "niah"
+    haystack: str = "essay"  # essay | noise
+    depths: List[float] = field(default_factory=lambda: [0.0, 25.0, 50.0, 75.0, 100.0])
+    max_new_tokens: int = 16
+    essay_path: Optional[str] = None
+    essay_dataset: Optional[str] = None
+    essay_data_files: Optional[str] = None
+    essay_split: str = "train"
+    essay_field: str = "text"
+
+
+# ------------------------------------------------------------------------------------------------ models
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    source: str = "hub"  # gguf_package | hub | random
+    hf_id: Optional[str] = None
+    revision: Optional[str] = None
+    gguf_package: Optional[str] = None
+    quant: str = "none"
+    max_context: int = MISSING
+    dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    chat_template: str = "none"  # auto | none
+    seed: int = 0  # random weights only
+    arch: Any = field(default_factory=dict)  # random weights only: model_type + config fields
+
+
+# ------------------------------------------------------------------------------------------------ others
+@dataclass
+class PathsConfig:
+    root_dir: str = "."
+    results_dir: str = "${paths.root_dir}/results"
+    raw_dir: str = "${paths.results_dir}/raw"
+    table_dir: str = "${paths.results_dir}/tables"
+    figure_dir: str = "${paths.results_dir}/figures"
+    cache_dir: str = "${oc.env:SPARSEBENCH_CACHE,${oc.env:HOME}/.cache/sparsebench}"
+    data_dir: str = "${paths.root_dir}/data"
+    calib_dir: str = "${paths.cache_dir}/calib"
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "none"  # none | wandb
+    project: str = "sparsebench"
+    entity: Optional[str] = None
+    mode: str = "online"  # online | offline | disabled
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class RunConfig:
+    method: Any = MISSING
+    task: Any = MISSING
+    model: Any = MISSING
+    paths: Any = MISSING
+    logger: Any = MISSING
+    experiment: Any = None
+    debug: Any = None
+    experiment_name: str = "default"
+    seq_len: int = 4096
+    seed: int = 0
+    n_samples: int = 1  # per task grid point (NIAH: per depth)
+    diagnostics: bool = False  # attention recall and output error on sampled rows
+    diag_rows: int = 64
+    figures: bool = True  # draw the task's figure after a run or sweep
+    progress: bool = True
+
+
+def store() -> None:
+    cs = ConfigStore.instance()
+    cs.store(group="schema", name="run", node=RunConfig)
+    for name, node in {"dense": DenseConfig, "streaming": StreamingConfig}.items():
+        cs.store(group="schema/method", name=name, node=node)
+    cs.store(group="schema/task", name="niah", node=NIAHConfig)
+    cs.store(group="schema/model", name="model", node=ModelConfig)
+    cs.store(group="schema/paths", name="paths", node=PathsConfig)
+    cs.store(group="schema/logger", name="logger", node=LoggerConfig)

@@ -1,0 +1,72 @@
+"""Attention routing: dense through sparsebench reproduces the model's stock attention (logits), on the tiny
+random models (Llama, and Gemma 3 with sliding-window layers) and on the embedded gemma3_270m."""
+import copy
+
+import pytest
+import torch
+
+from sparsebench.attention import Meter, install, method_layers
+from sparsebench.methods.dense import Dense
+from sparsebench.methods.streaming import Streaming
+from sparsebench.models import load
+
+
+def _stock_vs_routed(compose, model_name, T, method, layers_spec="full_attention"):
+    cfg = compose([f"model={model_name}", "model.device=cpu"])
+    model, tok, _ = load(cfg.model, cfg.paths.cache_dir)
+    stock = copy.deepcopy(model)
+    stock.set_attn_implementation("eager")
+    ids = torch.randint(3, min(250, model.config.vocab_size), (1, T), generator=torch.Generator().manual_seed(42))
+    meter = Meter()
+    routed = copy.deepcopy(model)
+    install(routed, method, method_layers(routed.config, layers_spec), "reference", meter)
+    with torch.no_grad():
+        ref = stock(ids).logits.float()
+        out = routed(ids).logits.float()
+    return ref, out, meter
+
+
+@pytest.mark.parametrize("model_name,T", [("tiny_llama", 200), ("tiny_gemma3", 300)])
+def test_dense_route_equals_stock(compose, model_name, T):
+    ref, out, meter = _stock_vs_routed(compose, model_name, T, Dense(executor="reference"))
+    assert (out - ref).abs().max().item() < 1e-4 * max(1.0, ref.abs().max().item())
+    kinds = {r.kind for r in meter.records}
+    assert "method" in kinds
+    if model_name == "tiny_gemma3":  # sliding layers keep their window, as a local selection
+        sliding = [r for r in meter.records if r.kind == "sliding"]
+        assert len(sliding) == 3 and all(r.density < 1 for r in sliding)
+
+
+def test_streaming_covering_everything_equals_stock(compose):
+    ref, out, meter = _stock_vs_routed(compose, "tiny_llama", 150, Streaming(n_init=4, n_local=150,
+                                                                          executor="reference"), "all")
+    assert (out - ref).abs().max().item() < 1e-4 * max(1.0, ref.abs().max().item())
+    assert all(r.density == 1.0 for r in meter.records)
+
+
+def test_streaming_small_window_changes_logits(compose):
+    ref, out, meter = _stock_vs_routed(compose, "tiny_llama", 150, Streaming(n_init=4, n_local=16,
+                                                                          executor="reference"), "all")
+    assert (out - ref).abs().max().item() > 1e-3
+    assert all(r.density < 0.3 for r in meter.records)
+
+
+def test_gemma3_270m_dense_route_equals_stock(compose):
+    """The embedded real model (converted once, then cached): sparsebench dense == stock eager attention."""
+    ref, out, meter = _stock_vs_routed(compose, "gemma3_270m", 700, Dense(executor="reference"))
+    assert (out - ref).abs().max().item() < 2e-3 * ref.abs().max().item()
+    assert [r.layer for r in meter.records if r.kind == "method"] == [5, 11, 17]
+    assert sum(r.kind == "sliding" for r in meter.records) == 15
+
+
+def test_method_layers_resolution():
+    from types import SimpleNamespace
+
+    cfg = SimpleNamespace(num_hidden_layers=4, layer_types=["sliding_attention"] * 3 + ["full_attention"])
+    assert method_layers(cfg, "full_attention") == [3]
+    assert method_layers(cfg, "all") == [0, 1, 2, 3]
+    assert method_layers(cfg, [0, 2]) == [0, 2]
+    with pytest.raises(ValueError, match="outside"):
+        method_layers(cfg, [7])
+    with pytest.raises(ValueError, match="full_attention, all"):
+        method_layers(cfg, "every")
