@@ -173,21 +173,23 @@ class NIAH:
 
     # -- prompts --------------------------------------------------------------------------------------------------
 
-    def _render(self, k: int, depth: float, key: str, value: int) -> tuple[str, int]:
-        """Prompt with k haystack units and the needle after unit floor(k*depth/100); also the needle's char offset."""
+    def _render(self, k: int, depth: float, key: str, value: int, tail: str = "") -> tuple[str, int]:
+        """Prompt with k haystack units (plus an optional truncated unit `tail`) and the needle after unit
+        floor(units*depth/100); also the needle's char offset."""
         units = self._load().sentences
         m = len(units)
         sep = self._separator
-        at = math.floor(k * depth / 100)
-        before = sep.join(units[j % m] for j in range(at))
-        after = sep.join(units[j % m] for j in range(at, k))
+        seq = [units[j % m] for j in range(k)] + ([tail] if tail else [])
+        at = math.floor(len(seq) * depth / 100)
+        before = sep.join(seq[:at])
+        after = sep.join(seq[at:])
         needle = NEEDLE.format(key=key, value=value)
         context = sep.join(part for part in (before, needle, after) if part)
         prompt = INSTRUCTION + context + QUESTION.format(key=key) + ANSWER_PREFIX.format(key=key)
         return prompt, len(INSTRUCTION) + (len(before) + len(sep) if before else 0)
 
-    def _fit(self, tokenizer, seq_len: int, depth: float, key: str, value: int) -> tuple[int, str, int, int]:
-        """Largest k whose prompt fits; returns (k, prompt, input_tokens, needle char offset)."""
+    def _fit(self, tokenizer, seq_len: int, depth: float, key: str, value: int) -> tuple[int, str, int, int, int]:
+        """Largest k whose prompt fits; returns (k, prompt, input_tokens, needle char offset, tail words)."""
         budget = seq_len - self.max_new_tokens
         prompt0, off0 = self._render(0, depth, key, value)
         fixed = count_tokens(tokenizer, prompt0)
@@ -218,10 +220,26 @@ class NIAH:
                 k = too_big - 1
         k, prompt, total, off = best
         if total + self.max_new_tokens < LENGTH_FLOOR * seq_len:
+            # Deviation from RULER (whole sentences only): at short lengths one sentence can be wider than the
+            # 10% slack, so the next sentence is cut at a word boundary to fill the gap (meta: tail_words).
+            words = self._load().sentences[k % len(self._load().sentences)].split(" ")
+            lo, hi = 0, len(words) - 1
+            while lo < hi:  # largest word count that still fits
+                mid = (lo + hi + 1) // 2
+                p, o = self._render(k, depth, key, value, " ".join(words[:mid]))
+                if count_tokens(tokenizer, p) <= budget:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            if lo:
+                prompt, off = self._render(k, depth, key, value, " ".join(words[:lo]))
+                best = (k, prompt, count_tokens(tokenizer, prompt), off, lo)
+                total = best[2]
+        if total + self.max_new_tokens < LENGTH_FLOOR * seq_len:
             raise ValueError(f"NIAH cannot reach {LENGTH_FLOOR:.0%} of seq_len={seq_len}: the closest fit has "
                              f"{total + self.max_new_tokens} tokens; the haystack's sentences are too long for "
                              f"this length")
-        return best
+        return best if len(best) == 5 else (*best, 0)
 
     def samples(self, tokenizer, seq_len: int, n: int, seed: int) -> Iterator[Sample]:
         """n samples per depth, depth by depth; the needle of each comes from (haystack, seq_len, depth, seed, i)."""
@@ -233,7 +251,7 @@ class NIAH:
                 rng = _stable_rng("niah", self.haystack, seq_len, _depth_label(depth), seed, i)
                 key = f"{rng.choice(ADJECTIVES)}-{rng.choice(NOUNS)}"
                 value = rng.randint(1_000_000, 9_999_999)
-                k, prompt, input_tokens, needle_at = self._fit(tokenizer, seq_len, depth, key, value)
+                k, prompt, input_tokens, needle_at, tail_words = self._fit(tokenizer, seq_len, depth, key, value)
                 # Trailing spaces stay with the needle's first token in SentencePiece/BPE vocabularies.
                 depth_tokens = count_tokens(tokenizer, prompt[:needle_at].rstrip(" "))
                 yield Sample(
@@ -244,7 +262,7 @@ class NIAH:
                     max_new_tokens=self.max_new_tokens,
                     input_tokens=input_tokens,
                     meta={**meta_common, "depth": depth, "depth_tokens": depth_tokens,
-                          "haystack_units": k, "needle_key": key, "needle_value": str(value),
+                          "haystack_units": k, "tail_words": tail_words, "needle_key": key, "needle_value": str(value),
                           "answer_prefix": ANSWER_PREFIX.format(key=key)},
                 )
 

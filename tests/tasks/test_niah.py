@@ -270,3 +270,17 @@ def test_gemma_32k_speed_and_determinism(gemma_tok):
         assert_length_rule(gemma_tok, s, 32768)
     again = [s.prompt_sha256 for s in NIAH(haystack="essay", depths=(0, 100)).samples(gemma_tok, 32768, 1, seed=0)]
     assert again == [s.prompt_sha256 for s in samples]
+
+
+@pytest.mark.parametrize("seq_len", [600, 640, 700, 768])
+def test_short_lengths_fill_with_a_cut_sentence(seq_len):
+    """Byte-level tokens make one sentence wider than the 10% slack: the fill cuts the next sentence at a word."""
+    from sparsebench.models import byte_tokenizer
+
+    tok = byte_tokenizer()
+    task = NIAH(haystack="essay", depths=(0, 50, 100))
+    for s in task.samples(tok, seq_len, 1, 0):
+        total = s.input_tokens + s.max_new_tokens
+        assert 0.9 * seq_len <= total <= seq_len
+        assert s.input_tokens == count_tokens(tok, s.prompt)
+        assert s.targets[0] in s.prompt
