@@ -31,7 +31,23 @@ def niah_grid(samples):
     df = samples.copy()
     scores = df["scores"].map(lambda s: json.loads(s) if isinstance(s, str) else s)
     df["accuracy"] = scores.map(lambda s: s.get("accuracy"))
+    if "method_params" in df.columns:
+        df["method"] = variant_labels(df["method"], df["method_params"])
     return df.groupby(["method", "seq_len", "depth"], as_index=False)["accuracy"].mean()
+
+
+def variant_labels(methods, params):
+    """Method names, with the knobs that tell a method's variants apart where one table holds several."""
+    import json
+
+    keys = [(m, p if isinstance(p, str) else json.dumps(p or {}, sort_keys=True)) for m, p in zip(methods, params)]
+    unique = {k: json.loads(k[1]) for k in dict.fromkeys(keys)}
+    label = {}
+    for (m, raw), p in unique.items():
+        others = [q for (n, r), q in unique.items() if n == m and r != raw]
+        diff = sorted(k for k in p if any(q.get(k) != p[k] for q in others))
+        label[(m, raw)] = m + (" (" + ", ".join(f"{k}={p[k]}" for k in diff) + ")" if diff else "")
+    return [label[k] for k in keys]
 
 
 def niah_heatmap(grid, path: str | Path, title: str = "") -> Path:

@@ -198,7 +198,8 @@ def execute(job: Job) -> tuple[list[Row], list[dict], list[dict]]:
         T = ids.shape[1]
         attn = sum(r.attention_flops for r in prefill)
         est = sum(r.estimation_flops for r in prefill)
-        rec = dict(run_id=job.run_id, experiment=cfg.experiment_name, method=cfg.method.name, model=cfg.model.name,
+        rec = dict(run_id=job.run_id, experiment=cfg.experiment_name, method=cfg.method.name,
+                   method_params=json.dumps(_method_knobs(cfg), sort_keys=True), model=cfg.model.name,
                    task=cfg.task.name, seq_len=cfg.seq_len, seed=cfg.seed, sample_id=s.id, subtask=s.subtask, prompt_sha256=s.prompt_sha256,
                    input_tokens=T, truncation=s.meta.get("truncation", "none"), output=output, scores=scores,
                    density=(sum(r.density for r in m_layers) / len(m_layers)) if m_layers else 1.0,

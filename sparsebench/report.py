@@ -1,0 +1,49 @@
+"""After a run or a sweep: merge the experiment's jobs into tables, draw its figure, print a readable summary."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def summarize(raw_dir, experiment: str, table_dir, figure_dir, figures: bool = True) -> dict[str, Path]:
+    """Collect an experiment's jobs into tables, draw its figure, print the summary; returns the written paths."""
+    import pandas as pd
+
+    from sparsebench.results import collect
+
+    try:
+        written = collect(raw_dir, experiment, table_dir)
+    except FileNotFoundError as e:
+        print(f"sparsebench: nothing to collect ({e})")
+        return {}
+    rows = pd.read_parquet(written[f"{experiment}.parquet"])
+    ok = rows[rows["status"] == "ok"]
+    with pd.option_context("display.width", 160, "display.max_columns", 20, "display.max_rows", 200):
+        if len(ok):
+            metrics = [m for m in ("accuracy", "density", "input_tokens", "attention_flops", "prefill_ms")
+                       if m in set(ok["metric"])]
+            table = ok[ok["metric"].isin(metrics)].pivot_table(
+                index=["model", "task", "method", "seq_len"], columns="metric", values="value")[metrics]
+            print("\nSummary (means over samples; accuracy and density as fractions):")
+            print(table.to_string(float_format=lambda x: f"{x:.4g}"))
+        failed = rows[rows["status"] != "ok"]
+        if len(failed):
+            print("\nFailed cells:")
+            print(failed[["method", "task", "seq_len", "status", "message"]].to_string(index=False))
+    samples_key = f"{experiment}_samples.parquet"
+    if figures and samples_key in written:
+        samples = pd.read_parquet(written[samples_key])
+        if "depth" in samples.columns and samples["depth"].notna().any():
+            from sparsebench.plots import niah_grid, niah_heatmap
+
+            grid = niah_grid(samples[samples["depth"].notna()])
+            path = niah_heatmap(grid, f"{figure_dir}/{experiment}_niah_heatmap.png",
+                                title=f"NIAH accuracy, {experiment}")
+            print("\nNIAH accuracy by depth (the heatmap's numbers):")
+            print(grid.pivot_table(index=["method", "depth"], columns="seq_len", values="accuracy").to_string(
+                float_format=lambda x: f"{x:.2f}"))
+            written["heatmap"] = path
+    print("\nWrote:")
+    print(f"  job files   {raw_dir}/{experiment}/<run_id>/(rows|samples|layers).jsonl")
+    for name, path in written.items():
+        print(f"  {name:<11} {path}")
+    return written
