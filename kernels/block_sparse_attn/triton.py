@@ -1,0 +1,353 @@
+"""Triton forward kernel for block-sparse prefill attention over per-row key-block lists.
+
+Same semantics as `naive.py` (which pins them): query row `t` sits at position `t + S - T`; pair `(t, s)` is computed
+iff `s` lies in a key block listed for `t`'s query block (or among its extra key columns), `s <= pos(t)`, and, with a
+window, `pos(t) - s < window` or `s < sink`. Rows with no key give output 0 and log-sum-exp -inf.
+
+The kernel is FlashAttention-2's forward pass (online softmax over key tiles with fp32 running max / sum, one
+normalisation at the end; Dao, arXiv:2307.08691), walking a padded per-row list of key blocks instead of the dense
+causal range, the block-list layout FlexAttention uses (`kv_indices` / `kv_counts`). Design points:
+
+* One program owns one query tile of one list. When several query heads share a list and a KV head ("kv_head" or
+  "shared" granularity), the program stacks those heads' query rows into the tile, so each K/V tile is loaded once
+  for the whole group and fed to one wider matmul. K/V are never repeated for GQA.
+* Tiles may be smaller than the selection's blocks: a query block is split into row sub-tiles and a key block into
+  `BLOCK_N`-wide sub-tiles, so 128-blocks can run with 64-wide key tiles (needed at head dim 256 for shared memory).
+* The token rule (causality, window, ragged last block) is applied only to key tiles that cross it for some row of
+  the tile; interior tiles take the unmasked path.
+* On Hopper and later, K/V tiles arrive by TMA (host-side descriptors over K/V viewed as `[B*HKV*S, D]`); with
+  pointer loads the same kernel ran ~10% slower on an H200. Non-flattenable K/V fall back to pointer loads.
+* Under `TRITON_INTERPRET=1` tiles are cast to fp32 before `tl.dot`, since the interpreter's bf16 dot is unreliable.
+  The variable must be set before triton is first imported (triton.language jits its own helpers at import); this
+  module itself reads it at call time and decorates the kernel for the mode in use.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["block_sparse_attn_triton"]
+
+_LOG2E = 1.4426950408889634
+# Query heads stacked into one tile at most; beyond this the rows per head get too few for the matmul to pay off.
+_MAX_PACK = 16
+
+
+def _bsa_fwd(Q, K, V, KD, VD, O, LSE, IDX, CNT, XCOL, XCNT,
+             sqb, sqh, sqt, skb, skh, sks, svb, svh, svs, sob, soh, sot, slb, slh,
+             sib, sih, siq, scb, sch, sxb, sxh, sxq, sxcb, sxch,
+             T, S, H, HKV, G, HPL, MAXK, qk_scale, sink, window,
+             D: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr, PACK: tl.constexpr,
+             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, M_H: tl.constexpr, SUBQ: tl.constexpr,
+             SUBK: tl.constexpr, EVEN_BK: tl.constexpr, USE_TMA: tl.constexpr, HAS_WINDOW: tl.constexpr,
+             HAS_EXTRA: tl.constexpr, INTERPRET: tl.constexpr, PREC: tl.constexpr, I_MAXK: tl.constexpr,
+             I_MAXC: tl.constexpr):
+    # Latest query tiles have the longest causal lists: launching them first shortens the tail of the grid.
+    pid_t = tl.num_programs(0) - 1 - tl.program_id(0)
+    pid_h = tl.program_id(1)
+    n_hchunks = H // PACK
+    b = (pid_h // n_hchunks).to(tl.int64)
+    h0 = (pid_h % n_hchunks) * PACK
+    kvh = (h0 // G).to(tl.int64)
+    lh = (h0 // HPL).to(tl.int64)
+    qb = pid_t // SUBQ
+    t0 = qb * BQ + (pid_t % SUBQ) * M_H
+    t1 = tl.minimum(tl.minimum(qb * BQ + BQ, t0 + M_H), T)
+    off = S - T
+    p_lo = t0 + off
+    p_hi = t1 - 1 + off
+
+    # Tile row r is head h0 + r // M_H, query t0 + r % M_H; padding rows are computed but never stored.
+    r = tl.arange(0, BLOCK_M)
+    g = r // M_H
+    t = t0 + r % M_H
+    row_ok = (g < PACK) & (t < t1)
+    pos = t + off
+    h = (h0 + tl.where(g < PACK, g, 0)).to(tl.int64)
+    t64 = tl.where(row_ok, t, 0).to(tl.int64)
+    d = tl.arange(0, D)
+    q = tl.load(Q + (b * sqb + h * sqh + t64 * sqt)[:, None] + d[None, :], mask=row_ok[:, None], other=0.0)
+    if INTERPRET:
+        q = q.to(tl.float32)
+
+    k_base = K + b * skb + kvh * skh
+    kv_row0 = ((b * HKV + kvh) * S).to(tl.int32)
+    v_base = V + b * svb + kvh * svh
+    cnt = tl.minimum(tl.load(CNT + b * scb + lh * sch + qb), MAXK)
+    idx_base = IDX + b * sib + lh * sih + qb * siq
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+    nn = tl.arange(0, BLOCK_N)
+
+    n_live = cnt * SUBK
+    NK = (S + BK - 1) // BK
+    # The interpreter turns every assigned int into a 1-element array, which numpy 2 will not take as a range
+    # bound; so there the loop walks the whole padded row (a constexpr, used inline) and masks the dead tail.
+    for j in range(I_MAXK * SUBK if INTERPRET else n_live):
+        live_j = j < n_live
+        # Clamped so a dead or corrupt entry can never address memory outside K/V.
+        kb = tl.minimum(tl.maximum(tl.load(idx_base + j // SUBK), 0), NK - 1)
+        sub = j % SUBK
+        n0 = kb * BK + sub * BLOCK_N
+        cols = n0 + nn
+        if USE_TMA:
+            # K/V seen as [B*HKV*S, D]: a tile running past S reads the next head's rows (or TMA's zero fill),
+            # all of which the causal rule removes.
+            k = KD.load([kv_row0 + n0, 0])
+            v = VD.load([kv_row0 + n0, 0])
+        else:
+            # Clamping instead of masking keeps the loads unpredicated; rows past S are removed by the causal rule.
+            cols_ld = tl.minimum(cols, S - 1).to(tl.int64)
+            k = tl.load(k_base + cols_ld[:, None] * sks + d[None, :])
+            v = tl.load(v_base + cols_ld[:, None] * svs + d[None, :])
+        if INTERPRET:
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+        qk = tl.dot(q, tl.trans(k), input_precision=PREC)
+
+        if EVEN_BK:
+            n_hi = n0 + BLOCK_N - 1
+            need = n_hi > p_lo
+        else:
+            n_hi = tl.minimum(n0 + BLOCK_N, kb * BK + BK) - 1
+            need = (n_hi > p_lo) | (sub == SUBK - 1)
+        if HAS_WINDOW:
+            need = need | ((p_hi - n0 >= window) & (n_hi >= sink))
+        if INTERPRET:
+            need = need | (not live_j)
+        if need:
+            keep = cols[None, :] <= pos[:, None]
+            if INTERPRET:
+                keep = keep & live_j
+            if HAS_WINDOW:
+                keep = keep & (((pos[:, None] - cols[None, :]) < window) | (cols[None, :] < sink))
+            if not EVEN_BK:
+                keep = keep & ((sub * BLOCK_N + nn) < BK)[None, :]
+            qk = tl.where(keep, qk, float("-inf"))
+
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        # A row with no key yet has m = -inf; shifting by 0 instead keeps exp2 away from (-inf) - (-inf).
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(qk * qk_scale - m_use[:, None])
+        alpha = tl.math.exp2(m_i - m_use)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if INTERPRET:
+            pv = tl.dot(p, v, input_precision=PREC)
+        else:
+            pv = tl.dot(p.to(v.dtype), v, input_precision=PREC)
+        acc = acc * alpha[:, None] + pv
+        m_i = m_new
+
+    if HAS_EXTRA:
+        # Single key tokens gathered BLOCK_N at a time; always masked (liveness, causality, window).
+        xcnt = tl.load(XCNT + b * sxcb + lh * sxch + qb)
+        x_base = XCOL + b * sxb + lh * sxh + qb * sxq
+        for c0 in range(0, I_MAXC if INTERPRET else xcnt, BLOCK_N):
+            live = (c0 + nn) < xcnt
+            cols = tl.load(x_base + c0 + nn, mask=live, other=0)
+            cols_ld = tl.minimum(tl.maximum(cols, 0), S - 1).to(tl.int64)
+            k = tl.load(k_base + cols_ld[:, None] * sks + d[None, :])
+            v = tl.load(v_base + cols_ld[:, None] * svs + d[None, :])
+            if INTERPRET:
+                k = k.to(tl.float32)
+                v = v.to(tl.float32)
+            qk = tl.dot(q, tl.trans(k), input_precision=PREC)
+            keep = live[None, :] & (cols[None, :] <= pos[:, None])
+            if HAS_WINDOW:
+                keep = keep & (((pos[:, None] - cols[None, :]) < window) | (cols[None, :] < sink))
+            qk = tl.where(keep, qk, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.math.exp2(qk * qk_scale - m_use[:, None])
+            alpha = tl.math.exp2(m_i - m_use)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            if INTERPRET:
+                pv = tl.dot(p, v, input_precision=PREC)
+            else:
+                pv = tl.dot(p.to(v.dtype), v, input_precision=PREC)
+            acc = acc * alpha[:, None] + pv
+            m_i = m_new
+
+    has = l_i > 0.0
+    l_safe = tl.where(has, l_i, 1.0)
+    out = acc / l_safe[:, None]
+    # m_i and log2(l) are in base 2 (scores were pre-multiplied by log2(e)); times ln(2) gives the natural-log lse
+    lse = tl.where(has, (m_i + tl.math.log2(l_safe)) * 0.6931471805599453, float("-inf"))
+    tl.store(O + (b * sob + h * soh + t64 * sot)[:, None] + d[None, :], out.to(O.dtype.element_ty),
+             mask=row_ok[:, None])
+    tl.store(LSE + b * slb + h * slh + t64, lse, mask=row_ok)
+
+
+_KERNELS: dict[bool, object] = {}
+
+
+def _kernel(interpret: bool):
+    # triton.jit decides between compiled and interpreted at decoration time, so decorate per mode on first use.
+    if interpret not in _KERNELS:
+        _KERNELS[interpret] = triton.jit(_bsa_fwd)
+    return _KERNELS[interpret]
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) candidates by head dim (<= 64, 128, 256); the first is the default
+# without tuning, the fastest measured on an H200 (bf16, dense causal, 16K-64K tokens, 128-blocks).
+# Head dim 256 keeps BLOCK_N <= 64 and 2 stages so Q + 2 x (K, V) tiles fit in H100/H200 shared memory; at 128,
+# 4 warps on a 128-row tile spill registers, hence 8.
+_CANDIDATES = {
+    64: [(128, 128, 4, 3), (128, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 8, 3)],
+    128: [(128, 128, 8, 3), (128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3), (64, 64, 4, 3)],
+    256: [(128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2), (128, 32, 8, 2)],
+}
+_INTERPRET_CONFIG = (64, 32, 4, 1)
+_TUNED: dict[tuple, tuple] = {}
+
+
+def _fit(cfg, D, BQ, BK, pack):
+    """Shrink a candidate to the selection: key tiles no wider than a key block, rows no more than a group's block."""
+    bm, bn, warps, stages = cfg
+    bn = min(bn, max(16, triton.next_power_of_2(BK)))
+    bm = min(bm, max(16, triton.next_power_of_2(pack * BQ)))
+    return bm, bn, warps, stages
+
+
+def _meta(cfg, BQ, BK, pack):
+    bm, bn, warps, stages = cfg
+    per = max(1, bm // pack)
+    subq = -(-BQ // per)
+    m_h = -(-BQ // subq)  # balance the row sub-tiles of a block instead of leaving a thin last one
+    return {"BLOCK_M": bm, "BLOCK_N": bn, "M_H": m_h, "SUBQ": subq, "SUBK": -(-BK // bn), "EVEN_BK": BK % bn == 0,
+            "num_warps": warps, "num_stages": stages}
+
+
+def _pack(H, HKV, HS):
+    if HS == H:
+        return 1
+    G = H // HKV
+    return max(p for p in range(1, min(G, _MAX_PACK) + 1) if G % p == 0)
+
+
+def _launch(q, k, v, out, lse, kv_indices, kv_counts, extra_cols, extra_counts, BQ, BK, scale, sink, window, cfg,
+            interpret):
+    B, H, T, D = q.shape
+    HKV, S = k.shape[1], k.shape[2]
+    HS, NQ, MAXK = kv_indices.shape[1:]
+    pack = _pack(H, HKV, HS)
+    meta = _meta(cfg, BQ, BK, pack)
+    has_extra = extra_cols is not None
+    xc, xn = (extra_cols, extra_counts) if has_extra else (kv_indices, kv_counts)
+    grid = (NQ * meta["SUBQ"], B * (H // pack))
+    f32 = interpret or q.dtype == torch.float32
+    # TMA tiles need K/V flattenable to [B*HKV*S, D] (and no interpreter); otherwise pointer loads.
+    use_tma = (not interpret and q.is_cuda and torch.cuda.get_device_capability(q.device)[0] >= 9
+               and all(t.stride() == (HKV * S * D, S * D, D, 1) and t.data_ptr() % 16 == 0 for t in (k, v)))
+    if use_tma:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        kd = TensorDescriptor.from_tensor(k.view(B * HKV * S, D), [meta["BLOCK_N"], D])
+        vd = TensorDescriptor.from_tensor(v.view(B * HKV * S, D), [meta["BLOCK_N"], D])
+    else:
+        kd, vd = k, v
+    _kernel(interpret)[grid](
+        q, k, v, kd, vd, out, lse, kv_indices, kv_counts, xc, xn,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *lse.stride()[:2],
+        *kv_indices.stride()[:3], *kv_counts.stride()[:2], *xc.stride()[:3], *xn.stride()[:2],
+        T, S, H, HKV, H // HKV, H // HS, MAXK, scale * _LOG2E, int(sink), int(window) if window is not None else 0,
+        D=D, BQ=BQ, BK=BK, PACK=pack, USE_TMA=use_tma, HAS_WINDOW=window is not None, HAS_EXTRA=has_extra,
+        INTERPRET=interpret, PREC="ieee" if f32 else "tf32", I_MAXK=MAXK if interpret else 0,
+        I_MAXC=xc.shape[-1] if interpret else 0, **meta)
+
+
+def _autotune(key, args, D, BQ, BK, pack):
+    from triton.testing import do_bench
+
+    best, best_ms = None, float("inf")
+    for cand in dict.fromkeys(_fit(c, D, BQ, BK, pack) for c in _CANDIDATES[max(D, 64)]):
+        try:
+            ms = do_bench(lambda cand=cand: _launch(*args, cfg=cand, interpret=False), warmup=5, rep=20)
+        except Exception:  # noqa: BLE001, S112  (a candidate that does not fit this GPU is skipped)
+            continue
+        if ms < best_ms:
+            best, best_ms = cand, ms
+    _TUNED[key] = best
+    return best
+
+
+def block_sparse_attn_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_indices: torch.Tensor,
+                             kv_counts: torch.Tensor, block_q: int, block_k: int, scale: float | None = None,
+                             sink: int = 0, window: int | None = None, extra_cols: torch.Tensor | None = None,
+                             extra_counts: torch.Tensor | None = None, return_lse: bool = False):
+    """Block-sparse attention with the semantics of `block_sparse_attn_naive` (see the module docstring).
+
+    Args:
+        q, k, v: `[B, H, T, D]`, `[B, HKV, S, D]`, `[B, HKV, S, D]`; fp16, bf16 or fp32 (fp32 accumulation);
+            D a power of two in [16, 256]; S >= T.
+        kv_indices, kv_counts: key-block lists `[B, HS, NQ, MAXK]` and counts `[B, HS, NQ]`, HS in {H, HKV, 1}.
+        block_q, block_k: selection block sizes (any positive ints; powers of two >= 16 avoid wasted lanes).
+        scale: softmax scale. Default: `1/sqrt(D)`.
+        sink, window: token-level sink / sliding-window rule; `window=None` means none.
+        extra_cols, extra_counts: optional extra key tokens `[B, HS, NQ, MAXC]` with counts `[B, HS, NQ]`.
+        return_lse: also return the natural-log log-sum-exp `[B, H, T]` (fp32).
+
+    Setting `SPARSEBENCH_BSA_AUTOTUNE=1` times the tile candidates on the first call of each
+    (head dim, block sizes, packing, window/extra flags, dtype, key-length octave) and keeps the fastest.
+
+    Returns:
+        `out [B, H, T, D]` in q's dtype, and `lse` when asked.
+    """
+    B, H, T, D = q.shape
+    if k.dim() != 4 or k.shape != v.shape or k.shape[0] != B or k.shape[3] != D:
+        raise ValueError(f"k {tuple(k.shape)} / v {tuple(v.shape)} do not match q {tuple(q.shape)}")
+    HKV, S = k.shape[1], k.shape[2]
+    if H % HKV or S < T:
+        raise ValueError(f"need H % HKV == 0 and S >= T; got H={H}, HKV={HKV}, T={T}, S={S}")
+    if D not in (16, 32, 64, 128, 256):
+        raise ValueError(f"head dim {D} not supported (powers of two 16..256)")
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"q/k/v dtypes {q.dtype}/{k.dtype}/{v.dtype}: need one of fp16, bf16, fp32")
+    HS, NQ = kv_indices.shape[1], kv_indices.shape[2]
+    if HS not in (H, HKV, 1):
+        raise ValueError(f"kv_indices has {HS} head lists; expected H={H}, HKV={HKV} or 1")
+    if NQ != -(-T // block_q) or kv_counts.shape != kv_indices.shape[:3]:
+        raise ValueError(f"kv_indices {tuple(kv_indices.shape)} / kv_counts {tuple(kv_counts.shape)} do not fit "
+                         f"T={T}, block_q={block_q}")
+    if (extra_cols is None) != (extra_counts is None):
+        raise ValueError("extra_cols and extra_counts come together")
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+
+    def prep(x):
+        return x if x.stride(-1) == 1 else x.contiguous()
+
+    q, k, v = prep(q), prep(k), prep(v)
+    kv_indices = kv_indices.to(torch.int32).contiguous()
+    kv_counts = kv_counts.to(torch.int32).contiguous()
+    if extra_cols is not None:
+        extra_cols = extra_cols.to(torch.int32).contiguous()
+        extra_counts = extra_counts.to(torch.int32).contiguous()
+    out = torch.empty(B, H, T, D, dtype=q.dtype, device=q.device)
+    lse = torch.empty(B, H, T, dtype=torch.float32, device=q.device)
+    if out.numel() == 0:
+        return (out, lse) if return_lse else out
+
+    interpret = _interpreting()
+    pack = _pack(H, HKV, HS)
+    args = (q, k, v, out, lse, kv_indices, kv_counts, extra_cols, extra_counts, block_q, block_k, scale, sink, window)
+    if interpret:
+        cfg = _fit(_INTERPRET_CONFIG, D, block_q, block_k, pack)
+    else:
+        key = (D, block_q, block_k, pack, window is not None, extra_cols is not None, q.dtype, S.bit_length())
+        cfg = _TUNED.get(key)
+        if cfg is None and os.environ.get("SPARSEBENCH_BSA_AUTOTUNE") == "1":
+            cfg = _autotune(key, args, D, block_q, block_k, pack)
+        if cfg is None:
+            cfg = _fit(_CANDIDATES[max(D, 64)][0], D, block_q, block_k, pack)
+    _launch(*args, cfg=cfg, interpret=interpret)
+    return (out, lse) if return_lse else out
