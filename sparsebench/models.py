@@ -155,11 +155,35 @@ def load(cfg, cache_dir: str | Path):
     return _CACHE[key]
 
 
-def apply_chat_template(tokenizer, text: str, mode: str) -> str:
-    """`mode=auto` wraps the prompt in the tokenizer's chat template where it has one; `none` leaves it as is."""
+def uses_chat_template(tokenizer, mode: str) -> bool:
     if mode not in ("auto", "none"):
         raise ValueError(f"model.chat_template={mode!r} is not one of auto, none")
-    if mode == "none" or not getattr(tokenizer, "chat_template", None):
-        return text
-    return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+    return mode == "auto" and bool(getattr(tokenizer, "chat_template", None))
+
+
+def render_prompt(tokenizer, prompt: str, answer_prefix: str, mode: str) -> str:
+    """The text fed to the model: with a chat template, the prompt is the user turn and the answer prefix opens the
+    assistant turn (RULER's assistant prefill); without one, the prompt as the task wrote it."""
+    if not uses_chat_template(tokenizer, mode):
+        return prompt
+    user = prompt[: len(prompt) - len(answer_prefix)] if answer_prefix and prompt.endswith(answer_prefix) else prompt
+    head = tokenizer.apply_chat_template([{"role": "user", "content": user.rstrip()}], tokenize=False,
                                          add_generation_prompt=True)
+    return head + (answer_prefix.lstrip() if user is not prompt else "")
+
+
+class TemplatedTokenizer:
+    """A tokenizer view for tasks: counts a prompt as the model will see it, chat template included, so the length
+    rule holds for templated prompts too. Everything else is delegated to the wrapped tokenizer."""
+
+    def __init__(self, tokenizer, mode: str):
+        self._tok, self._mode = tokenizer, mode
+
+    def __getattr__(self, name):
+        return getattr(self._tok, name)
+
+    def __call__(self, text, add_special_tokens: bool = True, **kw):
+        if not uses_chat_template(self._tok, self._mode) or not isinstance(text, str):
+            return self._tok(text, add_special_tokens=add_special_tokens, **kw)
+        # the template carries BOS itself; the answer prefix is not known here, so it is counted inside the turn
+        return self._tok(render_prompt(self._tok, text, "", self._mode), add_special_tokens=False, **kw)

@@ -171,7 +171,7 @@ def execute(job: Job) -> tuple[list[Row], list[dict], list[dict]]:
     from sparsebench import flops
     from sparsebench.attention import Meter, install, method_layers
     from sparsebench.executors import resolve
-    from sparsebench.models import apply_chat_template, load
+    from sparsebench.models import TemplatedTokenizer, load, render_prompt, uses_chat_template
 
     cfg = job.cfg
     model, tok, info = load(cfg.model, cfg.paths.cache_dir)
@@ -181,12 +181,14 @@ def execute(job: Job) -> tuple[list[Row], list[dict], list[dict]]:
     install(model, method, layers, cfg.method.executor, meter)
     device = next(model.parameters()).device
     executor = resolve(cfg.method.executor, None, device)
-    samples = list(job.task.samples(tok, cfg.seq_len, cfg.n_samples, cfg.seed))
+    templated = uses_chat_template(tok, cfg.model.chat_template)
+    task_tok = TemplatedTokenizer(tok, cfg.model.chat_template) if templated else tok
+    samples = list(job.task.samples(task_tok, cfg.seq_len, cfg.n_samples, cfg.seed))
     sample_recs, layer_recs = [], []
     desc = f"{cfg.method.name} {cfg.task.name} L={cfg.seq_len}"
     for s in tqdm(samples, desc=desc, disable=not cfg.progress, leave=False):
-        text = apply_chat_template(tok, s.prompt, cfg.model.chat_template)
-        ids = tok(text, return_tensors="pt", add_special_tokens=cfg.model.chat_template == "none")["input_ids"]
+        text = render_prompt(tok, s.prompt, s.meta.get("answer_prefix", ""), cfg.model.chat_template)
+        ids = tok(text, return_tensors="pt", add_special_tokens=not templated)["input_ids"]
         ids = ids.to(device)
         meter.reset()
         if device.type == "cuda":
@@ -271,5 +273,8 @@ def run_job(cfg: DictConfig, raise_errors: bool = True) -> tuple[str, list[Row]]
         log.exception("cell %s failed", job.run_id)
         return "error", rows
     job.files.write(rows, samples, layers, config)
+    from sparsebench.tracking import log_job
+
+    log_job(cfg, rows)
     status = rows[0].status if rows else "error"
     return status, rows

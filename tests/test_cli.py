@@ -107,3 +107,12 @@ def test_help_is_fast_and_lists_choices(tmp_path):
     assert res.returncode == 0
     assert "method: dense, streaming" in res.stdout and "task: niah" in res.stdout
     assert time.time() - t0 < 15
+
+
+def test_wandb_logger_offline(tmp_path):
+    pytest.importorskip("wandb")
+    res = _run(["model=tiny_llama", "seq_len=512", "task.depths=[50]", "logger=wandb", "logger.mode=offline"],
+               tmp_path, env={"WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1 and runs[0].stat().st_size > 0
