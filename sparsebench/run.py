@@ -87,6 +87,15 @@ def prepare(cfg: DictConfig) -> Job:
         "dtype": resolve_dtype(cfg.model.dtype, device), "device_type": device.split(":")[0],
         "diagnostics": cfg.diagnostics, "diag_rows": cfg.diag_rows if cfg.diagnostics else None,
     }
+    # calibration artifacts a method reads (knobs named *_file) change results: hash their content
+    from sparsebench.calibration import file_sha256, load
+
+    calib = {}
+    for knob, value in _method_knobs(cfg).items():
+        if knob.endswith("_file") and value:
+            load(value)  # a missing artifact fails here, naming the file
+            calib[knob] = file_sha256(value)
+    semantic["calib_files"] = calib
     rid = run_id(semantic)
     files = JobFiles(Path(cfg.paths.raw_dir) / cfg.experiment_name / rid)
     return Job(cfg, rid, files, semantic, method_cls, task)

@@ -111,12 +111,21 @@ class RunConfig:
     progress: bool = True
 
 
+def _leaves(base: type) -> list[type]:
+    out = []
+    for cls in base.__subclasses__():
+        out.append(cls)
+        out.extend(_leaves(cls))
+    return out
+
+
 def store() -> None:
+    """Store every config dataclass: method and task schemas under their `name` default, found by subclassing."""
     cs = ConfigStore.instance()
     cs.store(group="schema", name="run", node=RunConfig)
-    for name, node in {"dense": DenseConfig, "streaming": StreamingConfig}.items():
-        cs.store(group="schema/method", name=name, node=node)
-    cs.store(group="schema/task", name="niah", node=NIAHConfig)
+    for group, base in (("schema/method", MethodConfig), ("schema/task", TaskConfig)):
+        for cls in _leaves(base):
+            cs.store(group=group, name=cls.name, node=cls)
     cs.store(group="schema/model", name="model", node=ModelConfig)
     cs.store(group="schema/paths", name="paths", node=PathsConfig)
     cs.store(group="schema/logger", name="logger", node=LoggerConfig)
