@@ -42,6 +42,8 @@ def variant_labels(methods, params):
 
     keys = [(m, p if isinstance(p, str) else json.dumps(p or {}, sort_keys=True)) for m, p in zip(methods, params)]
     unique = {k: json.loads(k[1]) for k in dict.fromkeys(keys)}
+    control = ("name", "layers", "executor")  # rows carry the whole method config; variants differ in knobs
+    unique = {k: {n: v for n, v in p.items() if n not in control} for k, p in unique.items()}
     label = {}
     for (m, raw), p in unique.items():
         others = [q for (n, r), q in unique.items() if n == m and r != raw]

@@ -21,6 +21,9 @@ def summarize(raw_dir, experiment: str, table_dir, figure_dir, figures: bool = T
         if len(ok):
             metrics = [m for m in ("accuracy", "density", "input_tokens", "attention_flops", "prefill_ms")
                        if m in set(ok["metric"])]
+            from sparsebench.plots import variant_labels
+
+            ok = ok.assign(method=variant_labels(ok["method"], ok["method_params"]))
             table = ok[ok["metric"].isin(metrics)].pivot_table(
                 index=["model", "task", "method", "seq_len"], columns="metric", values="value")[metrics]
             print("\nSummary (means over samples; accuracy and density as fractions):")

@@ -194,6 +194,13 @@ def execute(job: Job) -> tuple[list[Row], list[dict], list[dict]]:
     task_tok = TemplatedTokenizer(tok, cfg.model.chat_template) if templated else tok
     samples = list(job.task.samples(task_tok, cfg.seq_len, cfg.n_samples, cfg.seed))
     sample_recs, layer_recs = [], []
+    if cfg.warmup and samples:
+        # compiles flex/triton kernels for this length, so prefill_ms of the first sample measures no compilation
+        warm = tok(render_prompt(tok, samples[0].prompt, samples[0].meta.get("answer_prefix", ""),
+                                 cfg.model.chat_template), return_tensors="pt", add_special_tokens=not templated)
+        with torch.inference_mode():
+            model(input_ids=warm["input_ids"].to(device), use_cache=True, logits_to_keep=1)
+        meter.reset()
     desc = f"{cfg.method.name} {cfg.task.name} L={cfg.seq_len}"
     for s in tqdm(samples, desc=desc, disable=not cfg.progress, leave=False):
         text = render_prompt(tok, s.prompt, s.meta.get("answer_prefix", ""), cfg.model.chat_template)

@@ -108,6 +108,7 @@ class RunConfig:
     diagnostics: bool = False  # attention recall and output error on sampled rows
     diag_rows: int = 64
     figures: bool = True  # draw the task's figure after a run or sweep
+    warmup: bool = True  # one untimed prefill of the first prompt first, so timings exclude compilation
     progress: bool = True
 
 
