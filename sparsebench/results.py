@@ -50,6 +50,7 @@ class Row:
     status: str = "ok"
     message: str = ""
     schema_version: int = SCHEMA_VERSION
+    model_file: str = ""  # the weights' identity: GGUF sha256, hub revision, or random seed
     git_sha: str = ""
     versions: str = ""
     device: str = ""

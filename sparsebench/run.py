@@ -117,7 +117,8 @@ def _row_base(job: Job, info, executor: str, label: str) -> dict:
                 method_params=json.dumps(OmegaConf.to_container(cfg.method, resolve=True), sort_keys=True),
                 target_density=None, model=cfg.model.name, model_quant=cfg.model.quant,
                 n_params=info.n_params if info else None, task=cfg.task.name, seq_len=cfg.seq_len, seed=cfg.seed,
-                executor=executor, dtype=job.semantic["dtype"], git_sha=git_sha(), versions=_versions(),
+                executor=executor, dtype=job.semantic["dtype"], model_file=str(job.semantic["model_file"]),
+                git_sha=git_sha(), versions=_versions(),
                 device=(info.device if info else "") + f" ({platform.node()})",
                 timestamp=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 

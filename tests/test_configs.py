@@ -92,3 +92,17 @@ def test_import_is_light():
             "print(sorted(m for m in ('torch', 'transformers', 'triton', 'datasets') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("launcher,plugin", [("joblib_cpu", "hydra_plugins.hydra_joblib_launcher"),
+                                             ("slurm_h200", "hydra_plugins.hydra_submitit_launcher")])
+def test_launcher_configs_compose(compose, launcher, plugin):
+    pytest.importorskip(plugin)
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="sparsebench.conf", version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    assert "_target_" in cfg.hydra.launcher
