@@ -135,11 +135,13 @@ class JobFiles:
         self.layers, self.config = self.dir / "layers.jsonl", self.dir / "config.json"
 
     def finished(self) -> bool:
-        """True when rows exist and every row is `ok` (failed cells are tried again on re-run)."""
+        """True when some rows are `ok` and none failed (`oom`/`error` cells are tried again on re-run; a suite's
+        subtask whose data is absent, `missing_data`, does not make the other subtasks run again)."""
         if not self.rows.exists():
             return False
         rows = read_jsonl(self.rows)
-        return bool(rows) and all(r.get("status") == "ok" for r in rows)
+        status = [r.get("status") for r in rows]
+        return "ok" in status and all(x in ("ok", "missing_data") for x in status)
 
     def write(self, rows: list[Row], samples: list[dict], layers: list[dict], config: dict) -> None:
         atomic_write_text(self.config, json.dumps(config, indent=1, sort_keys=True, default=str))

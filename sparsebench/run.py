@@ -237,6 +237,13 @@ def execute(job: Job) -> tuple[list[Row], list[dict], list[dict]]:
         sample_recs.append(rec)
         layer_recs.extend(dict(run_id=job.run_id, sample_id=s.id, **asdict(r)) for r in prefill)
     rows = aggregate(job, sample_recs, info, executor, method.label)
+    base = _row_base(job, info, executor, method.label)
+    for sub, count in (getattr(job.task, "skipped", lambda: {})() or {}).items():
+        rows.append(Row(**base, subtask=sub, phase="prefill", metric="skipped_samples", value=float(count),
+                        unit="samples", n=count))
+    for sub, reason in (getattr(job.task, "unavailable", lambda: {})() or {}).items():
+        rows.append(Row(**base, subtask=sub, phase="prefill", metric="status", value=None, unit="", n=0,
+                        status="missing_data", message=reason))
     return rows, sample_recs, layer_recs
 
 
@@ -262,6 +269,15 @@ def aggregate(job: Job, recs: list[dict], info, executor: str, label: str) -> li
             rows.append(Row(**base, subtask=sub, phase="decode" if metric in DECODE_METRICS else "prefill",
                             metric=metric, value=value, unit=UNITS.get(metric, "fraction"), n=len(vals),
                             stderr=err))
+    subtasks = sorted({r["subtask"] for r in recs})
+    if len(subtasks) > 1:
+        # a suite's summary number (RULER's per-length average): the unweighted mean of the subtask means
+        for metric in sorted({m for r in recs for m in r["scores"]}):
+            means = [x.value for x in rows if x.metric == metric and x.subtask in subtasks]
+            if len(means) == len(subtasks):
+                rows.append(Row(**base, subtask="average", phase="prefill", metric=metric,
+                                value=sum(means) / len(means), unit="fraction",
+                                n=sum(x.n for x in rows if x.metric == metric and x.subtask in subtasks)))
     return rows
 
 

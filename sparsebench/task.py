@@ -41,6 +41,15 @@ class Sample:
 
 
 class Task(Protocol):
+    """What every task implements. Two optional methods extend it for suites of subtasks:
+
+    - `unavailable() -> dict[str, str]`: subtasks that cannot run here (e.g. their data is absent) and why; the run
+      writes a `missing_data` status row for each and runs the others. `check()` must still raise when every
+      requested subtask is unavailable.
+    - `skipped() -> dict[str, int]`: after `samples()`, how many samples per subtask were skipped because they could
+      not fit `seq_len` (the task's skip-or-fail policy); reported as `skipped_samples` rows.
+    """
+
     name: str
 
     def check(self) -> None:
