@@ -17,6 +17,12 @@ class Streaming(SparseAttention):
     label = "A-shape (StreamingLLM)"
     paper = "arXiv:2309.17453"
     impl_version = 1
+    budget_knob = "n_local"  # target_density tunes the local window; the sink stays as configured
+    budget_increases_density = True
+
+    @staticmethod
+    def budget_range(knobs, seq_len):
+        return 1, seq_len, True
 
     def __init__(self, n_init: int = 128, n_local: int = 3968, block_size: int = 128, executor: str = "auto") -> None:
         if n_init < 0 or n_local < 1:

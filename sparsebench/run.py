@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from sparsebench.results import JobFiles, Row, git_sha, mean_stderr, run_id
 
 log = logging.getLogger(__name__)
-CONTROL = ("name", "layers", "executor")  # method config keys that are not knobs of the method class
+CONTROL = ("name", "layers", "executor", "target_density")  # method config keys that are not knobs of the method class
 
 
 @dataclass
@@ -73,6 +73,11 @@ def prepare(cfg: DictConfig) -> Job:
                          f"n_samples={cfg.n_samples}")
     method_cls = METHODS.get(cfg.method.name)
     method_cls(executor=cfg.method.executor, **_method_knobs(cfg))  # knob validation before any model
+    td = cfg.method.get("target_density")
+    if td is not None and (not 0 < td <= 1 or getattr(method_cls, "budget_knob", None) is None):
+        raise ValueError(f"method.target_density={td}: needs a value in (0, 1] and a method with a budget knob "
+                         f"(method {cfg.method.name!r} has "
+                         f"{'knob ' + repr(method_cls.budget_knob) if getattr(method_cls, 'budget_knob', None) else 'none'})")
     task = TASKS.get(cfg.task.name)(**_task_knobs(cfg))
     task.check()
     device = resolve_device(cfg.model.device)
@@ -115,7 +120,7 @@ def _row_base(job: Job, info, executor: str, label: str) -> dict:
     cfg = job.cfg
     return dict(run_id=job.run_id, experiment=cfg.experiment_name, method=cfg.method.name, method_label=label,
                 method_params=json.dumps(OmegaConf.to_container(cfg.method, resolve=True), sort_keys=True),
-                target_density=None, model=cfg.model.name, model_quant=cfg.model.quant,
+                target_density=cfg.method.get("target_density"), model=cfg.model.name, model_quant=cfg.model.quant,
                 n_params=info.n_params if info else None, task=cfg.task.name, seq_len=cfg.seq_len, seed=cfg.seed,
                 executor=executor, dtype=job.semantic["dtype"], model_file=str(job.semantic["model_file"]),
                 git_sha=git_sha(), versions=_versions(),
@@ -185,8 +190,15 @@ def execute(job: Job) -> tuple[list[Row], list[dict], list[dict]]:
 
     cfg = job.cfg
     model, tok, info = load(cfg.model, cfg.paths.cache_dir)
-    method = job.method_cls(executor=cfg.method.executor, **_method_knobs(cfg))
     layers = method_layers(model.config, cfg.method.layers)
+    knobs = _method_knobs(cfg)
+    if cfg.method.get("target_density") is not None:
+        from sparsebench.budget import resolve as resolve_budget
+
+        value, _ = resolve_budget(cfg, job.method_cls, {**knobs, "executor": cfg.method.executor}, model, tok,
+                                  job.task, cfg.paths.calib_dir, layers)
+        knobs[job.method_cls.budget_knob] = value
+    method = job.method_cls(executor=cfg.method.executor, **knobs)
     meter = Meter(diagnostics=cfg.diagnostics, diag_rows=cfg.diag_rows)
     install(model, method, layers, cfg.method.executor, meter)
     device = next(model.parameters()).device

@@ -18,6 +18,7 @@ class MethodConfig:
     name: str = MISSING
     layers: Any = "full_attention"  # full_attention | all | [layer indices]
     executor: str = "auto"  # auto | reference | flex | triton
+    target_density: Optional[float] = None  # tune the method's budget knob to this density (calibrated, stored)
 
 
 @dataclass
@@ -32,6 +33,16 @@ class StreamingConfig(MethodConfig):
     n_init: int = 128
     n_local: int = 3968
     block_size: int = 128
+
+
+@dataclass
+class PBSConfig(MethodConfig):
+    name: str = "pbs"
+    block_size: int = 128
+    segment_size: int = 256  # a multiple of block_size
+    threshold: float = 0.9  # (0, 1]; 1 keeps every block
+    force_first_block: bool = True
+    last_q: int = 128
 
 
 # ------------------------------------------------------------------------------------------------ tasks
