@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from sparsebench.kernels.vertical_slash import vertical_slash_attn_naive, vertical_slash_to_blocks
 
 from sparsebench.executors import execute
-from sparsebench.kernels.vertical_slash import vertical_slash_attn_naive, vertical_slash_to_blocks
 from sparsebench.selection import Selection, causal_pairs
 
 
@@ -185,8 +185,8 @@ def test_random_lists_and_mask_match_the_definition(case):
     assert sel.density() == pytest.approx(mask.sum().item() / (B * HS * causal_pairs(T, S)))
 
 
-@pytest.mark.parametrize("case", RANDOM[:4] + RANDOM[5:6], ids=lambda c: "B{}-HS{}-T{}-S{}-seed{}".format(
-    c[0], c[1], c[2], c[3], c[7]))
+@pytest.mark.parametrize("case", RANDOM[:4] + RANDOM[5:6],
+                         ids=lambda c: f"B{c[0]}-HS{c[1]}-T{c[2]}-S{c[3]}-seed{c[7]}")
 def test_reference_execution_equals_dense_masked_attention(case):
     B, HS, T, S, bs, NV, NS, seed = case
     H, HKV, D = HS, 1, 16
