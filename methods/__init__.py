@@ -3,5 +3,6 @@ from sparsebench.registry import Registry
 
 METHODS = Registry("method", {
     "dense": "sparsebench.methods.dense:Dense",
+    "pbs": "sparsebench.methods.pbs:PBS",
     "streaming": "sparsebench.methods.streaming:Streaming",
 })

@@ -1,0 +1,323 @@
+"""PBS-Attn: permuted block-sparse prefill attention (Wang et al., 2025, arXiv:2510.21270).
+
+Official code: github.com/xinghaow99/pbs-attn at commit 8ce8e024b03e (`pbs_attn/src/pbs.py`,
+`pbs_attn/src/permute_states.py`, `pbs_attn/src/utils.py`, `pbs_attn/src/kernels/permuted_block_sparse_attention.py`).
+
+Algorithm, per batch entry and query head, for a prefill of N tokens (T == S == N):
+
+1. Permutation. Keys are split into segments of `segment_size` tokens; only the N // segment complete segments are
+   permuted, the remainder keeps its order. The last `last_q` queries attend (softmax, no causal mask, the model's
+   scale) over the keys of the complete segments; a key's importance is its probability averaged over those rows.
+   Inside each segment, keys are ordered by importance, descending. Queries are never permuted.
+2. Block scoring. Queries (original order) and permuted keys are mean-pooled per block of `block_size` tokens
+   (zero padding to a whole block, divided by `block_size`). A query block r may score key block c only when c lies
+   in an earlier segment (segment(c) != segment(r) and c <= r); a row softmax over those scores (NaN -> 0) is kept
+   by its minimal descending prefix whose cumulative mass reaches `threshold` (the crossing block is kept; a row
+   that never reaches it keeps nothing; `threshold=1` keeps every allowed block).
+3. Always kept: the permuted block holding original token 0 (`force_first_block`) and the query's whole own
+   segment, causally on original positions.
+4. Sequences of at most `segment_size` tokens run dense.
+
+Execution needs no permutation support in the executor. Attention does not depend on the order of its keys, and
+every key of an earlier segment precedes every query of a later segment, so a selected permuted block c is exactly
+the key tokens perm[c*BS:(c+1)*BS], all causally visible. Those tokens go into the `Selection`'s extra key columns
+of the query block, except where every permuted block of an earlier segment is selected: their union is the whole
+segment, listed as ordinary key blocks (cheaper to execute, and it keeps the padded column lists narrow). The own
+segment also becomes ordinary key blocks in original order, where the executor's causal mask on original positions
+gives the official within-segment mask. The executed (query, key) pairs are the official kernel's, so
+`Selection.density()` is the executed density. Selection granularity is `query_head`: the permutation
+and the block choice are per query head (the official code repeats K/V before estimating).
+
+Tie-breaking (so that the fast and the naive estimator agree exactly): within a segment, keys of equal importance
+keep their original order; among equal block probabilities, the lower key-block index is taken first (stable
+descending sorts in both places). The official code uses non-stable sorts there.
+
+Deviations from the official code:
+- Ties: the stable-sort rule above; the official order of tied elements is unspecified.
+- `last_q` is a knob of its own; the official code takes the last `block_size` queries (the defaults agree).
+- The estimator's scores use the model's softmax scale (`ctx.scale`); the official code divides by sqrt(D), which
+  is the same number for Llama, Qwen and Gemma 3.
+- `threshold=1.0` keeps every allowed block, as the official code does for the integer threshold 1; the official
+  code compares a float 1.0 against an fp32 cumulative sum, which can fall short and then keep nothing.
+- Chunked prefill (T < S), which the official code does not support (it asserts q_len == kv_len), runs dense.
+- The dense fallback (N <= segment_size) is exact causal attention through the configured executor, not SDPA.
+
+As in the official HF patch (and its LongBench configs), every attention layer is sparse at prefill and decode stays
+dense; on Llama and Qwen that is this harness's default `method.layers=full_attention`.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from sparsebench.attention import AttnContext, AttnShape, SparseAttention
+from sparsebench.selection import Selection
+
+# temporary memory one estimator chunk of KV heads may use (bounds memory at 128K; not a result knob)
+_CHUNK_BYTES = 2 << 30
+
+
+# ------------------------------------------------------------------------------------------------ pieces
+def threshold_blocks(probs: torch.Tensor, allowed: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Per row, the minimal set of highest-probability blocks whose mass reaches `threshold` (crossing included).
+
+    probs `[..., NK]` fp32 (NaN where a row has no allowed block), allowed `[..., NK]` bool -> `[..., NK]` bool.
+    Rows that never reach `threshold` keep nothing. Ties go to the lower block index. `threshold >= 1` keeps every
+    allowed block.
+    """
+    if threshold >= 1:
+        return allowed.expand(probs.shape).clone()
+    probs = torch.nan_to_num(probs, nan=0.0)
+    srt, order = torch.sort(probs, dim=-1, descending=True, stable=True)
+    reached = srt.cumsum(-1) >= threshold
+    first = reached.int().argmax(-1, keepdim=True)
+    ramp = torch.arange(probs.shape[-1], device=probs.device)
+    keep_sorted = (ramp <= first) & reached.any(-1, keepdim=True)
+    return torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted)
+
+
+def _block_layout(T: int, S: int, block_size: int, segment_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """`allowed [NQ, NK]` (earlier-segment causal blocks) and `own [NQ, NK]` (the query block's own segment)."""
+    nbps = segment_size // block_size
+    r = torch.arange(-(-T // block_size), device=device)[:, None]
+    c = torch.arange(-(-S // block_size), device=device)[None, :]
+    own = (r // nbps) == (c // nbps)
+    return ~own & (c <= r), own
+
+
+def _block_mean(x: torch.Tensor, block_size: int) -> torch.Tensor:
+    """`[..., N, D] -> [..., ceil(N/BS), D]`: zero-padded block means (a partial last block is divided by BS)."""
+    n = x.shape[-2]
+    pad = -n % block_size
+    if pad:
+        x = F.pad(x, (0, 0, 0, pad))
+    return x.unflatten(-2, (-1, block_size)).mean(-2)
+
+
+def _estimate_heads(q: torch.Tensor, k: torch.Tensor, scale: float, block_size: int, segment_size: int,
+                    threshold: float, force_first_block: bool, last_q: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Estimator on one group of KV heads: q `[B, HC, T, D]` (HC = hc * G), k `[B, hc, S, D]`.
+
+    Returns `perm [B, HC, S]` (int64: original key index at each permuted position) and the official block mask
+    `[B, HC, NQ, NK]` over permuted key blocks: selected | token-0 block | own segment.
+    """
+    B, HC, T, D = q.shape
+    hc, S = k.shape[1], k.shape[2]
+    G = HC // hc
+    L = min(last_q, T)
+    nseg = S // segment_size
+    Sc = nseg * segment_size
+
+    # 1) importance of each key of the complete segments to the last L queries; the query heads of a KV group share
+    #    one matmul against their unrepeated keys
+    ql = q[:, :, T - L:].reshape(B, hc, G * L, D)
+    logits = torch.matmul(ql, k[:, :, :Sc].transpose(-1, -2)) * scale
+    imp = torch.softmax(logits, dim=-1, dtype=torch.float32).view(B, HC, L, Sc).mean(-2)
+    del logits
+
+    # 2) order each segment by importance, descending; the remainder stays in place
+    order = torch.sort(imp.view(B, HC, nseg, segment_size), dim=-1, descending=True, stable=True).indices
+    seg0 = torch.arange(0, Sc, segment_size, device=q.device)[:, None]
+    perm = torch.cat([(order + seg0).view(B, HC, Sc),
+                      torch.arange(Sc, S, device=q.device).expand(B, HC, S - Sc)], dim=-1)
+
+    # 3) pooled permuted keys: gather each query head's permutation from its KV head without repeating K
+    kp = torch.gather(k[:, :, None].expand(B, hc, G, S, D), 3,
+                      perm.view(B, hc, G, S, 1).expand(B, hc, G, S, D)).view(B, HC, S, D)
+    kbar = _block_mean(kp, block_size)
+    del kp
+    qbar = _block_mean(q, block_size)
+
+    # 4) block scores over earlier-segment causal blocks, softmax per row, cumulative-mass selection
+    allowed, own = _block_layout(T, S, block_size, segment_size, q.device)
+    scores = torch.einsum("bhqd,bhkd->bhqk", qbar, kbar) * scale
+    probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1, dtype=torch.float32)
+    mask = threshold_blocks(probs, allowed, threshold)
+    if force_first_block:
+        # original token 0 sits in segment 0, wherever the permutation put it
+        nbps = segment_size // block_size
+        sink = (perm[..., :segment_size].view(B, HC, nbps, block_size) == 0).any(-1)
+        mask[..., :nbps] |= sink[:, :, None, :]
+    return perm, mask | own
+
+
+# ------------------------------------------------------------------------------------------------ estimators
+def pbs_estimate(q: torch.Tensor, k: torch.Tensor, scale: float, block_size: int = 128, segment_size: int = 256,
+                 threshold: float = 0.9, force_first_block: bool = True, last_q: int = 128, *,
+                 chunk_bytes: int = _CHUNK_BYTES) -> tuple[torch.Tensor, torch.Tensor]:
+    """The estimator for prefill (T == S > segment_size): q `[B, H, T, D]`, k `[B, HKV, S, D]`.
+
+    Returns `perm [B, H, S]` int64 and the block mask `[B, H, NQ, NK]` over permuted key blocks (see
+    `_estimate_heads`). Work runs in chunks of whole KV heads sized by `chunk_bytes` (a memory bound, never a result
+    knob); each chunk is one vectorised pass doing each head's arithmetic as an unchunked pass would (bitwise on CPU;
+    on CUDA a reduction may be split differently for another number of heads, moving the last bit).
+    """
+    B, H, T, D = q.shape
+    HKV, S = k.shape[1], k.shape[2]
+    if T != S or S <= segment_size:
+        raise ValueError(f"pbs estimates prefill longer than one segment: got T={T}, S={S}, "
+                         f"segment_size={segment_size}")
+    G = H // HKV
+    L = min(last_q, T)
+    NQ, NK = -(-T // block_size), -(-S // block_size)
+    e = q.element_size()
+    # logits (input dtype, plus its scaled copy), fp32 probabilities, gathered and padded keys, padded queries and
+    # the block-score row tensors (scores, probabilities, sort values and indices, cumulative sums)
+    per_kv_head = B * G * (L * S * (2 * e + 8) + 2 * NK * block_size * D * e + NQ * block_size * D * e + NQ * NK * 32)
+    hc = max(1, min(HKV, chunk_bytes // max(per_kv_head, 1)))
+    perms, masks = [], []
+    for h0 in range(0, HKV, hc):
+        h1 = min(HKV, h0 + hc)
+        p, m = _estimate_heads(q[:, h0 * G:h1 * G], k[:, h0:h1], scale, block_size, segment_size, threshold,
+                               force_first_block, last_q)
+        perms.append(p)
+        masks.append(m)
+    return torch.cat(perms, 1), torch.cat(masks, 1)
+
+
+def pbs_estimate_naive(q: torch.Tensor, k: torch.Tensor, scale: float, block_size: int = 128,
+                       segment_size: int = 256, threshold: float = 0.9, force_first_block: bool = True,
+                       last_q: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """The official estimator's steps done directly: K repeated per query head, every head at once, full padding.
+
+    The oracle of `pbs_estimate` (same outputs); memory O(H * S * D + H * last_q * S).
+    """
+    B, H, T, D = q.shape
+    S = k.shape[2]
+    G = H // k.shape[1]
+    kr = k.repeat_interleave(G, dim=1)
+    nseg = S // segment_size
+    Sc = nseg * segment_size
+    L = min(last_q, T)
+
+    attn = torch.softmax(torch.matmul(q[:, :, -L:], kr[:, :, :Sc].transpose(-1, -2)) * scale, dim=-1,
+                         dtype=torch.float32)
+    imp = attn.mean(dim=-2).view(B, H, nseg, segment_size)
+    within = torch.sort(imp, dim=-1, descending=True, stable=True).indices
+    perm_c = (within + torch.arange(nseg, device=q.device)[:, None] * segment_size).reshape(B, H, Sc)
+    perm = torch.cat([perm_c, torch.arange(Sc, S, device=q.device).expand(B, H, S - Sc)], dim=-1)
+    k_perm = torch.gather(kr, 2, perm[..., None].expand(B, H, S, D))
+
+    NQ, NK = -(-T // block_size), -(-S // block_size)
+    qpad = F.pad(q, (0, 0, 0, NQ * block_size - T))
+    kpad = F.pad(k_perm, (0, 0, 0, NK * block_size - S))
+    qbar = qpad.view(B, H, NQ, block_size, D).mean(-2)
+    kbar = kpad.view(B, H, NK, block_size, D).mean(-2)
+
+    nbps = segment_size // block_size
+    rb = torch.arange(NQ, device=q.device)[:, None]
+    cb = torch.arange(NK, device=q.device)[None, :]
+    own = (rb // nbps) == (cb // nbps)
+    allowed = ~own & (cb <= rb)
+    scores = torch.einsum("bhqd,bhkd->bhqk", qbar, kbar) * scale
+    probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1, dtype=torch.float32)
+    mask = threshold_blocks(probs, allowed, threshold)
+    if force_first_block:
+        kpad_idx = F.pad(perm, (0, NK * block_size - S), value=S)
+        mask = mask | (kpad_idx.view(B, H, NK, block_size) == 0).any(-1)[:, :, None, :]
+    return perm, mask | own
+
+
+# ------------------------------------------------------------------------------------------------ selection
+def pbs_selection(perm: torch.Tensor, mask: torch.Tensor, *, q_len: int, k_len: int, num_kv_heads: int,
+                  block_size: int, segment_size: int) -> Selection:
+    """The `Selection` that computes the same (query, key) pairs as the official permuted kernel.
+
+    perm `[B, H, S]`, mask `[B, H, NQ, NK]` over permuted key blocks. Key blocks (original order) are the causal
+    blocks of the query's own segment and every earlier segment whose permuted blocks are all selected (their union
+    is the whole segment). The selected permuted blocks of the other earlier segments become their original key
+    tokens as extra columns (int32, ascending permuted-block order); those segments are not listed as blocks, so
+    columns and blocks never overlap. One host sync reads the widest block list and the widest column list.
+    """
+    B, H, S = perm.shape
+    NQ, NK = mask.shape[-2], mask.shape[-1]
+    dev = perm.device
+    nbps = segment_size // block_size
+    nseg = S // segment_size
+    nkc = nseg * nbps  # key blocks of complete segments; every earlier segment is complete
+    r = torch.arange(NQ, device=dev)[:, None]
+    c = torch.arange(NK, device=dev)[None, :]
+    own = ((c // nbps) == (r // nbps)) & (c <= r)
+    earlier = mask & ((c // nbps) < (r // nbps))
+
+    whole = earlier[..., :nkc].unflatten(-1, (nseg, nbps)).all(-1).repeat_interleave(nbps, -1)
+    whole = F.pad(whole, (0, NK - nkc))
+    blocks = whole | own
+    partial = earlier & ~whole
+    kv_counts = blocks.sum(-1, dtype=torch.int32)
+    n_partial = partial.sum(-1, dtype=torch.int32)
+    maxk, maxb = torch.stack([kv_counts.max(), n_partial.max()]).tolist()
+
+    kv_indices = torch.argsort((~blocks).to(torch.int8), dim=-1, stable=True)[..., :maxk].to(torch.int32)
+    extra_cols = extra_counts = None
+    if maxb:
+        pick = torch.argsort((~partial).to(torch.int8), dim=-1, stable=True)[..., :maxb].clamp_max(nkc - 1)
+        perm_blocks = perm[..., :nkc * block_size].to(torch.int32).view(B, H, 1, nkc, block_size)
+        extra_cols = torch.gather(perm_blocks.expand(B, H, NQ, nkc, block_size), 3,
+                                  pick[..., None].expand(B, H, NQ, maxb, block_size)).view(B, H, NQ, -1)
+        extra_counts = n_partial * block_size
+    return Selection(kv_indices.contiguous(), kv_counts, block_size, block_size, q_len, k_len, H, num_kv_heads,
+                     "query_head", extra_cols=extra_cols, extra_counts=extra_counts)
+
+
+# ------------------------------------------------------------------------------------------------ method
+class PBS(SparseAttention):
+    name = "pbs"
+    label = "PBS-Attn"
+    paper = "arXiv:2510.21270"
+    impl_version = 1
+    budget_knob = "threshold"
+    budget_increases_density = True
+
+    def __init__(self, block_size: int = 128, segment_size: int = 256, threshold: float = 0.9,
+                 force_first_block: bool = True, last_q: int = 128, executor: str = "auto") -> None:
+        if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+            raise ValueError(f"pbs block_size={block_size!r} must be a positive integer")
+        if (isinstance(segment_size, bool) or not isinstance(segment_size, int) or segment_size < block_size
+                or segment_size % block_size):
+            raise ValueError(f"pbs segment_size={segment_size!r} must be a positive multiple of "
+                             f"block_size={block_size}")
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
+            raise ValueError(f"pbs threshold={threshold!r} must lie in (0, 1] (1 keeps every block)")
+        if not isinstance(force_first_block, bool):
+            raise ValueError(f"pbs force_first_block={force_first_block!r} must be true or false")
+        if isinstance(last_q, bool) or not isinstance(last_q, int) or last_q < 1:
+            raise ValueError(f"pbs last_q={last_q!r} must be a positive integer")
+        if executor == "flex":
+            raise ValueError("pbs executor='flex' cannot run it: pbs executes earlier-segment keys as extra key "
+                             "columns, which flex does not take; choose one of auto, reference, triton")
+        super().__init__(executor=executor, block_size=block_size, segment_size=segment_size,
+                         threshold=float(threshold), force_first_block=force_first_block, last_q=last_q)
+        self.block_size, self.segment_size = block_size, segment_size
+        self.threshold, self.force_first_block, self.last_q = float(threshold), force_first_block, last_q
+
+    def _is_dense(self, q_len: int, k_len: int) -> bool:
+        return q_len != k_len or k_len <= self.segment_size
+
+    def estimate(self, q: torch.Tensor, k: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """`perm [B, H, S]` and the block mask `[B, H, NQ, NK]` over permuted key blocks (sparse path only)."""
+        return pbs_estimate(q, k, scale, self.block_size, self.segment_size, self.threshold, self.force_first_block,
+                            self.last_q)
+
+    def select(self, q: torch.Tensor, k: torch.Tensor, ctx: AttnContext) -> Selection:
+        B, H, T, _ = q.shape
+        HKV, S = k.shape[1], k.shape[2]
+        if self._is_dense(T, S):
+            return Selection.causal(batch=B, q_len=T, k_len=S, num_heads=H, num_kv_heads=HKV,
+                                    block_q=self.block_size, block_k=self.block_size, device=q.device)
+        perm, mask = self.estimate(q, k, ctx.scale)
+        return pbs_selection(perm, mask, q_len=T, k_len=S, num_kv_heads=HKV, block_size=self.block_size,
+                             segment_size=self.segment_size)
+
+    def estimation_flops(self, shape: AttnShape) -> int:
+        """Matmuls of the estimator: last `last_q` queries x keys of complete segments, and the full pooled
+        `NQ x NK` score matrix (masked after it is computed, as in the official code), per query head."""
+        if self._is_dense(shape.q_len, shape.k_len):
+            return 0
+        L = min(self.last_q, shape.q_len)
+        Sc = shape.k_len // self.segment_size * self.segment_size
+        NQ, NK = math.ceil(shape.q_len / self.block_size), math.ceil(shape.k_len / self.block_size)
+        D = shape.head_dim
+        return shape.batch * shape.num_heads * (2 * L * Sc * D + 2 * NQ * NK * D)
