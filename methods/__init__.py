@@ -3,6 +3,7 @@ from sparsebench.registry import Registry
 
 METHODS = Registry("method", {
     "dense": "sparsebench.methods.dense:Dense",
+    "flexprefill": "sparsebench.methods.flexprefill:FlexPrefill",
     "pbs": "sparsebench.methods.pbs:PBS",
     "streaming": "sparsebench.methods.streaming:Streaming",
 })

@@ -36,6 +36,18 @@ class StreamingConfig(MethodConfig):
 
 
 @dataclass
+class FlexPrefillConfig(MethodConfig):
+    name: str = "flexprefill"
+    gamma: float = 0.95
+    tau: float = 0.1
+    min_budget: Optional[int] = 1024
+    max_budget: Optional[int] = None
+    block_size: int = 128
+    variant: str = "official"  # official | sparse_frontier
+    approximation_size: Optional[int] = None  # sparse_frontier only (None: 512)
+
+
+@dataclass
 class PBSConfig(MethodConfig):
     name: str = "pbs"
     block_size: int = 128

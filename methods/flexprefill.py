@@ -1,0 +1,364 @@
+"""FlexPrefill: context-aware sparse prefill with a per-head choice between a query-aware block pattern and an
+adaptive vertical-slash pattern (Lai et al., 2025, "FlexPrefill: A Context-Aware Sparse Attention Mechanism for
+Efficient Long-Sequence Inference", ICLR 2025, arXiv:2502.20766).
+
+Official code: bytedance/FlexPrefill at commit a24b27bf117f (`flex_prefill/ops/flex_prefill_attention.py`,
+`flex_prefill_attention` and `get_active_blocks`); sparsebench spec: `methods-prefill-1.md` section 3.
+
+Rule of `variant="official"` (B = `block_size`, N = T = S, nb = ceil(N / B), per query head; GQA native, query head h
+reads KV head h // G, selections per query head):
+
+1. N <= max(2B, ceil(min_budget / B) * B): dense causal attention.
+2. The last B queries, multiplied by the softmax scale, against all keys; causal mask on the last B x B; softmax in
+   fp32 -> P `[B, N]`. vertical = P averaged over its rows; slash[o] = (sum of P along diagonal offset o) / B.
+3. Token counts that cover gamma: cnt = #(descending cumulative sum <= gamma) + 1, turned into blocks as
+   cnt // 128 + 1 (128 is hard-coded in the official code, whatever B is), then clamped below by
+   minb = ceil(min_budget / B) and above by min(ceil(max_budget / B), nb), in that order.
+4. Block scores: vertical and slash sum-pooled over B consecutive entries (slash entries are ordered from the
+   farthest diagonal to the main one, so pooled entry c stands for block offset nb - 1 - c).
+5. Pattern switch: a = softmax(mean of the scaled last queries . block-mean keys) over the nb key blocks; the
+   square root of the Jensen-Shannon divergence (natural log) between a and the pooled vertical is compared with
+   tau; below tau the head is query-aware and its vertical and slash budgets drop to minb.
+6. Vertical-slash blocks: the top-nv key blocks (block 0 forced first) in every row at or below them, and the
+   top-ns block diagonals (the main one forced first).
+7. Query-aware heads add: Abar = softmax over causal key blocks of (block-mean scaled queries . block-mean keys),
+   an nb x nb matrix whose rows each sum to 1; its entries sorted globally in descending order are kept while their
+   running sum stays <= gamma * nb (the entry that crosses is dropped; not per row).
+
+Tie rule (both top-k choices and the global sort): a stable descending sort, so among equal scores the lower index
+(row-major for the global sort) comes first. The official code leaves ties to `torch.topk` / `torch.sort`.
+
+`variant="sparse_frontier"` is the simplified FlexPrefill of The Sparse Frontier (Nawrot et al., 2025,
+arXiv:2504.17768; PiotrNawrot/sparse-frontier at 31d86c1, `FlexPrefill` in
+`sparse_frontier/modelling/attention/efficient_prefilling.py`), per query head and at token level:
+the last `approximation_size` (default 512) queries estimate P as above (causal on the last window, fp32 softmax);
+nv = max(min_budget, cover(vertical, gamma)) key columns and ns = max(min_budget, cover(slash, gamma)) diagonals,
+cover counted in tokens as in step 3 but with no block conversion; then the first 4 key columns and the 64 nearest
+diagonals are forced and the top-nv columns and top-ns diagonals are kept; execution is MInference's vertical-slash
+form with 64 x 64 blocks. Compared with the official method it has no query-aware heads and no pattern switch (tau
+is unused), no block pooling of the scores, no maximum budget (max_budget must be None) and its own execution block
+(block_size is unused). Its reference configuration is gamma (SF's `alpha`) 0.65, min_budget 512,
+approximation_size 512: set them explicitly, since the knob defaults are the official method's.
+
+Deviations from the official code:
+- Head dim: any (the official top-level function asserts D in {16, 32, 64, 128}). Block size keeps the official
+  restriction to {16, 32, 64, 128}.
+- Softmax scale: the estimates use the model's attention scale (`ctx.scale`); the official code uses 1/sqrt(D).
+  Identical on every model whose scale is D^-1/2 (Llama, Qwen, Gemma 3 270M).
+- Ties: the stable rule above.
+- Batch > 1: each batch entry is selected independently (the official code asserts batch 1).
+- Chunked prefill (T < S): the official code asserts T == S; such calls run dense here (density 1 is recorded).
+- Blocks above the block diagonal, which the query-aware rule can reach at gamma near 1 through zero-probability
+  entries, are not listed; they hold no causal pair, so the computed pairs are the same.
+- Block-mean queries and keys accumulate in fp32 and are rounded to the input dtype before their matmul; the
+  official code pools in the input dtype. Matmuls run in the input dtype and softmaxes in fp32, as officially.
+- The pooled query-aware matrix is computed for every head and used where the switch chose query-aware, which keeps
+  selection free of host synchronisation (the official code loops over the query-aware heads); the selection is the
+  same, and `estimation_flops` counts all heads, as executed.
+- Execution: the Selection runs on sparsebench's executors instead of the official Triton block-wise kernel.
+- `variant="sparse_frontier"`: ties as above; T < approximation_size runs dense (the Sparse Frontier code fails
+  there); nv and ns are capped at T (its `topk` fails beyond); the model's scale as above; execution through
+  `kernels/vertical_slash` (each slash band rounded out to the aligned 64 x 64 blocks it crosses, a superset of
+  MInference's unaligned 64-wide bands, so density at equal knobs is somewhat higher than Sparse Frontier's
+  kernel computes); density counts executed causal pairs (Sparse Frontier counts whole 64 x 64 blocks); one host
+  synchronisation per call sizes the index lists (Sparse Frontier synchronises per head).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from sparsebench.attention import AttnContext, AttnShape, SparseAttention
+from sparsebench.selection import Selection
+
+VARIANTS = ("official", "sparse_frontier")
+BLOCK_SIZES = (16, 32, 64, 128)
+TOKENS_PER_BUDGET_BLOCK = 128  # the official token-count -> block-count conversion ignores block_size
+SF_SINK_COLUMNS = 4
+SF_LOCAL_DIAGONALS = 64
+SF_BLOCK = 64  # MInference's vertical-slash kernel block
+SF_APPROXIMATION = 512
+MAX_SCORE_ELEMS = 1 << 27  # score elements held at once by the last-queries estimate (512 MB in fp32)
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def _head_chunks(HKV: int, G: int, per_head: int, max_elems: int) -> Iterator[tuple[int, int, int, int]]:
+    """(kv0, kv1, g0, g1) slices of query heads whose score matrices hold at most `max_elems` elements together."""
+    if G * per_head <= max_elems:
+        hc = max(1, max_elems // (G * per_head))
+        for h0 in range(0, HKV, hc):
+            yield h0, min(h0 + hc, HKV), 0, G
+    else:
+        gc = max(1, max_elems // per_head)
+        for h0 in range(HKV):
+            for g0 in range(0, G, gc):
+                yield h0, h0 + 1, g0, min(g0 + gc, G)
+
+
+def diagonal_sums(p: torch.Tensor) -> torch.Tensor:
+    """Sums along the diagonals of `p [..., n, S]`, whose rows are the last n positions of S keys.
+
+    Entry x of the result `[..., S]` is the diagonal at offset S - 1 - x (query position minus key position), so the
+    last entry is the main diagonal. Skewing trick: after n - 1 zeros on the left, row i read with a stride one
+    longer than the row length starts i elements later, which lines every diagonal up in one column.
+    """
+    *lead, n, S = p.shape
+    padded = torch.nn.functional.pad(p, (n - 1, 0)).reshape(*lead, n * (S + n - 1))
+    skewed = torch.nn.functional.pad(padded, (0, n)).view(*lead, n, S + n)
+    return skewed[..., :S].sum(-2)
+
+
+def last_query_scores(q: torch.Tensor, k: torch.Tensor, n: int, scale: float,
+                      max_elems: int = MAX_SCORE_ELEMS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Vertical and slash scores of the last `n` queries (T == S), and those queries pre-scaled.
+
+    Returns `vertical [B, H, S]` (fp32 column means of the softmax), `slash [B, H, S]` (fp32 diagonal sums / n,
+    ordered as in `diagonal_sums`) and `q_last [B, H, n, D]` (input dtype, multiplied by `scale`). Query heads are
+    grouped onto their KV head (K is never repeated) and processed in slices of at most `max_elems` scores.
+    """
+    B, H, T, D = q.shape
+    HKV, S = k.shape[1], k.shape[2]
+    G = H // HKV
+    q_last = q[:, :, T - n:] * scale
+    qg = q_last.view(B, HKV, G, n, D)
+    vertical = torch.empty(B, HKV, G, S, dtype=torch.float32, device=q.device)
+    slash = torch.empty_like(vertical)
+    rows = torch.arange(n, device=q.device)
+    above = rows[None, :] > rows[:, None]  # key after the query inside the last n x n square
+    for h0, h1, g0, g1 in _head_chunks(HKV, G, B * n * S, max_elems):
+        hc, gc = h1 - h0, g1 - g0
+        logits = torch.matmul(qg[:, h0:h1, g0:g1].reshape(B, hc, gc * n, D), k[:, h0:h1].transpose(-1, -2))
+        logits = logits.view(B, hc, gc, n, S)
+        logits[..., S - n:].masked_fill_(above, float("-inf"))
+        p = torch.softmax(logits, dim=-1, dtype=torch.float32)
+        del logits
+        vertical[:, h0:h1, g0:g1] = p.mean(-2)
+        slash[:, h0:h1, g0:g1] = diagonal_sums(p) / n
+        del p
+    return vertical.view(B, H, S), slash.view(B, H, S), q_last
+
+
+def cover_count(x: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Entries of the descending running sum of `x [..., N]` that stay <= gamma, plus one (int64 `[...]`)."""
+    srt = torch.sort(x, dim=-1, descending=True).values
+    return (torch.cumsum(srt, dim=-1) <= gamma).sum(-1) + 1
+
+
+def block_budget(x: torch.Tensor, gamma: float, minb: int, maxb: int) -> torch.Tensor:
+    """Official block budget from token scores `x [..., N]`: cover count // 128 + 1, raised to minb, then cut to
+    maxb (so maxb wins when minb > maxb)."""
+    nb = cover_count(x, gamma) // TOKENS_PER_BUDGET_BLOCK + 1
+    nb = torch.where(nb < minb, torch.full_like(nb, minb), nb)
+    return torch.where(nb > maxb, torch.full_like(nb, maxb), nb)
+
+
+def sum_pool(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Sums of `x [..., N]` over consecutive runs of `size` (the last run may be short) -> `[..., ceil(N/size)]`."""
+    N = x.shape[-1]
+    nb = -(-N // size)
+    return torch.nn.functional.pad(x, (0, nb * size - N)).view(*x.shape[:-1], nb, size).sum(-1)
+
+
+def block_mean(x: torch.Tensor, size: int) -> torch.Tensor:
+    """fp32 means of `x [..., N, D]` over consecutive runs of `size` rows; the last run averages only its rows."""
+    N, D = x.shape[-2], x.shape[-1]
+    nb = -(-N // size)
+    padded = torch.nn.functional.pad(x.float(), (0, 0, 0, nb * size - N))
+    sums = padded.view(*x.shape[:-2], nb, size, D).sum(-2)
+    counts = torch.full((nb, 1), float(size), device=x.device)
+    counts[-1] = N - (nb - 1) * size
+    return sums / counts
+
+
+def js_distance(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Square root of the Jensen-Shannon divergence (natural log) over the last dim.
+
+    As in the official code no zero guard is applied: a zero probability yields NaN, which compares False with tau
+    (the head stays vertical-slash).
+    """
+    m = 0.5 * (p + q)
+    kl_p = (p * torch.log(p / m)).sum(-1)
+    kl_q = (q * torch.log(q / m)).sum(-1)
+    return torch.sqrt(0.5 * kl_p + 0.5 * kl_q)
+
+
+def stable_rank(score: torch.Tensor) -> torch.Tensor:
+    """Rank of every entry in a stable descending sort over the last dim (ties: lower index first)."""
+    order = torch.sort(score, dim=-1, descending=True, stable=True).indices
+    ar = torch.arange(score.shape[-1], device=score.device).expand_as(order)
+    return torch.empty_like(order).scatter_(-1, order, ar)
+
+
+def global_cover_mask(attn: torch.Tensor, target: float) -> torch.Tensor:
+    """bool like `attn [..., R, C]`: entries kept by the global rule (sorted descending over all R * C entries with
+    ties in row-major order, kept while the running sum stays <= target)."""
+    flat = attn.flatten(-2)
+    vals, order = torch.sort(flat, dim=-1, descending=True, stable=True)
+    kept_sorted = torch.cumsum(vals, dim=-1) <= target
+    return torch.zeros_like(kept_sorted).scatter_(-1, order, kept_sorted).view(attn.shape)
+
+
+# ------------------------------------------------------------------------------------------------ patterns
+def official_block_mask(q: torch.Tensor, k: torch.Tensor, *, gamma: float, tau: float, minb: int, maxb: int,
+                        block_size: int, scale: float, max_elems: int = MAX_SCORE_ELEMS
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Official FlexPrefill block selection (module docstring, steps 2-7) for q `[B, H, N, D]`, k `[B, HKV, N, D]`.
+
+    `maxb` is the block cap before it is cut to nb. Returns `(mask [B, H, nb, nb]` bool over causal blocks,
+    `query_aware [B, H]` bool).
+    """
+    B, H, N, D = q.shape
+    HKV = k.shape[1]
+    G = H // HKV
+    bs = block_size
+    nb = -(-N // bs)
+    maxb = min(maxb, nb)
+    vertical, slash, q_last = last_query_scores(q, k, bs, scale, max_elems)
+    nv = block_budget(vertical, gamma, minb, maxb)
+    ns = block_budget(slash, gamma, minb, maxb)
+    vert_b = sum_pool(vertical, bs)  # [B, H, nb]: key block c
+    slash_b = sum_pool(slash, bs)  # [B, H, nb]: block offset nb - 1 - c
+
+    k_mean = block_mean(k, bs).to(k.dtype)  # [B, HKV, nb, D]
+    q_probe = q_last.mean(-2).view(B, HKV, G, D)
+    a = torch.softmax(torch.matmul(q_probe, k_mean.transpose(-1, -2)), dim=-1, dtype=torch.float32)
+    query_aware = js_distance(a.view(B, H, nb), vert_b) < tau
+    nv = torch.where(query_aware, torch.full_like(nv, minb), nv)
+    ns = torch.where(query_aware, torch.full_like(ns, minb), ns)
+
+    vert_b = vert_b.clone()
+    vert_b[..., 0] = float("inf")
+    slash_b[..., -1] = float("inf")
+    keep_v = stable_rank(vert_b) < nv[..., None]
+    keep_s = stable_rank(slash_b) < ns[..., None]
+    r = torch.arange(nb, device=q.device)[:, None]
+    c = torch.arange(nb, device=q.device)[None, :]
+    causal = c <= r
+    diag = (nb - 1 - (r - c)).clamp(0, nb - 1)  # pooled slash entry of block (r, c)
+    mask = causal & (keep_v[..., None, :] | keep_s[..., diag])
+
+    q_mean = (block_mean(q, bs).to(q.dtype) * scale).view(B, HKV, G * nb, D)
+    logits = torch.matmul(q_mean, k_mean.transpose(-1, -2)).view(B, H, nb, nb)
+    attn = torch.softmax(logits.masked_fill(~causal, float("-inf")), dim=-1, dtype=torch.float32)
+    qa_blocks = global_cover_mask(attn, gamma * nb) & causal
+    mask |= qa_blocks & query_aware[..., None, None]
+    return mask, query_aware
+
+
+def sparse_frontier_indices(q: torch.Tensor, k: torch.Tensor, *, gamma: float, min_budget: int, n: int,
+                            scale: float, max_elems: int = MAX_SCORE_ELEMS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sparse Frontier's FlexPrefill columns and diagonals for q `[B, H, N, D]`, k `[B, HKV, N, D]`.
+
+    Returns `v_idx [B, H, NV]` key columns and `s_off [B, H, NS]` diagonal offsets (query minus key position),
+    each in stable descending score order and padded with -1, NV / NS the largest per-head counts.
+    """
+    N = q.shape[2]
+    vertical, slash, _ = last_query_scores(q, k, n, scale, max_elems)
+    nv = cover_count(vertical, gamma).clamp(min=min_budget, max=N)
+    ns = cover_count(slash, gamma).clamp(min=min_budget, max=N)
+    vertical[..., :SF_SINK_COLUMNS] = float("inf")
+    slash[..., -SF_LOCAL_DIAGONALS:] = float("inf")
+    # the index lists are padded to the largest count: one synchronisation for both
+    kv_max, ks_max = (int(x) for x in torch.stack([nv.max(), ns.max()]).tolist())
+    v_order = torch.sort(vertical, dim=-1, descending=True, stable=True).indices[..., :kv_max]
+    s_order = torch.sort(slash, dim=-1, descending=True, stable=True).indices[..., :ks_max]
+    v_live = torch.arange(kv_max, device=q.device) < nv[..., None]
+    s_live = torch.arange(ks_max, device=q.device) < ns[..., None]
+    v_idx = torch.where(v_live, v_order, -1)
+    s_off = torch.where(s_live, N - 1 - s_order, -1)
+    return v_idx, s_off
+
+
+# ------------------------------------------------------------------------------------------------ method
+class FlexPrefill(SparseAttention):
+    name = "flexprefill"
+    label = "FlexPrefill"
+    paper = "arXiv:2502.20766"
+    impl_version = 1
+    budget_knob = "gamma"
+    budget_increases_density = True
+
+    def __init__(self, gamma: float = 0.95, tau: float = 0.1, min_budget: int | None = 1024,
+                 max_budget: int | None = None, block_size: int = 128, variant: str = "official",
+                 approximation_size: int | None = None, executor: str = "auto") -> None:
+        if variant not in VARIANTS:
+            raise ValueError(f"flexprefill variant={variant!r} is not one of {', '.join(VARIANTS)}")
+        if not 0.0 < gamma <= 1.0:
+            raise ValueError(f"flexprefill gamma={gamma} is outside (0, 1]")
+        if not 0.0 <= tau <= 1.0:
+            raise ValueError(f"flexprefill tau={tau} is outside [0, 1]")
+        if min_budget is not None and min_budget < 1:
+            raise ValueError(f"flexprefill min_budget={min_budget} must be None or an integer >= 1 (tokens)")
+        if max_budget is not None and max_budget < 1:
+            raise ValueError(f"flexprefill max_budget={max_budget} must be None or an integer >= 1 (tokens)")
+        if block_size not in BLOCK_SIZES:
+            raise ValueError(f"flexprefill block_size={block_size} is not one of {BLOCK_SIZES}")
+        if approximation_size is not None and approximation_size < 1:
+            raise ValueError(f"flexprefill approximation_size={approximation_size} must be None or an integer >= 1")
+        if variant == "official" and approximation_size not in (None, block_size):
+            raise ValueError(f"flexprefill approximation_size={approximation_size} applies to "
+                             f"variant='sparse_frontier' only (official estimates from the last block_size queries)")
+        if variant == "sparse_frontier" and max_budget is not None:
+            raise ValueError(f"flexprefill max_budget={max_budget} has no meaning for variant='sparse_frontier'; "
+                             "leave it None")
+        super().__init__(executor=executor, gamma=gamma, tau=tau, min_budget=min_budget, max_budget=max_budget,
+                         block_size=block_size, variant=variant, approximation_size=approximation_size)
+        self.gamma, self.tau, self.block_size, self.variant = gamma, tau, block_size, variant
+        self.min_budget, self.max_budget = min_budget, max_budget
+        if variant == "official":
+            self.minb = 1 if min_budget is None else -(-min_budget // block_size)
+            self.maxb = 2**31 - 1 if max_budget is None else -(-max_budget // block_size)
+            self.approximation_size = block_size
+        else:
+            self.approximation_size = SF_APPROXIMATION if approximation_size is None else approximation_size
+        # per-head pattern of the last sparse call: [B, H] bool, True = query-aware; None after a dense call
+        self.last_decision: torch.Tensor | None = None
+
+    def runs_dense(self, q_len: int, k_len: int) -> bool:
+        """Whether a call of this shape falls back to dense causal attention."""
+        if q_len != k_len:
+            return True
+        if self.variant == "sparse_frontier":
+            return q_len < self.approximation_size
+        min_tokens = 1 if self.min_budget is None else self.min_budget
+        return q_len <= max(2 * self.block_size, -(-min_tokens // self.block_size) * self.block_size)
+
+    def select(self, q: torch.Tensor, k: torch.Tensor, ctx: AttnContext) -> Selection:
+        B, H, T, _ = q.shape
+        HKV, S = k.shape[1], k.shape[2]
+        if self.runs_dense(T, S):
+            self.last_decision = None
+            bs = self.block_size if self.variant == "official" else SF_BLOCK
+            return Selection.causal(batch=B, q_len=T, k_len=S, num_heads=H, num_kv_heads=HKV, block_q=bs,
+                                    block_k=bs, device=q.device)
+        if self.variant == "official":
+            mask, query_aware = official_block_mask(q, k, gamma=self.gamma, tau=self.tau, minb=self.minb,
+                                                    maxb=self.maxb, block_size=self.block_size, scale=ctx.scale)
+            self.last_decision = query_aware
+            # every key block as list width: no host synchronisation to size the lists
+            idx = torch.argsort((~mask).to(torch.int8), dim=-1, stable=True).to(torch.int32)
+            return Selection(idx, mask.sum(-1, dtype=torch.int32), self.block_size, self.block_size, T, S, H, HKV,
+                             "query_head")
+        from sparsebench.kernels.vertical_slash import vertical_slash_to_blocks
+
+        min_tokens = 0 if self.min_budget is None else self.min_budget
+        v_idx, s_off = sparse_frontier_indices(q, k, gamma=self.gamma, min_budget=min_tokens,
+                                               n=self.approximation_size, scale=ctx.scale)
+        self.last_decision = torch.zeros(B, H, dtype=torch.bool, device=q.device)
+        idx, cnt, cols, ccnt = vertical_slash_to_blocks(v_idx, s_off, T, S, SF_BLOCK)
+        return Selection(idx, cnt, SF_BLOCK, SF_BLOCK, T, S, H, HKV, "query_head", extra_cols=cols,
+                         extra_counts=ccnt)
+
+    def estimation_flops(self, shape: AttnShape) -> int:
+        """Matmul FLOPs of `select`: the last-queries scores (2 * n * S * D per head), and for the official variant
+        the pooled switch probe (2 * nb * D) and the pooled nb x nb block scores (2 * nb^2 * D), for all heads."""
+        if self.runs_dense(shape.q_len, shape.k_len):
+            return 0
+        heads = shape.batch * shape.num_heads
+        D, S, n = shape.head_dim, shape.k_len, self.approximation_size
+        flops = 2 * n * S * D
+        if self.variant == "official":
+            nb = -(-S // self.block_size)
+            flops += 2 * nb * D + 2 * nb * nb * D
+        return heads * flops
