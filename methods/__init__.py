@@ -6,4 +6,5 @@ METHODS = Registry("method", {
     "flexprefill": "sparsebench.methods.flexprefill:FlexPrefill",
     "pbs": "sparsebench.methods.pbs:PBS",
     "streaming": "sparsebench.methods.streaming:Streaming",
+    "xattn": "sparsebench.methods.xattn:XAttention",
 })

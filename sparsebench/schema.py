@@ -36,6 +36,18 @@ class StreamingConfig(MethodConfig):
 
 
 @dataclass
+class XAttentionConfig(MethodConfig):
+    name: str = "xattn"
+    stride: int = 8
+    threshold: float = 0.9
+    block_size: int = 128
+    norm: float = 1.0
+    thresholds_file: Optional[str] = None  # per-layer x per-head thresholds (scripts/calibrate_xattn.py)
+    chunk_size: Optional[int] = None  # query tokens estimated at once (memory only)
+    use_triton: str = "auto"  # auto | true | false
+
+
+@dataclass
 class FlexPrefillConfig(MethodConfig):
     name: str = "flexprefill"
     gamma: float = 0.95

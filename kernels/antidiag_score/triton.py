@@ -1,0 +1,197 @@
+"""Fused Triton kernel for XAttention's block scores: same output as `naive.antidiag_block_scores_naive` (which pins
+the semantics), without materialising the strided logits.
+
+One program owns `BLOCK_M` strided query rows (whole query blocks) of one query head and walks the key tiles up to
+the tile-level causal limit of its last row, `BLOCK_N` tiles at a time:
+
+* pass 1, per key chunk: the antidiagonal logits are a sum of `st` ordinary dot products, row i's query
+  `st-1-u` against tile j's key `u` (Triton port of the strided GEMM idea in XAttention's
+  `flat_group_gemm_fuse_reshape`), each split over the head dimension in `BD`-wide slices so that head dim 256
+  fits in shared memory. The online softmax updates the row max `m` and sum `l` (base 2), and the chunk's
+  unnormalised mass per (row, key block), `sum_j exp2(s - m_now)`, is written to a scratch buffer together with
+  the `m_now` it is relative to.
+* pass 2, over the same chunks: each stored partial is rescaled to the final max, `* exp2(m_now - m) / l`, and the
+  rows of each query block are summed into the `[NQc, NK]` output.
+
+So the matmul is done once (as in the official two-kernel version, which stores the whole logit slice instead) and
+the scratch holds one value per (row, key block), `BS / st` times fewer than the logits. Blocks past the causal
+limit stay 0. Rows past T and keys past S are zero vectors (masked loads), as in the reference.
+
+K is read at its KV head (`h // G`), never repeated. Under `TRITON_INTERPRET=1` the loads are cast to fp32 before
+`tl.dot` (the interpreter's bf16 dot is unreliable) and loops run to a constexpr bound with a guard (the
+interpreter cannot take a computed loop bound); the variable must be set before triton is first imported.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["antidiag_block_scores_triton", "supports"]
+
+_LOG2E = 1.4426950408889634
+
+
+def _antidiag_fwd(Q, K, OUT, CS, MU,
+                  sqb, sqh, sqt, skb, skh, sks, sob, soh, soq, scb, sci, smb, smi,
+                  T, S, H, G, I0, NROWS, SR, NK, NQC, C_OFF, scale_log2,
+                  STRIDE: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, R: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MAX_TILES: tl.constexpr,
+                  INTERPRET: tl.constexpr, PREC: tl.constexpr):
+    # Later rows see more key tiles: launching them first shortens the tail of the grid.
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
+    kvh = h // G
+
+    r = tl.arange(0, BLOCK_M)
+    i_loc = pid_m * BLOCK_M + r  # row inside this launch
+    row_ok = i_loc < NROWS
+    i = I0 + i_loc  # strided row in the whole query
+    lim = i + C_OFF  # last allowed key tile of each row
+    last_row = tl.minimum(pid_m * BLOCK_M + BLOCK_M, NROWS) - 1 + I0
+    n_tiles = tl.minimum(last_row + C_OFF, SR - 1) // BLOCK_N + 1
+
+    nn = tl.arange(0, BLOCK_N)
+    dd = tl.arange(0, BD)
+    q_base = Q + b * sqb + h * sqh
+    k_base = K + b * skb + kvh * skh
+    NB_N: tl.constexpr = BLOCK_N // R
+    kb_loc = tl.arange(0, NB_N)
+    cs_base = CS + pid_bh.to(tl.int64) * scb + i_loc.to(tl.int64)[:, None] * sci
+    mu_base = MU + pid_bh.to(tl.int64) * smb + i_loc.to(tl.int64) * smi
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for n in range(MAX_TILES if INTERPRET else n_tiles):
+        if n < n_tiles:
+            j = n * BLOCK_N + nn
+            acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+            for u in range(STRIDE):
+                # row i pairs its query st-1-u with tile j's key u: the antidiagonal of the st x st tile
+                tq = i * STRIDE + (STRIDE - 1 - u)
+                q_ok = row_ok & (tq < T)
+                tk = j * STRIDE + u
+                k_ok = tk < S
+                q_ptr = q_base + tq.to(tl.int64)[:, None] * sqt
+                k_ptr = k_base + tk.to(tl.int64)[:, None] * sks
+                for d0 in tl.static_range(0, D, BD):
+                    qt = tl.load(q_ptr + (d0 + dd)[None, :], mask=q_ok[:, None], other=0.0)
+                    kt = tl.load(k_ptr + (d0 + dd)[None, :], mask=k_ok[:, None], other=0.0)
+                    if INTERPRET:
+                        qt = qt.to(tl.float32)
+                        kt = kt.to(tl.float32)
+                    acc = tl.dot(qt, tl.trans(kt), acc, input_precision=PREC)
+            keep = (j[None, :] <= lim[:, None]) & (j[None, :] < SR)
+            s = tl.where(keep, acc * scale_log2, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: tile 0 is allowed for every row
+            p = tl.math.exp2(s - m_new[:, None])
+            l_i = l_i * tl.math.exp2(m_i - m_new) + tl.sum(p, 1)
+            part = tl.sum(tl.reshape(p, (BLOCK_M, NB_N, R)), 2)
+            tl.store(cs_base + (n * NB_N + kb_loc)[None, :], part, mask=row_ok[:, None])
+            tl.store(mu_base + n, m_new, mask=row_ok)
+            m_i = m_new
+
+    # pass 2 reads what other threads of this program wrote in pass 1
+    tl.debug_barrier()
+    inv = tl.where(row_ok, 1.0 / l_i, 0.0)
+    NB_M: tl.constexpr = BLOCK_M // R
+    qb = pid_m * NB_M + tl.arange(0, NB_M)
+    out_base = OUT + b * sob + h * soh + qb.to(tl.int64)[:, None] * soq
+    for n in range(MAX_TILES if INTERPRET else n_tiles):
+        if n < n_tiles:
+            part = tl.load(cs_base + (n * NB_N + kb_loc)[None, :], mask=row_ok[:, None], other=0.0)
+            mu = tl.load(mu_base + n, mask=row_ok, other=0.0)
+            w = tl.where(row_ok, tl.math.exp2(mu - m_i) * inv, 0.0)
+            blk = tl.sum(tl.reshape(part * w[:, None], (NB_M, R, NB_N)), 1)
+            kb = n * NB_N + kb_loc
+            tl.store(out_base + kb[None, :], blk, mask=(qb[:, None] < NQC) & (kb[None, :] < NK))
+
+
+_KERNELS: dict[bool, object] = {}
+
+
+def _kernel(interpret: bool):
+    # triton.jit decides between compiled and interpreted at decoration time, so decorate per mode on first use
+    if interpret not in _KERNELS:
+        _KERNELS[interpret] = triton.jit(_antidiag_fwd)
+    return _KERNELS[interpret]
+
+
+def _pow2(x: int) -> bool:
+    return x > 0 and x & (x - 1) == 0
+
+
+def _head_slice(D: int) -> int:
+    """Widest power-of-two slice of the head dim, at most 64, that divides it (tl.dot needs K >= 16)."""
+    bd = 64
+    while bd >= 16 and D % bd:
+        bd //= 2
+    return bd
+
+
+def supports(head_dim: int, stride: int, block_size: int) -> str | None:
+    """None if the kernel takes this configuration, else the reason it does not."""
+    if stride < 1 or block_size % stride:
+        return f"stride={stride} does not divide block_size={block_size}"
+    R = block_size // stride
+    if not _pow2(R) or R > 128:
+        return f"block_size/stride={R} must be a power of two <= 128"
+    if _head_slice(head_dim) < 16:
+        return f"head dim {head_dim} is not a multiple of 16"
+    return None
+
+
+def antidiag_block_scores_triton(q: torch.Tensor, k: torch.Tensor, stride: int, block_size: int, scale: float,
+                                 row_start: int = 0, row_end: int | None = None, block_m: int = 64,
+                                 block_n: int = 128, num_warps: int = 4, num_stages: int = 2) -> torch.Tensor:
+    """XAttention block scores `[B, H, NQc, NK]` (fp32) for the query blocks of rows `[row_start, row_end)`; the
+    arguments and output are those of `antidiag_block_scores_naive`.
+
+    Tiles: `block_m` strided rows by `block_n` key tiles (both raised to `block_size / stride` when smaller), head
+    dim in slices of up to 64. Scratch: fp32 `[B*H, rows, NKT * block_n / R]` plus `[B*H, rows, NKT]` for the
+    launch's strided rows (NKT = key tiles / block_n), freed on return.
+    """
+    B, H, T, D = q.shape
+    if k.dim() != 4 or k.shape[0] != B or k.shape[3] != D:
+        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} must be [B, H, T, D] and [B, HKV, S, D]")
+    HKV, S = k.shape[1], k.shape[2]
+    if H % HKV or S < T:
+        raise ValueError(f"need H % HKV == 0 and S >= T; got H={H}, HKV={HKV}, T={T}, S={S}")
+    why = supports(D, stride, block_size)
+    if why:
+        raise ValueError(f"antidiag_block_scores_triton: {why}")
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32) or k.dtype != q.dtype:
+        raise ValueError(f"q/k dtypes {q.dtype}/{k.dtype}: need one of fp16, bf16, fp32, the same for both")
+    row_end = T if row_end is None else min(row_end, T)
+    if row_start % block_size or not 0 <= row_start < row_end or (row_end != T and row_end % block_size):
+        raise ValueError(f"row range [{row_start}, {row_end}) must be whole blocks of {block_size} inside [0, {T})")
+    R = block_size // stride
+    block_m, block_n = max(block_m, R), max(block_n, R)
+    if not (_pow2(block_m) and _pow2(block_n)) or block_m < 16 or block_n < 16:
+        raise ValueError(f"block_m={block_m} and block_n={block_n} must be powers of two >= 16")
+    q = q if q.stride(-1) == 1 else q.contiguous()
+    k = k if k.stride(-1) == 1 else k.contiguous()
+    SR, NK = -(-S // stride), -(-S // block_size)
+    i0, i1 = row_start // stride, -(-row_end // stride)
+    nrows = i1 - i0
+    nqc = -(-(row_end - row_start) // block_size)
+    nkt = -(-SR // block_n)
+    out = torch.zeros(B, H, nqc, NK, dtype=torch.float32, device=q.device)
+    cs = torch.empty(B * H, nrows, nkt * (block_n // R), dtype=torch.float32, device=q.device)
+    mu = torch.empty(B * H, nrows, nkt, dtype=torch.float32, device=q.device)
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    grid = (triton.cdiv(nrows, block_m), B * H)
+    _kernel(interpret)[grid](
+        q, k, out, cs, mu,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        out.stride(0), out.stride(1), out.stride(2), cs.stride(0), cs.stride(1), mu.stride(0), mu.stride(1),
+        T, S, H, H // HKV, i0, nrows, SR, NK, nqc, -(-(S - T) // stride), float(scale) * _LOG2E,
+        STRIDE=stride, D=D, BD=_head_slice(D), R=R, BLOCK_M=block_m, BLOCK_N=block_n,
+        # a constexpr: only the interpreter needs it (a per-length value would recompile the GPU kernel)
+        MAX_TILES=nkt if interpret else 0,
+        INTERPRET=interpret, PREC="ieee" if interpret or q.dtype == torch.float32 else "tf32", num_warps=num_warps, num_stages=num_stages)
+    return out
