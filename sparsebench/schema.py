@@ -48,6 +48,25 @@ class XAttentionConfig(MethodConfig):
 
 
 @dataclass
+class MInferenceConfig(MethodConfig):
+    name: str = "minference"
+    pattern: str = "vertical_slash"  # a_shape | vertical_slash | block_sparse | config
+    last_q: int = 64
+    vertical_size: int = 1000
+    slash_size: int = 6096
+    n_init: int = 128
+    n_local: int = 3968
+    top_k: int = 100
+    block_size: int = 64
+    forced_columns: int = 30
+    forced_diagonals: int = 100
+    min_vertical: int = 30
+    min_slash: int = 50
+    budget_scale: float = 1.0
+    pattern_file: Optional[str] = None  # pattern=config only: per-head JSON in the calibration store
+
+
+@dataclass
 class FlexPrefillConfig(MethodConfig):
     name: str = "flexprefill"
     gamma: float = 0.95
