@@ -107,6 +107,36 @@ class NIAHConfig(TaskConfig):
     essay_field: str = "text"
 
 
+@dataclass
+class LongBenchConfig(TaskConfig):
+    name: str = "longbench"
+    variant: str = "v1"  # v1 (21 datasets) | e (LongBench-E: 13 datasets x length buckets 0-4k, 4-8k, 8k+)
+    datasets: List[str] = field(default_factory=list)  # empty: all datasets of the variant
+    data_dir: Optional[str] = None  # local <config>.jsonl files (config = dataset, or <dataset>_e for E)
+    hf_id: str = "Xnhyacinth/LongBench"  # parquet mirror of THUDM/LongBench (unverified from here)
+    revision: Optional[str] = "main"  # pin a commit sha for reproducible runs
+    data_files: Optional[str] = None  # with hf_id=json/parquet: a pattern with {config}
+    split: str = "test"
+    sampling: str = "first"  # first (file order) | random (seeded subset): n per dataset (per bucket for E)
+
+
+@dataclass
+class LongBenchV2Config(TaskConfig):
+    name: str = "longbench_v2"
+    prompt: str = "0shot"  # 0shot | no_context
+    difficulties: List[str] = field(default_factory=list)  # easy, hard (empty: all)
+    lengths: List[str] = field(default_factory=list)  # short, medium, long (empty: all)
+    domains: List[str] = field(default_factory=list)  # empty: all
+    group_by: str = "none"  # none | difficulty | length | domain: the subtask
+    max_new_tokens: int = 128
+    data_dir: Optional[str] = None  # local data.json / data.jsonl / longbench_v2.jsonl
+    hf_id: str = "THUDM/LongBench-v2"  # (unverified from here)
+    revision: Optional[str] = "main"  # pin a commit sha for reproducible runs
+    data_files: Optional[str] = None  # with hf_id=json/parquet
+    split: str = "train"
+    sampling: str = "first"  # first | random
+
+
 # ------------------------------------------------------------------------------------------------ models
 @dataclass
 class ModelConfig:

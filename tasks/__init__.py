@@ -2,5 +2,7 @@
 from sparsebench.registry import Registry
 
 TASKS = Registry("task", {
+    "longbench": "sparsebench.tasks.longbench:LongBench",
+    "longbench_v2": "sparsebench.tasks.longbench:LongBenchV2",
     "niah": "sparsebench.tasks.niah:NIAH",
 })
