@@ -6,7 +6,7 @@ A YAML in `conf/<group>/` extends its schema explicitly (`- /schema/method/strea
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -105,6 +105,32 @@ class NIAHConfig(TaskConfig):
     essay_data_files: Optional[str] = None
     essay_split: str = "train"
     essay_field: str = "text"
+
+
+@dataclass
+class RulerConfig(TaskConfig):
+    name: str = "ruler"
+    subtasks: List[str] = field(default_factory=lambda: [
+        "niah_single_1", "niah_single_2", "niah_single_3", "niah_multikey_1", "niah_multikey_2", "niah_multikey_3",
+        "niah_multivalue", "niah_multiquery", "vt", "cwe", "fwe", "qa_1", "qa_2"])
+    max_new_tokens: Dict[str, int] = field(default_factory=dict)  # per-subtask overrides of upstream's budgets
+    essay_path: Optional[str] = None  # Paul Graham essays (.txt/.json/.jsonl/folder); default: offline pydoc prose
+    essay_dataset: Optional[str] = None
+    essay_data_files: Optional[str] = None
+    essay_split: str = "train"
+    essay_field: str = "text"
+    squad_path: Optional[str] = None  # SQuAD v2 dev-v2.0.json (qa_1)
+    squad_dataset: Optional[str] = None  # e.g. rajpurkar/squad_v2 (hub; not reachable from here)
+    squad_revision: Optional[str] = "3ffb306f725f7d2ce8394bc1873b24868140c412"  # unverified pin of squad_v2
+    squad_split: str = "validation"
+    squad_data_files: Optional[str] = None
+    hotpotqa_path: Optional[str] = None  # hotpot_dev_distractor_v1.json (qa_2)
+    hotpotqa_dataset: Optional[str] = None  # e.g. hotpotqa/hotpot_qa (hub; not reachable from here)
+    hotpotqa_config: Optional[str] = "distractor"
+    hotpotqa_revision: Optional[str] = "1908d6afbbead072334abe2965f91bd2709910ab"  # unverified pin of hotpot_qa
+    hotpotqa_split: str = "validation"
+    hotpotqa_data_files: Optional[str] = None
+    cwe_words_path: Optional[str] = None  # RULER's english_words.json, used only past wonderwords' 8,166 words
 
 
 @dataclass

@@ -5,4 +5,5 @@ TASKS = Registry("task", {
     "longbench": "sparsebench.tasks.longbench:LongBench",
     "longbench_v2": "sparsebench.tasks.longbench:LongBenchV2",
     "niah": "sparsebench.tasks.niah:NIAH",
+    "ruler": "sparsebench.tasks.ruler:Ruler",
 })
