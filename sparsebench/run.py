@@ -202,6 +202,8 @@ def execute(job: Job) -> tuple[list[Row], list[dict], list[dict]]:
     meter = Meter(diagnostics=cfg.diagnostics, diag_rows=cfg.diag_rows)
     install(model, method, layers, cfg.method.executor, meter)
     device = next(model.parameters()).device
+    if callable(getattr(job.task, "run", None)):
+        return _execute_hook(job, model, tok, info, device, method.label, meter)
     executor = resolve(cfg.method.executor, None, device)
     templated = uses_chat_template(tok, cfg.model.chat_template)
     task_tok = TemplatedTokenizer(tok, cfg.model.chat_template) if templated else tok
@@ -257,6 +259,24 @@ def execute(job: Job) -> tuple[list[Row], list[dict], list[dict]]:
         rows.append(Row(**base, subtask=sub, phase="prefill", metric="status", value=None, unit="", n=0,
                         status="missing_data", message=reason))
     return rows, sample_recs, layer_recs
+
+
+def _execute_hook(job: Job, model, tok, info, device, label: str, meter) -> tuple[list[Row], list[dict], list[dict]]:
+    """A task that drives the model itself (`run(model, tokenizer, cfg, meter=...)`, e.g. lm-eval) instead of
+    `samples()`: its metric and cost rows (the meter records every routed prefill it makes) become result rows."""
+    from sparsebench.executors import resolve
+
+    cfg = job.cfg
+    rows_m, recs = job.task.run(model, tok, cfg, meter=meter)
+    ran = {r.get("executor") for r in getattr(job.task, "layer_records", []) if r.get("executor")}
+    executor = "+".join(sorted(ran)) or resolve(cfg.method.executor, None, device)
+    base = _row_base(job, info, executor, label)
+    rows = [Row(**base, **r) for r in rows_m]
+    common = dict(run_id=job.run_id, experiment=cfg.experiment_name, method=cfg.method.name,
+                  method_params=json.dumps(_method_knobs(cfg), sort_keys=True), model=cfg.model.name,
+                  task=cfg.task.name, seq_len=cfg.seq_len, seed=cfg.seed)
+    layers = [dict(run_id=job.run_id, **r) for r in getattr(job.task, "layer_records", [])]
+    return rows, [{**common, **r} for r in recs], layers
 
 
 UNITS = {"density": "fraction", "input_tokens": "tokens", "estimation_flops": "flop", "attention_flops": "flop",

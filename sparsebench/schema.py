@@ -108,6 +108,47 @@ class NIAHConfig(TaskConfig):
 
 
 @dataclass
+class JointRecallConfig(TaskConfig):
+    name: str = "joint_recall"
+    max_n_key: int = 16  # keys per context (HAX max_n_key)
+    min_n_key: int = 5  # fewest keys per context, used only when whole blocks cannot fill a short prompt
+    n_value: int = 16  # distinct values (HAX n_value), at most 32
+    num_queries: int = 16  # (context, key) cells asked
+    max_new_tokens: int = 128
+
+
+@dataclass
+class MQARConfig(TaskConfig):
+    name: str = "mqar"
+    num_queries: int = 16  # keys asked
+    power_a: float = 0.01  # zoology's power law over the distance from the questions; 1.0 = uniform
+    max_new_tokens: int = 192
+
+
+@dataclass
+class StoryConfig(TaskConfig):
+    name: str = "story"
+    subtasks: List[str] = field(default_factory=lambda: ["retrieval", "multihop", "filtering"])
+    num_queries: int = 16  # retrieval questions
+    chapters_in_question: int = 3  # filtering: chapters without a purchase
+    protagonist: str = "Arion"
+    conversation_extensions: int = 3
+    max_new_tokens: int = 1024  # upstream's output budget (explanation + answer), inside seq_len here
+
+
+@dataclass
+class LMEvalConfig(TaskConfig):
+    name: str = "lm_eval"
+    tasks: List[str] = field(default_factory=list)  # lm-eval task/group/tag names (required)
+    include_path: Optional[str] = None  # folder of local task YAMLs
+    num_fewshot: Optional[int] = None
+    gen_kwargs: Optional[str] = None  # lm-eval's "key=value,..." generation overrides
+    system_instruction: Optional[str] = None
+    bootstrap_iters: int = 100000
+    metadata: Any = field(default_factory=dict)  # passed to lm-eval tasks (e.g. RULER: pretrained, max_seq_lengths)
+
+
+@dataclass
 class RulerConfig(TaskConfig):
     name: str = "ruler"
     subtasks: List[str] = field(default_factory=lambda: [
