@@ -223,7 +223,7 @@ GPU_CASES = [
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("case", GPU_CASES)
 def test_triton_gpu_matches_reference(case):
-    _check_case(case.values[0], device="cuda", tol=2e-4)
+    _check_case(case, device="cuda", tol=2e-4)
 
 
 @pytest.mark.gpu

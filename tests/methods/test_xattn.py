@@ -349,7 +349,7 @@ GPU_CASES = [
 def test_triton_selection_equals_reference_gpu(case):
     """bf16 inputs: scores agree to fp32 rounding, so the sets must agree except for blocks whose keep decision
     sits within 0.1% of the threshold (bracketed by the reference at tau * (1 -+ 1e-3))."""
-    fast, ref, (lo, hi) = _selections(case.values[0], device="cuda")
+    fast, ref, (lo, hi) = _selections(case, device="cuda")
     fast.validate()
     fm, rm = fast.to_block_mask(), ref.to_block_mask()
     assert (lo <= fm).all() and (fm <= hi).all()
