@@ -203,7 +203,8 @@ def render_prompt(tokenizer, prompt: str, answer_prefix: str, mode: str) -> str:
     user = prompt[: len(prompt) - len(answer_prefix)] if answer_prefix and prompt.endswith(answer_prefix) else prompt
     head = tokenizer.apply_chat_template([{"role": "user", "content": user.rstrip()}], tokenize=False,
                                          add_generation_prompt=True)
-    return head + (answer_prefix.lstrip() if user is not prompt else "")
+    # the prefix goes after the assistant header as it is, leading space included (RULER appends it verbatim)
+    return head + (answer_prefix if user is not prompt else "")
 
 
 class TemplatedTokenizer:

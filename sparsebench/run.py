@@ -209,18 +209,22 @@ def execute(job: Job) -> tuple[list[Row], list[dict], list[dict]]:
     task_tok = TemplatedTokenizer(tok, cfg.model.chat_template) if templated else tok
     samples = list(job.task.samples(task_tok, cfg.seq_len, cfg.n_samples, cfg.seed))
     sample_recs, layer_recs = [], []
+
+    def encode(sample):
+        # a task may mark prompts that upstream feeds raw, without the chat template (LongBench's few-shot/code sets)
+        raw = sample.meta.get("raw_prompt", False) or sample.meta.get("chat_template") is False
+        mode = "none" if raw else cfg.model.chat_template
+        text = render_prompt(tok, sample.prompt, sample.meta.get("answer_prefix", ""), mode)
+        return tok(text, return_tensors="pt", add_special_tokens=raw or not templated)["input_ids"].to(device)
+
     if cfg.warmup and samples:
         # compiles flex/triton kernels for this length, so prefill_ms of the first sample measures no compilation
-        warm = tok(render_prompt(tok, samples[0].prompt, samples[0].meta.get("answer_prefix", ""),
-                                 cfg.model.chat_template), return_tensors="pt", add_special_tokens=not templated)
         with torch.inference_mode():
-            model(input_ids=warm["input_ids"].to(device), use_cache=True, logits_to_keep=1)
+            model(input_ids=encode(samples[0]), use_cache=True, logits_to_keep=1)
         meter.reset()
     desc = f"{cfg.method.name} {cfg.task.name} L={cfg.seq_len}"
     for s in tqdm(samples, desc=desc, disable=not cfg.progress, leave=False):
-        text = render_prompt(tok, s.prompt, s.meta.get("answer_prefix", ""), cfg.model.chat_template)
-        ids = tok(text, return_tensors="pt", add_special_tokens=not templated)["input_ids"]
-        ids = ids.to(device)
+        ids = encode(s)
         meter.reset()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)

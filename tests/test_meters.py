@@ -45,7 +45,7 @@ def test_chat_template_rendering_and_counting():
     tok.chat_template = "<bos>[user]{{ messages[0]['content'] }}[/user]{% if add_generation_prompt %}[bot]{% endif %}"
     prompt = "Find the number. The number is"
     text = render_prompt(tok, prompt, " The number is", "auto")
-    assert text == "<bos>[user]Find the number.[/user][bot]The number is"
+    assert text == "<bos>[user]Find the number.[/user][bot] The number is"
     assert render_prompt(tok, prompt, " The number is", "none") == prompt
     view = TemplatedTokenizer(tok, "auto")
     n_view = len(view(prompt)["input_ids"])
