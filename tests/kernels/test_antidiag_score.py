@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from sparsebench.kernels.antidiag_score import antidiag_block_scores_naive, exact_block_scores_naive
+from sparsebench.testing import interpreter_verdicts
 
 
 def brute_scores(q, k, stride, block_size, scale):
@@ -189,16 +190,8 @@ def _check_case(case, device="cpu", tol=2e-5):
 
 @pytest.fixture(scope="module")
 def interpret_verdicts():
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    proc = subprocess.run([sys.executable, __file__, "--interpret"], check=False, env=env, capture_output=True, text=True,
-                          timeout=600)
-    verdicts = {}
-    for line in proc.stdout.splitlines():
-        if line.startswith("{"):
-            verdicts.update(json.loads(line))
-    if not verdicts:
-        pytest.fail(f"interpreter worker produced no verdicts (rc={proc.returncode}):\n{proc.stderr[-4000:]}")
-    return verdicts
+    """{case id: None if it passed, else the failure} from one interpreter subprocess over all CPU cases."""
+    return interpreter_verdicts(__file__)
 
 
 @pytest.mark.parametrize("case", CPU_CASES)

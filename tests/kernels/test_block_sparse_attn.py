@@ -20,6 +20,7 @@ import torch
 from sparsebench.kernels.block_sparse_attn import block_sparse_attn_naive
 
 from sparsebench.selection import Selection
+from sparsebench.testing import interpreter_verdicts
 
 triton = pytest.importorskip("triton")
 
@@ -156,17 +157,7 @@ def _run_cpu_case(shape, kw):
 @pytest.fixture(scope="module")
 def interpret_verdicts():
     """{case id: None if it passed, else the failure} from one interpreter subprocess over all CPU cases."""
-    # the child sees the same modules as this process, however sparsebench was made importable here
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    proc = subprocess.run([sys.executable, __file__, "--interpret"], check=False, env=env, capture_output=True, text=True,
-                          timeout=600)
-    verdicts = {}
-    for line in proc.stdout.splitlines():
-        if line.startswith("{"):
-            verdicts.update(json.loads(line))
-    if not verdicts:
-        pytest.fail(f"interpreter worker produced no verdicts (rc={proc.returncode}):\n{proc.stderr[-4000:]}")
-    return verdicts
+    return interpreter_verdicts(__file__)
 
 
 @pytest.mark.parametrize("shape,kw", CPU_CASES)

@@ -23,6 +23,7 @@ from sparsebench.attention import AttnContext, AttnShape, Meter, install, method
 from sparsebench.executors import execute
 from sparsebench.methods.xattn import XAttention, find_blocks, profile_thresholds, thresholds_from_scores
 from sparsebench.selection import causal_pairs
+from sparsebench.testing import interpreter_verdicts
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -315,16 +316,8 @@ def _check_exact(case):
 
 @pytest.fixture(scope="module")
 def interpret_verdicts():
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    proc = subprocess.run([sys.executable, __file__, "--interpret"], check=False, env=env, capture_output=True, text=True,
-                          timeout=600)
-    verdicts = {}
-    for line in proc.stdout.splitlines():
-        if line.startswith("{"):
-            verdicts.update(json.loads(line))
-    if not verdicts:
-        pytest.fail(f"interpreter worker produced no verdicts (rc={proc.returncode}):\n{proc.stderr[-4000:]}")
-    return verdicts
+    """{case id: None if it passed, else the failure} from one interpreter subprocess over all CPU cases."""
+    return interpreter_verdicts(__file__)
 
 
 @pytest.mark.parametrize("case", CPU_CASES)

@@ -1,0 +1,28 @@
+"""Test helpers shared by the test suite (shipped, so downstream method packages can test the same way)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+
+def interpreter_verdicts(test_file: str, timeout: int = 600) -> dict:
+    """Run `python <test_file> --interpret` once under `TRITON_INTERPRET=1` and collect its verdicts.
+
+    Triton reads the variable when its helpers are jitted at import, so interpreter checks run in a child process
+    that imports triton afresh. The child prints JSON lines `{case id: None | failure text}`; the parent's
+    parametrized tests look their case up. The child sees the same modules as this process (its `sys.path`).
+    """
+    import pytest
+
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    proc = subprocess.run([sys.executable, test_file, "--interpret"], check=False, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    verdicts: dict = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith("{"):
+            verdicts.update(json.loads(line))
+    if not verdicts:
+        pytest.fail(f"interpreter worker produced no verdicts (rc={proc.returncode}):\n{proc.stderr[-4000:]}")
+    return verdicts
