@@ -14,15 +14,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
+from omegaconf.errors import MissingMandatoryValue
 
 from sparsebench import schema
 
 log = logging.getLogger("sparsebench")
 schema.store()
-
-
-class UsageError(Exception):
-    """Bad input found before any model loads."""
 
 
 def finalize(cfg: DictConfig) -> None:
@@ -73,10 +70,12 @@ def _hydra_main(cfg: DictConfig) -> None:
     multirun = _is_multirun()
     try:
         status, rows = run_job(cfg, raise_errors=not multirun)
-    except (ValueError, KeyError, FileNotFoundError) as e:  # raised by the checks, before any model loads
+    except (ValueError, KeyError, FileNotFoundError, MissingMandatoryValue) as e:  # the checks, before any model
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         if not multirun:
-            raise UsageError(msg) from None
+            # exit here: an exception would reach Hydra's handler and print as a crash with a traceback
+            print(f"sparsebench: error: {msg}", file=sys.stderr)
+            sys.exit(2)
         print(f"sparsebench: cell failed its checks: {msg}", file=sys.stderr)
         _record_invalid(cfg, e)
         return
@@ -89,8 +88,4 @@ def _hydra_main(cfg: DictConfig) -> None:
 def main() -> None:
     if len(sys.argv) == 1:
         sys.argv.append("experiment=quickstart")
-    try:
-        _hydra_main()
-    except UsageError as e:
-        print(f"sparsebench: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    _hydra_main()

@@ -55,6 +55,11 @@ class ModelInfo:
     max_context: int
 
 
+def model_label(cfg) -> str:
+    """The model's name in rows: the preset name, or the hub id for the generic `hf` preset."""
+    return cfg.hf_id if cfg.name == "hf" and cfg.hf_id else cfg.name
+
+
 def resolve_device(spec: str) -> str:
     import torch
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from sparsebench.models import model_label
 from sparsebench.results import JobFiles, Row, git_sha, mean_stderr, run_id
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,12 @@ def prepare(cfg: DictConfig) -> Job:
     check_executor(cfg.method.executor)
     if cfg.model.source not in SOURCES:
         raise ValueError(f"model.source={cfg.model.source!r} is not one of {', '.join(SOURCES)}")
+    if cfg.model.source == "hub" and not cfg.model.hf_id:
+        raise ValueError(f"model {cfg.model.name!r} loads from the hub but model.hf_id is not set "
+                         f"(e.g. model=hf model.hf_id=org/name model.max_context=32768)")
+    if cfg.model.hf_id and cfg.model.source != "hub":
+        raise ValueError(f"model.hf_id={cfg.model.hf_id!r} is set but model {cfg.model.name!r} loads from "
+                         f"source={cfg.model.source!r}; use model=hf model.hf_id=... (or a hub preset)")
     if cfg.seq_len > cfg.model.max_context:
         raise ValueError(f"seq_len={cfg.seq_len} is beyond model {cfg.model.name!r}'s context of "
                          f"{cfg.model.max_context} tokens")
@@ -120,7 +127,7 @@ def _row_base(job: Job, info, executor: str, label: str) -> dict:
     cfg = job.cfg
     return dict(run_id=job.run_id, experiment=cfg.experiment_name, method=cfg.method.name, method_label=label,
                 method_params=json.dumps(OmegaConf.to_container(cfg.method, resolve=True), sort_keys=True),
-                target_density=cfg.method.get("target_density"), model=cfg.model.name, model_quant=cfg.model.quant,
+                target_density=cfg.method.get("target_density"), model=model_label(cfg.model), model_quant=cfg.model.quant,
                 n_params=info.n_params if info else None, task=cfg.task.name, seq_len=cfg.seq_len, seed=cfg.seed,
                 executor=executor, dtype=job.semantic["dtype"], model_file=str(job.semantic["model_file"]),
                 git_sha=git_sha(), versions=_versions(),
@@ -236,7 +243,7 @@ def execute(job: Job) -> tuple[list[Row], list[dict], list[dict]]:
         attn = sum(r.attention_flops for r in prefill)
         est = sum(r.estimation_flops for r in prefill)
         rec = dict(run_id=job.run_id, experiment=cfg.experiment_name, method=cfg.method.name,
-                   method_params=json.dumps(_method_knobs(cfg), sort_keys=True), model=cfg.model.name,
+                   method_params=json.dumps(_method_knobs(cfg), sort_keys=True), model=model_label(cfg.model),
                    task=cfg.task.name, seq_len=cfg.seq_len, seed=cfg.seed, sample_id=s.id, subtask=s.subtask, prompt_sha256=s.prompt_sha256,
                    input_tokens=T, truncation=s.meta.get("truncation", "none"), output=output, scores=scores,
                    density=(sum(r.density for r in m_layers) / len(m_layers)) if m_layers else 1.0,
@@ -280,7 +287,7 @@ def _execute_hook(job: Job, model, tok, info, device, label: str, meter) -> tupl
     base = _row_base(job, info, executor, label)
     rows = [Row(**base, **r) for r in rows_m]
     common = dict(run_id=job.run_id, experiment=cfg.experiment_name, method=cfg.method.name,
-                  method_params=json.dumps(_method_knobs(cfg), sort_keys=True), model=cfg.model.name,
+                  method_params=json.dumps(_method_knobs(cfg), sort_keys=True), model=model_label(cfg.model),
                   task=cfg.task.name, seq_len=cfg.seq_len, seed=cfg.seed)
     layers = [dict(run_id=job.run_id, **r) for r in getattr(job.task, "layer_records", [])]
     return rows, [{**common, **r} for r in recs], layers

@@ -77,6 +77,8 @@ BAD = [
     (["seq_len=40000"], "seq_len=40000 is beyond model 'gemma3_270m'"),
     (["task.essay_path=/no/such/essays"], "/no/such/essays"),
     (["seq_len=abc"], "seq_len"),
+    (["model=hf"], "model.hf_id is not set"),
+    (["model=hf", "model.hf_id=org/name"], "Missing mandatory value: model.max_context"),
 ]
 
 

@@ -109,3 +109,20 @@ def test_launcher_configs_compose(compose, launcher, plugin):
     with initialize_config_module(config_module="sparsebench.conf", version_base="1.3"):
         cfg = hydra_compose(config_name="config", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
     assert "_target_" in cfg.hydra.launcher
+
+
+def test_hub_model_by_id_checks(compose):
+    from omegaconf.errors import MissingMandatoryValue
+
+    from sparsebench.models import model_label
+    from sparsebench.run import prepare
+
+    with pytest.raises(ValueError, match="model.hf_id is not set"):
+        prepare(compose(["model=hf"]))
+    with pytest.raises(MissingMandatoryValue, match="max_context"):
+        prepare(compose(["model=hf", "model.hf_id=Qwen/Qwen2.5-0.5B"]))
+    with pytest.raises(ValueError, match="model=hf model.hf_id"):
+        prepare(compose(["model.hf_id=Qwen/Qwen2.5-0.5B"]))
+    cfg = compose(["model=hf", "model.hf_id=Qwen/Qwen2.5-0.5B", "model.max_context=32768"])
+    assert model_label(cfg.model) == "Qwen/Qwen2.5-0.5B"
+    assert len(prepare(cfg).run_id) == 12
