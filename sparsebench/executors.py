@@ -104,11 +104,11 @@ def to_flex_block_mask(sel: Selection):
     if sel.extra_cols is not None:
         raise ValueError("the flex executor does not take extra key columns; use executor=reference or triton")
     if sel.granularity == "kv_head":
-        sel_idx, sel_cnt = sel.expand_heads(sel.kv_indices), sel.expand_heads(sel.kv_counts)
+        sel_idx = sel.expand_heads(sel.kv_indices)
         full = sel.expand_heads(full_block_flags(sel))
         live = sel.expand_heads(sel.valid())
     else:  # query_head lists are per head already; shared lists broadcast over heads (H = 1)
-        sel_idx, sel_cnt, full, live = sel.kv_indices, sel.kv_counts, full_block_flags(sel), sel.valid()
+        sel_idx, full, live = sel.kv_indices, full_block_flags(sel), sel.valid()
     partial = live & ~full
 
     nk = sel.num_k_blocks

@@ -26,7 +26,6 @@ def niah_grid(samples):
     """Mean accuracy per (method, seq_len, depth) from a samples table: the numbers the heatmap shows."""
     import json
 
-    import pandas as pd
 
     df = samples.copy()
     scores = df["scores"].map(lambda s: json.loads(s) if isinstance(s, str) else s)

@@ -82,9 +82,9 @@ def prepare(cfg: DictConfig) -> Job:
     method_cls(executor=cfg.method.executor, **_method_knobs(cfg))  # knob validation before any model
     td = cfg.method.get("target_density")
     if td is not None and (not 0 < td <= 1 or getattr(method_cls, "budget_knob", None) is None):
+        knob = getattr(method_cls, "budget_knob", None)
         raise ValueError(f"method.target_density={td}: needs a value in (0, 1] and a method with a budget knob "
-                         f"(method {cfg.method.name!r} has "
-                         f"{'knob ' + repr(method_cls.budget_knob) if getattr(method_cls, 'budget_knob', None) else 'none'})")
+                         f"(method {cfg.method.name!r} has {'knob ' + repr(knob) if knob else 'none'})")
     task = TASKS.get(cfg.task.name)(**_task_knobs(cfg))
     task.check()
     device = resolve_device(cfg.model.device)
@@ -127,7 +127,8 @@ def _row_base(job: Job, info, executor: str, label: str) -> dict:
     cfg = job.cfg
     return dict(run_id=job.run_id, experiment=cfg.experiment_name, method=cfg.method.name, method_label=label,
                 method_params=json.dumps(OmegaConf.to_container(cfg.method, resolve=True), sort_keys=True),
-                target_density=cfg.method.get("target_density"), model=model_label(cfg.model), model_quant=cfg.model.quant,
+                target_density=cfg.method.get("target_density"), model=model_label(cfg.model),
+                model_quant=cfg.model.quant,
                 n_params=info.n_params if info else None, task=cfg.task.name, seq_len=cfg.seq_len, seed=cfg.seed,
                 executor=executor, dtype=job.semantic["dtype"], model_file=str(job.semantic["model_file"]),
                 git_sha=git_sha(), versions=_versions(),
@@ -183,6 +184,14 @@ def _generate(model, tokenizer, input_ids, max_new_tokens: int):
         t2 = time.perf_counter()
     text = tokenizer.decode(tokens, skip_special_tokens=True)
     return text, (t1 - t0) * 1e3, (t2 - t1) * 1e3, len(tokens)
+
+
+def _sample_factors(job: Job) -> dict:
+    """The factors every per-sample record carries, so samples tables need no join with rows."""
+    cfg = job.cfg
+    return dict(run_id=job.run_id, experiment=cfg.experiment_name, method=cfg.method.name,
+                method_params=json.dumps(_method_knobs(cfg), sort_keys=True), model=model_label(cfg.model),
+                task=cfg.task.name, seq_len=cfg.seq_len, seed=cfg.seed)
 
 
 def execute(job: Job) -> tuple[list[Row], list[dict], list[dict]]:
@@ -242,9 +251,7 @@ def execute(job: Job) -> tuple[list[Row], list[dict], list[dict]]:
         T = ids.shape[1]
         attn = sum(r.attention_flops for r in prefill)
         est = sum(r.estimation_flops for r in prefill)
-        rec = dict(run_id=job.run_id, experiment=cfg.experiment_name, method=cfg.method.name,
-                   method_params=json.dumps(_method_knobs(cfg), sort_keys=True), model=model_label(cfg.model),
-                   task=cfg.task.name, seq_len=cfg.seq_len, seed=cfg.seed, sample_id=s.id, subtask=s.subtask, prompt_sha256=s.prompt_sha256,
+        rec = dict(**_sample_factors(job), sample_id=s.id, subtask=s.subtask, prompt_sha256=s.prompt_sha256,
                    input_tokens=T, truncation=s.meta.get("truncation", "none"), output=output, scores=scores,
                    density=(sum(r.density for r in m_layers) / len(m_layers)) if m_layers else 1.0,
                    estimation_flops=est, attention_flops=attn,
@@ -286,11 +293,8 @@ def _execute_hook(job: Job, model, tok, info, device, label: str, meter) -> tupl
     executor = "+".join(sorted(ran)) or resolve(cfg.method.executor, None, device)
     base = _row_base(job, info, executor, label)
     rows = [Row(**base, **r) for r in rows_m]
-    common = dict(run_id=job.run_id, experiment=cfg.experiment_name, method=cfg.method.name,
-                  method_params=json.dumps(_method_knobs(cfg), sort_keys=True), model=model_label(cfg.model),
-                  task=cfg.task.name, seq_len=cfg.seq_len, seed=cfg.seed)
     layers = [dict(run_id=job.run_id, **r) for r in getattr(job.task, "layer_records", [])]
-    return rows, [{**common, **r} for r in recs], layers
+    return rows, [{**_sample_factors(job), **r} for r in recs], layers
 
 
 UNITS = {"density": "fraction", "input_tokens": "tokens", "estimation_flops": "flop", "attention_flops": "flop",

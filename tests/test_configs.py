@@ -4,7 +4,6 @@ from pathlib import Path
 import pytest
 import yaml
 from hydra.errors import ConfigCompositionException
-from omegaconf.errors import ConfigKeyError, ValidationError
 
 import sparsebench
 from sparsebench.methods import METHODS
