@@ -25,7 +25,7 @@ def summarize(raw_dir, experiment: str, table_dir, figure_dir, figures: bool = T
 
             ok = ok.assign(method=variant_labels(ok["method"], ok["method_params"]))
             index = ["model", "task", "method", "seq_len"]
-            index += [c for c in ("executor", "dtype", "seed") if ok[c].nunique() > 1]  # never average those away
+            index += [c for c in ("subtask", "executor", "dtype", "seed") if ok[c].nunique() > 1]  # never averaged away
             table = ok[ok["metric"].isin(metrics)].pivot_table(index=index, columns="metric", values="value")[metrics]
             print("\nSummary (means over samples; accuracy and density as fractions):")
             print(table.to_string(float_format=lambda x: f"{x:.4g}"))
