@@ -83,3 +83,79 @@ def niah_heatmap(grid, path: str | Path, title: str = "") -> Path:
         fig.savefig(path)
         plt.close(fig)
     return path
+
+
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">"]
+LINESTYLES = ["-", "--", ":", "-."]
+
+
+def accuracy_density_points(rows, metric: str = "accuracy"):
+    """(method variant, seq_len, density, accuracy, stderr) per job, from a rows table: the suite's `average`
+    subtask where there is one, else the single subtask."""
+    import pandas as pd
+
+    ok = rows[rows["status"] == "ok"].copy()
+    ok["variant"] = variant_labels(ok["method"], ok["method_params"])
+    pts = []
+    for rid, g in ok.groupby("run_id"):
+        q = g[g["metric"] == metric]
+        if q.empty:
+            continue
+        q = q[q["subtask"] == "average"] if (q["subtask"] == "average").any() else q
+        dens = g[g["metric"] == "density"]["value"]
+        if len(q) != 1 or dens.empty:
+            continue
+        r = q.iloc[0]
+        pts.append(dict(variant=r["variant"], seq_len=int(r["seq_len"]), density=float(dens.mean()),
+                        accuracy=float(r["value"]), stderr=r["stderr"]))
+    return pd.DataFrame(pts)
+
+
+def accuracy_vs_density(rows, path: str | Path, metric: str = "accuracy", title: str = "") -> Path:
+    """Accuracy against executed density, one panel per length, one marker and line style per method."""
+    import numpy as np
+    from matplotlib.ticker import FuncFormatter
+
+    pts = accuracy_density_points(rows, metric)
+    if pts.empty:
+        raise ValueError(f"no ok rows with both {metric!r} and density to plot")
+    lengths = sorted(pts["seq_len"].unique())
+    variants = sorted(pts["variant"].unique())
+    with paper_style() as plt:
+        fig, axes = plt.subplots(1, len(lengths), figsize=(min(6.75, 0.5 + 2.1 * len(lengths)), 2.3),
+                                 squeeze=False, sharey=True)
+        for ax, L in zip(axes[0], lengths):
+            for i, v in enumerate(variants):
+                sub = pts[(pts["seq_len"] == L) & (pts["variant"] == v)].sort_values("density")
+                if sub.empty:
+                    continue
+                err = np.nan_to_num(sub["stderr"].astype(float).to_numpy(), nan=0.0)
+                ax.errorbar(sub["density"], sub["accuracy"], yerr=err, marker=MARKERS[i % len(MARKERS)],
+                            linestyle=LINESTYLES[i % len(LINESTYLES)], color=str(0.15 + 0.55 * i / max(1,
+                            len(variants) - 1)), markersize=4, capsize=2, label=v)
+            ax.set_xscale("log")
+            ax.set_xlim(right=1.05)
+            plain = FuncFormatter(lambda x, _: f"{x:g}")
+            ax.xaxis.set_major_formatter(plain)
+            ax.xaxis.set_minor_formatter(plain)
+            ax.tick_params(axis="x", which="minor", labelsize=5)
+            ax.set_ylim(-0.03, 1.03)
+            ax.set_xlabel("executed density")
+            ax.set_title(f"T = {L // 1024}K" if L % 1024 == 0 else f"T = {L}")
+            ax.grid(True, which="both", alpha=0.3)
+        axes[0][0].set_ylabel(metric)
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        for ax in axes[0][1:]:
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                if lab not in labels:
+                    handles.append(h)
+                    labels.append(lab)
+        fig.legend(handles, labels, loc="upper center", ncol=min(3, len(labels)), bbox_to_anchor=(0.5, -0.1),
+                   frameon=False)
+        if title:
+            fig.suptitle(title, y=1.04)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path)
+        plt.close(fig)
+    return path

@@ -46,6 +46,27 @@ def summarize(raw_dir, experiment: str, table_dir, figure_dir, figures: bool = T
             print(grid.pivot_table(index=["method", "depth"], columns="seq_len", values="accuracy").to_string(
                 float_format=lambda x: f"{x:.2f}"))
             written["heatmap"] = path
+    if figures and samples_key in written:
+        samples = pd.read_parquet(written[samples_key])
+        methods = set(samples["method"])
+        if "dense" in methods and len(methods) > 1:
+            from sparsebench.stats import paired_vs_dense
+
+            paired = paired_vs_dense(samples)
+            if len(paired):
+                print("\nPaired with dense on the same prompts (diff = method - dense; 95% interval; McNemar p):")
+                print(paired.to_string(index=False, float_format=lambda x: f"{x:.3g}"))
+                path = Path(table_dir) / f"{experiment}_paired.csv"
+                paired.to_csv(path, index=False)
+                written[f"{experiment}_paired.csv"] = path
+        if rows["method"].nunique() > 1 and len(ok):
+            from sparsebench.plots import accuracy_vs_density
+
+            try:
+                written["acc_density"] = accuracy_vs_density(rows, f"{figure_dir}/{experiment}_accuracy_density.png",
+                                                             title=f"accuracy vs density, {experiment}")
+            except ValueError as e:  # e.g. a task without an accuracy metric
+                print(f"(no accuracy-density figure: {e})")
     print("\nWrote:")
     print(f"  job files   {raw_dir}/{experiment}/<run_id>/(rows|samples|layers).jsonl")
     for name, path in written.items():
