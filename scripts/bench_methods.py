@@ -1,0 +1,195 @@
+"""Method diagnostics at matched density, and estimation cost against dense attention, in one run.
+
+Part A (`recall`): real Q/K/V from gemma3_270m's full-attention layers on NIAH prompts. For each method and each
+target density, the method's budget knob is bisected on these very calls (`sparsebench.budget.bisect_knob`), then the
+attention recall (share of the dense softmax mass the selection keeps) and the output's relative error against
+dense are measured on sampled query rows of every call, and averaged.
+
+Part B (`cost`): Llama-3.1-8B-shaped tensors (H=32, HKV=8, D=128, bf16 on a GPU) at each length; each method's
+estimation time (`select`: scoring plus index building) is timed with `triton.testing.do_bench` next to cuDNN dense
+causal attention on the same inputs, and reported as a share of it. Random Q/K give unrealistic patterns, but the
+estimators' work depends on the shapes, not on the values.
+
+Usage:
+    python scripts/bench_methods.py --out-dir results                  # GPU: 16K/32K recall, 32K-128K cost
+    python scripts/bench_methods.py --smoke --out-dir /tmp/bm          # CPU plumbing check: 1K, tiny cost shapes
+Writes `<out-dir>/tables/bench_methods.csv` (tidy: part, method, seq_len, target_density, metric, value, ...) and
+prints both tables.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+METHODS = ("streaming", "minference", "xattn", "flexprefill", "pbs")
+
+
+class _CaptureQKV:
+    """A method stand-in that keeps each call's q, k, v (and attends densely, so the model runs as usual)."""
+
+    def __init__(self):
+        from sparsebench.attention import SparseAttention
+
+        outer = self
+
+        class Capture(SparseAttention):
+            name = "capture"
+
+            def select(self, q, k, ctx):
+                from sparsebench.selection import Selection
+
+                outer.ctx.append(ctx)
+                return Selection.causal(batch=q.shape[0], q_len=q.shape[2], k_len=k.shape[2],
+                                        num_heads=ctx.num_heads, num_kv_heads=ctx.num_kv_heads, device=q.device)
+
+            def attend(self, q, k, v, sel, scale):
+                outer.qkv.append((q.detach().clone(), k.detach().clone(), v.detach().clone()))
+                return super().attend(q, k, v, sel, scale)
+
+        self.ctx, self.qkv = [], []
+        self.method = Capture(executor="auto")
+
+
+def capture_gemma(seq_len: int, n_prompts: int, device: str):
+    """Q/K/V of gemma3_270m's full-attention layers on `n_prompts` NIAH prompts of `seq_len` tokens."""
+    from hydra import compose, initialize_config_module
+
+    from sparsebench import schema
+    from sparsebench.attention import install, method_layers
+    from sparsebench.models import load
+    from sparsebench.tasks.niah import NIAH
+
+    schema.store()
+    with initialize_config_module(config_module="sparsebench.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"model.device={device}"])
+    model, tok, _ = load(cfg.model, cfg.paths.cache_dir)
+    cap = _CaptureQKV()
+    install(model, cap.method, method_layers(model.config, "full_attention"), "auto", None)
+    task = NIAH(haystack="essay", depths=(50,))
+    with torch.inference_mode():
+        for seed in range(n_prompts):
+            s = next(iter(task.samples(tok, seq_len, 1, 10_000 + seed)))
+            ids = tok(s.prompt, return_tensors="pt")["input_ids"].to(model.device)
+            model(input_ids=ids, use_cache=False, logits_to_keep=1)
+    model.set_attn_implementation("sdpa")
+    return cap
+
+
+def recall_part(seq_lens, targets, n_prompts, device, rows_rows, n_rows=64):
+    from sparsebench.attention import _diagnose
+    from sparsebench.budget import Captured, bisect_knob, knob_range
+    from sparsebench.methods import METHODS as REGISTRY
+
+    for L in seq_lens:
+        cap = capture_gemma(L, n_prompts, device)
+        calls = Captured([(c.layer_idx, q, k, c) for c, (q, k, _) in zip(cap.ctx, cap.qkv)])
+        for name in METHODS:
+            cls = REGISTRY.get(name)
+            for target in targets:
+                lo, hi, integer = knob_range(cls, {}, L)
+                value, density = bisect_knob(cls, {}, calls, target, lo, hi, integer)
+                method = cls(**{cls.budget_knob: value})
+                rec, err = [], []
+                with torch.inference_mode():
+                    for ctx, (q, k, v) in zip(cap.ctx, cap.qkv):
+                        sel = method.select(q, k, ctx)
+                        out = method.attend(q, k, v, sel, ctx.scale)
+                        r, e = _diagnose(q, k, v, sel, out, ctx.scale, n_rows)
+                        rec.append(r)
+                        err.append(e)
+                common = dict(part="recall", method=name, seq_len=L, target_density=target, knob=cls.budget_knob,
+                              knob_value=float(value), model="gemma3_270m", calls=len(rec))
+                for metric, val in (("density", density), ("attention_recall", sum(rec) / len(rec)),
+                                    ("output_rel_error", sum(err) / len(err))):
+                    rows_rows.append(dict(common, metric=metric, value=float(val)))
+                print(f"recall  L={L} {name:<12} target={target:<5} {cls.budget_knob}={value:.4g} "
+                      f"density={density:.3f} recall={sum(rec) / len(rec):.4f} err={sum(err) / len(err):.4f}")
+
+
+def _time_ms(fn, device):
+    if device == "cuda":
+        from triton.testing import do_bench
+
+        return do_bench(fn, warmup=50, rep=200)
+    fn()
+    t = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t) * 1e3
+
+
+def cost_part(seq_lens, shape, device, rows_rows):
+    from sparsebench.attention import AttnContext
+    from sparsebench.methods import METHODS as REGISTRY
+
+    H, HKV, D = shape
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    for L in seq_lens:
+        g = torch.Generator(device=device).manual_seed(0)
+        q = torch.randn(1, H, L, D, device=device, dtype=dtype, generator=g)
+        k = torch.randn(1, HKV, L, D, device=device, dtype=dtype, generator=g)
+        v = torch.randn(1, HKV, L, D, device=device, dtype=dtype, generator=g)
+        ctx = AttnContext(0, H, HKV, D, D ** -0.5)
+
+        def dense():
+            ctxm = (torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.CUDNN_ATTENTION)
+                    if device == "cuda" else contextlib.nullcontext())
+            with ctxm:
+                torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+
+        with torch.inference_mode():
+            dense_ms = _time_ms(dense, device)
+            rows_rows.append(dict(part="cost", method="dense_cudnn" if device == "cuda" else "dense_sdpa",
+                                  seq_len=L, metric="attention_ms", value=dense_ms, heads=H, kv_heads=HKV,
+                                  head_dim=D))
+            for name in METHODS:
+                m = REGISTRY.get(name)()
+                est_ms = _time_ms(lambda: m.select(q, k, ctx), device)
+                for metric, val in (("estimation_ms", est_ms), ("estimation_share", est_ms / dense_ms)):
+                    rows_rows.append(dict(part="cost", method=name, seq_len=L, metric=metric, value=val, heads=H,
+                                          kv_heads=HKV, head_dim=D))
+                print(f"cost    L={L} {name:<12} select {est_ms:.3f} ms = {est_ms / dense_ms:.4f} x dense "
+                      f"({dense_ms:.3f} ms)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--recall-lens", default="16384,32768")
+    ap.add_argument("--cost-lens", default="32768,65536,131072")
+    ap.add_argument("--targets", default="0.1,0.25")
+    ap.add_argument("--prompts", type=int, default=2)
+    ap.add_argument("--smoke", action="store_true", help="CPU plumbing check: 1K recall, small cost shapes")
+    ap.add_argument("--out-dir", default="results")
+    args = ap.parse_args()
+    device = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
+    recall_lens = [1024] if args.smoke else [int(x) for x in args.recall_lens.split(",")]
+    cost_lens = [1024] if args.smoke else [int(x) for x in args.cost_lens.split(",")]
+    shape = (4, 1, 64) if args.smoke else (32, 8, 128)
+    targets = [float(x) for x in args.targets.split(",")]
+    rows: list[dict] = []
+    recall_part(recall_lens, targets, 1 if args.smoke else args.prompts, device, rows)
+    cost_part(cost_lens, shape, device, rows)
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    df["device"] = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    df["torch"] = torch.__version__
+    df["timestamp"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    out = Path(args.out_dir) / "tables"
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / "bench_methods.csv", index=False)
+    rec = df[df["part"] == "recall"].pivot_table(index=["seq_len", "method", "target_density"], columns="metric",
+                                                  values="value")
+    print("\nmatched-density diagnostics (gemma3_270m full-attention layers):\n" + rec.to_string())
+    cost = df[(df["part"] == "cost") & (df["metric"] == "estimation_share")].pivot_table(
+        index="method", columns="seq_len", values="value")
+    print("\nestimation time as a share of dense attention time:\n" + cost.to_string())
+    print(f"\nwrote {out / 'bench_methods.csv'}")
+
+
+if __name__ == "__main__":
+    main()

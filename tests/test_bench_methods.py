@@ -1,0 +1,23 @@
+"""scripts/bench_methods.py --smoke: the matched-density diagnostics and cost plumbing on a CPU."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_methods_smoke(tmp_path):
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_methods.py"), "--smoke", "--targets", "0.3",
+                          "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    df = pd.read_csv(tmp_path / "tables" / "bench_methods.csv")
+    rec = df[df.part == "recall"].pivot_table(index="method", columns="metric", values="value")
+    assert set(rec.index) == {"streaming", "minference", "xattn", "flexprefill", "pbs"}
+    assert ((rec["density"] > 0) & (rec["density"] <= 1)).all()
+    assert ((rec["attention_recall"] > 0) & (rec["attention_recall"] <= 1 + 1e-6)).all()
+    # a method that keeps fewer pairs loses softmax mass: recall below 1 wherever density is below 1
+    assert (rec.loc[rec["density"] < 0.99, "attention_recall"] < 1).all()
+    cost = df[(df.part == "cost") & (df.metric == "estimation_share")]
+    assert len(cost) == 5 and (cost.value > 0).all()
