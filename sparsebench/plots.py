@@ -72,8 +72,8 @@ def niah_heatmap(grid, path: str | Path, title: str = "") -> Path:
                             color="black" if val > 0.5 else "white")
             ax.set_xticks(range(len(lengths)), [f"{L // 1024}K" if L % 1024 == 0 else str(L) for L in lengths])
             ax.set_yticks(range(len(depths)), [f"{d:g}%" for d in depths])
-            ax.set_xlabel("context length (tokens)")
             ax.set_title(m)
+        fig.supxlabel("context length (tokens)", y=-0.02, fontsize=8)
         axes[0][0].set_ylabel("needle depth")
         fig.colorbar(im, ax=axes[0].tolist(), shrink=0.9, label="accuracy")
         if title:
