@@ -94,11 +94,12 @@ import hashlib
 import itertools
 import random
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from sparsebench.task import LENGTH_FLOOR, Sample, count_tokens
+from sparsebench.task import LENGTH_FLOOR, Sample
+from sparsebench.tasks._fit import fit_largest, piece_lengths
 
 # ------------------------------------------------------------------------------------------------ token level: HAX
 BOS, PAD, SEP, OFFSET = 1, 3, 4, 10
@@ -346,7 +347,6 @@ ANSWER_HEADER = "\n\nAnswers:\n"
 ANSWER_START = "1."
 ANSWER_PREFIX = ANSWER_HEADER + ANSWER_START
 # Fitting stops after this many exact tokenisations; the estimate is normally right within two or three.
-_MAX_EXACT_CHECKS = 10
 
 
 def _stable_rng(*parts: Any) -> random.Random:
@@ -372,44 +372,6 @@ class _DistinctWords:
                 self._seen.add(w)
                 self.words.append(w.capitalize() if self._cap else w)
         return self.words[:n]
-
-
-def _piece_lengths(tokenizer, pieces: Sequence[str]) -> list[int]:
-    if not pieces:
-        return []
-    if getattr(tokenizer, "is_fast", False):
-        return [len(ids) for ids in tokenizer(list(pieces), add_special_tokens=False)["input_ids"]]
-    return [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in pieces]
-
-
-def _fit(render: Callable[[int], str], tokenizer, cum: Sequence[int], fixed: int, budget: int,
-         n_min: int) -> tuple[int, str, int] | None:
-    """Largest n in [n_min, len(cum) - 1] whose rendered prompt has at most `budget` tokens (BOS included).
-
-    `cum[n]` estimates the tokens of the first n units and `fixed` the rest of the prompt; the estimate picks the
-    first candidate, each exact count moves the next one by the remaining gap or the overshoot."""
-    n_max = len(cum) - 1
-
-    def largest(tokens: int) -> int:
-        return min(max(bisect.bisect_right(cum, tokens) - 1, n_min), n_max)
-
-    best: tuple[int, str, int] | None = None
-    too_big: int | None = None
-    n = largest(budget - fixed)
-    for _ in range(_MAX_EXACT_CHECKS):
-        if (best is not None and n <= best[0]) or (too_big is not None and n >= too_big) or n < n_min:
-            break
-        prompt = render(n)
-        total = count_tokens(tokenizer, prompt)
-        if total <= budget:
-            best = (n, prompt, total)
-            n = largest(cum[n] + budget - total)
-        else:
-            too_big = n
-            n = min(largest(cum[n] - (total - budget)), n - 1)
-        if too_big is not None and n >= too_big:
-            n = too_big - 1
-    return best
 
 
 def normalize_answer(text: str) -> str:
@@ -489,7 +451,7 @@ class JointRecall:
         entry = self._line_counts.get(id(tokenizer))
         if entry is None or entry[0] is not tokenizer:
             pairs = [(k, v) for k in KEYS for v in VALUES[: self.n_value]]
-            lengths = _piece_lengths(tokenizer, [f"\n{k}: {v}" for k, v in pairs])
+            lengths = piece_lengths(tokenizer, [f"\n{k}: {v}" for k, v in pairs])
             entry = (tokenizer, dict(zip(pairs, lengths)))
             self._line_counts[id(tokenizer)] = entry
         return entry[1]
@@ -541,7 +503,7 @@ class JointRecall:
                 rows.append([row_rng.choice(values) for _ in range(self.max_n_key)])
             if len(headers) < n:
                 new = names.take(n)[len(headers):]
-                headers.extend(_piece_lengths(tokenizer, [f"\n\nContext {w}:" for w in new]))
+                headers.extend(piece_lengths(tokenizer, [f"\n\nContext {w}:" for w in new]))
 
         last_total = 0
         for n_key in range(self.max_n_key, self.min_n_key - 1, -1):
@@ -559,8 +521,7 @@ class JointRecall:
                 q = queries_for.setdefault(n_ctx, self._queries(base, n_ctx, n_key))
                 return self._render(names.words[:n_ctx], keys, [r[:n_key] for r in rows[:n_ctx]], q)
 
-            fixed = count_tokens(tokenizer, render(n_min)) - cum[n_min]
-            fit = _fit(render, tokenizer, cum, fixed, budget, n_min)
+            fit = fit_largest(render, cum.__getitem__, tokenizer, budget, n_min, len(cum) - 1)
             if fit is None:
                 continue
             n_ctx, prompt, total = fit
@@ -671,7 +632,7 @@ class MQAR:
                 if v not in seen:
                     seen.add(v)
                     values.append(v)
-            for length in _piece_lengths(tokenizer, [f"\n{k}: {v}" for k, v in zip(keys[start:], values[start:])]):
+            for length in piece_lengths(tokenizer, [f"\n{k}: {v}" for k, v in zip(keys[start:], values[start:])]):
                 cum.append(cum[-1] + length)
         asked_for: dict[int, list[int]] = {}
 
@@ -680,8 +641,7 @@ class MQAR:
             return self._render(words.words[:n], values[:n], asked)
 
         n_min = self.num_queries
-        fixed = count_tokens(tokenizer, render(n_min)) - cum[n_min]
-        fit = _fit(render, tokenizer, cum, fixed, budget, n_min)
+        fit = fit_largest(render, cum.__getitem__, tokenizer, budget, n_min, len(cum) - 1)
         if fit is None:
             raise ValueError(f"seq_len={seq_len} is too small for mqar: {self.num_queries} pairs and questions do not "
                              f"fit with max_new_tokens={self.max_new_tokens}")

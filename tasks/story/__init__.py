@@ -54,12 +54,12 @@ from sparsebench.tasks.story import templates as T
 from sparsebench.tasks.story.narrative import EXTRAS, Chapter, Narrative
 
 from sparsebench.task import LENGTH_FLOOR, Sample, count_tokens
+from sparsebench.tasks._fit import fit_largest
 
 SUBTASKS = ("retrieval", "multihop", "filtering")
 QUERY_KINDS = ("location", "character", "item")
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 _NUMBERED = re.compile(r"^(\d+)[\.:\)]\s*(.+?)\s*$")
-_MAX_EXACT_CHECKS = 10
 
 
 def _stable_rng(*parts: Any) -> random.Random:
@@ -241,7 +241,7 @@ class Story:
             raise ValueError(f"seq_len={seq_len} is too small for story_{subtask}: the instructions and {n_min} "
                              f"chapter(s) take {fixed + cum[n_min]} tokens plus max_new_tokens="
                              f"{self.max_new_tokens}")
-        n, prompt, total = self._fit(render, tokenizer, cum, fixed, budget, n_min)
+        n, prompt, total = fit_largest(render, cum.__getitem__, tokenizer, budget, n_min, len(cum) - 1)
         _, targets, meta = built[n]
         fill = 0
         if total + self.max_new_tokens < LENGTH_FLOOR * seq_len:
@@ -276,34 +276,6 @@ class Story:
             input_tokens=total,
             meta={"n_chapters": n, "fill_sentences": fill, **meta},
         )
-
-    @staticmethod
-    def _fit(render, tokenizer, cum: Sequence[int], fixed: int, budget: int, n_min: int) -> tuple[int, str, int]:
-        """Largest n >= n_min whose prompt fits `budget`: estimate from `cum`, then move by each exact count's gap."""
-        import bisect
-
-        n_max = len(cum) - 1
-
-        def largest(tokens: int) -> int:
-            return min(max(bisect.bisect_right(cum, tokens) - 1, n_min), n_max)
-
-        best = (n_min, render(n_min), count_tokens(tokenizer, render(n_min)))
-        too_big: int | None = None
-        n = largest(budget - fixed)
-        for _ in range(_MAX_EXACT_CHECKS):
-            if n <= best[0] or (too_big is not None and n >= too_big):
-                break
-            prompt = render(n)
-            total = count_tokens(tokenizer, prompt)
-            if total <= budget:
-                best = (n, prompt, total)
-                n = largest(cum[n] + budget - total)
-            else:
-                too_big = n
-                n = min(largest(cum[n] - (total - budget)), n - 1)
-            if too_big is not None and n >= too_big:
-                n = too_big - 1
-        return best
 
     def samples(self, tokenizer, seq_len: int, n: int, seed: int) -> Iterator[Sample]:
         """n samples per subtask, subtask by subtask; sample i is a pure function of (subtask, seq_len, seed, i)."""
