@@ -22,6 +22,16 @@ def paper_style():
         yield plt
 
 
+def _save(plt, fig, path: str | Path, title: str = "") -> Path:
+    if title:
+        fig.suptitle(title, y=1.04)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def niah_grid(samples):
     """Mean accuracy per (method, seq_len, depth) from a samples table: the numbers the heatmap shows."""
     import json
@@ -76,13 +86,7 @@ def niah_heatmap(grid, path: str | Path, title: str = "") -> Path:
         fig.supxlabel("context length (tokens)", y=-0.02, fontsize=8)
         axes[0][0].set_ylabel("needle depth")
         fig.colorbar(im, ax=axes[0].tolist(), shrink=0.9, label="accuracy")
-        if title:
-            fig.suptitle(title, y=1.04)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path)
-        plt.close(fig)
-    return path
+        return _save(plt, fig, path, title)
 
 
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">"]
@@ -152,10 +156,4 @@ def accuracy_vs_density(rows, path: str | Path, metric: str = "accuracy", title:
                     labels.append(lab)
         fig.legend(handles, labels, loc="upper center", ncol=min(3, len(labels)), bbox_to_anchor=(0.5, -0.1),
                    frameon=False)
-        if title:
-            fig.suptitle(title, y=1.04)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path)
-        plt.close(fig)
-    return path
+        return _save(plt, fig, path, title)
