@@ -13,6 +13,7 @@ estimators' work depends on the shapes, not on the values.
 Usage:
     python scripts/bench_methods.py --out-dir results                  # GPU: 16K/32K recall, 32K-128K cost
     python scripts/bench_methods.py --smoke --out-dir /tmp/bm          # CPU plumbing check: 1K, tiny cost shapes
+With `--parts recall` or `--parts cost` only that part runs and the table is `bench_methods_<part>.csv`.
 Writes `<out-dir>/tables/bench_methods.csv` (tidy: part, method, seq_len, target_density, metric, value, ...) and
 prints both tables.
 """
@@ -27,6 +28,11 @@ from pathlib import Path
 import torch
 
 METHODS = ("streaming", "minference", "xattn", "flexprefill", "pbs")
+# Part B's estimators: (row label, registry name, knobs); XAttention at both strides its paper reports,
+# MInference in the vertical-slash pattern the estimation target is set for.
+COST_VARIANTS = (("streaming", "streaming", {}), ("minference_vs", "minference", {"pattern": "vertical_slash"}),
+                 ("xattn_s8", "xattn", {"stride": 8}), ("xattn_s16", "xattn", {"stride": 16}),
+                 ("flexprefill", "flexprefill", {}), ("pbs", "pbs", {}))
 
 
 class _CaptureQKV:
@@ -146,13 +152,22 @@ def cost_part(seq_lens, shape, device, rows_rows):
             rows_rows.append(dict(part="cost", method="dense_cudnn" if device == "cuda" else "dense_sdpa",
                                   seq_len=L, metric="attention_ms", value=dense_ms, heads=H, kv_heads=HKV,
                                   head_dim=D))
-            for name in METHODS:
-                m = REGISTRY.get(name)()
-                est_ms = _time_ms(lambda: m.select(q, k, ctx), device)
+            for label, name, knobs in COST_VARIANTS:
+                try:
+                    m = REGISTRY.get(name)(**knobs)
+                    est_ms = _time_ms(lambda: m.select(q, k, ctx), device)
+                except Exception as e:  # noqa: BLE001  (one failing estimator must not cost the other rows)
+                    rows_rows.append(dict(part="cost", method=label, seq_len=L, metric="status", value=float("nan"),
+                                          status=type(e).__name__, message=str(e)[:200], heads=H, kv_heads=HKV,
+                                          head_dim=D))
+                    print(f"cost    L={L} {label:<16} FAILED {type(e).__name__}: {str(e)[:120]}")
+                    if device == "cuda":
+                        torch.cuda.empty_cache()
+                    continue
                 for metric, val in (("estimation_ms", est_ms), ("estimation_share", est_ms / dense_ms)):
-                    rows_rows.append(dict(part="cost", method=name, seq_len=L, metric=metric, value=val, heads=H,
-                                          kv_heads=HKV, head_dim=D))
-                print(f"cost    L={L} {name:<12} select {est_ms:.3f} ms = {est_ms / dense_ms:.4f} x dense "
+                    rows_rows.append(dict(part="cost", method=label, seq_len=L, metric=metric, value=val, heads=H,
+                                          kv_heads=HKV, head_dim=D, status="ok"))
+                print(f"cost    L={L} {label:<16} select {est_ms:.3f} ms = {est_ms / dense_ms:.4f} x dense "
                       f"({dense_ms:.3f} ms)")
 
 
@@ -163,16 +178,22 @@ def main() -> None:
     ap.add_argument("--targets", default="0.1,0.25")
     ap.add_argument("--prompts", type=int, default=2)
     ap.add_argument("--smoke", action="store_true", help="CPU plumbing check: 1K recall, small cost shapes")
+    ap.add_argument("--parts", default="recall,cost", help="recall, cost or both (comma-separated)")
     ap.add_argument("--out-dir", default="results")
     args = ap.parse_args()
+    parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    if not parts or parts - {"recall", "cost"}:
+        ap.error(f"--parts {args.parts!r}: choose from recall, cost")
     device = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
     recall_lens = [1024] if args.smoke else [int(x) for x in args.recall_lens.split(",")]
     cost_lens = [1024] if args.smoke else [int(x) for x in args.cost_lens.split(",")]
     shape = (4, 1, 64) if args.smoke else (32, 8, 128)
     targets = [float(x) for x in args.targets.split(",")]
     rows: list[dict] = []
-    recall_part(recall_lens, targets, 1 if args.smoke else args.prompts, device, rows)
-    cost_part(cost_lens, shape, device, rows)
+    if "recall" in parts:
+        recall_part(recall_lens, targets, 1 if args.smoke else args.prompts, device, rows)
+    if "cost" in parts:
+        cost_part(cost_lens, shape, device, rows)
     import pandas as pd
 
     df = pd.DataFrame(rows)
@@ -181,14 +202,17 @@ def main() -> None:
     df["timestamp"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     out = Path(args.out_dir) / "tables"
     out.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out / "bench_methods.csv", index=False)
-    rec = df[df["part"] == "recall"].pivot_table(index=["seq_len", "method", "target_density"], columns="metric",
-                                                  values="value")
-    print("\nmatched-density diagnostics (gemma3_270m full-attention layers):\n" + rec.to_string())
-    cost = df[(df["part"] == "cost") & (df["metric"] == "estimation_share")].pivot_table(
-        index="method", columns="seq_len", values="value")
-    print("\nestimation time as a share of dense attention time:\n" + cost.to_string())
-    print(f"\nwrote {out / 'bench_methods.csv'}")
+    name = "bench_methods.csv" if parts == {"recall", "cost"} else f"bench_methods_{'_'.join(sorted(parts))}.csv"
+    df.to_csv(out / name, index=False)
+    if "recall" in parts:
+        rec = df[df["part"] == "recall"].pivot_table(index=["seq_len", "method", "target_density"],
+                                                      columns="metric", values="value")
+        print("\nmatched-density diagnostics (gemma3_270m full-attention layers):\n" + rec.to_string())
+    if "cost" in parts:
+        cost = df[(df["part"] == "cost") & (df["metric"] == "estimation_share")].pivot_table(
+            index="method", columns="seq_len", values="value")
+        print("\nestimation time as a share of dense attention time:\n" + cost.to_string())
+    print(f"\nwrote {out / name}")
 
 
 if __name__ == "__main__":

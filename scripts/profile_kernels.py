@@ -1,0 +1,185 @@
+"""Profile where the time of one block-sparse attention call goes: the GPU kernel, or the host that launches it.
+
+For each case (T, H, HKV, D, executed density) it builds the same random kv_head selection as
+`scripts/bench_kernels.py` and, for FlexAttention (`flex_execute`) and the project's Triton kernel, reports
+
+    bench_ms    do_bench median of the plain call (what bench_kernels.py reports)
+    graph_ms    do_bench median of a CUDA-graph replay of the same call (host launch cost removed)
+    host_ms     host time per call when calls are queued back to back without synchronising
+    kernel_ms   device time per call of the GPU kernels, from torch.profiler (sum over the call's kernels)
+    programs    Triton only: programs in the launch grid (one wave fits about 132 on an H200 at 1 CTA/SM)
+
+and the same for Triton variants that change only the launch shape: `triton_nopack` (the kv_head lists expanded to
+query_head lists, so each query head gets its own programs and GQA packing is off) and `triton_cfg=<BM>x<BN>w<W>s<S>`
+(other tile candidates). With a kernel time well below bench_ms, the call is host-bound; with kernel_ms close to
+bench_ms, the kernel itself is the limit, and the variants show whether parallelism or tiling moves it.
+
+    python scripts/profile_kernels.py --out-dir results        # GPU; the cases of the missed D=256 target
+    python scripts/profile_kernels.py --cases 16K:4:1:256:0.02,16K:32:8:128:0.02
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_kernels import random_selection  # noqa: E402  (one selection recipe for both scripts)
+
+from sparsebench.executors import flex_execute, to_flex_block_mask  # noqa: E402
+
+DEFAULT_CASES = "16K:4:1:256:0.02,16K:4:1:256:0.05,32K:4:1:256:0.02,16K:32:8:128:0.02"
+
+
+def parse_cases(text: str):
+    out = []
+    for c in text.split(","):
+        t, h, hkv, d, dens = c.strip().split(":")
+        t = t.upper()
+        out.append((int(t[:-1]) * 1024 if t.endswith("K") else int(t), int(h), int(hkv), int(d), float(dens)))
+    return out
+
+
+def _median_ms(fn, warmup=50, rep=200):
+    from triton.testing import do_bench
+
+    fn()
+    torch.cuda.synchronize()
+    return float(do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
+
+
+def _graph(fn):
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    return g.replay
+
+
+def _host_ms(fn, n=200):
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    host = (time.perf_counter() - t0) * 1e3 / n
+    torch.cuda.synchronize()
+    return host
+
+
+def _kernel_ms(fn, n=50):
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(n):
+            fn()
+        torch.cuda.synchronize()
+    total, names = 0.0, {}
+    for ev in prof.events():
+        if ev.device_type == torch.autograd.DeviceType.CUDA:
+            us = ev.device_time if hasattr(ev, "device_time") else ev.cuda_time
+            total += us
+            names[ev.name] = names.get(ev.name, 0.0) + us
+    top = sorted(names.items(), key=lambda kv: -kv[1])[:3]
+    return total / n / 1e3, "; ".join(f"{k[:60]}={v / n:.1f}us" for k, v in top)
+
+
+def triton_fns(q, k, v, sel):
+    from sparsebench.kernels.block_sparse_attn import triton as bt
+
+    H = q.shape[1]
+    idx, cnt = sel.kv_indices.to(torch.int32).contiguous(), sel.kv_counts.to(torch.int32).contiguous()
+    rep = H // idx.shape[1]
+    idx_h = idx.repeat_interleave(rep, dim=1).contiguous()
+    cnt_h = cnt.repeat_interleave(rep, dim=1).contiguous()
+    B, _, T, D = q.shape
+    out = torch.empty_like(q)
+    lse = torch.empty(B, H, T, dtype=torch.float32, device=q.device)
+    scale = D ** -0.5
+    fns = {"triton": lambda: bt.block_sparse_attn_triton(q, k, v, idx, cnt, sel.block_q, sel.block_k)}
+    fns["triton_nopack"] = lambda: bt.block_sparse_attn_triton(q, k, v, idx_h, cnt_h, sel.block_q, sel.block_k)
+    for cand in bt._CANDIDATES[max(D, 64)][1:]:
+        cfg = bt._fit(cand, D, sel.block_q, sel.block_k, bt._pack(H, k.shape[1], idx.shape[1]))
+        name = "triton_cfg={}x{}w{}s{}".format(*cfg)
+
+        def call(cfg=cfg):
+            bt._launch(q, k, v, out, lse, idx, cnt, None, None, sel.block_q, sel.block_k, scale, 0, None, cfg,
+                       False)
+        fns.setdefault(name, call)
+    grids = {}
+    for name, hs in (("triton", idx.shape[1]), ("triton_nopack", H)):
+        pack = bt._pack(H, k.shape[1], hs)
+        meta = bt._meta(bt._fit(bt._CANDIDATES[max(D, 64)][0], D, sel.block_q, sel.block_k, pack), sel.block_q,
+                        sel.block_k, pack)
+        grids[name] = idx.shape[2] * meta["SUBQ"] * B * (H // pack)
+    return fns, grids
+
+
+def profile_case(T, H, HKV, D, dens, dtype=torch.bfloat16, block=128):
+    dev = torch.device("cuda")
+    gen = torch.Generator(device=dev).manual_seed(0)
+    q = torch.randn(1, H, T, D, device=dev, dtype=dtype, generator=gen)
+    k = torch.randn(1, HKV, T, D, device=dev, dtype=dtype, generator=gen)
+    v = torch.randn(1, HKV, T, D, device=dev, dtype=dtype, generator=gen)
+    sel = random_selection(T, H, HKV, dens, block, dev, gen)
+    bm = to_flex_block_mask(sel)
+    fns = {"flex": lambda: flex_execute(q, k, v, sel, block_mask=bm)}
+    tfns, grids = triton_fns(q, k, v, sel)
+    fns.update(tfns)
+    rows = []
+    for name, fn in fns.items():
+        row = {"kernel": name, "seq_len": T, "heads": H, "kv_heads": HKV, "head_dim": D, "target_density": dens,
+               "density": round(sel.density(), 4), "programs": grids.get(name)}
+        try:
+            row["bench_ms"] = _median_ms(fn)
+            row["host_ms"] = _host_ms(fn)
+            row["kernel_ms"], row["kernels"] = _kernel_ms(fn)
+            try:
+                row["graph_ms"] = _median_ms(_graph(fn))
+            except Exception as e:  # noqa: BLE001  (a call that cannot be captured still has its other numbers)
+                row["graph_ms"], row["note"] = float("nan"), f"no graph: {type(e).__name__}"
+        except Exception as e:  # noqa: BLE001
+            row["note"] = f"{type(e).__name__}: {str(e)[:120]}"
+        rows.append(row)
+        torch.cuda.synchronize()
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", default=DEFAULT_CASES, help="T:H:HKV:D:density,... (default: %(default)s)")
+    ap.add_argument("--out-dir", default=None, help="write tables/profile_kernels.csv under this folder")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("profile_kernels.py needs a CUDA GPU", file=sys.stderr)
+        return 2
+    import pandas as pd
+
+    rows = []
+    for case in parse_cases(args.cases):
+        rows += profile_case(*case)
+    df = pd.DataFrame(rows)
+    flex = df[df.kernel == "flex"].set_index(["seq_len", "heads", "head_dim", "target_density"])["bench_ms"]
+    df["flex_over"] = [flex.get((r.seq_len, r.heads, r.head_dim, r.target_density), float("nan")) / r.bench_ms
+                       for r in df.itertuples()]
+    df["device"] = torch.cuda.get_device_name()
+    with pd.option_context("display.width", 250, "display.max_columns", 20, "display.max_colwidth", 80):
+        print(df.drop(columns=["device"]).to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+    if args.out_dir:
+        p = Path(args.out_dir) / "tables" / "profile_kernels.csv"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        df.to_csv(p, index=False)
+        print(f"wrote {p}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
