@@ -10,7 +10,7 @@ mkdir -p /tmp/site/.sb_installed
 for w in .stage/*/*.whl; do
   [ -e "$w" ] || continue
   [ -e "/tmp/site/.sb_installed/$(basename "$w")" ] && continue
-  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site "$w" 2>&1 \
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$w" 2>&1 \
     | grep -v "already exists\|WARNING: Running pip" || true
   touch "/tmp/site/.sb_installed/$(basename "$w")"
 done
