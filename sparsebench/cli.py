@@ -13,13 +13,49 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from sparsebench import schema
 
 log = logging.getLogger("sparsebench")
 schema.store()
+
+HELP_HIDDEN = ("schema",)  # internal groups: the structured-config schemas that `schema.store()` registers
+HELP_HYDRA_GROUPS = ("hydra/launcher",)  # Hydra's own groups that users pick (the rest are in --hydra-help)
+
+
+def help_groups() -> str:
+    """The config groups `--help` lists, one `group: option, ...` line each: the user-facing groups, without the
+    internal `schema/*` ones, plus `hydra/launcher`. Used by the `hydra.help.template` in conf/config.yaml through
+    the `sparsebench_help_groups` resolver; reads the config repository Hydra has loaded (installed launcher
+    plugins included)."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.object_type import ObjectType
+
+    if not GlobalHydra.instance().is_initialized():
+        return ""
+    loader = GlobalHydra.instance().config_loader()
+
+    def walk(parent: str):
+        for group in loader.list_groups(parent):
+            name = f"{parent}/{group}" if parent else group
+            yield name
+            yield from walk(name)
+
+    lines = []
+    for name in sorted(walk("")):
+        top = name.split("/")[0]
+        if top in HELP_HIDDEN or (top == "hydra" and name not in HELP_HYDRA_GROUPS):
+            continue
+        options = sorted(loader.get_group_options(name, ObjectType.CONFIG))
+        if options:
+            lines.append(f"{name}: {', '.join(options)}")
+    return "\n".join(lines)
+
+
+if not OmegaConf.has_resolver("sparsebench_help_groups"):
+    OmegaConf.register_new_resolver("sparsebench_help_groups", help_groups)
 
 
 def finalize(cfg: DictConfig) -> None:

@@ -116,6 +116,23 @@ def test_help_is_fast_and_lists_choices(tmp_path):
     assert time.time() - t0 < 15
 
 
+def test_help_lists_only_user_facing_groups(tmp_path):
+    """--help leaves out the internal `schema/*` groups (the structured-config schemas in Hydra's ConfigStore), keeps
+    the user-facing ones and hydra/launcher, and imports neither torch nor transformers."""
+    res = subprocess.run([sys.executable, "-X", "importtime", "-m", "sparsebench", "--help"], capture_output=True,
+                         text=True, timeout=60, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    section = res.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
+    groups = dict(line.split(": ", 1) for line in section.splitlines() if ": " in line)
+    assert not [g for g in groups if g == "schema" or g.startswith("schema/")], groups
+    assert "schema" not in section
+    assert {"method", "task", "model", "experiment", "logger", "paths", "debug", "hydra/launcher"} <= set(groups)
+    assert {"dense", "streaming", "xattn"} <= set(groups["method"].split(", "))
+    assert {"niah", "lm_eval"} <= set(groups["task"].split(", "))
+    modules = {line.rsplit("|", 1)[-1].strip() for line in res.stderr.splitlines() if line.startswith("import time:")}
+    assert not {m for m in modules if m.split(".")[0] in ("torch", "transformers")}
+
+
 def test_wandb_logger_offline(tmp_path):
     pytest.importorskip("wandb")
     res = _run(["model=tiny_llama", "seq_len=512", "task.depths=[50]", "logger=wandb", "logger.mode=offline"],
