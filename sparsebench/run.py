@@ -33,6 +33,7 @@ class Job:
     semantic: dict
     method_cls: Any
     task: Any
+    calib_task: Any = None  # the task whose prompts calibrate method.target_density (None: `task` itself)
 
 
 def _method_knobs(cfg: DictConfig) -> dict:
@@ -52,6 +53,18 @@ def _model_file_id(mcfg: DictConfig) -> str | None:
     if mcfg.source == "hub":
         return mcfg.revision
     return f"random:{mcfg.seed}"
+
+
+def _calibration_task(cfg: DictConfig, task):
+    """The task whose prompts calibrate `method.target_density`: the task itself, or, for a task that drives the model
+    through its own `run()` hook and so has no prompts (lm-eval), the one its `calibration_task()` names."""
+    if not callable(getattr(task, "run", None)):
+        return task
+    make = getattr(task, "calibration_task", None)
+    if not callable(make):
+        raise ValueError(f"method.target_density={cfg.method.target_density}: task {cfg.task.name!r} runs its own "
+                         f"evaluation and names no calibration prompts; set the method's budget knob directly")
+    return make()
 
 
 def prepare(cfg: DictConfig) -> Job:
@@ -87,6 +100,9 @@ def prepare(cfg: DictConfig) -> Job:
                          f"(method {cfg.method.name!r} has {'knob ' + repr(knob) if knob else 'none'})")
     task = TASKS.get(cfg.task.name)(**_task_knobs(cfg))
     task.check()
+    calib_task = _calibration_task(cfg, task) if td is not None else task
+    if calib_task is not task:
+        calib_task.check()
     device = resolve_device(cfg.model.device)
     semantic = {
         "method": OmegaConf.to_container(cfg.method, resolve=True),
@@ -108,9 +124,11 @@ def prepare(cfg: DictConfig) -> Job:
             load(value)  # a missing artifact fails here, naming the file
             calib[knob] = file_sha256(value)
     semantic["calib_files"] = calib
+    if calib_task is not task:
+        semantic["calibration_task"] = {"name": calib_task.name, "version": getattr(calib_task, "version", 1)}
     rid = run_id(semantic)
     files = JobFiles(Path(cfg.paths.raw_dir) / cfg.experiment_name / rid)
-    return Job(cfg, rid, files, semantic, method_cls, task)
+    return Job(cfg, rid, files, semantic, method_cls, task, calib_task)
 
 
 def _versions() -> str:
@@ -208,18 +226,19 @@ def execute(job: Job) -> tuple[list[Row], list[dict], list[dict]]:
     model, tok, info = load(cfg.model, cfg.paths.cache_dir)
     layers = method_layers(model.config, cfg.method.layers)
     knobs = _method_knobs(cfg)
+    calib = None
     if cfg.method.get("target_density") is not None:
         from sparsebench.budget import resolve as resolve_budget
 
-        value, _ = resolve_budget(cfg, job.method_cls, {**knobs, "executor": cfg.method.executor}, model, tok,
-                                  job.task, cfg.paths.calib_dir, layers)
+        value, calib = resolve_budget(cfg, job.method_cls, {**knobs, "executor": cfg.method.executor}, model, tok,
+                                      job.calib_task or job.task, cfg.paths.calib_dir, layers)
         knobs[job.method_cls.budget_knob] = value
     method = job.method_cls(executor=cfg.method.executor, **knobs)
     meter = Meter(diagnostics=cfg.diagnostics, diag_rows=cfg.diag_rows)
     install(model, method, layers, cfg.method.executor, meter)
     device = next(model.parameters()).device
     if callable(getattr(job.task, "run", None)):
-        return _execute_hook(job, model, tok, info, device, method.label, meter)
+        return _execute_hook(job, model, tok, info, device, method.label, meter, calib)
     used: set[str] = set()
     templated = uses_chat_template(tok, cfg.model.chat_template)
     task_tok = TemplatedTokenizer(tok, cfg.model.chat_template) if templated else tok
@@ -256,7 +275,7 @@ def execute(job: Job) -> tuple[list[Row], list[dict], list[dict]]:
                    density=(sum(r.density for r in m_layers) / len(m_layers)) if m_layers else 1.0,
                    estimation_flops=est, attention_flops=attn,
                    total_flops=flops.linear_flops(model, T) + flops.lm_head_flops(model, 1) + attn + est,
-                   estimation_ms=sum(r.estimation_ms for r in prefill),
+                   estimation_ms=sum(r.estimation_ms for r in m_layers),
                    attention_ms=sum(r.attention_ms for r in prefill), prefill_ms=prefill_ms, decode_ms=decode_ms,
                    new_tokens=n_new, peak_mem_gb=_peak_mem_gb(device),
                    meta={k: v for k, v in s.meta.items() if k != "truncation"})
@@ -282,9 +301,12 @@ def execute(job: Job) -> tuple[list[Row], list[dict], list[dict]]:
     return rows, sample_recs, layer_recs
 
 
-def _execute_hook(job: Job, model, tok, info, device, label: str, meter) -> tuple[list[Row], list[dict], list[dict]]:
+def _execute_hook(job: Job, model, tok, info, device, label: str, meter,
+                  calib: dict | None = None) -> tuple[list[Row], list[dict], list[dict]]:
     """A task that drives the model itself (`run(model, tokenizer, cfg, meter=...)`, e.g. lm-eval) instead of
-    `samples()`: its metric and cost rows (the meter records every routed prefill it makes) become result rows."""
+    `samples()`: its metric and cost rows (the meter records every routed prefill it makes) become result rows.
+    With `method.target_density`, a `calibration_density` row (subtask `calibration`) records the budget knob's
+    value and the density it gave on the calibration prompts, which come from another task (`job.calib_task`)."""
     from sparsebench.executors import resolve
 
     cfg = job.cfg
@@ -293,6 +315,13 @@ def _execute_hook(job: Job, model, tok, info, device, label: str, meter) -> tupl
     executor = "+".join(sorted(ran)) or resolve(cfg.method.executor, None, device)
     base = _row_base(job, info, executor, label)
     rows = [Row(**base, **r) for r in rows_m]
+    if calib is not None:
+        source = job.calib_task or job.task
+        rows.append(Row(**base, subtask="calibration", phase="prefill", metric="calibration_density",
+                        value=float(calib["density"]), unit="fraction", n=len(calib.get("calib_seeds") or []),
+                        message=f"{calib['knob']}={calib['value']} calibrated on {source.name} prompts at "
+                                f"seq_len={cfg.seq_len} (seeds {calib.get('calib_seeds')}, data "
+                                f"{calib.get('calib_data')})"))
     layers = [dict(run_id=job.run_id, **r) for r in getattr(job.task, "layer_records", [])]
     return rows, [{**_sample_factors(job), **r} for r in recs], layers
 
