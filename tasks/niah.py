@@ -13,21 +13,19 @@ from the standard library, so that the default needs no download (see `_haystack
 
 Length: the haystack is the longest prefix of the (repeated) prose, counted in sentences or lines, such that the
 prompt with BOS plus `max_new_tokens` fits `seq_len`; the size comes from cumulative per-sentence token counts and
-is then confirmed by tokenising the actual prompt.
+is then confirmed by tokenising the actual prompt (`_fit.fit_largest`, shared with RULER, joint recall and story).
 """
 from __future__ import annotations
 
-import bisect
-import hashlib
 import itertools
 import math
-import random
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from sparsebench.task import LENGTH_FLOOR, Sample, count_tokens
 from sparsebench.tasks import _haystack
+from sparsebench.tasks._fit import fit_largest, piece_lengths, stable_rng
 
 HAYSTACKS = ("essay", "noise")
 
@@ -63,13 +61,6 @@ NOUNS = (
 )
 
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f]")
-# Fitting stops after this many exact tokenisations; the estimate is normally right on the first one.
-_MAX_EXACT_CHECKS = 8
-
-
-def _stable_rng(*parts: Any) -> random.Random:
-    digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
-    return random.Random(int.from_bytes(digest[:8], "big"))
 
 
 def _depth_label(depth: float) -> str:
@@ -155,11 +146,7 @@ class NIAH:
         entry = self._counts.get(id(tokenizer))
         if entry is None or entry[0] is not tokenizer:
             units = self._load().sentences
-            pieces = [self._separator + u for u in units]
-            if getattr(tokenizer, "is_fast", False):
-                lengths = [len(ids) for ids in tokenizer(pieces, add_special_tokens=False)["input_ids"]]
-            else:
-                lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in pieces]
+            lengths = piece_lengths(tokenizer, [self._separator + u for u in units])
             if sum(lengths) <= 0:
                 raise ValueError("the haystack text tokenises to zero tokens")
             entry = (tokenizer, [0, *itertools.accumulate(lengths)])
@@ -191,34 +178,17 @@ class NIAH:
     def _fit(self, tokenizer, seq_len: int, depth: float, key: str, value: int) -> tuple[int, str, int, int, int]:
         """Largest k whose prompt fits; returns (k, prompt, input_tokens, needle char offset, tail words)."""
         budget = seq_len - self.max_new_tokens
-        prompt0, off0 = self._render(0, depth, key, value)
-        fixed = count_tokens(tokenizer, prompt0)
-        if fixed > budget:
+        cum = self._cumulative(tokenizer, budget)
+        fit = fit_largest(lambda k: self._render(k, depth, key, value)[0], cum.__getitem__, tokenizer, budget,
+                          0, len(cum) - 1)
+        if fit is None:
+            fixed = count_tokens(tokenizer, self._render(0, depth, key, value)[0])
             raise ValueError(f"seq_len={seq_len} is too small for NIAH: the instruction, needle, question and answer "
                              f"prefix alone take {fixed} tokens (BOS included) plus max_new_tokens="
                              f"{self.max_new_tokens}")
-        cum = self._cumulative(tokenizer, budget)
-
-        def largest_k(tokens: int) -> int:
-            return max(bisect.bisect_right(cum, tokens) - 1, 0)
-
-        best = (0, prompt0, fixed, off0)
-        too_big: int | None = None  # smallest k known not to fit
-        k = largest_k(budget - fixed)
-        for _ in range(_MAX_EXACT_CHECKS):
-            if k <= best[0] or (too_big is not None and k >= too_big):
-                break
-            prompt, off = self._render(k, depth, key, value)
-            total = count_tokens(tokenizer, prompt)
-            if total <= budget:
-                best = (k, prompt, total, off)
-                k = largest_k(cum[k] + budget - total)  # grow by the remaining gap
-            else:
-                too_big = k
-                k = min(largest_k(cum[k] - (total - budget)), k - 1)  # shrink by the overshoot
-            if too_big is not None and k >= too_big:
-                k = too_big - 1
-        k, prompt, total, off = best
+        k, prompt, total = fit
+        off = self._render(k, depth, key, value)[1]
+        best = (k, prompt, total, off)
         if total + self.max_new_tokens < LENGTH_FLOOR * seq_len:
             # Deviation from RULER (whole sentences only): at short lengths one sentence can be wider than the
             # 10% slack, so the next sentence is cut at a word boundary to fill the gap (meta: tail_words).
@@ -248,7 +218,7 @@ class NIAH:
                        "haystack_sha256": prose.sha256[:16]}
         for depth in self.depths:
             for i in range(n):
-                rng = _stable_rng("niah", self.haystack, seq_len, _depth_label(depth), seed, i)
+                rng = stable_rng("niah", self.haystack, seq_len, _depth_label(depth), seed, i)
                 key = f"{rng.choice(ADJECTIVES)}-{rng.choice(NOUNS)}"
                 value = rng.randint(1_000_000, 9_999_999)
                 k, prompt, input_tokens, needle_at, tail_words = self._fit(tokenizer, seq_len, depth, key, value)

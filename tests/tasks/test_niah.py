@@ -277,3 +277,27 @@ def test_short_lengths_fill_with_a_cut_sentence(seq_len):
         assert 0.9 * seq_len <= total <= seq_len
         assert s.input_tokens == count_tokens(tok, s.prompt)
         assert s.targets[0] in s.prompt
+
+
+# sha256 over the prompts' sha256 (in sample-id order) of lengths 512..8192, depths 0..100, n=2, seed 0. Recorded
+# before NIAH moved onto the shared `_fit.fit_largest`; any change here changes every NIAH result. (The default
+# `essay` haystack is Python's own documentation, which changes with the Python version, so it is not pinned here.)
+GOLDEN_PROMPTS = {
+    ("gemma", "noise"): "11930519859aeddb2c1a215b17765f29d49ac9315d265db0d9d5b2e99c99601d",
+    ("gemma", "essays_tiny"): "f566bb39816d4d3b3280d8548ed128da56650ee8d677d1f43c2b8b8f0a21ccc6",
+    ("byte", "noise"): "cb3dda7219b0f3f86e94a9eee80452bd553a70cbe4633e741f55659cb6fd9d97",
+    ("byte", "essays_tiny"): "f419aad21e8419797c00bdb50e25bbb476d10fa08f4a8de8bdaf8f0ee8dae185",
+}
+
+
+@pytest.mark.parametrize("tokenizer", ["gemma", "byte"])
+def test_prompts_are_pinned(request, tokenizer):
+    import hashlib
+
+    tok = request.getfixturevalue("gemma_tok" if tokenizer == "gemma" else "byte_tok")
+    for haystack, task in (("noise", NIAH(haystack="noise", depths=DEPTHS)),
+                           ("essays_tiny", NIAH(haystack="essay", depths=DEPTHS, essay_path=str(TINY_ESSAYS)))):
+        shas = sorted((s.id, s.prompt_sha256) for seq_len in (512, 1024, 2048, 4096, 8192)
+                      for s in task.samples(tok, seq_len, 2, seed=0))
+        digest = hashlib.sha256("".join(sha for _, sha in shas).encode()).hexdigest()
+        assert digest == GOLDEN_PROMPTS[tokenizer, haystack], (tokenizer, haystack)
