@@ -83,7 +83,9 @@ def test_gemma3_270m_gpu_dense_route_equals_stock(compose, executor, dtype):
     model.set_attn_implementation("sdpa")
     with torch.no_grad():
         ref = model(ids).logits.float()
-        ref_gen = model.generate(ids, max_new_tokens=12, do_sample=False)
+        ref_run = model.generate(ids, max_new_tokens=12, do_sample=False, output_scores=True,
+                                 return_dict_in_generate=True)
+    ref_gen = ref_run.sequences
     meter = Meter()
     install(model, Dense(executor=executor), method_layers(model.config, "full_attention"), executor, meter)
     with torch.no_grad():
@@ -93,7 +95,23 @@ def test_gemma3_270m_gpu_dense_route_equals_stock(compose, executor, dtype):
     tol = 5e-2 if dtype == "bfloat16" else 1e-3
     err = ((out - ref).abs().max() / ref.abs().max()).item()
     assert err < tol, (executor, dtype, err)
-    assert torch.equal(gen, ref_gen), (executor, dtype)
+    if dtype == "float32":
+        assert torch.equal(gen, ref_gen), (executor, dtype)
+        return
+    # bf16: greedy decoding must agree up to the first step where the stock model's top two logits are closer than
+    # bf16 rounding can separate (~3 significant digits: another, equally valid reduction order may flip a near-tie).
+    margin = 0.5
+    top2 = ref[0].topk(2, dim=-1).values
+    clear = (top2[:, 0] - top2[:, 1]) >= margin  # prefill positions with no near-tie
+    assert clear.sum() > 100 and torch.equal(out[0].argmax(-1)[clear], ref[0].argmax(-1)[clear]), (executor, dtype)
+    steps = 0
+    for sc in ref_run.scores:
+        top2 = sc.float().topk(2, dim=-1).values[0]
+        if (top2[0] - top2[1]).item() < margin:
+            break
+        steps += 1
+    n = ids.shape[1]
+    assert torch.equal(gen[:, n:n + steps], ref_gen[:, n:n + steps]), (executor, dtype, steps)
 
 
 def test_gemma_tokenizer_probe(gemma_tokenizer):

@@ -201,11 +201,13 @@ def _interpreting() -> bool:
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) candidates by head dim (<= 64, 128, 256); the first is the default
 # without tuning, the fastest measured on an H200 (bf16, dense causal, 16K-64K tokens, 128-blocks).
 # Head dim 256 keeps BLOCK_N <= 64 and 2 stages so Q + 2 x (K, V) tiles fit in H100/H200 shared memory; at 128,
-# 4 warps on a 128-row tile spill registers, hence 8.
+# 4 warps on a 128-row tile spill registers, hence 8. Without tuning, the first candidate that compiles within the
+# GPU's shared memory runs (fp32 tiles take twice the bytes: the default at head dim 256 asked 320 KB of the
+# H200's 227 KB; the one-stage 32x32 candidate is there as a last resort).
 _CANDIDATES = {
     64: [(128, 128, 4, 3), (128, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 8, 3)],
     128: [(128, 128, 8, 3), (128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3), (64, 64, 4, 3)],
-    256: [(128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2), (128, 32, 8, 2)],
+    256: [(128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2), (128, 32, 8, 2), (32, 32, 4, 1)],
 }
 _INTERPRET_CONFIG = (64, 32, 4, 1)
 _TUNED: dict[tuple, tuple] = {}
@@ -348,6 +350,24 @@ def block_sparse_attn_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
         if cfg is None and os.environ.get("SPARSEBENCH_BSA_AUTOTUNE") == "1":
             cfg = _autotune(key, args, D, block_q, block_k, pack)
         if cfg is None:
-            cfg = _fit(_CANDIDATES[max(D, 64)][0], D, block_q, block_k, pack)
+            cfg = _first_fitting(key, args, D, block_q, block_k, pack)
+            return (out, lse) if return_lse else out
     _launch(*args, cfg=cfg, interpret=interpret)
     return (out, lse) if return_lse else out
+
+
+def _first_fitting(key, args, D, BQ, BK, pack):
+    """Launch the first candidate whose tiles fit this GPU's shared memory (fp32 at head dim 256 needs the smaller
+    ones: 4-byte tiles), remember it for the key, and return it. Only a compile-time resource error moves on."""
+    from triton.runtime.errors import OutOfResources
+
+    last = None
+    for cand in dict.fromkeys(_fit(c, D, BQ, BK, pack) for c in _CANDIDATES[max(D, 64)]):
+        try:
+            _launch(*args, cfg=cand, interpret=False)
+        except OutOfResources as e:
+            last = e
+            continue
+        _TUNED[key] = cand
+        return cand
+    raise last

@@ -439,4 +439,8 @@ def test_long_selection_fits_gpu(shape, pattern):
     torch.cuda.synchronize()
     extra_gb = (torch.cuda.max_memory_allocated() - base) / 2**30
     assert extra_gb < 12, f"selection took {extra_gb:.1f} GB beyond its inputs"
-    assert 0 < sel.density() < 1
+    # Random Q/K put the top slashes at random offsets; at 32K the default 6096 slashes hit every one of the 512
+    # block diagonals, so the 64-block execution form is (correctly) dense there. Only 128K must stay sparse.
+    assert 0 < sel.density() <= 1
+    if T >= 131072:
+        assert sel.density() < 1
