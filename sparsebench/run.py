@@ -61,7 +61,7 @@ def _calibration_task(cfg: DictConfig, task):
     if not callable(getattr(task, "run", None)):
         return task
     make = getattr(task, "calibration_task", None)
-    if not callable(make):
+    if make is None:
         raise ValueError(f"method.target_density={cfg.method.target_density}: task {cfg.task.name!r} runs its own "
                          f"evaluation and names no calibration prompts; set the method's budget knob directly")
     return make()
@@ -230,8 +230,15 @@ def execute(job: Job) -> tuple[list[Row], list[dict], list[dict]]:
     if cfg.method.get("target_density") is not None:
         from sparsebench.budget import resolve as resolve_budget
 
-        value, calib = resolve_budget(cfg, job.method_cls, {**knobs, "executor": cfg.method.executor}, model, tok,
-                                      job.calib_task or job.task, cfg.paths.calib_dir, layers)
+        source = job.calib_task or job.task
+        try:
+            value, calib = resolve_budget(cfg, job.method_cls, {**knobs, "executor": cfg.method.executor}, model,
+                                          tok, source, cfg.paths.calib_dir, layers)
+        except ValueError as e:
+            if source is job.task:
+                raise
+            raise ValueError(f"method.target_density={cfg.method.target_density} calibrates task "
+                             f"{cfg.task.name!r} on {source.name} prompts at seq_len={cfg.seq_len}: {e}") from e
         knobs[job.method_cls.budget_knob] = value
     method = job.method_cls(executor=cfg.method.executor, **knobs)
     meter = Meter(diagnostics=cfg.diagnostics, diag_rows=cfg.diag_rows)

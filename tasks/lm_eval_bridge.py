@@ -27,6 +27,13 @@ and turns the results into rows and records:
 - `layer_records`: one record per (requested name, layer) with the calls, mean density and summed costs, written to
   the per-layer file.
 
+`method.target_density`: lm-eval builds its own requests, so there are no prompts of this task to bisect the budget
+knob on; the knob is calibrated instead on the prompts of `calibration_task()` — NIAH with its defaults (a haystack
+of Python's documentation prose, no download) — at `seq_len`, with the calibration seeds (disjoint from the
+evaluation seeds) the budget resolver uses for every task. A `calibration_density` row records the knob value, the
+density it gave on those prompts and where they came from; the `density` rows measure what the lm-eval prompts
+executed, which differs from the target when they are much shorter than `seq_len` or unlike NIAH's prose.
+
 Seeds: `random_seed = seed` and numpy/torch/few-shot seeds `1234 + seed`, so seed 0 reproduces lm-eval's defaults.
 The chat template follows `model.chat_template` (`apply_chat_template` when it is active). Batch size is 1:
 sparsebench's attention takes unpadded inputs.
@@ -196,6 +203,12 @@ class LMEval:
             hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
             where = f" (include_path {self.include_path!r})" if self.include_path else ""
             raise KeyError(f"unknown lm-eval task {name!r}{where}.{hint}")
+
+    def calibration_task(self):
+        """The task whose prompts calibrate `method.target_density` (see the module docstring): NIAH, defaults."""
+        from sparsebench.tasks.niah import NIAH
+
+        return NIAH()
 
     def samples(self, tokenizer, seq_len: int, n: int, seed: int):
         """lm-eval builds its own requests: this task runs through `run`, never through the sample loop."""

@@ -120,7 +120,7 @@ def test_help_lists_only_user_facing_groups(tmp_path):
     """--help leaves out the internal `schema/*` groups (the structured-config schemas in Hydra's ConfigStore), keeps
     the user-facing ones and hydra/launcher, and imports neither torch nor transformers."""
     res = subprocess.run([sys.executable, "-X", "importtime", "-m", "sparsebench", "--help"], capture_output=True,
-                         text=True, timeout=60, cwd=tmp_path)
+                         text=True, timeout=60, cwd=tmp_path, check=False)
     assert res.returncode == 0, res.stderr[-3000:]
     section = res.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
     groups = dict(line.split(": ", 1) for line in section.splitlines() if ": " in line)

@@ -120,3 +120,50 @@ def test_cli_end_to_end_with_streaming(tmp_path):
     assert {(x["sample_id"], x["layer"]) for x in layers} == {(f"lm_eval/{t}", i) for t in ("sb_tiny_qa", "sb_tiny_mc")
                                                               for i in (0, 1)}
     assert all(x["kind"] == "method" and x["calls"] >= 3 for x in layers)
+
+
+def test_target_density_calibration_task():
+    """lm-eval has no prompts of its own to calibrate on: target_density uses NIAH's; a run-hook task naming none
+    fails before any model loads."""
+    from omegaconf import OmegaConf
+    from sparsebench.tasks.niah import NIAH
+
+    from sparsebench.run import _calibration_task
+
+    cfg = OmegaConf.create({"method": {"target_density": 0.3}, "task": {"name": "hook"}})
+    assert isinstance(_calibration_task(cfg, LMEval(tasks=["x"])), NIAH)
+    niah = NIAH()
+    assert _calibration_task(cfg, niah) is niah
+
+    class Hook:
+        name = "hook"
+
+        def run(self, model, tokenizer, cfg, meter=None):
+            return [], []
+
+    with pytest.raises(ValueError, match=r"method.target_density=0.3: task 'hook' .* budget knob directly"):
+        _calibration_task(cfg, Hook())
+
+
+def test_cli_target_density_with_xattn(tmp_path):
+    """`task=lm_eval method=xattn method.target_density=0.3`: the threshold is bisected on NIAH prompts at seq_len,
+    stored, and recorded in a `calibration_density` row next to lm-eval's metrics and the executed density."""
+    pytest.importorskip("lm_eval")
+    env = {**os.environ, "SPARSEBENCH_CACHE": str(tmp_path / "cache"), "HYDRA_FULL_ERROR": "0"}
+    args = ["task=lm_eval", "task.tasks=[sb_tiny_mc]", f"task.include_path={TINY}", "model=tiny_llama",
+            "method=xattn", "method.target_density=0.3", "method.block_size=16", "method.stride=4", "seq_len=512",
+            "n_samples=2", f"paths.root_dir={tmp_path}", "progress=false"]
+    res = subprocess.run([sys.executable, "-m", "sparsebench", *args], capture_output=True, text=True, timeout=600,
+                         env=env, cwd=ROOT, check=False)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (job,) = [p.parent for p in (tmp_path / "results" / "raw" / "default").glob("*/rows.jsonl")]
+    rows = [json.loads(line) for line in (job / "rows.jsonl").read_text().splitlines()]
+    assert rows and all(r["status"] == "ok" and r["method"] == "xattn" and r["target_density"] == 0.3 for r in rows)
+    by = {(r["subtask"], r["metric"]): r for r in rows}
+    # the executed density is measured on lm-eval's (short) prompts: sparse, but not at the target
+    assert ("sb_tiny_mc", "accuracy") in by and 0.0 < by[("sb_tiny_mc", "density")]["value"] < 1.0
+    calib = by[("calibration", "calibration_density")]
+    assert abs(calib["value"] - 0.3) < 0.05 and calib["unit"] == "fraction" and calib["n"] == 2
+    assert calib["message"].startswith("threshold=") and "on niah prompts at seq_len=512" in calib["message"]
+    stored = list((tmp_path / "cache" / "calib" / "tiny_llama" / "xattn").glob("target_density-*.json"))
+    assert len(stored) == 1
