@@ -1,4 +1,5 @@
-"""What LongBench v1/E and v2 share: loading rows through `datasets`, choosing the samples, and middle truncation.
+"""What LongBench v1/E and v2 share: the data knobs and loading rows through `datasets`, choosing the samples, middle
+truncation, and the chat-template flags a sample carries.
 
 Loading: every source goes through one call, `datasets.load_dataset(path, name=..., data_files=..., split=...,
 revision=...)`: a hub id with a config name and a pinned revision, or the "json"/"parquet" builders with local
@@ -10,28 +11,25 @@ is what `seq_len` leaves after the generation budget and the tokens the model ad
 template), so that the prompt as the model sees it plus `max_new_tokens` is at most `seq_len`. The halves are decoded
 back to text (as upstream does), and the result is tokenised again to confirm the fit; a seam that re-tokenises
 longer shrinks the halves by the overshoot.
+
+Chat template: a prompt is either fed inside the model's chat template (counted with it) or raw (BOS only); the sample
+records which in meta `chat_template` / `raw_prompt`, which the run reads to render it the same way (`Fit.sample_meta`).
 """
 from __future__ import annotations
 
-import hashlib
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sparsebench.task import count_tokens
+from sparsebench.tasks._fit import stable_rng
 
 SAMPLING = ("first", "random")
 # `datasets` builders that read local files (no hub revision applies).
 LOCAL_BUILDERS = frozenset({"json", "parquet", "csv", "text", "arrow"})
 # Exact tokenisations of a truncated prompt before giving up; the first is normally right.
 _MAX_FIT_CHECKS = 8
-
-
-def stable_rng(*parts: Any) -> random.Random:
-    digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
-    return random.Random(int.from_bytes(digest[:8], "big"))
 
 
 def load_table(path: str, *, name: str | None = None, data_files: str | Sequence[str] | None = None,
@@ -90,6 +88,46 @@ def builder_for(path: Path) -> str:
     return "parquet" if path.suffix == ".parquet" else "json"
 
 
+class DataKnobs:
+    """The data knobs of both adapters (`data_dir`, `hf_id`, `revision`, `data_files`, `split`, `sampling`): checked
+    and stored the same way, and turned into `load_table` arguments the same way."""
+
+    def _set_data_knobs(self, *, data_dir: str | None, hf_id: str, revision: str | None, data_files: str | None,
+                        split: str, sampling: str) -> None:
+        if sampling not in SAMPLING:
+            raise ValueError(f"unknown sampling {sampling!r}; valid choices: {', '.join(SAMPLING)}")
+        if data_dir and data_files:
+            raise ValueError("set at most one of data_dir and data_files")
+        self.data_dir = data_dir
+        self.hf_id = hf_id
+        self.revision = revision
+        self.data_files = data_files
+        self.split = split
+        self.sampling = sampling
+
+    def _load_args(self, local: Sequence[tuple[str, Sequence[str]]], missing: str, config: str | None = None) -> dict:
+        """`load_table`/`describe_source` arguments, from the first source set:
+
+        - data_dir: the first `<stem><suffix>` of `local` (pairs of stem and suffixes, tried in order) that exists,
+          read with the json/parquet builder; none raises FileNotFoundError(`missing` + the folder);
+        - data_files: read by `hf_id` (a builder such as "json"; a hub revision only for a hub id), with "{config}"
+          replaced by `config` when given;
+        - else the hub: `hf_id` at `revision`, configuration `config`.
+        """
+        if self.data_dir:
+            found = (local_file(self.data_dir, stem, suffixes) for stem, suffixes in local)
+            path = next((p for p in found if p is not None), None)
+            if path is None:
+                raise FileNotFoundError(f"{missing} {str(Path(self.data_dir).expanduser())!r}")
+            return {"path": builder_for(path), "name": None, "data_files": str(path), "split": self.split,
+                    "revision": None}
+        if self.data_files is not None:
+            files = self.data_files if config is None else self.data_files.replace("{config}", config)
+            return {"path": self.hf_id, "name": None, "data_files": files, "split": self.split,
+                    "revision": None if self.hf_id in LOCAL_BUILDERS else self.revision}
+        return {"path": self.hf_id, "name": config, "data_files": None, "split": self.split, "revision": self.revision}
+
+
 def select(indices: Sequence[int], n: int, sampling: str, seed: int, *key: Any) -> list[int]:
     """The first n of `indices` (row numbers in file order), or a seeded subset of n of them kept in file order."""
     if sampling == "first" or n >= len(indices):
@@ -108,7 +146,13 @@ def _ids(tokenizer, text: str, special: bool) -> list[int]:
 class Fit:
     prompt: str
     input_tokens: int  # as the model sees it: BOS and (templated prompts) the chat template included
-    meta: dict
+    meta: dict  # truncation record
+    raw: bool = False  # fed without the chat template
+
+    def sample_meta(self, data_source: str) -> dict:
+        """The meta both adapters record after their own fields: chat-template flags (read by the run to render the
+        prompt as it was counted), the data source and the truncation record."""
+        return {"chat_template": not self.raw, "raw_prompt": self.raw, "data_source": data_source, **self.meta}
 
 
 def fit_middle(tokenizer, prompt: str, seq_len: int, max_new_tokens: int, *, raw: bool, halves: str) -> Fit:
@@ -132,7 +176,7 @@ def fit_middle(tokenizer, prompt: str, seq_len: int, max_new_tokens: int, *, raw
     if len(ids) <= room:  # possibly fits: count it exactly as the model will see it
         total = count(prompt)
         if total <= room:
-            return Fit(prompt, total, base)
+            return Fit(prompt, total, base, raw)
         overhead = total - len(ids)
     else:  # certainly too long; the overhead does not depend on the content, so measure it on a short piece
         probe = tokenizer.decode(ids[:32], skip_special_tokens=True)
@@ -162,4 +206,4 @@ def fit_middle(tokenizer, prompt: str, seq_len: int, max_new_tokens: int, *, raw
                          f"re-tokenises longer than its budget")
     text, total, head, tail = best
     return Fit(text, total, {"truncation": "middle", "truncated_tokens": len(ids) - head - tail,
-                             "prompt_tokens": len(ids), "kept_head_tokens": head, "kept_tail_tokens": tail})
+                             "prompt_tokens": len(ids), "kept_head_tokens": head, "kept_tail_tokens": tail}, raw)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 from sparsebench.task import Sample
 from sparsebench.tasks.longbench import common
@@ -25,7 +24,7 @@ def length_bucket(length: int) -> str:
     return E_BUCKETS[0] if length < 4000 else E_BUCKETS[1] if length < 8000 else E_BUCKETS[2]
 
 
-class LongBench:
+class LongBench(common.DataKnobs):
     """LongBench v1 / LongBench-E: upstream prompts, generation budgets, middle truncation and metrics.
 
     `n` in `samples()` counts samples per dataset (v1) or per dataset and length bucket (E): the first n rows in file
@@ -60,20 +59,12 @@ class LongBench:
                              f"{', '.join(valid)}")
         if len(set(chosen)) != len(chosen):
             raise ValueError(f"LongBench datasets listed twice: {list(chosen)}")
-        if sampling not in common.SAMPLING:
-            raise ValueError(f"unknown sampling {sampling!r}; valid choices: {', '.join(common.SAMPLING)}")
-        if data_dir and data_files:
-            raise ValueError("set at most one of data_dir and data_files")
+        self._set_data_knobs(data_dir=data_dir, hf_id=hf_id, revision=revision, data_files=data_files, split=split,
+                             sampling=sampling)
         if data_files is not None and "{config}" not in data_files and len(chosen) > 1:
             raise ValueError(f"data_files={data_files!r} needs a '{{config}}' placeholder when several datasets run")
         self.variant = variant
         self.datasets = chosen
-        self.data_dir = data_dir
-        self.hf_id = hf_id
-        self.revision = revision
-        self.data_files = data_files
-        self.split = split
-        self.sampling = sampling
         self._tables: dict = {}  # dataset -> datasets.Dataset
         self._sources: dict[str, str] = {}
         self._errors: dict[str, str] = {}
@@ -91,17 +82,8 @@ class LongBench:
 
     def _source_args(self, dataset: str) -> dict:
         config = self._config(dataset)
-        if self.data_dir:
-            path = common.local_file(self.data_dir, config, (".jsonl", ".json", ".parquet"))
-            if path is None:
-                raise FileNotFoundError(f"no {config}.jsonl (or .json/.parquet) in LongBench data_dir "
-                                        f"{str(Path(self.data_dir).expanduser())!r}")
-            return {"path": common.builder_for(path), "name": None, "data_files": str(path), "split": self.split,
-                        "revision": None}
-        if self.data_files is not None:
-            return {"path": self.hf_id, "name": None, "data_files": self.data_files.replace("{config}", config),
-                        "split": self.split, "revision": None if self.hf_id in common.LOCAL_BUILDERS else self.revision}
-        return {"path": self.hf_id, "name": config, "data_files": None, "split": self.split, "revision": self.revision}
+        return self._load_args([(config, (".jsonl", ".json", ".parquet"))],
+                               f"no {config}.jsonl (or .json/.parquet) in LongBench data_dir", config)
 
     def _load(self) -> None:
         if self._loaded:
@@ -155,7 +137,7 @@ class LongBench:
             "dataset": dataset, "variant": self.variant, "row_id": row["_id"], "language": row.get("language"),
             "length": int(row["length"]), "metric": DATASET2METRIC[dataset],
             "all_classes": list(row["all_classes"]) if row.get("all_classes") else None,
-            "chat_template": not raw, "raw_prompt": raw, "data_source": self._sources[dataset], **fit.meta,
+            **fit.sample_meta(self._sources[dataset]),
         }
         if self.variant == "e":
             meta["length_bucket"] = length_bucket(int(row["length"]))

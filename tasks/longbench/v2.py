@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 from sparsebench.task import Sample
 from sparsebench.tasks.longbench import common
@@ -27,7 +26,7 @@ def build_prompt(template: str, row: dict) -> str:
             .replace("$C_C$", row["choice_C"].strip()).replace("$C_D$", row["choice_D"].strip()))
 
 
-class LongBenchV2:
+class LongBenchV2(common.DataKnobs):
     """LongBench v2, generate-and-extract protocol: the model answers in free text and "The correct answer is (X)" is
     parsed from it; accuracy = parsed letter equals the gold letter (unparsable answers count as wrong).
 
@@ -67,10 +66,8 @@ class LongBenchV2:
             raise ValueError(f"unknown group_by {group_by!r}; valid choices: {', '.join(GROUP_BY)}")
         if int(max_new_tokens) < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-        if sampling not in common.SAMPLING:
-            raise ValueError(f"unknown sampling {sampling!r}; valid choices: {', '.join(common.SAMPLING)}")
-        if data_dir and data_files:
-            raise ValueError("set at most one of data_dir and data_files")
+        self._set_data_knobs(data_dir=data_dir, hf_id=hf_id, revision=revision, data_files=data_files, split=split,
+                             sampling=sampling)
         self.prompt = prompt
         self.template = V2_TEMPLATES[prompt]
         self.difficulties = tuple(difficulties)
@@ -78,30 +75,14 @@ class LongBenchV2:
         self.domains = tuple(domains)
         self.group_by = group_by
         self.max_new_tokens = int(max_new_tokens)
-        self.data_dir = data_dir
-        self.hf_id = hf_id
-        self.revision = revision
-        self.data_files = data_files
-        self.split = split
-        self.sampling = sampling
         self._table = None  # datasets.Dataset
         self._source = ""
 
     # -- data -----------------------------------------------------------------------------------------------------
 
     def _source_args(self) -> dict:
-        if self.data_dir:
-            path = (common.local_file(self.data_dir, "data", (".json", ".jsonl", ".parquet"))
-                    or common.local_file(self.data_dir, "longbench_v2", (".jsonl", ".json", ".parquet")))
-            if path is None:
-                raise FileNotFoundError(f"no data.json, data.jsonl or longbench_v2.jsonl in LongBench v2 data_dir "
-                                        f"{str(Path(self.data_dir).expanduser())!r}")
-            return {"path": common.builder_for(path), "name": None, "data_files": str(path), "split": self.split,
-                        "revision": None}
-        if self.data_files is not None:
-            return {"path": self.hf_id, "name": None, "data_files": self.data_files, "split": self.split,
-                        "revision": None if self.hf_id in common.LOCAL_BUILDERS else self.revision}
-        return {"path": self.hf_id, "name": None, "data_files": None, "split": self.split, "revision": self.revision}
+        local = [("data", (".json", ".jsonl", ".parquet")), ("longbench_v2", (".jsonl", ".json", ".parquet"))]
+        return self._load_args(local, "no data.json, data.jsonl or longbench_v2.jsonl in LongBench v2 data_dir")
 
     def _load(self):
         if self._table is None:
@@ -153,8 +134,7 @@ class LongBenchV2:
         fit = common.fit_middle(tokenizer, prompt, seq_len, self.max_new_tokens, raw=False, halves="floor_ceil")
         meta = {"row_id": row["_id"], "domain": row["domain"], "sub_domain": row["sub_domain"],
                 "difficulty": row["difficulty"], "length": row["length"], "answer": row["answer"],
-                "prompt_variant": self.prompt, "chat_template": True, "raw_prompt": False,
-                "data_source": self._source, **fit.meta}
+                "prompt_variant": self.prompt, **fit.sample_meta(self._source)}
         return Sample(id=f"longbench_v2/{row['_id']}", subtask=subtask, prompt=fit.prompt,
                       targets=(str(row["answer"]),), max_new_tokens=self.max_new_tokens,
                       input_tokens=fit.input_tokens, meta=meta)
