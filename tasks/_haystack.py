@@ -2,12 +2,13 @@
 
 RULER (Hsieh et al., arXiv:2404.06654) fills its haystacks either with a repeated five-sentence "noise" line or with
 Paul Graham essays split into sentences by nltk. Here the essays are optional (a local file/folder or a `datasets`
-id); the default prose is Python's own documentation text shipped in the standard library (`pydoc_data.topics`),
-so a run needs no download. Sentences are split by a regular expression, so no nltk data is needed either.
+id); the default prose is Python's own documentation text from the standard library (`pydoc_data.topics`), as
+Python 3.11.7 ships it, vendored in `tasks/assets/` so that a run needs no download and every Python version builds
+the same haystack. Sentences are split by a regular expression, so no nltk data is needed either.
 
 Every loader returns a `Prose`: the sentences in order plus a `source` string that says where they came from. The
-pydoc text differs between Python versions, so the source names the version and `sha256` fingerprints the sentences:
-two runs compare prompt for prompt only when both match.
+source names the snapshot and `sha256` fingerprints the sentences: two runs compare prompt for prompt only when both
+match (rows made before the snapshot, from the live text of Python 3.12.3, show that version in their source).
 """
 from __future__ import annotations
 
@@ -107,9 +108,16 @@ def _is_doc_prose(sentence: str) -> bool:
             and sentence.endswith((".", "!", "?")) and sum(c.isalpha() for c in sentence) > 0.6 * len(sentence))
 
 
-@lru_cache(maxsize=1)
-def pydoc_prose() -> Prose:
-    """English prose from the standard library's documentation topics (the text behind `help('if')`)."""
+PYDOC_SNAPSHOT = "3.11.7"  # the Python whose pydoc topics were vendored into tasks/assets/
+_PYDOC_ASSET = Path(__file__).resolve().parent / "assets" / f"pydoc_prose_{PYDOC_SNAPSHOT}.txt.gz"
+
+
+def live_pydoc_prose() -> Prose:
+    """English prose from this interpreter's documentation topics (the text behind `help('if')`).
+
+    The text changes between Python versions (3.11.7 and 3.12.3 give different haystacks), which is why
+    `pydoc_prose()` reads a vendored snapshot instead; this function rebuilds one.
+    """
     from pydoc_data.topics import topics
 
     sentences = []
@@ -117,6 +125,17 @@ def pydoc_prose() -> Prose:
         for paragraph in _doc_paragraphs(topics[name]):
             sentences.extend(s for s in split_sentences(paragraph) if _is_doc_prose(s))
     return Prose(tuple(sentences), f"pydoc_data.topics (Python {platform.python_version()})")
+
+
+@lru_cache(maxsize=1)
+def pydoc_prose() -> Prose:
+    """The default prose: `live_pydoc_prose()` as Python 3.11.7 builds it, read from the vendored snapshot
+    (one sentence a line, gzip), so every machine and Python version builds the same prompts."""
+    import gzip
+
+    with gzip.open(_PYDOC_ASSET, "rt", encoding="utf-8") as f:
+        sentences = tuple(line.rstrip("\n") for line in f)
+    return Prose(sentences, f"pydoc_data.topics (Python {PYDOC_SNAPSHOT}, vendored)")
 
 
 def _texts_from_json(obj, field: str, where: str) -> list[str]:
