@@ -214,7 +214,12 @@ def render_prompt(tokenizer, prompt: str, answer_prefix: str, mode: str) -> str:
 
 class TemplatedTokenizer:
     """A tokenizer view for tasks: counts a prompt as the model will see it, chat template included, so the length
-    rule holds for templated prompts too. Everything else is delegated to the wrapped tokenizer."""
+    rule holds for templated prompts too. Everything else is delegated to the wrapped tokenizer.
+
+    A prompt that ends with an answer prefix is fed with the prefix after the assistant header (`render_prompt`);
+    pass it as `answer_prefix` to count exactly that text. Counted inside the user turn instead, the count can be a
+    token off either way (the turn's rstrip drops a prefix's trailing space; BPE merges differ at the seams), so a
+    prompt filled to the budget could exceed it by one."""
 
     def __init__(self, tokenizer, mode: str):
         self._tok, self._mode = tokenizer, mode
@@ -222,8 +227,8 @@ class TemplatedTokenizer:
     def __getattr__(self, name):
         return getattr(self._tok, name)
 
-    def __call__(self, text, add_special_tokens: bool = True, **kw):
+    def __call__(self, text, add_special_tokens: bool = True, answer_prefix: str = "", **kw):
         if not uses_chat_template(self._tok, self._mode) or not isinstance(text, str):
             return self._tok(text, add_special_tokens=add_special_tokens, **kw)
-        # the template carries BOS itself; the answer prefix is not known here, so it is counted inside the turn
-        return self._tok(render_prompt(self._tok, text, "", self._mode), add_special_tokens=False, **kw)
+        # the template carries BOS itself; the text is rendered exactly as the run renders it
+        return self._tok(render_prompt(self._tok, text, answer_prefix, self._mode), add_special_tokens=False, **kw)

@@ -33,17 +33,29 @@ def piece_lengths(tokenizer, pieces: Sequence[str]) -> list[int]:
     return [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in pieces]
 
 
+def count_prompt(tokenizer, prompt: str, answer_prefix: str = "") -> int:
+    """Tokens of a whole prompt as the run feeds it (`count_tokens`: BOS and chat template included). A prompt that
+    ends with `answer_prefix` is fed, under a chat template, with the prefix after the assistant header
+    (`sparsebench.models.render_prompt`); the chat-template view is told the prefix so that it counts that text."""
+    from sparsebench.models import TemplatedTokenizer
+
+    if answer_prefix and isinstance(tokenizer, TemplatedTokenizer):
+        return len(tokenizer(prompt, answer_prefix=answer_prefix)["input_ids"])
+    return count_tokens(tokenizer, prompt)
+
+
 def raw_count(tokenizer, text: str) -> int:
     """Tokens of text without special tokens and without a chat template (RULER's `text_to_tokens`)."""
     return piece_lengths(tokenizer, [text])[0]
 
 
 def fit_largest(render: Callable[[int], str], estimate: Callable[[int], float], tokenizer, budget: int,
-                lo: int, hi: int) -> tuple[int, str, int] | None:
+                lo: int, hi: int, answer_prefix: str = "") -> tuple[int, str, int] | None:
     """Largest n in [lo, hi] whose prompt `render(n)` has at most `budget` tokens (BOS and template included).
 
-    `estimate(n)` must not decrease with n; it predicts the tokens that n units add. Returns (n, prompt, tokens), or
-    None when even `lo` does not fit.
+    `estimate(n)` must not decrease with n; it predicts the tokens that n units add. `answer_prefix`: the text every
+    prompt ends with that the sample records as meta `answer_prefix` (see `count_prompt`). Returns (n, prompt,
+    tokens), or None when even `lo` does not fit.
     """
     def largest(x: float) -> int:  # largest n in [lo, hi] with estimate(n) <= x; lo - 1 when none
         a, b = lo - 1, hi
@@ -56,7 +68,7 @@ def fit_largest(render: Callable[[int], str], estimate: Callable[[int], float], 
         return a
 
     prompt = render(lo)
-    total = count_tokens(tokenizer, prompt)
+    total = count_prompt(tokenizer, prompt, answer_prefix)
     if total > budget:
         return None
     best = (lo, prompt, total)
@@ -67,7 +79,7 @@ def fit_largest(render: Callable[[int], str], estimate: Callable[[int], float], 
         if n <= best[0]:
             break
         prompt = render(n)
-        total = count_tokens(tokenizer, prompt)
+        total = count_prompt(tokenizer, prompt, answer_prefix)
         if total <= budget:
             best = (n, prompt, total)
             n = largest(estimate(n) + budget - total)  # grow by the remaining gap

@@ -521,7 +521,7 @@ class JointRecall:
                 q = queries_for.setdefault(n_ctx, self._queries(base, n_ctx, n_key))
                 return self._render(names.words[:n_ctx], keys, [r[:n_key] for r in rows[:n_ctx]], q)
 
-            fit = fit_largest(render, cum.__getitem__, tokenizer, budget, n_min, len(cum) - 1)
+            fit = fit_largest(render, cum.__getitem__, tokenizer, budget, n_min, len(cum) - 1, ANSWER_PREFIX)
             if fit is None:
                 continue
             n_ctx, prompt, total = fit
@@ -641,7 +641,7 @@ class MQAR:
             return self._render(words.words[:n], values[:n], asked)
 
         n_min = self.num_queries
-        fit = fit_largest(render, cum.__getitem__, tokenizer, budget, n_min, len(cum) - 1)
+        fit = fit_largest(render, cum.__getitem__, tokenizer, budget, n_min, len(cum) - 1, ANSWER_PREFIX)
         if fit is None:
             raise ValueError(f"seq_len={seq_len} is too small for mqar: {self.num_queries} pairs and questions do not "
                              f"fit with max_new_tokens={self.max_new_tokens}")

@@ -25,7 +25,7 @@ from typing import Any
 
 from sparsebench.task import LENGTH_FLOOR, Sample, count_tokens
 from sparsebench.tasks import _haystack
-from sparsebench.tasks._fit import fit_largest, piece_lengths, stable_rng
+from sparsebench.tasks._fit import count_prompt, fit_largest, piece_lengths, stable_rng
 
 HAYSTACKS = ("essay", "noise")
 
@@ -178,11 +178,12 @@ class NIAH:
     def _fit(self, tokenizer, seq_len: int, depth: float, key: str, value: int) -> tuple[int, str, int, int, int]:
         """Largest k whose prompt fits; returns (k, prompt, input_tokens, needle char offset, tail words)."""
         budget = seq_len - self.max_new_tokens
+        prefix = ANSWER_PREFIX.format(key=key)
         cum = self._cumulative(tokenizer, budget)
         fit = fit_largest(lambda k: self._render(k, depth, key, value)[0], cum.__getitem__, tokenizer, budget,
-                          0, len(cum) - 1)
+                          0, len(cum) - 1, prefix)
         if fit is None:
-            fixed = count_tokens(tokenizer, self._render(0, depth, key, value)[0])
+            fixed = count_prompt(tokenizer, self._render(0, depth, key, value)[0], prefix)
             raise ValueError(f"seq_len={seq_len} is too small for NIAH: the instruction, needle, question and answer "
                              f"prefix alone take {fixed} tokens (BOS included) plus max_new_tokens="
                              f"{self.max_new_tokens}")
@@ -197,13 +198,13 @@ class NIAH:
             while lo < hi:  # largest word count that still fits
                 mid = (lo + hi + 1) // 2
                 p, o = self._render(k, depth, key, value, " ".join(words[:mid]))
-                if count_tokens(tokenizer, p) <= budget:
+                if count_prompt(tokenizer, p, prefix) <= budget:
                     lo = mid
                 else:
                     hi = mid - 1
             if lo:
                 prompt, off = self._render(k, depth, key, value, " ".join(words[:lo]))
-                best = (k, prompt, count_tokens(tokenizer, prompt), off, lo)
+                best = (k, prompt, count_prompt(tokenizer, prompt, prefix), off, lo)
                 total = best[2]
         if total + self.max_new_tokens < LENGTH_FLOOR * seq_len:
             raise ValueError(f"NIAH cannot reach {LENGTH_FLOOR:.0%} of seq_len={seq_len}: the closest fit has "

@@ -93,7 +93,7 @@ class CWEGenerator:
             return few_shot + "\n" + (TEMPLATE + ANSWER_PREFIX).format(
                 context=numbered(word_list(perm[:n], cr, ucr, seed)))
 
-        return fit_largest(render, estimate, tokenizer, budget, lo, len(perm))
+        return fit_largest(render, estimate, tokenizer, budget, lo, len(perm), ANSWER_PREFIX)
 
     def draft(self, tokenizer, seq_len: int, seed: int, i: int, max_new_tokens: int) -> Draft | Skip:
         key = ("ruler", self.name, seq_len, seed, i)

@@ -71,7 +71,7 @@ class FWEGenerator:
             return (TEMPLATE + ANSWER_PREFIX).format(context=" ".join(words))
 
         hi = upper_bound(estimate, budget, budget)
-        fit = fit_largest(render, estimate, tokenizer, budget, 1, hi)
+        fit = fit_largest(render, estimate, tokenizer, budget, 1, hi, ANSWER_PREFIX)
         if fit is None:
             raise ValueError(f"seq_len={seq_len} is too small for ruler/{self.name}: the template alone exceeds "
                              f"seq_len minus max_new_tokens={max_new_tokens}")

@@ -196,7 +196,7 @@ class NIAHGenerator:
         def render(n: int) -> str:
             return prompt_of(context_of(n))
 
-        fit = fit_largest(render, estimate, tokenizer, budget, lo, hi)
+        fit = fit_largest(render, estimate, tokenizer, budget, lo, hi, answer_prefix)
         if fit is None:
             raise ValueError(f"seq_len={seq_len} is too small for ruler/{self.name}: the template, needles and "
                              f"answer prefix alone exceed seq_len minus max_new_tokens={max_new_tokens}")

@@ -208,7 +208,7 @@ class QAGenerator:
             hi = n_docs
             while estimate(hi) <= budget:
                 hi *= 2
-        fit = fit_largest(lambda m: render_ids(ids_of(m)), estimate, tokenizer, budget, len(gold), hi)
+        fit = fit_largest(lambda m: render_ids(ids_of(m)), estimate, tokenizer, budget, len(gold), hi, ANSWER_PREFIX)
         if fit is None:
             return Skip(f"{self.name} question {index}: its gold document(s) alone exceed seq_len={seq_len} minus "
                         f"max_new_tokens={max_new_tokens}")
@@ -225,7 +225,7 @@ class QAGenerator:
                     extra.append(j)
                     extra_cum.append(extra_cum[-1] + est)
             refit = fit_largest(lambda k: render_ids(ids + extra[:k]), lambda k: extra_cum[k], tokenizer, budget,
-                                0, len(extra))
+                                0, len(extra), ANSWER_PREFIX)
             k, prompt, total = refit  # k = 0 is the prompt above, known to fit
             ids, filled = ids + extra[:k], k
         if total < 0.9 * seq_len - max_new_tokens:

@@ -118,7 +118,7 @@ class VTGenerator:
         budget = seq_len - max_new_tokens
         lo = len(chain)
         hi = upper_bound(lambda n: n * per_line, budget, budget)
-        fit = fit_largest(render, lambda n: n * per_line, tokenizer, budget, lo, hi)
+        fit = fit_largest(render, lambda n: n * per_line, tokenizer, budget, lo, hi, answer_prefix)
         if fit is None:
             raise ValueError(f"seq_len={seq_len} is too small for ruler/{self.name}: the in-context example and the "
                              f"chain alone exceed seq_len minus max_new_tokens={max_new_tokens}")
