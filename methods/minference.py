@@ -46,8 +46,8 @@ samples; the best per head is written as a config JSON.
 
 Cost (`estimation_flops` counts the matmuls): vertical-slash 2 * B * H * last_q * S * D; block-sparse
 2 * B * H * NQ * NK * D on pooled blocks; A-shape 0. Memory: the last-query probabilities are held fp32 for as many
-KV heads at once as fit 2**27 elements (plus one skewed copy for the diagonal sums), the block scores for as many
-query-block rows as fit 2**27 elements; ranking sorts `[B, H, S]` once; the block lists are `[B, H, NQ, MAXK]` int32
+KV heads at once as fit 2**27 elements (plus their logits in the input dtype; K is read in place, the diagonal sums
+read a skewed view, no padded copy), the block scores for as many query-block rows as fit 2**27 elements; ranking sorts `[B, H, S]` once; the block lists are `[B, H, NQ, MAXK]` int32
 (at 128K, H=32: at most 512 MB). `budget_range` gives a `target_density` resolver the interval of `budget_scale`
 from the minimum budgets to keep-everything.
 
@@ -57,8 +57,11 @@ Deviations from the official code:
    offset into the unaligned 64-column band `[end - o - 64, end - o)`; here it becomes the aligned blocks the
    diagonal crosses (a superset, up to two blocks). Extra (vertical) columns obey causality; the official kernel
    assumes they lie left of the diagonal band.
-2. Estimator arithmetic is fp32 (official: Q.K^T in the input dtype, softmax in fp32; pooled block scores in the
-   input dtype); the softmax scale is the model's attention scale (official: 1/sqrt(D); equal for Llama/Qwen).
+2. Vertical-slash logits: Q.K^T in the input dtype (fp32 accumulation) with the scale applied in fp32 before the
+   one rounding to the input dtype; softmax and sums in fp32 (official: Q.K^T rounded to the input dtype, then
+   divided by sqrt(D) in the input dtype, a second rounding; softmax in fp32). Pooled block scores are fp32
+   (official: input dtype). The softmax scale is the model's attention scale (official: 1/sqrt(D); equal for
+   Llama/Qwen).
 3. Ties are broken by the rule above (official: `torch.topk`, unspecified order).
 4. `block_sparse` caps top_k at NK = ceil(S / block_size) (official: floor(N / 64), which drops one block of the
    last, partial query block when N % 64 != 0 and top_k > N // 64), so top_k >= NK keeps every causal block.
@@ -105,41 +108,64 @@ _MAX_SCORES = 1 << 27  # fp32 score elements an estimator holds at once (512 MB)
 
 
 # ---------------------------------------------------------------------------------------------- estimators
+def _scaled_logits(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    """`[N, M, S]` = scale * q `[N, M, D]` . k `[N, S, D]`^T as one batched GEMM in the input dtype: fp32 accumulation,
+    the scale applied in fp32 (GEMM epilogue), one rounding to the input dtype. K is read in place (no copy)."""
+    # beta=0: the 0-dim input is ignored, never expanded into the output
+    return torch.baddbmm(q.new_zeros(()), q, k.transpose(-1, -2), beta=0, alpha=scale)
+
+
+def _diagonal_sums(p: torch.Tensor) -> torch.Tensor:
+    """`[N, S]` sums along the diagonals of contiguous `[N, L, S]` probabilities whose row i sits at position
+    S - L + i and is exactly 0 right of it: column r holds offset S - 1 - r (key = position - (S - 1 - r)).
+
+    No padded copy: the view with row stride S + 1 shifts row i right by L - 1 - i; the cells it reads left of a
+    row's start are the previous row's zero tail (its last L - 1 - i + 1 > L - 1 - i keys lie past its position).
+    Row 0 has no previous row inside its head, so it is added on its own."""
+    p = p.contiguous()
+    N, L, S = p.shape
+    if L == 1:
+        return p[:, 0].clone()
+    # rows 1 .. L-1: element (i', r) = p[i' + 1, r + i' + 2 - L]
+    rows = p.as_strided((N, L - 1, S), (L * S, S + 1, 1), p.storage_offset() + S + 2 - L)
+    out = rows.sum(1)
+    out[:, L - 1:] += p[:, 0, :S - L + 1]
+    return out
+
+
 def vs_scores(q: torch.Tensor, k: torch.Tensor, last_q: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Vertical and slash scores of the last `last_q` queries, grouped by KV head (K never repeated).
+    """Vertical and slash scores of the last `last_q` queries, grouped by KV head (K never repeated or converted).
 
     q `[B, H, T, D]`, k `[B, HKV, S, D]` -> `(vertical [B, H, S], slash [B, H, S])` fp32, `slash[..., o]` = summed
-    probability on the diagonal key = position - o.
+    probability on the diagonal key = position - o. Logits in the input dtype (`_scaled_logits`), softmax and sums
+    in fp32.
     """
     B, H, T, D = q.shape
     HKV, S = k.shape[1], k.shape[2]
     G = H // HKV
     L = min(last_q, T)
-    W = S + L - 1
     dev = q.device
-    qg = q[:, :, T - L:].float().view(B, HKV, G, L, D)
-    pos = torch.arange(S - L, S, device=dev)
-    tail_ok = torch.arange(S - L, S, device=dev)[None, :] <= pos[:, None]  # [L, L] causal corner
+    qg = q[:, :, T - L:].reshape(B, HKV, G * L, D)  # the only copy of an input: L query rows per head
+    corner = torch.ones(L, L, dtype=torch.bool, device=dev).triu_(1)  # row i may not see keys S - L + j, j > i
     vertical = torch.empty(B, HKV, G, S, dtype=torch.float32, device=dev)
     slash = torch.empty(B, HKV, G, S, dtype=torch.float32, device=dev)
-    hc = max(1, min(HKV, _MAX_SCORES // max(1, B * G * L * W)))
-    for h0 in range(0, HKV, hc):
-        h1 = min(HKV, h0 + hc)
-        p = torch.einsum("bkgld,bksd->bkgls", qg[:, h0:h1], k[:, h0:h1].float()) * scale
-        p[..., S - L:] = p[..., S - L:].masked_fill(~tail_ok, float("-inf"))
-        p = torch.softmax(p, dim=-1)
-        vertical[:, h0:h1] = p.sum(-2)
-        # skew so that diagonals become columns: row i shifted right by L - 1 - i, then column r holds offset S-1-r
-        n = B * (h1 - h0) * G
-        padded = torch.nn.functional.pad(p, (L - 1, 0)).reshape(n, L, W)
-        skew = padded.as_strided((n, L, S), (L * W, W + 1, 1), padded.storage_offset())
-        slash[:, h0:h1] = skew.sum(1).flip(-1).view(B, h1 - h0, G, S)
-        del p, padded, skew
+    hc = max(1, min(HKV, _MAX_SCORES // max(1, G * L * S)))
+    for b in range(B):
+        for h0 in range(0, HKV, hc):
+            h1 = min(HKV, h0 + hc)
+            logits = _scaled_logits(qg[b, h0:h1], k[b, h0:h1], scale).view(h1 - h0, G, L, S)
+            logits[..., S - L:].masked_fill_(corner, float("-inf"))
+            p = torch.softmax(logits, dim=-1, dtype=torch.float32)
+            del logits
+            torch.sum(p, dim=-2, out=vertical[b, h0:h1])
+            slash[b, h0:h1] = _diagonal_sums(p.view(-1, L, S)).flip(-1).view(h1 - h0, G, S)
+            del p
     return vertical.view(B, H, S), slash.view(B, H, S)
 
 
 def vs_scores_naive(q: torch.Tensor, k: torch.Tensor, last_q: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """`vs_scores` the way the official code computes it: one query head at a time against its KV head's keys."""
+    """`vs_scores` the way the official code computes it: one query head at a time against its KV head's keys,
+    diagonals gathered one by one."""
     B, H, T, _ = q.shape
     HKV, S = k.shape[1], k.shape[2]
     G = H // HKV
@@ -151,11 +177,9 @@ def vs_scores_naive(q: torch.Tensor, k: torch.Tensor, last_q: int, scale: float)
     vertical = torch.empty(B, H, S, dtype=torch.float32, device=dev)
     slash = torch.empty(B, H, S, dtype=torch.float32, device=dev)
     for h in range(H):
-        qh = q[:, h, T - L:].float()
-        kh = k[:, h // G].float()
-        s = torch.matmul(qh, kh.transpose(-1, -2)) * scale  # [B, L, S]
+        s = _scaled_logits(q[:, h, T - L:], k[:, h // G], scale)  # [B, L, S], input dtype
         s = s.masked_fill(cols[None, :] > pos[:, None], float("-inf"))
-        p = torch.softmax(s, dim=-1)
+        p = torch.softmax(s, dim=-1, dtype=torch.float32)
         vertical[:, h] = p.sum(-2)
         on_diag = p.gather(-1, key_of.clamp(min=0).expand(B, L, S))
         slash[:, h] = torch.where(key_of >= 0, on_diag, torch.zeros_like(on_diag)).sum(-2)
@@ -318,7 +342,7 @@ class MInference(SparseAttention):
     name = "minference"
     label = "MInference"
     paper = "arXiv:2407.02490"
-    impl_version = 1
+    impl_version = 2  # 2: vertical-slash logits in the input dtype (bf16 selections changed)
     budget_knob = "budget_scale"
     budget_increases_density = True
 
@@ -611,7 +635,7 @@ class MInferenceSearch(SparseAttention):
     name = "minference_search"
     label = "MInference pattern search"
     paper = "arXiv:2407.02490"
-    impl_version = 1
+    impl_version = 2  # 2: vertical-slash logits in the input dtype
 
     def __init__(self, candidates: Sequence[tuple[str, int, int]] = SEARCH_SPACE, score_from_row: int = 2500,
                  executor: str = "auto", **knobs) -> None:

@@ -15,8 +15,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from sparsebench.attention import AttnContext, AttnShape, Meter, install, method_layers
 from sparsebench.executors import execute
-from sparsebench.methods.minference import (MInference, block_sparse_lists, block_sparse_lists_naive,
-                                            choose_patterns, search_recall, vs_scores, vs_scores_naive)
+from sparsebench.methods.minference import (MInference, _diagonal_sums, _scaled_logits, block_sparse_lists,
+                                            block_sparse_lists_naive, choose_patterns, search_recall, vs_scores,
+                                            vs_scores_naive)
 from sparsebench.selection import Selection, causal_pairs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -103,6 +104,46 @@ def test_scores_match_naive_scores():
     assert torch.allclose(vert.sum(-1), torch.full((2, 6), 64.0)) and torch.allclose(slash.sum(-1), vert.sum(-1))
     a, b = block_sparse_lists(q, k, 32, 3), block_sparse_lists_naive(q, k, 32, 3)
     assert torch.equal(a[1], b[1]) and torch.equal(a[0], b[0])
+
+
+@pytest.mark.parametrize("case", CASES[:4], ids=lambda c: "B{}-H{}-HKV{}-T{}-S{}-D{}".format(*c[:6]))
+def test_fast_estimator_equals_naive_bf16(case):
+    B, H, HKV, T, S, D, knobs = case
+    q, k, _ = qk(B, H, HKV, T, S, D, dtype=torch.bfloat16)
+    m = MInference(**knobs)
+    fast, naive = m.select(q, k, ctx_for(q, k)), m.select_reference(q, k, ctx_for(q, k))
+    assert torch.equal(fast.token_mask(), naive.token_mask())
+
+
+@pytest.mark.parametrize("L,S", [(1, 7), (2, 5), (5, 5), (5, 9), (64, 300)])
+def test_diagonal_sums_match_brute_force(L, S):
+    # rows at positions S - L + i, zero right of the position (as causal softmax rows are)
+    g = torch.Generator().manual_seed(L * 1000 + S)
+    p = torch.rand(3, L, S, generator=g)
+    pos = torch.arange(S - L, S)[:, None]
+    p = p.masked_fill(torch.arange(S)[None, :] > pos, 0.0)
+    want = torch.zeros(3, S)
+    for i in range(L):
+        for c in range(int(pos[i]) + 1):
+            want[:, S - 1 - (int(pos[i]) - c)] += p[:, i, c]  # column r holds offset S - 1 - r
+    torch.testing.assert_close(_diagonal_sums(p), want, rtol=1e-6, atol=1e-6)
+    # a view into a larger buffer (non-zero storage offset) reads only its own rows
+    big = torch.full((5, L, S), 7.0)
+    big[1:4] = p
+    torch.testing.assert_close(_diagonal_sums(big[1:4]), want, rtol=1e-6, atol=1e-6)
+
+
+def test_scaled_logits_round_once_in_the_input_dtype():
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.randn(2, 16, 64, generator=g), torch.randn(2, 300, 64, generator=g)
+    exact = torch.matmul(a.double(), b.double().transpose(-1, -2)) * 0.125
+    torch.testing.assert_close(_scaled_logits(a, b, 0.125).double(), exact, rtol=1e-5, atol=1e-5)
+    out = _scaled_logits(a.bfloat16(), b.bfloat16(), 0.3)
+    assert out.dtype == torch.bfloat16
+    # bf16 products are exact in fp32: the result is the fp32 value rounded once (up to accumulation order)
+    once = (torch.matmul(a.bfloat16().float(), b.bfloat16().float().transpose(-1, -2)) * 0.3).bfloat16()
+    assert (out == once).float().mean() > 0.999
+    torch.testing.assert_close(out.float(), once.float(), rtol=2 ** -7, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------- keep everything
