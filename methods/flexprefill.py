@@ -96,17 +96,33 @@ def _head_chunks(HKV: int, G: int, per_head: int, max_elems: int) -> Iterator[tu
                 yield h0, h0 + 1, g0, min(g0 + gc, G)
 
 
-def diagonal_sums(p: torch.Tensor) -> torch.Tensor:
-    """Sums along the diagonals of `p [..., n, S]`, whose rows are the last n positions of S keys.
-
-    Entry x of the result `[..., S]` is the diagonal at offset S - 1 - x (query position minus key position), so the
-    last entry is the main diagonal. Skewing trick: after n - 1 zeros on the left, row i read with a stride one
-    longer than the row length starts i elements later, which lines every diagonal up in one column.
-    """
+def _skewed_sums(p: torch.Tensor) -> torch.Tensor:
+    """`diagonal_sums` through a zero-padded copy of `p` (used on the first n - 1 columns only)."""
     *lead, n, S = p.shape
     padded = torch.nn.functional.pad(p, (n - 1, 0)).reshape(*lead, n * (S + n - 1))
     skewed = torch.nn.functional.pad(padded, (0, n)).view(*lead, n, S + n)
     return skewed[..., :S].sum(-2)
+
+
+def diagonal_sums(p: torch.Tensor) -> torch.Tensor:
+    """Sums along the diagonals of `p [..., n, S]`, whose rows are the last n positions of S keys.
+
+    Entry x of the result `[..., S]` is the diagonal at offset S - 1 - x (query position minus key position), so the
+    last entry is the main diagonal. Entries x >= n - 1 cross every row: read with a row stride of S + 1, row i
+    starting at element 0 of row i lines them up in columns, a strided view of `p` itself (no copy). The first n - 1
+    entries, which miss the first rows, come from the skewing trick on the first n - 1 columns only: after n - 1
+    zeros on the left, row i read with a stride one longer than the row length starts i elements later.
+    """
+    *lead, n, S = p.shape
+    if n > S:
+        return _skewed_sums(p)
+    p = p.contiguous()
+    out = p.new_empty(*lead, S)
+    full = p.as_strided((*lead, n, S - n + 1), (*p.stride()[:-2], S + 1, 1))
+    torch.sum(full, dim=-2, out=out[..., n - 1:])
+    if n > 1:
+        out[..., :n - 1] = _skewed_sums(p[..., :n - 1])
+    return out
 
 
 def last_query_scores(q: torch.Tensor, k: torch.Tensor, n: int, scale: float,
@@ -153,19 +169,38 @@ def block_budget(x: torch.Tensor, gamma: float, minb: int, maxb: int) -> torch.T
     return torch.where(nb > maxb, torch.full_like(nb, maxb), nb)
 
 
+def _split_blocks(x: torch.Tensor, size: int, dim: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Views of `x` along `dim` (-1 or -2): the complete runs of `size`, `[..., nfull, size(, D)]`, and the short last
+    run zero-padded to `size` (a copy of at most `size` entries per row), `[..., 1, size(, D)]`, or None."""
+    N = x.shape[dim]
+    nfull, tail = divmod(N, size)
+    full = x.narrow(dim, 0, nfull * size).unflatten(dim, (nfull, size))
+    if not tail:
+        return full, None
+    pad = (0, size - tail) if dim == -1 else (0, 0, 0, size - tail)
+    return full, torch.nn.functional.pad(x.narrow(dim, nfull * size, tail), pad).unflatten(dim, (1, size))
+
+
 def sum_pool(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Sums of `x [..., N]` over consecutive runs of `size` (the last run may be short) -> `[..., ceil(N/size)]`."""
-    N = x.shape[-1]
-    nb = -(-N // size)
-    return torch.nn.functional.pad(x, (0, nb * size - N)).view(*x.shape[:-1], nb, size).sum(-1)
+    """Sums of `x [..., N]` over consecutive runs of `size` (the last run may be short) -> `[..., ceil(N/size)]`.
+
+    The complete runs are summed from a view and only the short last run is padded, so `x` is never copied."""
+    full, tail = _split_blocks(x, size, -1)
+    sums = full.sum(-1)
+    return sums if tail is None else torch.cat([sums, tail.sum(-1)], dim=-1)
 
 
 def block_mean(x: torch.Tensor, size: int) -> torch.Tensor:
-    """fp32 means of `x [..., N, D]` over consecutive runs of `size` rows; the last run averages only its rows."""
-    N, D = x.shape[-2], x.shape[-1]
-    nb = -(-N // size)
-    padded = torch.nn.functional.pad(x.float(), (0, 0, 0, nb * size - N))
-    sums = padded.view(*x.shape[:-2], nb, size, D).sum(-2)
+    """fp32 means of `x [..., N, D]` over consecutive runs of `size` rows; the last run averages only its rows.
+
+    Sums accumulate in fp32 straight from the input (`sum(dtype=float32)`), never from an fp32 copy of `x`; the
+    complete runs are read through a view and only the short last run is padded."""
+    N = x.shape[-2]
+    full, tail = _split_blocks(x, size, -2)
+    sums = full.sum(-2, dtype=torch.float32)
+    if tail is not None:
+        sums = torch.cat([sums, tail.sum(-2, dtype=torch.float32)], dim=-2)
+    nb = sums.shape[-2]
     counts = torch.full((nb, 1), float(size), device=x.device)
     counts[-1] = N - (nb - 1) * size
     return sums / counts

@@ -12,8 +12,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from sparsebench.attention import AttnContext, AttnShape, Meter, install, method_layers
 from sparsebench.executors import execute
-from sparsebench.methods.flexprefill import (FlexPrefill, block_budget, diagonal_sums, global_cover_mask,
-                                             official_block_mask, sparse_frontier_indices, stable_rank)
+from sparsebench.methods.flexprefill import (FlexPrefill, block_budget, block_mean, diagonal_sums, global_cover_mask,
+                                             official_block_mask, sparse_frontier_indices, stable_rank, sum_pool)
 from sparsebench.selection import causal_pairs
 
 SEED = 42
@@ -321,6 +321,49 @@ def test_diagonal_sums_small():
     p = torch.arange(1.0, 13.0).view(2, 6)  # rows at positions 4 and 5 of 6 keys
     # offset 0: p[0,4] + p[1,5] = 5 + 12; offset 1: 4 + 11; ... offset 5: p[1,0] = 7
     assert diagonal_sums(p).tolist() == [7.0, 1 + 8, 2 + 9, 3 + 10, 4 + 11, 5 + 12]
+
+
+@pytest.mark.parametrize("n,S", [(1, 7), (3, 3), (16, 203), (5, 64), (128, 301)])
+def test_diagonal_sums_equal_literal_diagonals(n, S):
+    """Integer-valued entries make every sum exact whatever the order of the additions, so the strided view and the
+    padded head must give the literal diagonals bit for bit; leading dims are independent."""
+    g = torch.Generator().manual_seed(SEED)
+    p = torch.randint(0, 1000, (2, 3, n, S), generator=g).float()
+    got = diagonal_sums(p)
+    for b in range(2):
+        for h in range(3):
+            assert torch.equal(got[b, h], _diag_sums_literal(p[b, h]))
+    assert torch.equal(diagonal_sums(p[:, 1:]), got[:, 1:])  # a non-contiguous input
+
+
+def _block_mean_padded_fp32(x, size):
+    """The former formula: an fp32 copy of the whole input, zero-padded to whole runs, summed, divided."""
+    N, D = x.shape[-2], x.shape[-1]
+    nb = -(-N // size)
+    padded = torch.nn.functional.pad(x.float(), (0, 0, 0, nb * size - N))
+    sums = padded.view(*x.shape[:-2], nb, size, D).sum(-2)
+    counts = torch.full((nb, 1), float(size))
+    counts[-1] = N - (nb - 1) * size
+    return sums / counts
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("N,size", [(203, 16), (128, 128), (333, 128), (1, 16), (4099, 64), (96, 32)])
+def test_block_mean_equals_padded_fp32_formula(N, size, dtype):
+    g = torch.Generator().manual_seed(SEED)
+    x = (torch.randn(2, 3, N, 40, generator=g) * torch.rand(2, 3, N, 1, generator=g) * 8).to(dtype)
+    got = block_mean(x, size)
+    assert got.dtype == torch.float32 and got.shape == (2, 3, -(-N // size), 40)
+    assert torch.equal(got, _block_mean_padded_fp32(x, size))
+    assert torch.equal(block_mean(x[:, 1:], size), got[:, 1:])  # a non-contiguous input
+
+
+@pytest.mark.parametrize("N,size", [(203, 16), (256, 128), (301, 128), (5, 16)])
+def test_sum_pool_equals_padded_formula(N, size):
+    x = torch.rand(2, 3, N, generator=torch.Generator().manual_seed(SEED)) ** 4
+    nb = -(-N // size)
+    ref = torch.nn.functional.pad(x, (0, nb * size - N)).view(2, 3, nb, size).sum(-1)
+    assert torch.equal(sum_pool(x, size), ref)
 
 
 @pytest.mark.parametrize("bs,min_budget,T_dense", [(16, None, 32), (16, 100, 112), (32, 64, 64), (64, 1024, 1024)])
