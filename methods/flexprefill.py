@@ -126,20 +126,20 @@ def diagonal_sums(p: torch.Tensor) -> torch.Tensor:
 
 
 def last_query_scores(q: torch.Tensor, k: torch.Tensor, n: int, scale: float,
-                      max_elems: int = MAX_SCORE_ELEMS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      max_elems: int = MAX_SCORE_ELEMS) -> tuple[torch.Tensor, torch.Tensor]:
     """Vertical and slash scores of the last `n` queries (T == S), and those queries pre-scaled.
 
-    Returns `vertical [B, H, S]` (fp32 column means of the softmax), `slash [B, H, S]` (fp32 diagonal sums / n,
-    ordered as in `diagonal_sums`) and `q_last [B, H, n, D]` (input dtype, multiplied by `scale`). Query heads are
-    grouped onto their KV head (K is never repeated) and processed in slices of at most `max_elems` scores.
+    Returns `scores [2, B, H, S]` fp32, one tensor so that both kinds go through each later sort, scan and pool
+    together: `scores[0]` the vertical scores (column means of the softmax), `scores[1]` the slash scores (diagonal
+    sums / n, ordered as in `diagonal_sums`); and `q_last [B, H, n, D]` (input dtype, multiplied by `scale`). Query
+    heads are grouped onto their KV head (K is never repeated) and processed in slices of at most `max_elems` scores.
     """
     B, H, T, D = q.shape
     HKV, S = k.shape[1], k.shape[2]
     G = H // HKV
     q_last = q[:, :, T - n:] * scale
     qg = q_last.view(B, HKV, G, n, D)
-    vertical = torch.empty(B, HKV, G, S, dtype=torch.float32, device=q.device)
-    slash = torch.empty_like(vertical)
+    scores = torch.empty(2, B, HKV, G, S, dtype=torch.float32, device=q.device)
     rows = torch.arange(n, device=q.device)
     above = rows[None, :] > rows[:, None]  # key after the query inside the last n x n square
     for h0, h1, g0, g1 in _head_chunks(HKV, G, B * n * S, max_elems):
@@ -149,10 +149,10 @@ def last_query_scores(q: torch.Tensor, k: torch.Tensor, n: int, scale: float,
         logits[..., S - n:].masked_fill_(above, float("-inf"))
         p = torch.softmax(logits, dim=-1, dtype=torch.float32)
         del logits
-        vertical[:, h0:h1, g0:g1] = p.mean(-2)
-        slash[:, h0:h1, g0:g1] = diagonal_sums(p) / n
+        scores[0, :, h0:h1, g0:g1] = p.mean(-2)
+        scores[1, :, h0:h1, g0:g1] = diagonal_sums(p) / n
         del p
-    return vertical.view(B, H, S), slash.view(B, H, S), q_last
+    return scores.view(2, B, H, S), q_last
 
 
 def cover_count(x: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -225,13 +225,25 @@ def stable_rank(score: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(order).scatter_(-1, order, ar)
 
 
-def global_cover_mask(attn: torch.Tensor, target: float) -> torch.Tensor:
+def global_cover_mask(attn: torch.Tensor, target: float, support: torch.Tensor | None = None) -> torch.Tensor:
     """bool like `attn [..., R, C]`: entries kept by the global rule (sorted descending over all R * C entries with
-    ties in row-major order, kept while the running sum stays <= target)."""
+    ties in row-major order, kept while the running sum stays <= target).
+
+    `support` (optional, int64 `[M]`, ascending): the flat indices r * C + c of the only entries that may be
+    non-zero; every other entry must be exactly 0. Then only those M entries are sorted and scanned, and the others
+    come back False. A supported entry gets the same answer as without `support`: the left-out zeros sort after
+    every positive entry, add nothing to the running sum, and dropping them keeps the row-major order of the rest.
+    """
     flat = attn.flatten(-2)
+    if support is not None:
+        flat = flat.index_select(-1, support)
     vals, order = torch.sort(flat, dim=-1, descending=True, stable=True)
     kept_sorted = torch.cumsum(vals, dim=-1) <= target
-    return torch.zeros_like(kept_sorted).scatter_(-1, order, kept_sorted).view(attn.shape)
+    kept = torch.zeros_like(kept_sorted).scatter_(-1, order, kept_sorted)
+    if support is None:
+        return kept.view(attn.shape)
+    out = torch.zeros(*attn.shape[:-2], attn.shape[-2] * attn.shape[-1], dtype=torch.bool, device=attn.device)
+    return out.index_copy_(-1, support, kept).view(attn.shape)
 
 
 # ------------------------------------------------------------------------------------------------ patterns
@@ -249,24 +261,20 @@ def official_block_mask(q: torch.Tensor, k: torch.Tensor, *, gamma: float, tau: 
     bs = block_size
     nb = -(-N // bs)
     maxb = min(maxb, nb)
-    vertical, slash, q_last = last_query_scores(q, k, bs, scale, max_elems)
-    nv = block_budget(vertical, gamma, minb, maxb)
-    ns = block_budget(slash, gamma, minb, maxb)
-    vert_b = sum_pool(vertical, bs)  # [B, H, nb]: key block c
-    slash_b = sum_pool(slash, bs)  # [B, H, nb]: block offset nb - 1 - c
+    scores, q_last = last_query_scores(q, k, bs, scale, max_elems)  # [2, B, H, N]: vertical, slash
+    budget = block_budget(scores, gamma, minb, maxb)  # [2, B, H]: nv, ns
+    pooled = sum_pool(scores, bs)  # [2, B, H, nb]: vertical -> key block c, slash -> block offset nb - 1 - c
+    del scores
 
     k_mean = block_mean(k, bs).to(k.dtype)  # [B, HKV, nb, D]
     q_probe = q_last.mean(-2).view(B, HKV, G, D)
     a = torch.softmax(torch.matmul(q_probe, k_mean.transpose(-1, -2)), dim=-1, dtype=torch.float32)
-    query_aware = js_distance(a.view(B, H, nb), vert_b) < tau
-    nv = torch.where(query_aware, torch.full_like(nv, minb), nv)
-    ns = torch.where(query_aware, torch.full_like(ns, minb), ns)
+    query_aware = js_distance(a.view(B, H, nb), pooled[0]) < tau
+    budget = torch.where(query_aware, torch.full_like(budget, minb), budget)
 
-    vert_b = vert_b.clone()
-    vert_b[..., 0] = float("inf")
-    slash_b[..., -1] = float("inf")
-    keep_v = stable_rank(vert_b) < nv[..., None]
-    keep_s = stable_rank(slash_b) < ns[..., None]
+    pooled[0, ..., 0] = float("inf")
+    pooled[1, ..., -1] = float("inf")
+    keep_v, keep_s = stable_rank(pooled) < budget[..., None]
     r = torch.arange(nb, device=q.device)[:, None]
     c = torch.arange(nb, device=q.device)[None, :]
     causal = c <= r
@@ -275,8 +283,11 @@ def official_block_mask(q: torch.Tensor, k: torch.Tensor, *, gamma: float, tau: 
 
     q_mean = (block_mean(q, bs).to(q.dtype) * scale).view(B, HKV, G * nb, D)
     logits = torch.matmul(q_mean, k_mean.transpose(-1, -2)).view(B, H, nb, nb)
-    attn = torch.softmax(logits.masked_fill(~causal, float("-inf")), dim=-1, dtype=torch.float32)
-    qa_blocks = global_cover_mask(attn, gamma * nb) & causal
+    attn = torch.softmax(logits.masked_fill_(~causal, float("-inf")), dim=-1, dtype=torch.float32)
+    del logits
+    # only the causal half can be non-zero: sort and scan that half (row-major, as tril_indices lists it)
+    tri = torch.tril_indices(nb, nb, device=q.device)
+    qa_blocks = global_cover_mask(attn, gamma * nb, support=tri[0] * nb + tri[1])
     mask |= qa_blocks & query_aware[..., None, None]
     return mask, query_aware
 
@@ -289,15 +300,14 @@ def sparse_frontier_indices(q: torch.Tensor, k: torch.Tensor, *, gamma: float, m
     each in stable descending score order and padded with -1, NV / NS the largest per-head counts.
     """
     N = q.shape[2]
-    vertical, slash, _ = last_query_scores(q, k, n, scale, max_elems)
-    nv = cover_count(vertical, gamma).clamp(min=min_budget, max=N)
-    ns = cover_count(slash, gamma).clamp(min=min_budget, max=N)
-    vertical[..., :SF_SINK_COLUMNS] = float("inf")
-    slash[..., -SF_LOCAL_DIAGONALS:] = float("inf")
+    scores, _ = last_query_scores(q, k, n, scale, max_elems)  # [2, B, H, N]: vertical, slash
+    nv, ns = cover_count(scores, gamma).clamp(min=min_budget, max=N)
+    scores[0, ..., :SF_SINK_COLUMNS] = float("inf")
+    scores[1, ..., -SF_LOCAL_DIAGONALS:] = float("inf")
     # the index lists are padded to the largest count: one synchronisation for both
     kv_max, ks_max = (int(x) for x in torch.stack([nv.max(), ns.max()]).tolist())
-    v_order = torch.sort(vertical, dim=-1, descending=True, stable=True).indices[..., :kv_max]
-    s_order = torch.sort(slash, dim=-1, descending=True, stable=True).indices[..., :ks_max]
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+    v_order, s_order = order[0, ..., :kv_max], order[1, ..., :ks_max]
     v_live = torch.arange(kv_max, device=q.device) < nv[..., None]
     s_live = torch.arange(ks_max, device=q.device) < ns[..., None]
     v_idx = torch.where(v_live, v_order, -1)
@@ -372,7 +382,7 @@ class FlexPrefill(SparseAttention):
                                                     maxb=self.maxb, block_size=self.block_size, scale=ctx.scale)
             self.last_decision = query_aware
             # every key block as list width: no host synchronisation to size the lists
-            idx = torch.argsort((~mask).to(torch.int8), dim=-1, stable=True).to(torch.int32)
+            idx = torch.argsort(mask, dim=-1, descending=True, stable=True).to(torch.int32)  # listed blocks first
             return Selection(idx, mask.sum(-1, dtype=torch.int32), self.block_size, self.block_size, T, S, H, HKV,
                              "query_head")
         from sparsebench.kernels.vertical_slash import vertical_slash_to_blocks

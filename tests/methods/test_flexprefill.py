@@ -313,6 +313,25 @@ def test_global_cover_is_global_and_drops_the_crossing_entry():
     assert global_cover_mask(exact, 1.5).nonzero().tolist() == [[0, 0], [1, 0]]
 
 
+@pytest.mark.parametrize("target_frac", [0.3, 0.9, 1.0])
+def test_global_cover_on_the_causal_support_equals_the_full_sort(target_frac):
+    """Sorting and scanning only the causal entries gives the full rule's answer there (and False above the
+    diagonal), with ties, exact zeros inside the causal part and a target the total may not reach."""
+    nb = 9
+    g = torch.Generator().manual_seed(SEED)
+    logits = torch.randint(-3, 3, (2, 3, nb, nb), generator=g).float()  # many ties
+    logits[0, 0, 5, :3] = -200.0  # underflows to exact zeros inside the causal part
+    causal = torch.ones(nb, nb, dtype=torch.bool).tril()
+    attn = torch.softmax(logits.masked_fill(~causal, float("-inf")), dim=-1)
+    tri = torch.tril_indices(nb, nb)
+    target = target_frac * nb
+    full = global_cover_mask(attn, target)
+    got = global_cover_mask(attn, target, support=tri[0] * nb + tri[1])
+    assert torch.equal(got, full & causal) and not (got & ~causal).any()
+    if target_frac < 1:
+        assert 0 < got.sum() < 6 * causal.sum()  # a partial cover: the rule was exercised
+
+
 def test_stable_rank_breaks_ties_by_index():
     assert stable_rank(torch.tensor([1.0, 2.0, 2.0, 1.0, float("inf")])).tolist() == [3, 1, 2, 4, 0]
 
