@@ -80,6 +80,7 @@ SF_LOCAL_DIAGONALS = 64
 SF_BLOCK = 64  # MInference's vertical-slash kernel block
 SF_APPROXIMATION = 512
 MAX_SCORE_ELEMS = 1 << 27  # score elements held at once by the last-queries estimate (512 MB in fp32)
+SCAN_ROW_LOOP_MIN = 1 << 15  # row length from which a CUDA running sum over few rows goes row by row
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -155,10 +156,33 @@ def last_query_scores(q: torch.Tensor, k: torch.Tensor, n: int, scale: float,
     return scores.view(2, B, H, S), q_last
 
 
+def scan_rows(x: torch.Tensor, per_row: bool | None = None) -> torch.Tensor:
+    """Running sum of `x [..., N]` over the last dim (`torch.cumsum(x, -1)`).
+
+    On CUDA, torch scans a tensor of several rows with one thread block per row, which leaves most of the GPU idle
+    when the rows are fewer than its multiprocessors and long (the sorted scores here: B * H or 2 * B * H rows of up
+    to ~nb^2 / 2 entries), while a 1-D tensor gets a device-wide scan. So such rows are scanned one at a time:
+    `per_row=None` decides (CUDA, fewer rows than multiprocessors, rows of at least SCAN_ROW_LOOP_MIN entries);
+    True / False force it. On CPU both ways add each row's entries in the same sequence.
+    """
+    N = x.shape[-1]
+    rows = x.numel() // max(N, 1)
+    if per_row is None:
+        per_row = (x.is_cuda and N >= SCAN_ROW_LOOP_MIN
+                   and 1 < rows < torch.cuda.get_device_properties(x.device).multi_processor_count)
+    if not per_row:
+        return torch.cumsum(x, dim=-1)
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    for x_row, out_row in zip(x.view(rows, N), out.view(rows, N)):
+        torch.cumsum(x_row, dim=0, out=out_row)
+    return out
+
+
 def cover_count(x: torch.Tensor, gamma: float) -> torch.Tensor:
     """Entries of the descending running sum of `x [..., N]` that stay <= gamma, plus one (int64 `[...]`)."""
     srt = torch.sort(x, dim=-1, descending=True).values
-    return (torch.cumsum(srt, dim=-1) <= gamma).sum(-1) + 1
+    return (scan_rows(srt) <= gamma).sum(-1) + 1
 
 
 def block_budget(x: torch.Tensor, gamma: float, minb: int, maxb: int) -> torch.Tensor:
@@ -238,7 +262,7 @@ def global_cover_mask(attn: torch.Tensor, target: float, support: torch.Tensor |
     if support is not None:
         flat = flat.index_select(-1, support)
     vals, order = torch.sort(flat, dim=-1, descending=True, stable=True)
-    kept_sorted = torch.cumsum(vals, dim=-1) <= target
+    kept_sorted = scan_rows(vals) <= target
     kept = torch.zeros_like(kept_sorted).scatter_(-1, order, kept_sorted)
     if support is None:
         return kept.view(attn.shape)

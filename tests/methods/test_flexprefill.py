@@ -13,7 +13,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from sparsebench.attention import AttnContext, AttnShape, Meter, install, method_layers
 from sparsebench.executors import execute
 from sparsebench.methods.flexprefill import (FlexPrefill, block_budget, block_mean, diagonal_sums, global_cover_mask,
-                                             official_block_mask, sparse_frontier_indices, stable_rank, sum_pool)
+                                             official_block_mask, scan_rows, sparse_frontier_indices, stable_rank,
+                                             sum_pool)
 from sparsebench.selection import causal_pairs
 
 SEED = 42
@@ -332,6 +333,16 @@ def test_global_cover_on_the_causal_support_equals_the_full_sort(target_frac):
         assert 0 < got.sum() < 6 * causal.sum()  # a partial cover: the rule was exercised
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 1000), (1, 5), (4, 1), (2, 0, 7)])
+def test_scan_rows_row_by_row_equals_cumsum(shape):
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(SEED)) ** 3
+    ref = torch.cumsum(x, dim=-1)
+    for per_row in (None, True, False):
+        assert torch.equal(scan_rows(x, per_row=per_row), ref)
+    if x.numel():
+        assert torch.equal(scan_rows(x.transpose(0, -1), per_row=True), torch.cumsum(x.transpose(0, -1), dim=-1))
+
+
 def test_stable_rank_breaks_ties_by_index():
     assert stable_rank(torch.tensor([1.0, 2.0, 2.0, 1.0, float("inf")])).tolist() == [3, 1, 2, 4, 0]
 
@@ -470,6 +481,15 @@ def test_gpu_matches_cpu_fp32():
     assert torch.equal(d_cpu, d_gpu.cpu())
     # GPU reductions run in another order: a threshold may flip for one budget, nothing more
     assert (m_cpu != m_gpu.cpu()).float().mean().item() < 0.02
+
+
+@pytest.mark.gpu
+def test_gpu_scan_rows_row_by_row():
+    """The CUDA branch (few long rows, one device-wide scan per row) against the CPU running sum."""
+    x = torch.rand(6, 1 << 16, generator=torch.Generator().manual_seed(SEED))
+    got = scan_rows(x.cuda())
+    assert torch.allclose(got.cpu(), torch.cumsum(x, dim=-1), rtol=1e-5, atol=1e-3)
+    assert torch.equal(scan_rows(x.cuda(), per_row=False), torch.cumsum(x.cuda(), dim=-1))
 
 
 def _peaky_bf16(T, H, HKV, D, dev):
