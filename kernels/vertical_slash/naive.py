@@ -37,7 +37,10 @@ How it is built without per-row work: since every query block starts on a multip
 diagonal o crosses at the block's first (last) row is qb + A - e, with A = (S - T) // bs and an e that depends on o
 (and on the block's row count) but not on qb. So each head's offsets reduce to one sorted set of block diagonals E;
 row qb lists qb + A - e for e in E while that is >= 0 (a prefix of the sorted set). Only the ragged last query
-block, with fewer rows, gets its own set.
+block, with fewer rows, gets its own set. The lists are one int32 subtraction clamped at 0, the counts a
+`searchsorted`. A vertical column v is covered in row qb iff qb + A - kb(v) is in E: one gather from the set seen as
+an [NQ, NK] Toeplitz view (strides (1, 1), no copy, no [rows, NQ, NV] index); the kept columns are compacted by one
+scatter of a per-row permutation (kept ones first, ascending; the dropped ones fill the tail with zeros).
 """
 from __future__ import annotations
 
@@ -104,52 +107,66 @@ def vertical_slash_to_blocks(v_idx: torch.Tensor, s_idx: torch.Tensor, q_len: in
     if last_rows != bs:
         maps.append(_diagonal_map(o, live_o, c, last_rows, bs, NK))
     maxk = max(1, min(2 * NS, NK))
-    ar = torch.arange(NK + 2, device=dev, dtype=torch.int32)  # int32 keeps the [B, HS, NQ, MAXK] temporaries small
-    # sorted distinct e + 1 per head (dead slots sort last), and how many there are
-    lists = [(torch.sort(torch.where(m, ar, NK + 2), dim=-1).values[..., :maxk], m.sum(-1)) for m in maps]
-    e1 = lists[0][0][:, :, None, :].expand(B, HS, NQ, maxk)
-    ne = lists[0][1][:, :, None].expand(B, HS, NQ)
-    if len(lists) == 2:  # the ragged last query block takes its own set
-        e1 = torch.cat([e1[:, :, :-1], lists[1][0][:, :, None, :]], dim=2)
-        ne = torch.cat([ne[:, :, :-1], lists[1][1][:, :, None]], dim=2)
-    kv = (qb + A + 1).to(torch.int32)[None, None, :, None] - e1  # = qb + A - e, descending along the list
-    live = (torch.arange(maxk, device=dev) < ne[..., None]) & (kv >= 0)  # a prefix of each row
-    kv_counts = live.sum(-1, dtype=torch.int32)
-    kv_indices = torch.where(live, kv, 0)
+    ar = torch.arange(NK + 2, device=dev, dtype=torch.int32)
+    # sorted distinct e + 1 per head, [B, HS, maxk] int32; dead slots hold NK + 2 and sort last
+    e1s = [torch.sort(torch.where(m, ar, NK + 2), dim=-1).values[..., :maxk].contiguous() for m in maps]
+    # row qb lists qb + A - e = base - (e + 1), descending along the list: live exactly while >= 0 (a dead slot gives
+    # qb + A - NK - 1 < 0, since qb + A <= NK - 1), so the list is a prefix; past it the entries are 0
+    base = (qb + A + 1).to(torch.int32)  # [NQ]
+    kv_indices = torch.empty(B, HS, NQ, maxk, dtype=torch.int32, device=dev)
+    torch.sub(base[:, None], e1s[0][:, :, None, :], out=kv_indices)
+    kv_counts = torch.searchsorted(e1s[0], base.expand(B, HS, NQ).contiguous(), right=True, out_int32=True)
+    if len(e1s) == 2:  # the ragged last query block takes its own set
+        torch.sub(base[-1], e1s[1], out=kv_indices[:, :, -1])
+        kv_counts[:, :, -1:] = torch.searchsorted(e1s[1], base[-1:].expand(B, HS, 1).contiguous(), right=True,
+                                                  out_int32=True)
+    kv_indices.clamp_(min=0)
 
     # ---- verticals -> extra columns where no listed block covers them
     maxc = max(1, NV)
-    extra_cols = torch.zeros(B, HS, NQ, maxc, dtype=torch.int32, device=dev)
-    extra_counts = torch.zeros(B, HS, NQ, dtype=torch.int32, device=dev)
     if NV == 0:
-        return kv_indices, kv_counts, extra_cols, extra_counts
-    v = torch.sort(v_idx.long(), dim=-1).values
+        zeros = torch.zeros(B, HS, NQ, dtype=torch.int32, device=dev)
+        return kv_indices, kv_counts, zeros[..., None].clone(), zeros
+    v = torch.sort(v_idx.to(torch.int32), dim=-1).values
     dup = torch.zeros_like(v, dtype=torch.bool)
     dup[..., 1:] = v[..., 1:] == v[..., :-1]
     live_v = (v >= 0) & (v < k_len) & ~dup
-    kbv = _floor_div(v, bs)
-    p_hi = torch.clamp((qb + 1) * bs, max=q_len) - 1 + (k_len - q_len)  # [NQ]
-    emaps = [torch.nn.functional.pad(m, (0, 1)) for m in maps]  # slot NK + 2: never a diagonal
+    # a dead column is never causal: it compares as the largest int32
+    v_cmp = torch.where(live_v, v, torch.iinfo(torch.int32).max)
+    kbv = _floor_div(v.clamp(0, k_len - 1), bs)  # [B, HS, NV], in [0, NK - 1]
+    p_hi = (torch.clamp((qb + 1) * bs, max=q_len) - 1 + (k_len - q_len)).to(torch.int32)  # [NQ]
+    # covered(qb, v) = emap[qb + A + 1 - kb(v)] = F[qb + y] with y = NK - 1 - kb(v) in [0, NK - 1] and
+    # F[x] = emap[x + d], d = A + 2 - NK (False outside the map): F seen with strides (1, 1) is the [NQ, NK] table
+    # the gather reads, so no [rows, NQ, NV] index is ever built
+    nf, d = NQ + NK - 1, A + 2 - NK
+    x_lo, x_hi = max(0, -d), min(nf, NK + 2 - d)
+    fmap = torch.zeros(B, HS, nf, dtype=torch.bool, device=dev)
+    if x_hi > x_lo:
+        fmap[..., x_lo:x_hi] = maps[0][..., x_lo + d:x_hi + d]
+    y = (NK - 1 - kbv).long()
+    ragged = len(maps) == 2
     rows_per_chunk = max(1, _MAX_ELEMS // max(1, NQ * NV))
-    flat = [t.reshape(B * HS, *t.shape[2:]) for t in (v, live_v, kbv, *emaps)]
-    out_c, out_n = extra_cols.view(B * HS, NQ, maxc), extra_counts.view(B * HS, NQ)
+    flat = [t.reshape(B * HS, *t.shape[2:]) for t in (v, v_cmp, kbv, y, fmap, maps[-1])]
+    out_c = torch.empty(B * HS, NQ, maxc, dtype=torch.int32, device=dev)
+    out_n = torch.empty(B * HS, NQ, dtype=torch.int32, device=dev)
+    tail = (NV - 1 - torch.arange(NV, device=dev)).view(1, 1, NV)  # a dropped column's slot, from the end
     for r0 in range(0, B * HS, rows_per_chunk):
-        vc, lvc, kbc, *emc = (t[r0:r0 + rows_per_chunk] for t in flat)
+        vc, vcmp, kbc, yc, fc, lastc = (t[r0:r0 + rows_per_chunk] for t in flat)
         R = vc.shape[0]
-        # block diagonal e = qb + A - kb(v); covered iff e is in the row's set (slot e + 1 in the map)
-        slot = (qb + A + 1)[None, :, None] - kbc[:, None, :]  # [R, NQ, NV]
-        slot = torch.where((slot < 0) | (slot > NK + 1), NK + 2, slot)
-        covered = torch.gather(emc[0][:, None, :].expand(R, NQ, NK + 3), -1, slot)
-        if len(emc) == 2:
-            covered[:, -1] = torch.gather(emc[1], -1, slot[:, -1])
-        keep = lvc[:, None, :] & (vc[:, None, :] <= p_hi[None, :, None]) & ~covered
-        pos = torch.cumsum(keep, -1, dtype=torch.int32) - 1
-        dest = torch.where(keep, pos.long(), maxc)
-        buf = torch.zeros(R, NQ, maxc + 1, dtype=torch.int32, device=dev)
-        buf.scatter_(-1, dest, vc[:, None, :].expand(R, NQ, NV).to(torch.int32))
-        out_c[r0:r0 + R] = buf[..., :maxc]
-        out_n[r0:r0 + R] = keep.sum(-1, dtype=torch.int32)
-    return kv_indices, kv_counts, extra_cols, extra_counts
+        table = fc.as_strided((R, NQ, NK), (fc.stride(0), 1, 1))  # table[qb, y] = F[qb + y]
+        keep = torch.gather(table, -1, yc[:, None, :].expand(R, NQ, NV)).logical_not_()
+        if ragged:  # the last query block's own diagonal set
+            slot = (base[-1] - kbc).long()
+            slot = torch.where((slot < 0) | (slot > NK + 1), NK + 2, slot)  # slot NK + 2: never a diagonal
+            keep[:, -1] = ~torch.gather(torch.nn.functional.pad(lastc, (0, 1)), -1, slot)
+        keep &= vcmp[:, None, :] <= p_hi[None, :, None]
+        pos = torch.cumsum(keep, -1, dtype=torch.int32)  # kept columns up to and including this one
+        out_n[r0:r0 + R] = pos[..., -1]
+        # a permutation of the row: kept columns to pos - 1 (ascending), dropped ones fill the tail with zeros
+        dest = torch.where(keep, -1, tail).add_(pos)
+        src = torch.where(keep, vc[:, None, :], 0)
+        out_c[r0:r0 + R].scatter_(-1, dest, src)
+    return kv_indices, kv_counts, out_c.view(B, HS, NQ, maxc), out_n.view(B, HS, NQ)
 
 
 def vertical_slash_attn_naive(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, v_idx: torch.Tensor,

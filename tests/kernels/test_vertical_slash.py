@@ -185,6 +185,21 @@ def test_random_lists_and_mask_match_the_definition(case):
     assert sel.density() == pytest.approx(mask.sum().item() / (B * HS * causal_pairs(T, S)))
 
 
+@pytest.mark.parametrize("case", RANDOM, ids=lambda c: "B{}-HS{}-T{}-S{}-bs{}-NV{}-NS{}-seed{}".format(*c))
+def test_slots_past_the_counts_are_zero_and_row_chunks_agree(case, monkeypatch):
+    import sparsebench.kernels.vertical_slash.naive as vs_naive
+
+    B, HS, T, S, bs, NV, NS, seed = case
+    v, s = random_inputs(B, HS, T, S, NV, NS, seed)
+    idx, cnt, cols, ccnt = whole = vertical_slash_to_blocks(v, s, T, S, bs)
+    for lists, counts in ((idx, cnt), (cols, ccnt)):
+        dead = torch.arange(lists.shape[-1]) >= counts[..., None]
+        assert not lists[dead].any()
+    monkeypatch.setattr(vs_naive, "_MAX_ELEMS", 1)  # one (batch, head) row per chunk
+    for a, b in zip(vertical_slash_to_blocks(v, s, T, S, bs), whole):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("case", RANDOM[:4] + RANDOM[5:6],
                          ids=lambda c: f"B{c[0]}-HS{c[1]}-T{c[2]}-S{c[3]}-seed{c[7]}")
 def test_reference_execution_equals_dense_masked_attention(case):
