@@ -88,12 +88,32 @@ def _block_layout(T: int, S: int, block_size: int, segment_size: int, device) ->
 
 
 def _block_mean(x: torch.Tensor, block_size: int) -> torch.Tensor:
-    """`[..., N, D] -> [..., ceil(N/BS), D]`: zero-padded block means (a partial last block is divided by BS)."""
+    """`[..., N, D] -> [..., ceil(N/BS), D]`: zero-padded block means (a partial last block is divided by BS).
+
+    The complete blocks are averaged from a view of `x`; only a partial last block is padded (a copy of at most BS
+    rows, not of `x`), and averaged by the same reduction over BS rows."""
     n = x.shape[-2]
-    pad = -n % block_size
-    if pad:
-        x = F.pad(x, (0, 0, 0, pad))
-    return x.unflatten(-2, (-1, block_size)).mean(-2)
+    nfull, tail = divmod(n, block_size)
+    means = x.narrow(-2, 0, nfull * block_size).unflatten(-2, (nfull, block_size)).mean(-2)
+    if not tail:
+        return means
+    last = F.pad(x.narrow(-2, nfull * block_size, tail), (0, 0, 0, block_size - tail))
+    return torch.cat([means, last.unflatten(-2, (1, block_size)).mean(-2)], dim=-2)
+
+
+def _permuted_keys(k: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """k `[B, hc, S, D]`, perm `[B, hc * G, S]` -> `[B, hc * G, S, D]`: each query head's keys in its own permuted
+    order, read from its KV head (K is never repeated). The same copy either way: on CUDA a gather with the index
+    broadcast along D (torch copies whole rows, vectorised), on CPU a row index_select (several times faster there
+    than that gather)."""
+    B, hc, S, D = k.shape
+    HC = perm.shape[1]
+    G = HC // hc
+    if k.is_cuda:
+        return torch.gather(k[:, :, None].expand(B, hc, G, S, D), 3,
+                            perm.view(B, hc, G, S, 1).expand(B, hc, G, S, D)).view(B, HC, S, D)
+    rows = perm.view(B, hc, G, S) + (torch.arange(B * hc, device=k.device) * S).view(B, hc, 1, 1)
+    return k.reshape(B * hc * S, D).index_select(0, rows.view(-1)).view(B, HC, S, D)
 
 
 def _estimate_heads(q: torch.Tensor, k: torch.Tensor, scale: float, block_size: int, segment_size: int,
@@ -113,7 +133,7 @@ def _estimate_heads(q: torch.Tensor, k: torch.Tensor, scale: float, block_size: 
     # 1) importance of each key of the complete segments to the last L queries; the query heads of a KV group share
     #    one matmul against their unrepeated keys
     ql = q[:, :, T - L:].reshape(B, hc, G * L, D)
-    logits = torch.matmul(ql, k[:, :, :Sc].transpose(-1, -2)) * scale
+    logits = torch.matmul(ql, k[:, :, :Sc].transpose(-1, -2)).mul_(scale)  # scaled in place, in the input dtype
     imp = torch.softmax(logits, dim=-1, dtype=torch.float32).view(B, HC, L, Sc).mean(-2)
     del logits
 
@@ -124,16 +144,16 @@ def _estimate_heads(q: torch.Tensor, k: torch.Tensor, scale: float, block_size: 
                       torch.arange(Sc, S, device=q.device).expand(B, HC, S - Sc)], dim=-1)
 
     # 3) pooled permuted keys: gather each query head's permutation from its KV head without repeating K
-    kp = torch.gather(k[:, :, None].expand(B, hc, G, S, D), 3,
-                      perm.view(B, hc, G, S, 1).expand(B, hc, G, S, D)).view(B, HC, S, D)
+    kp = _permuted_keys(k, perm)
     kbar = _block_mean(kp, block_size)
     del kp
     qbar = _block_mean(q, block_size)
 
     # 4) block scores over earlier-segment causal blocks, softmax per row, cumulative-mass selection
     allowed, own = _block_layout(T, S, block_size, segment_size, q.device)
-    scores = torch.einsum("bhqd,bhkd->bhqk", qbar, kbar) * scale
-    probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1, dtype=torch.float32)
+    scores = torch.einsum("bhqd,bhkd->bhqk", qbar, kbar).mul_(scale)
+    probs = torch.softmax(scores.masked_fill_(~allowed, float("-inf")), dim=-1, dtype=torch.float32)
+    del scores
     mask = threshold_blocks(probs, allowed, threshold)
     if force_first_block:
         # original token 0 sits in segment 0, wherever the permutation put it
@@ -163,18 +183,21 @@ def pbs_estimate(q: torch.Tensor, k: torch.Tensor, scale: float, block_size: int
     L = min(last_q, T)
     NQ, NK = -(-T // block_size), -(-S // block_size)
     e = q.element_size()
-    # logits (input dtype, plus its scaled copy), fp32 probabilities, gathered and padded keys, padded queries and
-    # the block-score row tensors (scores, probabilities, sort values and indices, cumulative sums)
-    per_kv_head = B * G * (L * S * (2 * e + 8) + 2 * NK * block_size * D * e + NQ * block_size * D * e + NQ * NK * 32)
+    # the peak of one query head's temporaries: the logits (input dtype, scaled in place) with the fp32 softmax (and
+    # the fp32 copy of its input that torch makes for a half-precision input), or later the gathered keys (input
+    # dtype) and the block-score rows (scores, fp32 probabilities, NaN-free copy, sort values and indices, running
+    # sums, masks: < 40 bytes an entry); the outputs perm and mask come on top
+    per_kv_head = B * G * max(L * S * (e + 8), S * D * e + NQ * NK * 40)
     hc = max(1, min(HKV, chunk_bytes // max(per_kv_head, 1)))
-    perms, masks = [], []
+    if hc == HKV:
+        return _estimate_heads(q, k, scale, block_size, segment_size, threshold, force_first_block, last_q)
+    perm = torch.empty(B, H, S, dtype=torch.int64, device=q.device)
+    mask = torch.empty(B, H, NQ, NK, dtype=torch.bool, device=q.device)
     for h0 in range(0, HKV, hc):
         h1 = min(HKV, h0 + hc)
-        p, m = _estimate_heads(q[:, h0 * G:h1 * G], k[:, h0:h1], scale, block_size, segment_size, threshold,
-                               force_first_block, last_q)
-        perms.append(p)
-        masks.append(m)
-    return torch.cat(perms, 1), torch.cat(masks, 1)
+        perm[:, h0 * G:h1 * G], mask[:, h0 * G:h1 * G] = _estimate_heads(
+            q[:, h0 * G:h1 * G], k[:, h0:h1], scale, block_size, segment_size, threshold, force_first_block, last_q)
+    return perm, mask
 
 
 def pbs_estimate_naive(q: torch.Tensor, k: torch.Tensor, scale: float, block_size: int = 128,
@@ -242,18 +265,20 @@ def pbs_selection(perm: torch.Tensor, mask: torch.Tensor, *, q_len: int, k_len: 
     own = ((c // nbps) == (r // nbps)) & (c <= r)
     earlier = mask & ((c // nbps) < (r // nbps))
 
-    whole = earlier[..., :nkc].unflatten(-1, (nseg, nbps)).all(-1).repeat_interleave(nbps, -1)
-    whole = F.pad(whole, (0, NK - nkc))
+    whole = torch.zeros_like(earlier)
+    whole[..., :nkc] = earlier[..., :nkc].unflatten(-1, (nseg, nbps)).all(-1, keepdim=True).expand(
+        B, H, NQ, nseg, nbps).flatten(-2)
     blocks = whole | own
     partial = earlier & ~whole
     kv_counts = blocks.sum(-1, dtype=torch.int32)
     n_partial = partial.sum(-1, dtype=torch.int32)
     maxk, maxb = torch.stack([kv_counts.max(), n_partial.max()]).tolist()
 
-    kv_indices = torch.argsort((~blocks).to(torch.int8), dim=-1, stable=True)[..., :maxk].to(torch.int32)
+    # selected blocks first, each group in ascending order (a stable descending sort of the bool mask)
+    kv_indices = torch.argsort(blocks, dim=-1, descending=True, stable=True)[..., :maxk].to(torch.int32)
     extra_cols = extra_counts = None
     if maxb:
-        pick = torch.argsort((~partial).to(torch.int8), dim=-1, stable=True)[..., :maxb].clamp_max(nkc - 1)
+        pick = torch.argsort(partial, dim=-1, descending=True, stable=True)[..., :maxb].clamp_max(nkc - 1)
         perm_blocks = perm[..., :nkc * block_size].to(torch.int32).view(B, H, 1, nkc, block_size)
         extra_cols = torch.gather(perm_blocks.expand(B, H, NQ, nkc, block_size), 3,
                                   pick[..., None].expand(B, H, NQ, maxb, block_size)).view(B, H, NQ, -1)

@@ -10,7 +10,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from sparsebench.attention import AttnContext, AttnShape, Meter, install, method_layers
 from sparsebench.executors import execute
-from sparsebench.methods.pbs import PBS, pbs_estimate, pbs_estimate_naive, pbs_selection, threshold_blocks
+from sparsebench.methods.pbs import (PBS, _block_mean, _permuted_keys, pbs_estimate, pbs_estimate_naive,
+                                     pbs_selection, threshold_blocks)
 from sparsebench.selection import causal_pairs
 
 
@@ -73,6 +74,29 @@ def test_fast_estimator_equals_naive(B, H, HKV, T, D, knobs):
     ref_sel = pbs_selection(ref_perm, ref_mask, q_len=T, k_len=T, num_kv_heads=HKV, block_size=knobs["block_size"],
                             segment_size=knobs["segment_size"])
     assert torch.equal(sel.token_mask(), ref_sel.token_mask())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("N,BS", [(777, 32), (256, 128), (301, 128), (100, 48), (5, 16)])
+def test_block_mean_equals_padding_the_whole_input(N, BS, dtype):
+    """Only a partial last block is padded now; the means are the former whole-input padding's, bit for bit."""
+    x = (torch.randn(2, 3, N, 24, generator=torch.Generator().manual_seed(42)) * 4).to(dtype)
+    nb = -(-N // BS)
+    ref = torch.nn.functional.pad(x, (0, 0, 0, nb * BS - N)).view(2, 3, nb, BS, 24).mean(-2)
+    got = _block_mean(x, BS)
+    assert got.dtype == dtype and torch.equal(got, ref)
+    assert torch.equal(_block_mean(x[:, 1:], BS), ref[:, 1:])  # a non-contiguous input
+
+
+@pytest.mark.parametrize("B,hc,G", [(1, 2, 3), (2, 1, 4), (2, 3, 1)])
+def test_permuted_keys_equal_gather_from_repeated_keys(B, hc, G):
+    S, D = 96, 8
+    g = torch.Generator().manual_seed(42)
+    k = torch.randn(B, hc, S, D, generator=g)
+    perm = torch.stack([torch.randperm(S, generator=g) for _ in range(B * hc * G)]).view(B, hc * G, S)
+    ref = k.repeat_interleave(G, 1).gather(2, perm[..., None].expand(B, hc * G, S, D))
+    assert torch.equal(_permuted_keys(k, perm), ref)
+    assert torch.equal(_permuted_keys(torch.cat([k, k], 1)[:, hc:], perm), ref)  # a slice of the KV heads
 
 
 # ------------------------------------------------------------------------------------------------ 2. keep everything
@@ -339,6 +363,15 @@ def test_gpu_bf16_fast_matches_naive_and_triton_executes(H, HKV, T, D):
     out_t = execute("triton", q, k, v, sel, scale).float()
     out_r = execute("reference", q, k, v, sel, scale).float()
     assert (out_t - out_r).abs().max().item() < 2e-2
+
+
+@pytest.mark.gpu
+def test_gpu_permuted_keys_equal_the_cpu_copy():
+    B, hc, G, S, D = 1, 2, 4, 4096, 128
+    g = torch.Generator().manual_seed(42)
+    k = torch.randn(B, hc, S, D, generator=g).bfloat16()
+    perm = torch.stack([torch.randperm(S, generator=g) for _ in range(B * hc * G)]).view(B, hc * G, S)
+    assert torch.equal(_permuted_keys(k.cuda(), perm.cuda()).cpu(), _permuted_keys(k, perm))
 
 
 @pytest.mark.gpu
