@@ -267,7 +267,7 @@ def global_cover_mask(attn: torch.Tensor, target: float, support: torch.Tensor |
     if support is None:
         return kept.view(attn.shape)
     out = torch.zeros(*attn.shape[:-2], attn.shape[-2] * attn.shape[-1], dtype=torch.bool, device=attn.device)
-    return out.index_copy_(-1, support, kept).view(attn.shape)
+    return out.scatter_(-1, support.expand_as(kept), kept).view(attn.shape)
 
 
 # ------------------------------------------------------------------------------------------------ patterns
