@@ -116,32 +116,45 @@ def find_blocks(scores: torch.Tensor, threshold: float | torch.Tensor, q_len: in
     p_lo = qb * block_size + off
     p_hi = torch.clamp((qb + 1) * block_size, max=q_len) - 1 + off
     kb = torch.arange(NK, device=dev)[None, :]
-    causal = kb * block_size <= p_hi
-    forced = (kb == 0) | ((kb >= p_lo // block_size) & (kb <= p_hi // block_size))
-    s = torch.where(causal, scores.double(), 0.0)
+    causal = kb * block_size <= p_hi  # [NQc, NK]
+    forced = (kb == 0) | ((kb >= p_lo // block_size) & (kb <= p_hi // block_size))  # a subset of causal
+    s = torch.where(causal, scores, 0)
+    # sort keys in the scores' own dtype: its widening to float64 is exact, so the order (and the stable tie order)
+    # is the one of the float64 keys
     key = torch.where(forced, math.inf, torch.where(causal, s, -1.0))
     order = torch.argsort(key, dim=-1, descending=True, stable=True)
-    vals = torch.gather(s, -1, order)
-    before = torch.nn.functional.pad(vals.cumsum(-1)[..., :-1], (1, 0))
+    del key
     if isinstance(threshold, torch.Tensor):
         tau = threshold.to(device=dev, dtype=torch.float64).view(1, H, 1, 1)
         everything = tau >= 1
     else:
         tau, everything = float(threshold), float(threshold) >= 1
-    required = s.sum(-1, keepdim=True) * tau
-    take = (before < required) | everything
-    take = (take | torch.gather(forced.expand_as(key), -1, order)) & torch.gather(causal.expand_as(key), -1, order)
-    return torch.zeros_like(take).scatter_(-1, order, take)
+    required = s.double().sum(-1, keepdim=True) * tau
+    # item k is taken iff the float64 mass before it, cumsum[k - 1] (0 for k = 0), is below `required`
+    below = torch.gather(s, -1, order).double().cumsum_(-1) < required
+    take = torch.cat([(required > 0).expand(*below.shape[:-1], 1), below[..., :-1]], dim=-1)
+    del below
+    take = take | everything
+    # back to block order; forced blocks always, non-causal never
+    mask = torch.empty_like(take).scatter_(-1, order, take)
+    return mask.logical_or_(forced).logical_and_(causal)
 
 
 def block_mask_to_selection(mask: torch.Tensor, *, block_size: int, q_len: int, k_len: int, num_heads: int,
                             num_kv_heads: int) -> Selection:
     """`Selection` (ascending key blocks, `MAXK = NK`, `query_head` lists) from a `[B, H, NQ, NK]` bool map, with no
-    host synchronisation (`Selection.from_block_mask` reads the longest list on the host)."""
-    counts = mask.sum(-1, dtype=torch.int32)
-    idx = torch.argsort((~mask).to(torch.int8), dim=-1, stable=True).to(torch.int32)
-    return Selection(idx.contiguous(), counts, block_size, block_size, q_len, k_len, num_heads, num_kv_heads,
-                     "query_head")
+    host synchronisation (`Selection.from_block_mask` reads the longest list on the host).
+
+    The lists are the stable partition of the block indices (kept ones first, ascending; then the others,
+    ascending), built by one cumsum and one scatter instead of a sort."""
+    NK = mask.shape[-1]
+    pos = torch.cumsum(mask, -1, dtype=torch.int32)  # kept blocks up to and including this one
+    counts = pos[..., -1].contiguous()
+    ar = torch.arange(NK, device=mask.device, dtype=torch.int32)
+    # a kept block goes to pos - 1, a dropped one to counts + (dropped blocks before it) = counts + j - pos
+    dest = torch.where(mask, pos - 1, (counts[..., None] - pos).add_(ar)).long()
+    idx = torch.empty_like(pos).scatter_(-1, dest, ar.expand_as(pos))
+    return Selection(idx, counts, block_size, block_size, q_len, k_len, num_heads, num_kv_heads, "query_head")
 
 
 # ------------------------------------------------------------------------------------------------ estimators

@@ -21,7 +21,8 @@ import torch
 
 from sparsebench.attention import AttnContext, AttnShape, Meter, install, method_layers
 from sparsebench.executors import execute
-from sparsebench.methods.xattn import XAttention, find_blocks, profile_thresholds, thresholds_from_scores
+from sparsebench.methods.xattn import (XAttention, block_mask_to_selection, find_blocks, profile_thresholds,
+                                       thresholds_from_scores)
 from sparsebench.selection import causal_pairs
 from sparsebench.testing import interpreter_verdicts
 
@@ -90,6 +91,19 @@ def test_per_head_thresholds():
     s = _row([1.0, 5.0, 3.0, 2.0]).expand(1, 3, 1, 4)
     keep = find_blocks(s, torch.tensor([0.0, 0.5, 1.0]), 4, 4, 1, qb_start=3)[0, :, 0].tolist()
     assert keep == [[True, False, False, True], [True, True, False, True], [True, True, True, True]]
+
+
+def test_block_mask_to_selection_lists_kept_blocks_ascending_then_the_rest():
+    g = torch.Generator().manual_seed(0)
+    mask = torch.rand(2, 3, 7, 9, generator=g) < 0.4
+    mask[0, 0, 0] = False
+    mask[0, 0, 1] = True
+    sel = block_mask_to_selection(mask, block_size=4, q_len=28, k_len=36, num_heads=3, num_kv_heads=1)
+    assert sel.kv_indices.dtype == sel.kv_counts.dtype == torch.int32
+    assert torch.equal(sel.kv_counts, mask.sum(-1, dtype=torch.int32))
+    # the stable partition: what a stable argsort of "not kept" gives
+    assert torch.equal(sel.kv_indices, torch.argsort((~mask).to(torch.int8), dim=-1, stable=True).to(torch.int32))
+    assert torch.equal(sel.to_block_mask(), mask)
 
 
 # ---------------------------------------------------------------------------------------------- method
