@@ -58,7 +58,8 @@ def antidiag_block_scores_naive(q: torch.Tensor, k: torch.Tensor, stride: int, b
         block_size: query and key block size `BS`.
         scale: factor on the raw antidiagonal dot product (XAttention: softmax scale / (stride * norm)).
         row_start, row_end: query rows; `row_start` a multiple of `block_size`, `row_end` one too or `T`.
-        max_scores: logits held at once (sets the row chunk; at least one block of strided rows).
+        max_scores: logits held at once (sets the row chunk; at least one block of strided rows). The rows also
+            go in about 8 chunks or more, each skipping the key tiles past its causal limit.
 
     Returns:
         `[B, H, NQc, NK]` fp32 block scores.
@@ -69,31 +70,48 @@ def antidiag_block_scores_naive(q: torch.Tensor, k: torch.Tensor, stride: int, b
     G, R = H // HKV, block_size // stride
     SR, NK = -(-S // stride), -(-S // block_size)
     c = -(-(S - T) // stride)
-    # key tile j is the contiguous slice k[j*st : j*st+st] laid end to end
-    kr = F.pad(k.float(), (0, 0, 0, SR * stride - S)).reshape(B, HKV, SR, stride * D)
+    # key tile j laid end to end with its st keys in reverse order, so that row i's queries in their natural order
+    # meet them on the tile's antidiagonal (q[i*st + u] . k[j*st + st-1-u]): Q is used in place, only K is copied
+    # (once, with the official zero padding past S when S is not a multiple of st)
+    kf = k.float()
+    if SR * stride != S:
+        kf = F.pad(kf, (0, 0, 0, SR * stride - S))
+    kr = kf.reshape(B, HKV, SR, stride, D).flip(3).reshape(B, HKV, SR, stride * D)
+    del kf
     i_lo, i_hi = row_start // stride, -(-row_end // stride)
     nq = -(-(row_end - row_start) // block_size)
-    out = torch.empty(B, H, nq, NK, dtype=torch.float32, device=q.device)
-    rows_per = max(R, max_scores // max(B * H * SR, 1) // R * R)
+    out = torch.zeros(B, H, nq, NK, dtype=torch.float32, device=q.device)
+    rows_mem = max(R, max_scores // max(B * H * SR, 1) // R * R)
+    # at least ~8 chunks, so that the key tiles past each chunk's causal limit stay out of the matmuls
+    rows_per = min(rows_mem, max(R, -(-(i_hi - i_lo) // (8 * R)) * R))
     for i0 in range(i_lo, i_hi, rows_per):
         i1 = min(i0 + rows_per, i_hi)
         n = i1 - i0
         # keys past the chunk's last causal tile are never allowed: leave them out of the matmul
         cols = min(SR, i1 - 1 + c + 1)
         qc = q[:, :, i0 * stride: min(i1 * stride, T)].float()
-        qc = F.pad(qc, (0, 0, 0, n * stride - qc.shape[2]))
-        # reversed order inside each strided row turns the tile's dot products into its antidiagonal
-        qr = qc.reshape(B, H, n, stride, D).flip(3).reshape(B, HKV, G * n, stride * D)
-        logits = torch.matmul(qr, kr[:, :, :cols].transpose(-1, -2)).view(B, H, n, cols) * scale
+        if qc.shape[2] != n * stride:  # the ragged last strided row: zero queries past T
+            qc = F.pad(qc, (0, 0, 0, n * stride - qc.shape[2]))
+        qr = qc.reshape(B, HKV, G * n, stride * D)
+        logits = torch.matmul(qr, kr[:, :, :cols].transpose(-1, -2)).view(B, H, n, cols).mul_(scale)
         lim = torch.arange(i0, i1, device=q.device)[:, None] + c
-        logits = logits.masked_fill(torch.arange(cols, device=q.device)[None, :] > lim, float("-inf"))
+        logits.masked_fill_(torch.arange(cols, device=q.device)[None, :] > lim, float("-inf"))
         p = torch.softmax(logits, dim=-1)
-        # whole blocks: missing rows and tiles count as zero mass
-        nb = -(-n // R)
-        p = F.pad(p, (0, NK * R - cols, 0, nb * R - n))
-        blk = p.view(B, H, nb, R, NK, R).sum(dim=(3, 5))
+        del logits
+        # block sums of whole R x R tiles, then the partial last row block / column block (missing rows and tiles
+        # count as zero mass); no padded copy of p
         b0 = (i0 - i_lo) // R
-        out[:, :, b0:b0 + nb] = blk
+        nbf, rr = divmod(n, R)
+        nkf, rc = divmod(cols, R)
+        if nbf and nkf:
+            out[:, :, b0:b0 + nbf, :nkf] = p[:, :, :nbf * R, :nkf * R].reshape(B, H, nbf, R, nkf, R).sum(dim=(3, 5))
+        if nbf and rc:
+            out[:, :, b0:b0 + nbf, nkf] = p[:, :, :nbf * R, nkf * R:].reshape(B, H, nbf, R, rc).sum(dim=(3, 4))
+        if rr and nkf:
+            out[:, :, b0 + nbf, :nkf] = p[:, :, nbf * R:, :nkf * R].reshape(B, H, rr, nkf, R).sum(dim=(2, 4))
+        if rr and rc:
+            out[:, :, b0 + nbf, nkf] = p[:, :, nbf * R:, nkf * R:].sum(dim=(2, 3))
+        del p
     return out
 
 

@@ -116,6 +116,13 @@ def test_hand_worked_antidiagonal():
     torch.testing.assert_close(antidiag_block_scores_naive(q, k, 2, 2, 0.5)[0, 0], want)
 
 
+def test_reference_takes_low_precision_inputs_as_their_fp32_values():
+    q, k = _qk(1, 4, 2, 300, 333, 16, dtype=torch.bfloat16)
+    a = antidiag_block_scores_naive(q, k, 4, 32, 0.1)
+    b = antidiag_block_scores_naive(q.float(), k.float(), 4, 32, 0.1)
+    assert a.dtype == torch.float32 and torch.equal(a, b)
+
+
 def test_row_ranges_and_memory_chunks_agree():
     q, k = _qk(1, 4, 1, 1000, 1000, 16)
     full = antidiag_block_scores_naive(q, k, 8, 64, 0.05)
