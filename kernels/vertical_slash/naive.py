@@ -149,7 +149,7 @@ def vertical_slash_to_blocks(v_idx: torch.Tensor, s_idx: torch.Tensor, q_len: in
     flat = [t.reshape(B * HS, *t.shape[2:]) for t in (v, v_cmp, kbv, y, fmap, maps[-1])]
     out_c = torch.empty(B * HS, NQ, maxc, dtype=torch.int32, device=dev)
     out_n = torch.empty(B * HS, NQ, dtype=torch.int32, device=dev)
-    tail = (NV - 1 - torch.arange(NV, device=dev)).view(1, 1, NV)  # a dropped column's slot, from the end
+    tail = (NV - 1 - torch.arange(NV, device=dev, dtype=torch.int32)).view(1, 1, NV)  # a dropped column's slot
     for r0 in range(0, B * HS, rows_per_chunk):
         vc, vcmp, kbc, yc, fc, lastc = (t[r0:r0 + rows_per_chunk] for t in flat)
         R = vc.shape[0]
@@ -163,7 +163,7 @@ def vertical_slash_to_blocks(v_idx: torch.Tensor, s_idx: torch.Tensor, q_len: in
         pos = torch.cumsum(keep, -1, dtype=torch.int32)  # kept columns up to and including this one
         out_n[r0:r0 + R] = pos[..., -1]
         # a permutation of the row: kept columns to pos - 1 (ascending), dropped ones fill the tail with zeros
-        dest = torch.where(keep, -1, tail).add_(pos)
+        dest = torch.where(keep, -1, tail).add_(pos).long()  # int32 arithmetic, one widening for the scatter
         src = torch.where(keep, vc[:, None, :], 0)
         out_c[r0:r0 + R].scatter_(-1, dest, src)
     return kv_indices, kv_counts, out_c.view(B, HS, NQ, maxc), out_n.view(B, HS, NQ)
