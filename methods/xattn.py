@@ -47,7 +47,7 @@ estimator pick identical sets from identical scores.
 Cost: the estimate is `ceil(T/st)` x `ceil(S/st)` antidiagonal dot products of length `st * D` per query head,
 causal part only (`estimation_flops`), about `1/st` of the causal QK^T work; plus a softmax over the same matrix.
 Memory: the Triton kernel keeps no logits, only one fp32 partial per (strided row, key block) per chunk of query
-rows (`chunk_size=None`: chunks of at most 512 MB); the reference keeps `max_scores` (2**26) fp32 logits at a time.
+rows (`chunk_size=None`: equal chunks of at most 512 MB); the reference keeps `max_scores` (2**26) fp32 logits at a time.
 Block lists are `[B, H, NQ, NK]` int32 (no host synchronisation).
 
 Deviations from the official code:
@@ -271,7 +271,8 @@ class XAttention(SparseAttention):
         norm: extra divisor of the estimate's logits (official: 1).
         thresholds_file: calibration artifact with per-layer x per-head thresholds, or None.
         chunk_size: query tokens estimated at once (a multiple of `block_size`); None: the official default on the
-            reference path, chunks of at most 512 MB of scratch on the Triton path. Memory only.
+            reference path, as few equal chunks of at most 512 MB of scratch as fit on the Triton path. Memory
+            only.
         use_triton: "auto" (Triton estimator on CUDA where supported, else the reference), "true", "false".
         executor: the sparsebench executor of the selected blocks.
     """
@@ -349,14 +350,18 @@ class XAttention(SparseAttention):
             raise RuntimeError(f"xattn use_triton=true, but the Triton estimator cannot run: {why}")
         return why is None
 
-    def _chunk(self, B: int, H: int, S: int, triton: bool) -> int:
+    def _chunk(self, B: int, H: int, T: int, S: int, triton: bool) -> int:
         if self.chunk_size is not None:
             return self.chunk_size
         if not triton:
             return default_chunk_size(S, self.block_size)
-        nk = -(-S // self.block_size)
+        bs = self.block_size
+        nk = -(-S // bs)
         rows = _TRITON_CHUNK_BYTES // (4 * B * H * (nk + 1))
-        return max(self.block_size, rows * self.stride // self.block_size * self.block_size)
+        largest = max(bs, rows * self.stride // bs * bs)
+        # as few launches as the scratch allows, of equal size (no short last launch of the longest rows)
+        n = -(-T // largest)
+        return -(-(-(-T // n)) // bs) * bs
 
     # -------------------------------------------------------------------------------------------- interface
     def select(self, q: torch.Tensor, k: torch.Tensor, ctx: AttnContext) -> Selection:
@@ -367,7 +372,7 @@ class XAttention(SparseAttention):
         tau = self.tau(ctx.layer_idx, H, q.device)
         scale = ctx.scale / (self.stride * self.norm)
         triton = self._triton_for(q)
-        chunk = self._chunk(B, H, S, triton)
+        chunk = self._chunk(B, H, T, S, triton)
         masks = []
         for r0 in range(0, T, chunk):
             scores = block_scores(q, k, self.stride, self.block_size, scale, r0, min(r0 + chunk, T), triton)

@@ -143,6 +143,18 @@ def test_selection_does_not_depend_on_chunk_size():
     assert torch.equal(a.kv_counts, b.kv_counts) and torch.equal(a.kv_indices, b.kv_indices)
 
 
+@pytest.mark.parametrize("stride,T", [(8, 131072), (16, 131072), (8, 200000), (8, 1000), (16, 65536)])
+def test_triton_chunks_are_equal_whole_blocks_within_the_scratch_bound(stride, T):
+    from sparsebench.methods.xattn import _TRITON_CHUNK_BYTES
+
+    m = XAttention(stride=stride)
+    chunk = m._chunk(1, 32, T, T, True)
+    nk, n = -(-T // 128), -(-T // chunk)
+    assert chunk % 128 == 0 and 4 * 32 * (nk + 1) * (chunk // stride) <= _TRITON_CHUNK_BYTES
+    assert T - (n - 1) * chunk > chunk - 128 * n  # the last launch is as long as the others, to a block per launch
+    assert n == -(-T // max(128, _TRITON_CHUNK_BYTES // (4 * 32 * (nk + 1)) * stride // 128 * 128))  # fewest launches
+
+
 def test_thresholds_grow_density():
     q, k, _ = _qkv(1, 2, 1, 1024, 1024, 32)
     dens = [XAttention(threshold=t, block_size=64).select(q, k, _ctx(2, 1, 32)).density()
