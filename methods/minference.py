@@ -47,9 +47,10 @@ samples; the best per head is written as a config JSON.
 Cost (`estimation_flops` counts the matmuls): vertical-slash 2 * B * H * last_q * S * D; block-sparse
 2 * B * H * NQ * NK * D on pooled blocks; A-shape 0. Memory: the last-query probabilities are held fp32 for as many
 KV heads at once as fit 2**27 elements (plus their logits in the input dtype; K is read in place, the diagonal sums
-read a skewed view, no padded copy), the block scores for as many query-block rows as fit 2**27 elements; ranking sorts `[B, H, S]` once; the block lists are `[B, H, NQ, MAXK]` int32
-(at 128K, H=32: at most 512 MB). `budget_range` gives a `target_density` resolver the interval of `budget_scale`
-from the minimum budgets to keep-everything.
+read a skewed view, no padded copy), the block scores for as many query-block rows as fit 2**27 elements; ranking
+sorts `[B, H, S]` once; the block lists are `[B, H, NQ, MAXK]` int32 (at 128K, H=32: at most 512 MB).
+`budget_range` gives a `target_density` resolver the interval of `budget_scale` from the minimum budgets to
+keep-everything.
 
 Deviations from the official code:
 

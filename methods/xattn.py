@@ -47,7 +47,8 @@ estimator pick identical sets from identical scores.
 Cost: the estimate is `ceil(T/st)` x `ceil(S/st)` antidiagonal dot products of length `st * D` per query head,
 causal part only (`estimation_flops`), about `1/st` of the causal QK^T work; plus a softmax over the same matrix.
 Memory: the Triton kernel keeps no logits, only one fp32 partial per (strided row, key block) per chunk of query
-rows (`chunk_size=None`: equal chunks of at most 512 MB); the reference keeps `max_scores` (2**26) fp32 logits at a time.
+rows (`chunk_size=None`: equal chunks of at most 512 MB); the reference keeps `max_scores` (2**26) fp32 logits at a
+time.
 Block lists are `[B, H, NQ, NK]` int32 (no host synchronisation).
 
 Deviations from the official code:
