@@ -10,8 +10,10 @@ For each case (T, H, HKV, D, executed density) it builds the same random kv_head
     programs    Triton only: programs in the launch grid (one wave fits about 132 on an H200 at 1 CTA/SM)
 
 and the same for Triton variants that change only the launch shape: `triton_nopack` (the kv_head lists expanded to
-query_head lists, so each query head gets its own programs and GQA packing is off) and `triton_cfg=<BM>x<BN>w<W>s<S>`
-(other tile candidates). With a kernel time well below bench_ms, the call is host-bound; with kernel_ms close to
+query_head lists, so each query head gets its own programs and GQA packing is off), `triton_cfg=<BM>x<BN>w<W>s<S>`
+(other tile candidates), `triton_notma` (pointer loads instead of host-side TMA descriptors, which the launcher
+encodes at every call) and `triton_launch_only` (the bare `_launch` with preallocated outputs: the wrapper's cost is
+the difference). `--host-breakdown` prints a cProfile of the host path of one triton and one flex call. With a kernel time well below bench_ms, the call is host-bound; with kernel_ms close to
 bench_ms, the kernel itself is the limit, and the variants show whether parallelism or tiling moves it.
 
     python scripts/profile_kernels.py --out-dir results        # GPU; the cases of the missed D=256 target
@@ -106,6 +108,17 @@ def triton_fns(q, k, v, sel):
     scale = D ** -0.5
     fns = {"triton": lambda: bt.block_sparse_attn_triton(q, k, v, idx, cnt, sel.block_q, sel.block_k)}
     fns["triton_nopack"] = lambda: bt.block_sparse_attn_triton(q, k, v, idx_h, cnt_h, sel.block_q, sel.block_k)
+
+    def no_tma():
+        bt._TMA = False
+        try:
+            return bt.block_sparse_attn_triton(q, k, v, idx, cnt, sel.block_q, sel.block_k)
+        finally:
+            bt._TMA = True
+    fns["triton_notma"] = no_tma
+    cfg0 = bt._fit(bt._CANDIDATES[max(D, 64)][0], D, sel.block_q, sel.block_k, bt._pack(H, k.shape[1], idx.shape[1]))
+    fns["triton_launch_only"] = lambda: bt._launch(q, k, v, out, lse, idx, cnt, None, None, sel.block_q, sel.block_k,
+                                                   scale, 0, None, cfg0, False)
     for cand in bt._CANDIDATES[max(D, 64)][1:]:
         cfg = bt._fit(cand, D, sel.block_q, sel.block_k, bt._pack(H, k.shape[1], idx.shape[1]))
         name = "triton_cfg={}x{}w{}s{}".format(*cfg)
@@ -123,7 +136,26 @@ def triton_fns(q, k, v, sel):
     return fns, grids
 
 
-def profile_case(T, H, HKV, D, dens, dtype=torch.bfloat16, block=128):
+def host_breakdown(fn, n=300, top=14) -> str:
+    """cProfile of `n` queued calls: where the host time of one call goes, function by function."""
+    import cProfile
+    import io
+    import pstats
+
+    fn()
+    torch.cuda.synchronize()
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(n):
+        fn()
+    prof.disable()
+    torch.cuda.synchronize()
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(top)
+    return buf.getvalue()
+
+
+def profile_case(T, H, HKV, D, dens, dtype=torch.bfloat16, block=128, breakdown=False):
     dev = torch.device("cuda")
     gen = torch.Generator(device=dev).manual_seed(0)
     q = torch.randn(1, H, T, D, device=dev, dtype=dtype, generator=gen)
@@ -134,6 +166,10 @@ def profile_case(T, H, HKV, D, dens, dtype=torch.bfloat16, block=128):
     fns = {"flex": lambda: flex_execute(q, k, v, sel, block_mask=bm)}
     tfns, grids = triton_fns(q, k, v, sel)
     fns.update(tfns)
+    if breakdown:
+        for name in ("triton", "flex"):
+            print(f"--- host time of {name}, T={T} H={H} HKV={HKV} D={D} density={dens} (cProfile, 300 calls)")
+            print(host_breakdown(fns[name]))
     rows = []
     for name, fn in fns.items():
         row = {"kernel": name, "seq_len": T, "heads": H, "kv_heads": HKV, "head_dim": D, "target_density": dens,
@@ -157,6 +193,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", default=DEFAULT_CASES, help="T:H:HKV:D:density,... (default: %(default)s)")
     ap.add_argument("--out-dir", default=None, help="write tables/profile_kernels.csv under this folder")
+    ap.add_argument("--host-breakdown", action="store_true",
+                    help="also print a cProfile of the host time of triton and flex calls (first case)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("profile_kernels.py needs a CUDA GPU", file=sys.stderr)
@@ -164,8 +202,8 @@ def main(argv=None) -> int:
     import pandas as pd
 
     rows = []
-    for case in parse_cases(args.cases):
-        rows += profile_case(*case)
+    for i, case in enumerate(parse_cases(args.cases)):
+        rows += profile_case(*case, breakdown=args.host_breakdown and i == 0)
     df = pd.DataFrame(rows)
     flex = df[df.kernel == "flex"].set_index(["seq_len", "heads", "head_dim", "target_density"])["bench_ms"]
     df["flex_over"] = [flex.get((r.seq_len, r.heads, r.head_dim, r.target_density), float("nan")) / r.bench_ms

@@ -210,6 +210,9 @@ _CANDIDATES = {
     256: [(128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2), (128, 32, 8, 2), (32, 32, 4, 1)],
 }
 _INTERPRET_CONFIG = (64, 32, 4, 1)
+# K/V by TMA where possible; False forces pointer loads (scripts/profile_kernels.py compares the launch cost: host-side
+# descriptors are encoded at every launch).
+_TMA = True
 _TUNED: dict[tuple, tuple] = {}
 
 
@@ -249,7 +252,7 @@ def _launch(q, k, v, out, lse, kv_indices, kv_counts, extra_cols, extra_counts, 
     grid = (NQ * meta["SUBQ"], B * (H // pack))
     f32 = interpret or q.dtype == torch.float32
     # TMA tiles need K/V flattenable to [B*HKV*S, D] (and no interpreter); otherwise pointer loads.
-    use_tma = (not interpret and q.is_cuda and torch.cuda.get_device_capability(q.device)[0] >= 9
+    use_tma = (_TMA and not interpret and q.is_cuda and torch.cuda.get_device_capability(q.device)[0] >= 9
                and all(t.stride() == (HKV * S * D, S * D, D, 1) and t.data_ptr() % 16 == 0 for t in (k, v)))
     if use_tma:
         from triton.tools.tensor_descriptor import TensorDescriptor
