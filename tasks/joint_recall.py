@@ -99,7 +99,7 @@ from pathlib import Path
 from typing import Any
 
 from sparsebench.task import LENGTH_FLOOR, Sample
-from sparsebench.tasks._fit import fit_largest, piece_lengths
+from sparsebench.tasks._fit import fit_largest, piece_lengths, stable_rng
 
 # ------------------------------------------------------------------------------------------------ token level: HAX
 BOS, PAD, SEP, OFFSET = 1, 3, 4, 10
@@ -346,12 +346,6 @@ _SEPARATORS = re.compile(r"(?:->|[:=])")
 ANSWER_HEADER = "\n\nAnswers:\n"
 ANSWER_START = "1."
 ANSWER_PREFIX = ANSWER_HEADER + ANSWER_START
-# Fitting stops after this many exact tokenisations; the estimate is normally right within two or three.
-
-
-def _stable_rng(*parts: Any) -> random.Random:
-    digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
-    return random.Random(int.from_bytes(digest[:8], "big"))
 
 
 def _pseudo_word(rng: random.Random, syllables: int = 3) -> str:
@@ -473,7 +467,7 @@ class JointRecall:
 
     def _queries(self, base: tuple, n_ctx: int, n_key: int) -> list[tuple[int, int]]:
         """num_queries distinct cells, grouped by context; contexts and keys inside a context in fresh orders."""
-        rng = _stable_rng(*base, "queries", n_ctx, n_key)
+        rng = stable_rng(*base, "queries", n_ctx, n_key)
         cells = rng.sample(range(n_ctx * n_key), self.num_queries)
         by_ctx: dict[int, list[int]] = {}
         for cell in cells:
@@ -489,9 +483,9 @@ class JointRecall:
 
     def _sample(self, tokenizer, seq_len: int, seed: int, i: int) -> Sample:
         base = ("joint_recall", seq_len, seed, i)
-        keys_all = _stable_rng(*base).sample(KEYS, self.max_n_key)
-        names = _DistinctWords(_stable_rng(*base, "contexts"), capitalize=True)
-        row_rng = _stable_rng(*base, "values")
+        keys_all = stable_rng(*base).sample(KEYS, self.max_n_key)
+        names = _DistinctWords(stable_rng(*base, "contexts"), capitalize=True)
+        row_rng = stable_rng(*base, "values")
         values = VALUES[: self.n_value]
         rows: list[list[str]] = []  # V[c, k] for k < max_n_key, drawn context by context
         headers: list[int] = []  # tokens of each context's header piece
@@ -610,15 +604,15 @@ class MQAR:
 
     def _asked(self, base: tuple, n: int) -> list[int]:
         """Pair indices asked, in question order: distances g from the end drawn by the power law, then shuffled."""
-        rng = _stable_rng(*base, "queries", n)
+        rng = stable_rng(*base, "queries", n)
         order = [n - 1 - g for g in power_law_draw(rng, n, self.num_queries, self.power_a)]
         rng.shuffle(order)
         return order
 
     def _sample(self, tokenizer, seq_len: int, seed: int, i: int) -> Sample:
         base = ("mqar", seq_len, seed, i)
-        words = _DistinctWords(_stable_rng(*base, "keys"), capitalize=False)
-        vrng = _stable_rng(*base, "values")
+        words = _DistinctWords(stable_rng(*base, "keys"), capitalize=False)
+        vrng = stable_rng(*base, "values")
         values: list[int] = []
         seen: set[int] = set()
         budget = seq_len - self.max_new_tokens

@@ -44,27 +44,19 @@ Deviations from upstream:
 """
 from __future__ import annotations
 
-import hashlib
-import random
 import re
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
 
 from sparsebench.tasks.story import templates as T
 from sparsebench.tasks.story.narrative import EXTRAS, Chapter, Narrative
 
 from sparsebench.task import LENGTH_FLOOR, Sample, count_tokens
-from sparsebench.tasks._fit import fit_largest
+from sparsebench.tasks._fit import fit_largest, stable_rng
 
 SUBTASKS = ("retrieval", "multihop", "filtering")
 QUERY_KINDS = ("location", "character", "item")
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 _NUMBERED = re.compile(r"^(\d+)[\.:\)]\s*(.+?)\s*$")
-
-
-def _stable_rng(*parts: Any) -> random.Random:
-    digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
-    return random.Random(int.from_bytes(digest[:8], "big"))
 
 
 # ------------------------------------------------------------------------------------------------ scoring
@@ -172,7 +164,7 @@ class Story:
         return "\n\n".join(ch.text(ch.chapter_id in without_purchase) for ch in chapters) + tail
 
     def _retrieval(self, base: tuple, chapters: Sequence[Chapter], tail: str) -> tuple[str, tuple[str, ...], dict]:
-        rng = _stable_rng(*base, "questions", len(chapters))
+        rng = stable_rng(*base, "questions", len(chapters))
         q = min(self.num_queries, len(chapters))
         asked = rng.sample(list(chapters), q)
         if q == 3:
@@ -190,7 +182,7 @@ class Story:
 
     @staticmethod
     def _multihop(base: tuple, chapters: Sequence[Chapter], tail: str) -> tuple[str, tuple[str, ...], dict]:
-        rng = _stable_rng(*base, "target", len(chapters))
+        rng = stable_rng(*base, "target", len(chapters))
         target = rng.choice(list(chapters[1:]))  # every chapter has one purchase: the first purchase chapter is 1
         previous = chapters[target.chapter_id - 2]
         prompt = T.MULTIHOP_PROMPT.format(context=Story._context(chapters, tail=tail),
@@ -200,7 +192,7 @@ class Story:
         return prompt, (previous.bought,), meta
 
     def _filtering(self, base: tuple, chapters: Sequence[Chapter], tail: str) -> tuple[str, tuple[str, ...], dict]:
-        rng = _stable_rng(*base, "filtered", len(chapters))
+        rng = stable_rng(*base, "filtered", len(chapters))
         ids = sorted(rng.sample(range(1, len(chapters) + 1), self.chapters_in_question))
         prompt = T.FILTERING_PROMPT.format(context=self._context(chapters, frozenset(ids), tail),
                                            question=T.FILTERING_QUESTION.format(num_chapters=len(ids)))
@@ -213,7 +205,7 @@ class Story:
 
     def _sample(self, tokenizer, subtask: str, seq_len: int, seed: int, i: int) -> Sample:
         base = ("story", subtask, seq_len, seed, i)
-        story = Narrative(_stable_rng(*base, "narrative"), self.protagonist, self.conversation_extensions)
+        story = Narrative(stable_rng(*base, "narrative"), self.protagonist, self.conversation_extensions)
         build: Callable[[tuple, Sequence[Chapter], str], tuple[str, tuple[str, ...], dict]] = {
             "retrieval": self._retrieval, "multihop": self._multihop, "filtering": self._filtering}[subtask]
         budget = seq_len - self.max_new_tokens
@@ -248,7 +240,7 @@ class Story:
             # Deviation (upstream stops at whole chapters): a chapter can be wider than the 10% slack at short
             # lengths, so atmosphere sentences, which change no answer, are appended to the last chapter.
             order = list(EXTRAS)
-            _stable_rng(*base, "fill", n).shuffle(order)
+            stable_rng(*base, "fill", n).shuffle(order)
 
             def tail(k: int) -> str:
                 return "".join(" " + order[j % len(order)] for j in range(k))
