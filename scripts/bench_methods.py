@@ -179,9 +179,16 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=2)
     ap.add_argument("--smoke", action="store_true", help="CPU plumbing check: 1K recall, small cost shapes")
     ap.add_argument("--parts", default="recall,cost", help="recall, cost or both (comma-separated)")
+    ap.add_argument("--autotune", action="store_true",
+                    help="let the Triton kernels time their tile candidates on first use per shape "
+                         "(SPARSEBENCH_ANTIDIAG_AUTOTUNE=1, SPARSEBENCH_BSA_AUTOTUNE=1); off: the fixed defaults")
     ap.add_argument("--out-dir", default="results")
     args = ap.parse_args()
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    if args.autotune:
+        import os
+
+        os.environ["SPARSEBENCH_ANTIDIAG_AUTOTUNE"] = os.environ["SPARSEBENCH_BSA_AUTOTUNE"] = "1"
     if not parts or parts - {"recall", "cost"}:
         ap.error(f"--parts {args.parts!r}: choose from recall, cost")
     device = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
@@ -199,6 +206,7 @@ def main() -> None:
     df = pd.DataFrame(rows)
     df["device"] = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     df["torch"] = torch.__version__
+    df["autotune"] = args.autotune
     df["timestamp"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     out = Path(args.out_dir) / "tables"
     out.mkdir(parents=True, exist_ok=True)

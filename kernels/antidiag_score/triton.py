@@ -145,14 +145,40 @@ def supports(head_dim: int, stride: int, block_size: int) -> str | None:
     return None
 
 
+# (block_m, block_n, num_warps, num_stages): the first is the default; with SPARSEBENCH_ANTIDIAG_AUTOTUNE=1 the
+# first call of each shape key times them all (triton.testing.do_bench) and keeps the fastest for that key.
+_CANDIDATES = [(64, 128, 4, 2), (128, 128, 8, 2), (128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 4, 3), (64, 256, 8, 2)]
+_TUNED: dict[tuple, tuple] = {}
+
+
+def _tuned_config(key, call) -> tuple:
+    """The fastest candidate for `key`, timing `call(cfg)` for each on first use (a candidate that fails to compile
+    for this GPU is skipped)."""
+    if key not in _TUNED:
+        from triton.testing import do_bench
+
+        best, best_ms = _CANDIDATES[0], float("inf")
+        for cand in _CANDIDATES:
+            try:
+                ms = do_bench(lambda cand=cand: call(cand), warmup=5, rep=20)
+            except Exception:  # noqa: BLE001, S112  (e.g. out of shared memory on this GPU)
+                continue
+            if ms < best_ms:
+                best, best_ms = cand, ms
+        _TUNED[key] = best
+    return _TUNED[key]
+
+
 def antidiag_block_scores_triton(q: torch.Tensor, k: torch.Tensor, stride: int, block_size: int, scale: float,
-                                 row_start: int = 0, row_end: int | None = None, block_m: int = 64,
-                                 block_n: int = 128, num_warps: int = 4, num_stages: int = 2) -> torch.Tensor:
+                                 row_start: int = 0, row_end: int | None = None, block_m: int | None = None,
+                                 block_n: int | None = None, num_warps: int | None = None,
+                                 num_stages: int | None = None) -> torch.Tensor:
     """XAttention block scores `[B, H, NQc, NK]` (fp32) for the query blocks of rows `[row_start, row_end)`; the
     arguments and output are those of `antidiag_block_scores_naive`.
 
     Tiles: `block_m` strided rows by `block_n` key tiles (both raised to `block_size / stride` when smaller), head
-    dim in slices of up to 64. Scratch: fp32 `[B*H, rows, NKT * block_n / R]` plus `[B*H, rows, NKT]` for the
+    dim in slices of up to 64. Tile arguments left None take the first of `_CANDIDATES` (64, 128, 4 warps, 2
+    stages), or with `SPARSEBENCH_ANTIDIAG_AUTOTUNE=1` on a GPU the fastest candidate for the shape, timed once. Scratch: fp32 `[B*H, rows, NKT * block_n / R]` plus `[B*H, rows, NKT]` for the
     launch's strided rows (NKT = key tiles / block_n), freed on return.
     """
     B, H, T, D = q.shape
@@ -169,6 +195,17 @@ def antidiag_block_scores_triton(q: torch.Tensor, k: torch.Tensor, stride: int, 
     row_end = T if row_end is None else min(row_end, T)
     if row_start % block_size or not 0 <= row_start < row_end or (row_end != T and row_end % block_size):
         raise ValueError(f"row range [{row_start}, {row_end}) must be whole blocks of {block_size} inside [0, {T})")
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    given = (block_m, block_n, num_warps, num_stages)
+    if (None in given and not interpret and q.is_cuda
+            and os.environ.get("SPARSEBENCH_ANTIDIAG_AUTOTUNE") == "1"):
+        key = (D, stride, block_size, q.dtype, H, HKV, (row_end - row_start).bit_length(), S.bit_length())
+        cfg = _tuned_config(key, lambda c: antidiag_block_scores_triton(
+            q, k, stride, block_size, scale, row_start, row_end,
+            *(g if g is not None else d for g, d in zip(given, c))))
+    else:
+        cfg = _CANDIDATES[0]
+    block_m, block_n, num_warps, num_stages = (g if g is not None else d for g, d in zip(given, cfg))
     R = block_size // stride
     block_m, block_n = max(block_m, R), max(block_n, R)
     if not (_pow2(block_m) and _pow2(block_n)) or block_m < 16 or block_n < 16:
@@ -183,7 +220,6 @@ def antidiag_block_scores_triton(q: torch.Tensor, k: torch.Tensor, stride: int, 
     out = torch.zeros(B, H, nqc, NK, dtype=torch.float32, device=q.device)
     cs = torch.empty(B * H, nrows, nkt * (block_n // R), dtype=torch.float32, device=q.device)
     mu = torch.empty(B * H, nrows, nkt, dtype=torch.float32, device=q.device)
-    interpret = os.environ.get("TRITON_INTERPRET") == "1"
     grid = (triton.cdiv(nrows, block_m), B * H)
     _kernel(interpret)[grid](
         q, k, out, cs, mu,
