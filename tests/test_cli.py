@@ -140,3 +140,29 @@ def test_wandb_logger_offline(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1 and runs[0].stat().st_size > 0
+
+
+def test_cfg_hydra_resolve(tmp_path):
+    """`--cfg hydra --resolve` resolves the hydra node on its own (no paths, no experiment_name): it must not fail,
+    and a composed run's output dirs still follow paths.raw_dir and experiment_name."""
+    res = subprocess.run([sys.executable, "-m", "sparsebench", "--cfg", "hydra", "--resolve"], check=False,
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "<paths.raw_dir>/hydra/" in res.stdout
+
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from sparsebench import schema
+
+    schema.store()
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="sparsebench.conf", version_base="1.3"):
+        cfg = hydra_compose(config_name="config", return_hydra_config=True,
+                            overrides=[f"paths.root_dir={tmp_path}", "experiment_name=exp"])
+    GlobalHydra.instance().clear()
+    run_dir, sweep_dir = OmegaConf.select(cfg, "hydra.run.dir"), OmegaConf.select(cfg, "hydra.sweep.dir")
+    assert run_dir.startswith(f"{tmp_path}/results/raw/hydra/20"), run_dir
+    assert sweep_dir.startswith(f"{tmp_path}/results/raw/hydra/exp_20"), sweep_dir
