@@ -147,7 +147,9 @@ def supports(head_dim: int, stride: int, block_size: int) -> str | None:
 
 # (block_m, block_n, num_warps, num_stages): the first is the default; with SPARSEBENCH_ANTIDIAG_AUTOTUNE=1 the
 # first call of each shape key times them all (triton.testing.do_bench) and keeps the fastest for that key.
-_CANDIDATES = [(64, 128, 4, 2), (128, 128, 8, 2), (128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 4, 3), (64, 256, 8, 2)]
+# More rows a program (block_m) means fewer passes over the strided K of a head, which bounds this kernel at long T.
+_CANDIDATES = [(64, 128, 4, 2), (128, 128, 8, 2), (128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 4, 3), (64, 256, 8, 2),
+               (256, 64, 8, 2)]
 _TUNED: dict[tuple, tuple] = {}
 
 
