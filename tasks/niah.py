@@ -14,6 +14,13 @@ from the standard library, so that the default needs no download (see `_haystack
 Length: the haystack is the longest prefix of the (repeated) prose, counted in sentences or lines, such that the
 prompt with BOS plus `max_new_tokens` fits `seq_len`; the size comes from cumulative per-sentence token counts and
 is then confirmed by tokenising the actual prompt (`_fit.fit_largest`, shared with RULER, joint recall and story).
+
+Recorded per sample: `meta["depth"]` (the percent asked for) and `meta["depth_tokens"]`, the needle's position in
+tokens relative to the start of the task's prompt (the user content): its index in the prompt tokenised on its own,
+BOS included when the tokenizer adds one (so 1 + the tokens of the text before the needle with a BOS tokenizer).
+Under a chat template it is counted the same way, never with the template's tokens (its header before the user text
+or anything after it); the needle's index in the fed ids is then (barring a merge at the seam) depth_tokens - 1 + the
+template's tokens before the user text, BOS included.
 """
 from __future__ import annotations
 
@@ -65,6 +72,16 @@ _CONTROL_CHARS = re.compile(r"[\x00-\x1f]")
 
 def _depth_label(depth: float) -> str:
     return f"{depth:g}"
+
+
+def _untemplated_count(tokenizer, text: str) -> int:
+    """Tokens of text with BOS (as `count_tokens`) but never with a chat template: a chat-template view
+    (`sparsebench.models.TemplatedTokenizer`) hands a list to the plain tokenizer."""
+    from sparsebench.models import TemplatedTokenizer
+
+    if isinstance(tokenizer, TemplatedTokenizer):
+        return len(tokenizer([text], add_special_tokens=True)["input_ids"][0])
+    return count_tokens(tokenizer, text)
 
 
 def postprocess_prediction(output: str) -> str:
@@ -224,7 +241,7 @@ class NIAH:
                 value = rng.randint(1_000_000, 9_999_999)
                 k, prompt, input_tokens, needle_at, tail_words = self._fit(tokenizer, seq_len, depth, key, value)
                 # Trailing spaces stay with the needle's first token in SentencePiece/BPE vocabularies.
-                depth_tokens = count_tokens(tokenizer, prompt[:needle_at].rstrip(" "))
+                depth_tokens = _untemplated_count(tokenizer, prompt[:needle_at].rstrip(" "))
                 yield Sample(
                     id=f"niah/{self.haystack}/L{seq_len}/d{_depth_label(depth)}/s{seed}/{i}",
                     subtask=self.subtask,

@@ -71,3 +71,23 @@ def test_tasks_count_what_the_run_feeds(request, make, tokenizer):
         assert_fed_as_counted(tok, samples, seq_len)
         assert all(s.input_tokens + s.max_new_tokens >= LENGTH_FLOOR * seq_len for s in samples)
 
+
+
+@pytest.mark.parametrize("tokenizer", ["byte", "gemma"])
+def test_niah_depth_tokens_leave_the_template_out(request, tokenizer):
+    """NIAH's `depth_tokens` counts the task's prompt before the needle (BOS included), never the chat template's
+    tokens: the same count as without a template, and the needle sits there in the fed ids after the template's
+    header."""
+    from sparsebench.task import count_tokens
+    from sparsebench.tasks.niah import INSTRUCTION
+
+    tok = request.getfixturevalue("tiny_chat" if tokenizer == "byte" else "gemma_chat")
+    samples = list(NIAH(haystack="noise", depths=(0, 50, 100)).samples(TemplatedTokenizer(tok, "auto"), 2048, 1, 0))
+    for s in samples:
+        needle_at = s.prompt.index("One of the special magic numbers")
+        assert s.meta["depth_tokens"] == count_tokens(tok, s.prompt[:needle_at].rstrip(" ")), s.id
+        text = render_prompt(tok, s.prompt, s.meta["answer_prefix"], "auto")
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        header = len(tok(text[:text.index(INSTRUCTION)], add_special_tokens=False)["input_ids"])
+        at = header + s.meta["depth_tokens"] - 1  # depth_tokens counts BOS, which the header already holds
+        assert tok.decode(ids[at:at + 40]).lstrip().startswith("One of the special magic numbers"), s.id
