@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> str:
     from sparsebench import calibration
     from sparsebench.attention import SparseAttention, install, method_layers
     from sparsebench.methods.xattn import XAttention, profile_thresholds
-    from sparsebench.models import TemplatedTokenizer, load, render_prompt, uses_chat_template
+    from sparsebench.models import TemplatedTokenizer, encode_sample, load, uses_chat_template
     from sparsebench.selection import Selection
     from sparsebench.tasks import TASKS
 
@@ -113,8 +113,7 @@ def main(argv: list[str] | None = None) -> str:
     for seed in seeds:
         sample = next(iter(task.samples(task_tok, cfg.seq_len, 1, seed)))
         prompt_shas.append(sample.prompt_sha256)
-        text = render_prompt(tok, sample.prompt, sample.meta.get("answer_prefix", ""), cfg.model.chat_template)
-        ids = tok(text, return_tensors="pt", add_special_tokens=not templated)["input_ids"].to(device)
+        ids = encode_sample(tok, sample, cfg.model.chat_template, return_tensors="pt").to(device)  # as the run feeds it
         with torch.inference_mode():
             model(input_ids=ids, use_cache=False, logits_to_keep=1)
         print(f"prompt seed {seed}: {ids.shape[1]} tokens", file=sys.stderr)

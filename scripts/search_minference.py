@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> Path:
     from sparsebench import calibration
     from sparsebench.attention import install, method_layers
     from sparsebench.methods.minference import SEARCH_KNOBS, SEARCH_SPACE, MInferenceSearch
-    from sparsebench.models import TemplatedTokenizer, load, render_prompt, uses_chat_template
+    from sparsebench.models import TemplatedTokenizer, encode_sample, load, uses_chat_template
     from sparsebench.tasks import TASKS
 
     cfg = compose(args.overrides)
@@ -84,8 +84,7 @@ def main(argv: list[str] | None = None) -> Path:
     lengths = []
     try:
         for s in samples:
-            text = render_prompt(tok, s.prompt, s.meta.get("answer_prefix", ""), cfg.model.chat_template)
-            ids = tok(text, return_tensors="pt", add_special_tokens=not templated)["input_ids"].to(device)
+            ids = encode_sample(tok, s, cfg.model.chat_template, return_tensors="pt").to(device)  # as the run feeds it
             lengths.append(int(ids.shape[1]))
             with torch.inference_mode():
                 model(input_ids=ids, use_cache=False, logits_to_keep=1)

@@ -212,6 +212,18 @@ def render_prompt(tokenizer, prompt: str, answer_prefix: str, mode: str) -> str:
     return head + (answer_prefix if user is not prompt else "")
 
 
+def encode_sample(tokenizer, sample, mode: str, **kw):
+    """The input ids the run feeds for a task sample (`tokenizer(...)["input_ids"]`; `kw` such as
+    return_tensors="pt" go to the tokenizer). The chat template (`mode`) applies unless the sample's meta marks a prompt
+    that upstream feeds raw (`raw_prompt: true` or `chat_template: false`, LongBench's few-shot and code sets), which
+    then gets the tokenizer's BOS and no template; a templated prompt's BOS comes from the template. Used by the run
+    and by the calibration scripts, so that they prefill what the run feeds."""
+    raw = sample.meta.get("raw_prompt", False) or sample.meta.get("chat_template") is False
+    mode = "none" if raw else mode
+    text = render_prompt(tokenizer, sample.prompt, sample.meta.get("answer_prefix", ""), mode)
+    return tokenizer(text, add_special_tokens=not uses_chat_template(tokenizer, mode), **kw)["input_ids"]
+
+
 class TemplatedTokenizer:
     """A tokenizer view for tasks: counts a prompt as the model will see it, chat template included, so the length
     rule holds for templated prompts too. Everything else is delegated to the wrapped tokenizer.

@@ -220,7 +220,7 @@ def execute(job: Job) -> tuple[list[Row], list[dict], list[dict]]:
     from sparsebench import flops
     from sparsebench.attention import Meter, install, method_layers
     from sparsebench.executors import resolve
-    from sparsebench.models import TemplatedTokenizer, load, render_prompt, uses_chat_template
+    from sparsebench.models import TemplatedTokenizer, encode_sample, load, uses_chat_template
 
     cfg = job.cfg
     model, tok, info = load(cfg.model, cfg.paths.cache_dir)
@@ -253,11 +253,8 @@ def execute(job: Job) -> tuple[list[Row], list[dict], list[dict]]:
     sample_recs, layer_recs = [], []
 
     def encode(sample):
-        # a task may mark prompts that upstream feeds raw, without the chat template (LongBench's few-shot/code sets)
-        raw = sample.meta.get("raw_prompt", False) or sample.meta.get("chat_template") is False
-        mode = "none" if raw else cfg.model.chat_template
-        text = render_prompt(tok, sample.prompt, sample.meta.get("answer_prefix", ""), mode)
-        return tok(text, return_tensors="pt", add_special_tokens=raw or not templated)["input_ids"].to(device)
+        # chat template unless the task marks a prompt that upstream feeds raw (LongBench's few-shot/code sets)
+        return encode_sample(tok, sample, cfg.model.chat_template, return_tensors="pt").to(device)
 
     if cfg.warmup and samples:
         # compiles flex/triton kernels for this length, so prefill_ms of the first sample measures no compilation

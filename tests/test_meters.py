@@ -53,3 +53,26 @@ def test_chat_template_rendering_and_counting():
     assert abs(n_view - n_real) <= 2 and view.eos_token == tok.eos_token
     with pytest.raises(ValueError, match="auto, none"):
         render_prompt(tok, prompt, "", "always")
+
+
+def test_encode_sample_honours_raw_prompts():
+    """`encode_sample` (the run's and the calibration scripts' encoding): the chat template unless the sample is
+    marked raw, which then gets the tokenizer's BOS and no template."""
+    from sparsebench.models import encode_sample
+    from sparsebench.task import Sample
+
+    tok = byte_tokenizer()
+    tok.chat_template = "<bos>[user]{{ messages[0]['content'] }}[/user]{% if add_generation_prompt %}[bot]{% endif %}"
+    prompt = "Find the number. The number is"
+
+    def sample(**meta):
+        return Sample(id="x", subtask="x", prompt=prompt, targets=("1",), max_new_tokens=4, input_tokens=0, meta=meta)
+
+    templated = tok("<bos>[user]Find the number.[/user][bot] The number is", add_special_tokens=False)["input_ids"]
+    assert encode_sample(tok, sample(answer_prefix=" The number is"), "auto") == templated
+    assert encode_sample(tok, sample(), "none") == tok(prompt)["input_ids"]
+    for raw in ({"raw_prompt": True}, {"chat_template": False}):
+        assert encode_sample(tok, sample(**raw), "auto") == tok(prompt)["input_ids"]
+    assert tok(prompt)["input_ids"][0] == tok.bos_token_id
+    ids = encode_sample(tok, sample(), "auto", return_tensors="pt")
+    assert ids.tolist() == [tok("<bos>[user]" + prompt + "[/user][bot]", add_special_tokens=False)["input_ids"]]

@@ -485,3 +485,39 @@ def test_long_selection_fits_gpu(shape, pattern):
     assert 0 < sel.density() <= 1
     if T >= 131072:
         assert sel.density() < 1
+
+
+def test_search_script_feeds_prompts_as_the_run(monkeypatch, tmp_path):
+    """Under a chat template, LongBench's raw datasets (lcc) are prefilled without it, the others with it: the
+    calibration prompts are the ids the run feeds (`models.encode_sample`), which the task counted as input_tokens."""
+    from sparsebench import models
+    from sparsebench.calibration import CALIB_SEED_OFFSET
+    from sparsebench.tasks.longbench import LongBench
+
+    template = ("{{ bos_token }}<start_of_turn>user\n{{ messages[0]['content'] }}<end_of_turn>\n"
+                "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+    real_load = models.load
+
+    def templated_load(*args, **kw):
+        model, tok, info = real_load(*args, **kw)
+        tok = copy.deepcopy(tok)  # the loaded tokenizer is cached per process: leave it without a template
+        tok.chat_template = template
+        return model, tok, info
+
+    monkeypatch.setattr(models, "load", templated_load)
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import search_minference
+    finally:
+        sys.path.pop(0)
+    pattern = str(ROOT / "tests" / "assets" / "longbench_{config}.jsonl")
+    out = search_minference.main(["model=tiny_llama", "model.device=cpu", "model.chat_template=auto", "seq_len=2048",
+                                  "task=longbench", "task.hf_id=json", f"task.data_files='{pattern}'",
+                                  "task.datasets=[lcc,hotpotqa]", f"paths.root_dir={tmp_path}", "--samples", "4",
+                                  "--score-from-row", "64", "--out", str(tmp_path / "pattern.json")])
+    fed = json.loads(out.read_text())["payload"]["input_tokens"]
+    tok = templated_load(search_minference.compose(["model=tiny_llama"]).model, str(tmp_path / "cache"))[1]
+    task = LongBench(datasets=["lcc", "hotpotqa"], hf_id="json", data_files=pattern)
+    samples = list(task.samples(models.TemplatedTokenizer(tok, "auto"), 2048, 4, CALIB_SEED_OFFSET))[:4]
+    assert {s.meta["raw_prompt"] for s in samples} == {True, False}
+    assert fed == [s.input_tokens for s in samples]
