@@ -88,6 +88,7 @@ def resolve(cfg, method_cls, knobs: dict[str, Any], model, tok, task, calib_dir,
             n_prompts: int = 2) -> tuple[Any, dict]:
     """The knob value meeting `cfg.method.target_density`, from the store or computed now; returns (value, record)."""
     from sparsebench.attention import Meter, install
+    from sparsebench.models import TemplatedTokenizer, encode_sample, uses_chat_template
 
     target = float(cfg.method.target_density)
     if not 0 < target <= 1:
@@ -97,10 +98,17 @@ def resolve(cfg, method_cls, knobs: dict[str, Any], model, tok, task, calib_dir,
         raise ValueError(f"method {method_cls.name!r} has no budget knob, so it cannot take a target_density")
     seeds = [calibration.CALIB_SEED_OFFSET + cfg.seed * 101 + i for i in range(n_prompts)]
     calibration.check_disjoint(seeds, cfg.seed)
+    # prompts fitted and encoded exactly as the run does (chat template included), so the calibration prefills what
+    # the evaluation will
+    mode = cfg.model.get("chat_template", "none")
+    templated = uses_chat_template(tok, mode)
+    task_tok = TemplatedTokenizer(tok, mode) if templated else tok
     samples = []
     for s in seeds:
-        samples.extend(list(task.samples(tok, cfg.seq_len, 1, s))[:1])
-    data_hash = hashlib.sha256("".join(x.prompt_sha256 for x in samples).encode()).hexdigest()[:16]
+        samples.extend(list(task.samples(task_tok, cfg.seq_len, 1, s))[:1])
+    # untemplated runs keep the hash (and the stored artifacts) they always had
+    data_hash = hashlib.sha256(("".join(x.prompt_sha256 for x in samples)
+                                + (f"|template={mode}" if templated else "")).encode()).hexdigest()[:16]
     others = {k: v for k, v in knobs.items() if k != knob}
     path = calibration.artifact_path(calib_dir, cfg.model.name, method_cls.name, "target_density", knobs=others,
                                      target=target, seq_len=cfg.seq_len, data=data_hash, layers=layers,
@@ -114,7 +122,7 @@ def resolve(cfg, method_cls, knobs: dict[str, Any], model, tok, task, calib_dir,
     device = next(model.parameters()).device
     with torch.inference_mode():
         for s in samples:
-            ids = tok(s.prompt, return_tensors="pt")["input_ids"].to(device)
+            ids = encode_sample(tok, s, mode, return_tensors="pt").to(device)
             model(input_ids=ids, use_cache=False, logits_to_keep=1)
     lo, hi, integer = knob_range(method_cls, knobs, cfg.seq_len)
     value, density = bisect_knob(method_cls, knobs, captured, target, lo, hi, integer)
