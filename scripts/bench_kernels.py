@@ -28,7 +28,8 @@ query head (causal pairs T(T+1)/2 at density 1).
 
 Outputs, under --out-dir (default results): tables/bench_kernels.csv and .parquet (tidy rows: kernel, seq_len,
 heads, kv_heads, head_dim, block, target_density, density, metric, value, status, note, baseline, device, torch,
-triton, timestamp; metrics ms, tflops, speedup_vs_cudnn, speedup_x_density, index_ms, rel_err), and
+triton, timestamp; metrics ms, tflops, speedup_vs_cudnn, speedup_x_density, index_ms, rel_err, and graph_ms: the
+sparse kernels' call replayed from a CUDA graph, i.e. without host launch cost), and
 figures/bench_kernels.png (speedup over cuDNN dense vs executed density, one panel per (head config, T)).
 
     python scripts/bench_kernels.py                       # the full grid (GPU; about 4-6 minutes on an H200)
@@ -97,6 +98,8 @@ def parse_args(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out-dir", default="results")
     ap.add_argument("--no-figure", action="store_true")
+    ap.add_argument("--no-graphs", action="store_true",
+                    help="skip graph_ms (each sparse kernel also timed as a CUDA-graph replay: no host launch cost)")
     args = ap.parse_args(argv)
     if args.quick:
         args.seq_lens, args.densities = [8192, 32768], [1.0, 0.1]
@@ -226,6 +229,19 @@ def _time_kernel(rec, kernel, cell, fn, args, target, density, note="", err_ref=
     return ms
 
 
+def cuda_graph(fn):
+    """A replay callable of `fn` captured in a CUDA graph (after one call on a side stream, as capture requires)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    return g.replay
+
+
 def _free(device):
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -307,6 +323,13 @@ def run_sparse(rec, args, cell, q, k, v, d, gen, dense_ref, bar):
                         target=d, density=dens)
             except Exception as e:  # noqa: BLE001
                 rec.add(kern, cell, "index_ms", math.nan, "error", str(e)[:200], target=d, density=dens)
+            if args.device.type == "cuda" and not args.no_graphs:
+                try:  # the same call without host launch cost: where a kernel is host-bound, this is its GPU time
+                    rec.add(kern, cell, "graph_ms", bench_ms(cuda_graph(fn), args.device, args.warmup, args.rep),
+                            target=d, density=dens)
+                except Exception as e:  # noqa: BLE001
+                    rec.add(kern, cell, "graph_ms", math.nan, "error", f"{type(e).__name__}: {str(e)[:200]}",
+                            target=d, density=dens)
         bar.update(1)
 
 
@@ -460,8 +483,12 @@ def summary(df) -> str:
                 t[f"{kern}_speedup_x_d"] = spx[kern] * t["density"]
         if {"flex_sparse", "triton_sparse"} <= set(sparse.columns):
             t["triton_over_flex"] = sparse["flex_sparse"] / sparse["triton_sparse"]
+            gr = ok[(ok.metric == "graph_ms") & ok.kernel.isin(SPARSE)].pivot_table(
+                index=key + ["target_density"], columns="kernel", values="value", aggfunc="first")
+            if {"flex_sparse", "triton_sparse"} <= set(gr.columns):
+                t["graph_triton_over_flex"] = gr["flex_sparse"] / gr["triton_sparse"]
         head = ("sparse kernels (speedup = baseline dense ms / kernel ms; x_d = speedup x executed density, "
-                "1 = ideal; triton_over_flex = flex ms / triton ms):")
+                "1 = ideal; triton_over_flex = flex ms / triton ms; graph_: the same as CUDA-graph replays):")
         lines += [head, t.sort_index().to_string(float_format="{:.3g}".format)]
     thr = sp[(sp.density == 1.0)].pivot_table(index=key, columns="kernel", values="value", aggfunc="first")
     if not thr.empty:

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_kernels import random_selection  # noqa: E402  (one selection recipe for both scripts)
+from bench_kernels import cuda_graph, random_selection  # noqa: E402  (one selection recipe for both scripts)
 
 from sparsebench.executors import flex_execute, to_flex_block_mask  # noqa: E402
 
@@ -51,18 +51,6 @@ def _median_ms(fn, warmup=50, rep=200):
     fn()
     torch.cuda.synchronize()
     return float(do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
-
-
-def _graph(fn):
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return g.replay
 
 
 def _host_ms(fn, n=200):
@@ -179,7 +167,7 @@ def profile_case(T, H, HKV, D, dens, dtype=torch.bfloat16, block=128, breakdown=
             row["host_ms"] = _host_ms(fn)
             row["kernel_ms"], row["kernels"] = _kernel_ms(fn)
             try:
-                row["graph_ms"] = _median_ms(_graph(fn))
+                row["graph_ms"] = _median_ms(cuda_graph(fn))
             except Exception as e:  # noqa: BLE001  (a call that cannot be captured still has its other numbers)
                 row["graph_ms"], row["note"] = float("nan"), f"no graph: {type(e).__name__}"
         except Exception as e:  # noqa: BLE001
