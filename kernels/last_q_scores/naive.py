@@ -1,0 +1,51 @@
+"""Reference vertical and slash scores of the last L queries (MInference's vertical-slash estimator).
+
+Pure tensor code (no sparsebench import). Inputs:
+
+    q_last [B, H, L, D]   the last L query rows; row i sits at position pos_i = S - L + i
+    k      [B, HKV, S, D] S >= L, H % HKV == 0; query head h reads KV head h // (H / HKV) (K never repeated)
+
+    logit[i, j] = scale * q_last[i] . k[j], as one GEMM in the input dtype: fp32 accumulation, the scale applied in
+                  fp32, one rounding to the input dtype (`methods.minference._scaled_logits`)
+    p[i, :]     = softmax (fp32) over the keys j <= pos_i (keys past the row's position are -inf)
+    vertical[j] = sum_i p[i, j]                              column sums
+    slash[o]    = sum_{i : pos_i - o >= 0} p[i, pos_i - o]   o = offset from the diagonal (0 = the main diagonal)
+
+Both `[B, H, S]` fp32: the layout of `methods.minference.vs_scores` (its `.flip(-1)` puts offset o at index o).
+"""
+from __future__ import annotations
+
+import torch
+
+
+def _check(q_last: torch.Tensor, k: torch.Tensor):
+    if q_last.dim() != 4 or k.dim() != 4 or q_last.shape[0] != k.shape[0] or q_last.shape[3] != k.shape[3]:
+        raise ValueError(f"q_last {tuple(q_last.shape)} and k {tuple(k.shape)} must be [B, H, L, D] and "
+                         f"[B, HKV, S, D]")
+    B, H, L, D = q_last.shape
+    HKV, S = k.shape[1], k.shape[2]
+    if H % HKV or S < L or L < 1:
+        raise ValueError(f"need H % HKV == 0 and S >= L >= 1; got H={H}, HKV={HKV}, L={L}, S={S}")
+    return B, H, L, D, HKV, S
+
+
+def last_q_scores_naive(q_last: torch.Tensor, k: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(vertical [B, H, S], slash [B, H, S])` fp32 of the module docstring, one query head at a time."""
+    B, H, L, _, HKV, S = _check(q_last, k)
+    G = H // HKV
+    dev = q_last.device
+    pos = torch.arange(S - L, S, device=dev)
+    cols = torch.arange(S, device=dev)
+    key_of = pos[:, None] - cols[None, :]  # [L, S]: the key on offset o (column) for row i
+    vertical = torch.empty(B, H, S, dtype=torch.float32, device=dev)
+    slash = torch.empty(B, H, S, dtype=torch.float32, device=dev)
+    for h in range(H):
+        kh = k[:, h // G]
+        # beta=0: the 0-dim input is ignored; logits in the input dtype exactly as `_scaled_logits`
+        s = torch.baddbmm(q_last.new_zeros(()), q_last[:, h], kh.transpose(-1, -2), beta=0, alpha=scale)
+        s = s.masked_fill(cols[None, :] > pos[:, None], float("-inf"))
+        p = torch.softmax(s, dim=-1, dtype=torch.float32)
+        vertical[:, h] = p.sum(-2)
+        on_diag = p.gather(-1, key_of.clamp(min=0).expand(B, L, S))
+        slash[:, h] = torch.where(key_of >= 0, on_diag, torch.zeros_like(on_diag)).sum(-2)
+    return vertical, slash

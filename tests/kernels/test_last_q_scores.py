@@ -1,0 +1,182 @@
+"""Vertical/slash scores of the last queries: the reference against MInference's `vs_scores_naive` / `vs_scores`
+and a float64 brute force, and the Triton kernel against the reference (CPU: Triton interpreter in one subprocess;
+GPU: compiled).
+
+TRITON_INTERPRET=1 must be set before triton is first imported, so the interpreter cases run in a subprocess (this
+file as a script) and each test reads its verdict, as in test_antidiag_score.py.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import traceback
+
+import pytest
+import torch
+from sparsebench.kernels.last_q_scores import last_q_scores_naive
+
+from sparsebench.testing import interpreter_verdicts
+
+
+def _qk(B, H, HKV, L, S, D, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, H, L, D, generator=g).to(dtype)
+    k = torch.randn(B, HKV, S, D, generator=g).to(dtype)
+    return q, k
+
+
+def brute(q, k, scale):
+    """The naive module docstring's definition, loop by loop, in float64."""
+    B, H, L, _ = q.shape
+    HKV, S = k.shape[1], k.shape[2]
+    kk = k.double().repeat_interleave(H // HKV, 1)
+    s = q.double() @ kk.transpose(-1, -2) * scale
+    pos = torch.arange(S - L, S)
+    p = torch.softmax(s.masked_fill(torch.arange(S)[None, :] > pos[:, None], float("-inf")), -1)
+    slash = torch.zeros(B, H, S, dtype=torch.float64)
+    for i in range(L):
+        for o in range(int(pos[i]) + 1):
+            slash[..., o] += p[..., i, int(pos[i]) - o]
+    return p.sum(-2), slash
+
+
+@pytest.mark.parametrize("B,H,HKV,L,S,D", [(1, 2, 1, 5, 9, 4), (2, 4, 2, 16, 40, 8), (1, 3, 3, 7, 7, 8)])
+def test_reference_matches_brute_force(B, H, HKV, L, S, D):
+    q, k = _qk(B, H, HKV, L, S, D)
+    v, s = last_q_scores_naive(q, k, 0.3)
+    vb, sb = brute(q, k, 0.3)
+    torch.testing.assert_close(v.double(), vb, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(s.double(), sb, rtol=1e-5, atol=1e-6)
+    # every row's mass is 1, on both views
+    torch.testing.assert_close(v.sum(-1), torch.full_like(v.sum(-1), float(L)))
+    torch.testing.assert_close(s.sum(-1), torch.full_like(s.sum(-1), float(L)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("HKV", [1, 4])
+def test_reference_matches_minference(dtype, HKV):
+    from sparsebench.methods.minference import vs_scores, vs_scores_naive
+
+    q, k = _qk(1, 4, HKV, 90, 333, 32, dtype)  # T = 90 queries, the last 64 scored
+    scale = 1 / math.sqrt(32)
+    v, s = last_q_scores_naive(q[:, :, -64:], k, scale)
+    vn, sn = vs_scores_naive(q, k, 64, scale)
+    assert torch.equal(v, vn) and torch.equal(s, sn)
+    vf, sf = vs_scores(q, k, 64, scale)
+    torch.testing.assert_close(v, vf, rtol=0, atol=1e-6)
+    torch.testing.assert_close(s, sf, rtol=0, atol=1e-6)
+
+
+def test_bad_arguments_raise():
+    q, k = _qk(1, 3, 2, 8, 20, 8)
+    with pytest.raises(ValueError, match="H % HKV"):
+        last_q_scores_naive(q, k, 1.0)
+    q, k = _qk(1, 2, 1, 30, 20, 8)
+    with pytest.raises(ValueError, match="S >= L"):
+        last_q_scores_naive(q, k, 1.0)
+
+
+def test_import_is_lazy():
+    code = ("import sys, sparsebench.kernels.last_q_scores as m; assert 'triton' not in sys.modules; "
+            "m.last_q_scores_triton; assert 'triton' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------------------------------------- Triton
+def _p(B, H, HKV, L, S, D, dtype="float32", block_n=64):
+    return pytest.param((B, H, HKV, L, S, D, dtype, block_n),
+                        id=f"B{B}-H{H}-HKV{HKV}-L{L}-S{S}-D{D}-{dtype}-bn{block_n}")
+
+
+CPU_CASES = [
+    _p(1, 2, 2, 16, 64, 64),
+    _p(1, 4, 1, 64, 200, 64),            # GQA 4
+    _p(2, 2, 1, 16, 333, 64, "float16"),
+    _p(1, 4, 1, 16, 333, 256),           # head dim 256 in slices, GQA 4
+    _p(1, 2, 2, 64, 64, 256, "float16"), # S == L
+    _p(1, 4, 1, 64, 333, 64, "float16"),
+    _p(1, 2, 1, 16, 200, 64, block_n=16),
+    _p(1, 2, 2, 100, 333, 64),           # L not a power of two, several row chunks
+    _p(1, 2, 1, 1, 70, 64),              # a single query row
+]
+
+
+def _check_case(case, device="cpu", tol=1e-5):
+    """Kernel vs reference, max error relative to the largest score. fp32: `tol`. Half precision: the fp16 logits
+    of two GEMMs with different summation orders round one ulp apart now and then, which moves that entry's
+    probability by up to ~ulp(logit) relative; 1e-4 covers it."""
+    from sparsebench.kernels.last_q_scores import last_q_scores_triton
+
+    B, H, HKV, L, S, D, dtype, block_n = case
+    q, k = _qk(B, H, HKV, L, S, D, getattr(torch, dtype))
+    q, k = q.to(device), k.to(device)
+    scale = 1.0 / math.sqrt(D)
+    if dtype != "float32":
+        tol = max(tol, 1e-4)
+    vr, sr = last_q_scores_naive(q, k, scale)
+    v, s = last_q_scores_triton(q, k, scale, block_n=block_n)
+    assert v.shape == vr.shape == s.shape and v.dtype == s.dtype == torch.float32
+    # relative to the largest score (the sums run up to L)
+    for name, a, b in (("vertical", v, vr), ("slash", s, sr)):
+        err = (a - b).abs().max().item() / max(1.0, b.abs().max().item())
+        assert err <= tol, f"{name}: max relative error {err:.3e}"
+
+
+@pytest.fixture(scope="module")
+def interpret_verdicts():
+    """{case id: None if it passed, else the failure} from one interpreter subprocess over all CPU cases."""
+    return interpreter_verdicts(__file__)
+
+
+@pytest.mark.parametrize("case", CPU_CASES)
+def test_triton_interpret_matches_reference(case, request, interpret_verdicts):
+    cid = request.node.callspec.id
+    assert cid in interpret_verdicts, f"case {cid} did not report"
+    assert interpret_verdicts[cid] is None, interpret_verdicts[cid]
+
+
+GPU_CASES = [
+    _p(1, 32, 8, 64, 32768, 128, "float16"),
+    _p(1, 8, 2, 64, 5001, 256, "float32"),
+    _p(1, 8, 8, 128, 4097, 64, "float16"),
+    _p(2, 4, 1, 16, 3000, 128, "float32", block_n=128),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("case", GPU_CASES)
+def test_triton_gpu_matches_reference(case):
+    _check_case(case, device="cuda", tol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_triton_gpu_128k_bf16_matches_vs_scores():
+    """128K keys, llama-like heads, bf16: against MInference's torch path (bf16 logits: one-ulp rounding flips
+    between GEMM orders, so a looser bound), and each row's mass sums to 1 on both views."""
+    from sparsebench.kernels.last_q_scores import last_q_scores_triton
+    from sparsebench.methods.minference import vs_scores
+
+    q, k = _qk(1, 32, 8, 64, 131072, 128, torch.bfloat16)
+    q, k = q.cuda(), k.cuda()
+    v, s = last_q_scores_triton(q, k, 1 / math.sqrt(128))
+    vr, sr = vs_scores(q, k, 64, 1 / math.sqrt(128))
+    torch.testing.assert_close(v.sum(-1), torch.full_like(v.sum(-1), 64.0), rtol=0, atol=1e-3)
+    torch.testing.assert_close(s.sum(-1), torch.full_like(s.sum(-1), 64.0), rtol=0, atol=1e-3)
+    assert (v - vr).abs().max().item() < 2e-2 * vr.abs().max().item()
+    assert (s - sr).abs().max().item() < 2e-2 * sr.abs().max().item()
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--interpret"]:
+    assert os.environ.get("TRITON_INTERPRET") == "1"
+    for c in CPU_CASES:
+        try:
+            _check_case(c.values[0])
+            verdict = None
+        except Exception:  # noqa: BLE001  (report every failure kind, not only assertions)
+            verdict = traceback.format_exc(limit=3)
+        print(json.dumps({c.id: verdict}), flush=True)
