@@ -95,6 +95,7 @@ from sparsebench.attention import AttnContext, AttnShape, SparseAttention
 from sparsebench.selection import Selection
 
 PATTERNS = ("a_shape", "vertical_slash", "block_sparse", "config")
+SCORES_KERNELS = ("torch", "triton")
 # official type names in the per-head config files -> the pattern that runs them
 FILE_TYPES = {"vertical_and_slash": "vertical_slash", "stream_llm": "a_shape", "block_sparse": "block_sparse",
               "vertical_slash": "vertical_slash", "a_shape": "a_shape"}
@@ -162,6 +163,20 @@ def vs_scores(q: torch.Tensor, k: torch.Tensor, last_q: int, scale: float) -> tu
             slash[b, h0:h1] = _diagonal_sums(p.view(-1, L, S)).flip(-1).view(h1 - h0, G, S)
             del p
     return vertical.view(B, H, S), slash.view(B, H, S)
+
+
+def vs_scores_triton(q: torch.Tensor, k: torch.Tensor, last_q: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """`vs_scores` through the fused kernel `kernels/last_q_scores` (no materialised `[B, H, last_q, S]` softmax);
+    equal to it up to the summation order of the softmax sums (`scores_kernel="triton"`)."""
+    import os
+
+    if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(f"minference scores_kernel='triton' needs a CUDA device (or TRITON_INTERPRET=1); q is on "
+                         f"{q.device}: use scores_kernel='torch'")
+    from sparsebench.kernels.last_q_scores import last_q_scores_triton
+
+    L = min(last_q, q.shape[2])
+    return last_q_scores_triton(q[:, :, q.shape[2] - L:], k, scale)
 
 
 def vs_scores_naive(q: torch.Tensor, k: torch.Tensor, last_q: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -332,6 +347,9 @@ class MInference(SparseAttention):
             default for heads a config file does not list).
         n_init, n_local: A-shape sink tokens and local window.
         top_k: key blocks kept per query-block row (block_sparse).
+        scores_kernel: `torch` (default) or `triton`: the vertical/slash scores through the fused Triton kernel
+            `kernels/last_q_scores`, which never materialises the last queries' softmax (CUDA; opt-in until it is
+            measured on a GPU).
         block_size: query and key block size of the executed selection (and of block_sparse pooling).
         forced_columns, forced_diagonals: first key columns and nearest diagonals always kept.
         min_vertical, min_slash: lower bounds of the vertical and slash sizes.
@@ -374,9 +392,11 @@ class MInference(SparseAttention):
                  slash_size: int = 6096, n_init: int = 128, n_local: int = 3968, top_k: int = 100,
                  block_size: int = 64, forced_columns: int = 30, forced_diagonals: int = 100, min_vertical: int = 30,
                  min_slash: int = 50, budget_scale: float = 1.0, pattern_file: str | None = None,
-                 executor: str = "auto") -> None:
+                 scores_kernel: str = "torch", executor: str = "auto") -> None:
         if pattern not in PATTERNS:
             raise ValueError(f"minference pattern={pattern!r} is not one of {', '.join(PATTERNS)}")
+        if scores_kernel not in SCORES_KERNELS:
+            raise ValueError(f"minference scores_kernel={scores_kernel!r} is not one of {', '.join(SCORES_KERNELS)}")
         ints = dict(last_q=(last_q, 1), vertical_size=(vertical_size, 0), slash_size=(slash_size, 0),
                     n_init=(n_init, 0), n_local=(n_local, 1), top_k=(top_k, 1), block_size=(block_size, 1),
                     forced_columns=(forced_columns, 0), forced_diagonals=(forced_diagonals, 0),
@@ -394,7 +414,8 @@ class MInference(SparseAttention):
                          slash_size=slash_size, n_init=n_init, n_local=n_local, top_k=top_k, block_size=block_size,
                          forced_columns=forced_columns, forced_diagonals=forced_diagonals,
                          min_vertical=min_vertical, min_slash=min_slash, budget_scale=budget_scale,
-                         pattern_file=pattern_file)
+                         pattern_file=pattern_file, scores_kernel=scores_kernel)
+        self.scores_kernel = scores_kernel
         self.pattern, self.last_q, self.block_size = pattern, last_q, block_size
         self.vertical_size, self.slash_size = vertical_size, slash_size
         self.n_init, self.n_local, self.top_k = n_init, n_local, top_k
@@ -498,7 +519,12 @@ class MInference(SparseAttention):
         v_sizes = self._head_tensor(tuple(v_sz), None, dev)
         s_sizes = self._head_tensor(tuple(s_sz), None, dev)
         if plan.has("vertical_slash"):
-            vert, slash = (vs_scores_naive if naive else vs_scores)(q, k, self.last_q, scale)
+            if naive:
+                vert, slash = vs_scores_naive(q, k, self.last_q, scale)
+            elif self.scores_kernel == "triton":
+                vert, slash = vs_scores_triton(q, k, self.last_q, scale)
+            else:
+                vert, slash = vs_scores(q, k, self.last_q, scale)
             if naive:
                 v_idx = top_ranked_naive(vert, v_sz, NV, self.forced_columns)
                 s_off = top_ranked_naive(slash, s_sz, NS, self.forced_diagonals)

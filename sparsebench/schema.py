@@ -64,6 +64,7 @@ class MInferenceConfig(MethodConfig):
     min_slash: int = 50
     budget_scale: float = 1.0
     pattern_file: Optional[str] = None  # pattern=config only: per-head JSON in the calibration store
+    scores_kernel: str = "torch"  # torch | triton (fused kernels/last_q_scores; opt-in until measured on a GPU)
 
 
 @dataclass

@@ -138,6 +138,37 @@ def test_triton_interpret_matches_reference(case, request, interpret_verdicts):
     assert interpret_verdicts[cid] is None, interpret_verdicts[cid]
 
 
+SELECT_CASES = [pytest.param((4, 1, 300, 64, 40, 60), id="select-H4-HKV1-T300-D64"),
+                pytest.param((4, 4, 257, 32, 25, 30), id="select-H4-HKV4-T257-D32")]
+
+
+def _check_select(case):
+    """MInference's vertical-slash selection with scores_kernel="triton" equals the torch path's, block for block
+    and column for column (fp32 random inputs: no near-ties at the cut)."""
+    from sparsebench.attention import AttnContext
+    from sparsebench.methods.minference import MInference
+
+    H, HKV, T, D, vsz, ssz = case
+    q, k = _qk(1, H, HKV, T, T, D, seed=3)
+    ctx = AttnContext(0, H, HKV, D, 1 / math.sqrt(D))
+    knobs = dict(vertical_size=vsz, slash_size=ssz, forced_columns=4, forced_diagonals=8, min_vertical=4,
+                 min_slash=8, block_size=32)
+    a = MInference(scores_kernel="triton", **knobs).select(q, k, ctx)
+    b = MInference(**knobs).select(q, k, ctx)
+    assert torch.equal(a.to_block_mask(), b.to_block_mask())
+    assert (a.extra_cols is None) == (b.extra_cols is None)
+    if a.extra_cols is not None:
+        assert torch.equal(a.extra_counts, b.extra_counts) and torch.equal(a.extra_cols, b.extra_cols)
+    assert 0 < a.density() < 1
+
+
+@pytest.mark.parametrize("case", SELECT_CASES)
+def test_minference_triton_scores_select_like_torch(case, request, interpret_verdicts):
+    cid = request.node.callspec.id
+    assert cid in interpret_verdicts, f"case {cid} did not report"
+    assert interpret_verdicts[cid] is None, interpret_verdicts[cid]
+
+
 GPU_CASES = [
     _p(1, 32, 8, 64, 32768, 128, "float16"),
     _p(1, 8, 2, 64, 5001, 256, "float32"),
@@ -173,10 +204,11 @@ def test_triton_gpu_128k_bf16_matches_vs_scores():
 
 if __name__ == "__main__" and sys.argv[1:] == ["--interpret"]:
     assert os.environ.get("TRITON_INTERPRET") == "1"
-    for c in CPU_CASES:
-        try:
-            _check_case(c.values[0])
-            verdict = None
-        except Exception:  # noqa: BLE001  (report every failure kind, not only assertions)
-            verdict = traceback.format_exc(limit=3)
-        print(json.dumps({c.id: verdict}), flush=True)
+    for check, cases in ((_check_case, CPU_CASES), (_check_select, SELECT_CASES)):
+        for c in cases:
+            try:
+                check(c.values[0])
+                verdict = None
+            except Exception:  # noqa: BLE001  (report every failure kind, not only assertions)
+                verdict = traceback.format_exc(limit=3)
+            print(json.dumps({c.id: verdict}), flush=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -521,3 +522,12 @@ def test_search_script_feeds_prompts_as_the_run(monkeypatch, tmp_path):
     samples = list(task.samples(models.TemplatedTokenizer(tok, "auto"), 2048, 4, CALIB_SEED_OFFSET))[:4]
     assert {s.meta["raw_prompt"] for s in samples} == {True, False}
     assert fed == [s.input_tokens for s in samples]
+
+
+def test_scores_kernel_choice_is_checked():
+    with pytest.raises(ValueError, match="scores_kernel='cuda' is not one of torch, triton"):
+        MInference(scores_kernel="cuda")
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        q, k, _ = qk(1, 2, 1, 128, 128, 16)
+        with pytest.raises(ValueError, match="needs a CUDA device"):
+            MInference(scores_kernel="triton", vertical_size=8, slash_size=8).select(q, k, ctx_for(q, k))
