@@ -62,9 +62,14 @@ Deviations from the official code:
   MInference's unaligned 64-wide bands, so density at equal knobs is somewhat higher than Sparse Frontier's
   kernel computes); density counts executed causal pairs (Sparse Frontier counts whole 64 x 64 blocks); one host
   synchronisation per call sizes the index lists (Sparse Frontier synchronises per head).
+
+Option `scores_kernel="triton"` (default `"torch"`): the last queries' vertical and slash scores through the fused
+kernel `kernels/last_q_scores`, which never materialises their `[B, H, n, N]` softmax; the same values up to the
+summation order of the softmax sums. Opt-in until it is measured on a GPU.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import torch
@@ -73,6 +78,7 @@ from sparsebench.attention import AttnContext, AttnShape, SparseAttention
 from sparsebench.selection import Selection
 
 VARIANTS = ("official", "sparse_frontier")
+SCORES_KERNELS = ("torch", "triton")
 BLOCK_SIZES = (16, 32, 64, 128)
 TOKENS_PER_BUDGET_BLOCK = 128  # the official token-count -> block-count conversion ignores block_size
 SF_SINK_COLUMNS = 4
@@ -127,7 +133,7 @@ def diagonal_sums(p: torch.Tensor) -> torch.Tensor:
 
 
 def last_query_scores(q: torch.Tensor, k: torch.Tensor, n: int, scale: float,
-                      max_elems: int = MAX_SCORE_ELEMS) -> tuple[torch.Tensor, torch.Tensor]:
+                      max_elems: int = MAX_SCORE_ELEMS, kernel: str = "torch") -> tuple[torch.Tensor, torch.Tensor]:
     """Vertical and slash scores of the last `n` queries (T == S), and those queries pre-scaled.
 
     Returns `scores [2, B, H, S]` fp32, one tensor so that both kinds go through each later sort, scan and pool
@@ -139,6 +145,16 @@ def last_query_scores(q: torch.Tensor, k: torch.Tensor, n: int, scale: float,
     HKV, S = k.shape[1], k.shape[2]
     G = H // HKV
     q_last = q[:, :, T - n:] * scale
+    if kernel == "triton":
+        # the fused kernel (kernels/last_q_scores) with the pre-scaled queries and scale 1: its fp32 dot rounded
+        # once to the input dtype is what torch.matmul of q_last returns; its slash is indexed by offset
+        if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError(f"flexprefill scores_kernel='triton' needs a CUDA device (or TRITON_INTERPRET=1); q is "
+                             f"on {q.device}: use scores_kernel='torch'")
+        from sparsebench.kernels.last_q_scores import last_q_scores_triton
+
+        vertical, slash = last_q_scores_triton(q_last, k, 1.0)
+        return torch.stack([vertical / n, slash.flip(-1) / n]), q_last
     qg = q_last.view(B, HKV, G, n, D)
     scores = torch.empty(2, B, HKV, G, S, dtype=torch.float32, device=q.device)
     rows = torch.arange(n, device=q.device)
@@ -272,7 +288,7 @@ def global_cover_mask(attn: torch.Tensor, target: float, support: torch.Tensor |
 
 # ------------------------------------------------------------------------------------------------ patterns
 def official_block_mask(q: torch.Tensor, k: torch.Tensor, *, gamma: float, tau: float, minb: int, maxb: int,
-                        block_size: int, scale: float, max_elems: int = MAX_SCORE_ELEMS
+                        block_size: int, scale: float, max_elems: int = MAX_SCORE_ELEMS, scores_kernel: str = "torch"
                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """Official FlexPrefill block selection (module docstring, steps 2-7) for q `[B, H, N, D]`, k `[B, HKV, N, D]`.
 
@@ -285,7 +301,7 @@ def official_block_mask(q: torch.Tensor, k: torch.Tensor, *, gamma: float, tau: 
     bs = block_size
     nb = -(-N // bs)
     maxb = min(maxb, nb)
-    scores, q_last = last_query_scores(q, k, bs, scale, max_elems)  # [2, B, H, N]: vertical, slash
+    scores, q_last = last_query_scores(q, k, bs, scale, max_elems, scores_kernel)  # [2, B, H, N]: vertical, slash
     budget = block_budget(scores, gamma, minb, maxb)  # [2, B, H]: nv, ns
     pooled = sum_pool(scores, bs)  # [2, B, H, nb]: vertical -> key block c, slash -> block offset nb - 1 - c
     del scores
@@ -317,14 +333,15 @@ def official_block_mask(q: torch.Tensor, k: torch.Tensor, *, gamma: float, tau: 
 
 
 def sparse_frontier_indices(q: torch.Tensor, k: torch.Tensor, *, gamma: float, min_budget: int, n: int,
-                            scale: float, max_elems: int = MAX_SCORE_ELEMS) -> tuple[torch.Tensor, torch.Tensor]:
+                            scale: float, max_elems: int = MAX_SCORE_ELEMS, scores_kernel: str = "torch"
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sparse Frontier's FlexPrefill columns and diagonals for q `[B, H, N, D]`, k `[B, HKV, N, D]`.
 
     Returns `v_idx [B, H, NV]` key columns and `s_off [B, H, NS]` diagonal offsets (query minus key position),
     each in stable descending score order and padded with -1, NV / NS the largest per-head counts.
     """
     N = q.shape[2]
-    scores, _ = last_query_scores(q, k, n, scale, max_elems)  # [2, B, H, N]: vertical, slash
+    scores, _ = last_query_scores(q, k, n, scale, max_elems, scores_kernel)  # [2, B, H, N]: vertical, slash
     nv, ns = cover_count(scores, gamma).clamp(min=min_budget, max=N)
     scores[0, ..., :SF_SINK_COLUMNS] = float("inf")
     scores[1, ..., -SF_LOCAL_DIAGONALS:] = float("inf")
@@ -350,9 +367,11 @@ class FlexPrefill(SparseAttention):
 
     def __init__(self, gamma: float = 0.95, tau: float = 0.1, min_budget: int | None = 1024,
                  max_budget: int | None = None, block_size: int = 128, variant: str = "official",
-                 approximation_size: int | None = None, executor: str = "auto") -> None:
+                 approximation_size: int | None = None, scores_kernel: str = "torch", executor: str = "auto") -> None:
         if variant not in VARIANTS:
             raise ValueError(f"flexprefill variant={variant!r} is not one of {', '.join(VARIANTS)}")
+        if scores_kernel not in SCORES_KERNELS:
+            raise ValueError(f"flexprefill scores_kernel={scores_kernel!r} is not one of {', '.join(SCORES_KERNELS)}")
         if not 0.0 < gamma <= 1.0:
             raise ValueError(f"flexprefill gamma={gamma} is outside (0, 1]")
         if not 0.0 <= tau <= 1.0:
@@ -372,8 +391,10 @@ class FlexPrefill(SparseAttention):
             raise ValueError(f"flexprefill max_budget={max_budget} has no meaning for variant='sparse_frontier'; "
                              "leave it None")
         super().__init__(executor=executor, gamma=gamma, tau=tau, min_budget=min_budget, max_budget=max_budget,
-                         block_size=block_size, variant=variant, approximation_size=approximation_size)
+                         block_size=block_size, variant=variant, approximation_size=approximation_size,
+                         scores_kernel=scores_kernel)
         self.gamma, self.tau, self.block_size, self.variant = gamma, tau, block_size, variant
+        self.scores_kernel = scores_kernel
         self.min_budget, self.max_budget = min_budget, max_budget
         if variant == "official":
             self.minb = 1 if min_budget is None else -(-min_budget // block_size)
@@ -403,7 +424,8 @@ class FlexPrefill(SparseAttention):
                                     block_k=bs, device=q.device)
         if self.variant == "official":
             mask, query_aware = official_block_mask(q, k, gamma=self.gamma, tau=self.tau, minb=self.minb,
-                                                    maxb=self.maxb, block_size=self.block_size, scale=ctx.scale)
+                                                    maxb=self.maxb, block_size=self.block_size, scale=ctx.scale,
+                                                    scores_kernel=self.scores_kernel)
             self.last_decision = query_aware
             # every key block as list width: no host synchronisation to size the lists
             idx = torch.argsort(mask, dim=-1, descending=True, stable=True).to(torch.int32)  # listed blocks first
@@ -413,7 +435,8 @@ class FlexPrefill(SparseAttention):
 
         min_tokens = 0 if self.min_budget is None else self.min_budget
         v_idx, s_off = sparse_frontier_indices(q, k, gamma=self.gamma, min_budget=min_tokens,
-                                               n=self.approximation_size, scale=ctx.scale)
+                                               n=self.approximation_size, scale=ctx.scale,
+                                               scores_kernel=self.scores_kernel)
         self.last_decision = torch.zeros(B, H, dtype=torch.bool, device=q.device)
         idx, cnt, cols, ccnt = vertical_slash_to_blocks(v_idx, s_off, T, S, SF_BLOCK)
         return Selection(idx, cnt, SF_BLOCK, SF_BLOCK, T, S, H, HKV, "query_head", extra_cols=cols,

@@ -162,7 +162,32 @@ def _check_select(case):
     assert 0 < a.density() < 1
 
 
-@pytest.mark.parametrize("case", SELECT_CASES)
+FLEX_CASES = [pytest.param(("official", 4, 1, 520, 64), id="flex-official-H4-HKV1-T520"),
+              pytest.param(("sparse_frontier", 4, 2, 600, 32), id="flex-sf-H4-HKV2-T600")]
+
+
+def _check_flex(case):
+    """FlexPrefill with scores_kernel="triton" selects what the torch path selects (fp32 random inputs), in both
+    variants, pattern decisions included."""
+    from sparsebench.attention import AttnContext
+    from sparsebench.methods.flexprefill import FlexPrefill
+
+    variant, H, HKV, T, D = case
+    q, k = _qk(1, H, HKV, T, T, D, seed=5)
+    q, k = q * 4, k * 4  # peaked attention: a few columns and diagonals carry the mass, so the cut is selective
+    ctx = AttnContext(0, H, HKV, D, 1 / math.sqrt(D))
+    knobs = dict(gamma=0.9, min_budget=64, block_size=64) if variant == "official" else dict(
+        gamma=0.6, min_budget=8, variant=variant, approximation_size=64)
+    fa, fb = FlexPrefill(scores_kernel="triton", **knobs), FlexPrefill(**knobs)
+    a, b = fa.select(q, k, ctx), fb.select(q, k, ctx)
+    assert torch.equal(a.to_block_mask(), b.to_block_mask())
+    assert torch.equal(fa.last_decision, fb.last_decision)
+    if b.extra_cols is not None:
+        assert torch.equal(a.extra_counts, b.extra_counts) and torch.equal(a.extra_cols, b.extra_cols)
+    assert 0 < a.density() < 1
+
+
+@pytest.mark.parametrize("case", SELECT_CASES + FLEX_CASES)
 def test_minference_triton_scores_select_like_torch(case, request, interpret_verdicts):
     cid = request.node.callspec.id
     assert cid in interpret_verdicts, f"case {cid} did not report"
@@ -204,7 +229,7 @@ def test_triton_gpu_128k_bf16_matches_vs_scores():
 
 if __name__ == "__main__" and sys.argv[1:] == ["--interpret"]:
     assert os.environ.get("TRITON_INTERPRET") == "1"
-    for check, cases in ((_check_case, CPU_CASES), (_check_select, SELECT_CASES)):
+    for check, cases in ((_check_case, CPU_CASES), (_check_select, SELECT_CASES), (_check_flex, FLEX_CASES)):
         for c in cases:
             try:
                 check(c.values[0])

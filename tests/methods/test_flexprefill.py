@@ -538,3 +538,18 @@ def test_gpu_triton_executor_matches_reference_bf16(variant):
     out = execute("triton", q, k, v, sel, scale=D ** -0.5).float()
     ref = execute("reference", q, k, v, sel, scale=D ** -0.5).float()
     assert (out - ref).abs().max().item() < 2e-2
+
+
+def test_scores_kernel_choice_is_checked():
+    import os
+
+    from sparsebench.methods.flexprefill import FlexPrefill
+
+    with pytest.raises(ValueError, match="scores_kernel='fused' is not one of torch, triton"):
+        FlexPrefill(scores_kernel="fused")
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        g = torch.Generator().manual_seed(0)
+        q, k = torch.randn(1, 2, 512, 16, generator=g), torch.randn(1, 1, 512, 16, generator=g)
+        with pytest.raises(ValueError, match="needs a CUDA device"):
+            FlexPrefill(scores_kernel="triton", min_budget=64, block_size=64).select(
+                q, k, AttnContext(0, 2, 1, 16, 0.25))
