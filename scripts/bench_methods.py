@@ -33,6 +33,9 @@ METHODS = ("streaming", "minference", "xattn", "flexprefill", "pbs")
 COST_VARIANTS = (("streaming", "streaming", {}), ("minference_vs", "minference", {"pattern": "vertical_slash"}),
                  ("xattn_s8", "xattn", {"stride": 8}), ("xattn_s16", "xattn", {"stride": 16}),
                  ("flexprefill", "flexprefill", {}), ("pbs", "pbs", {}))
+# on a GPU also the estimators' fused-kernel options (kernels/last_q_scores), opt-in until measured here
+GPU_COST_VARIANTS = (("minference_vs_fused", "minference", {"pattern": "vertical_slash", "scores_kernel": "triton"}),
+                     ("flexprefill_fused", "flexprefill", {"scores_kernel": "triton"}))
 
 
 class _CaptureQKV:
@@ -152,7 +155,7 @@ def cost_part(seq_lens, shape, device, rows_rows):
             rows_rows.append(dict(part="cost", method="dense_cudnn" if device == "cuda" else "dense_sdpa",
                                   seq_len=L, metric="attention_ms", value=dense_ms, heads=H, kv_heads=HKV,
                                   head_dim=D))
-            for label, name, knobs in COST_VARIANTS:
+            for label, name, knobs in COST_VARIANTS + (GPU_COST_VARIANTS if device == "cuda" else ()):
                 try:
                     m = REGISTRY.get(name)(**knobs)
                     est_ms = _time_ms(lambda: m.select(q, k, ctx), device)
