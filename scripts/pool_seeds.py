@@ -6,7 +6,8 @@ writes the mean of a score, its sample count, the standard error and, for 0/1 sc
 per (method, model, task, length) the suite average over subtasks (RULER's summary number), as subtask `average`.
 
     python scripts/pool_seeds.py --experiment ruler_gpu            # reads results/tables/ruler_gpu_samples.parquet
-Writes results/tables/<experiment>_pooled.csv.
+Writes results/tables/<experiment>_pooled.csv and, over several lengths, results/figures/<experiment>_by_length.png
+(one thin line per subtask, the average in bold).
 """
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ def main(argv=None) -> int:
     ap.add_argument("--experiment", required=True)
     ap.add_argument("--root-dir", default=".", help="the folder holding results/")
     ap.add_argument("--metric", default="accuracy")
+    ap.add_argument("--no-figure", action="store_true", help="skip <experiment>_by_length.png")
     args = ap.parse_args(argv)
     tables = Path(args.root_dir) / "results" / "tables"
     src = tables / f"{args.experiment}_samples.parquet"
@@ -62,6 +64,12 @@ def main(argv=None) -> int:
     out = tables / f"{args.experiment}_pooled.csv"
     df.to_csv(out, index=False)
     print(f"wrote {out}")
+    if not args.no_figure and df["seq_len"].nunique() > 1:
+        from sparsebench.plots import accuracy_vs_length
+
+        fig = accuracy_vs_length(df, Path(args.root_dir) / "results" / "figures" / f"{args.experiment}_by_length.png",
+                                 args.metric)
+        print(f"wrote {fig}")
     return 0
 
 

@@ -157,3 +157,39 @@ def accuracy_vs_density(rows, path: str | Path, metric: str = "accuracy", title:
         fig.legend(handles, labels, loc="upper center", ncol=min(3, len(labels)), bbox_to_anchor=(0.5, -0.1),
                    frameon=False)
         return _save(plt, fig, path, title)
+
+
+def accuracy_vs_length(pooled, path: str | Path, metric: str = "accuracy", title: str = "") -> Path:
+    """A suite's scores against context length, one panel per method: one thin line per subtask (marker and gray
+    level distinguish them) and the suite average in bold black. `pooled`: rows with method, subtask, seq_len, value
+    (e.g. `scripts/pool_seeds.py` output, whose `average` rows are the bold line)."""
+    methods = sorted(pooled["method"].unique())
+    subtasks = sorted(s for s in pooled["subtask"].unique() if s != "average")
+    with paper_style() as plt:
+        fig, axes = plt.subplots(1, len(methods), figsize=(min(6.75, 0.8 + 3.0 * len(methods)), 2.6),
+                                 squeeze=False, sharey=True)
+        for ax, m in zip(axes[0], methods):
+            sub = pooled[pooled["method"] == m]
+            for i, st in enumerate(subtasks):
+                d = sub[sub["subtask"] == st].sort_values("seq_len")
+                if not d.empty:
+                    ax.plot(d["seq_len"], d["value"], marker=MARKERS[i % len(MARKERS)], markersize=3,
+                            linewidth=0.8, linestyle=LINESTYLES[i % len(LINESTYLES)],
+                            color=str(0.2 + 0.6 * i / max(1, len(subtasks) - 1)), label=st)
+            avg = sub[sub["subtask"] == "average"].sort_values("seq_len")
+            if not avg.empty:
+                ax.plot(avg["seq_len"], avg["value"], color="black", linewidth=2.2, marker="o", markersize=4,
+                        label="average")
+            ax.set_xscale("log", base=2)
+            ticks = sorted(sub["seq_len"].unique())
+            ax.set_xticks(ticks)
+            ax.set_xticklabels([f"{t // 1024}K" if t % 1024 == 0 else str(t) for t in ticks])
+            ax.minorticks_off()
+            ax.set_ylim(-0.03, 1.03)
+            ax.set_xlabel("context length (tokens)")
+            ax.set_title(m)
+            ax.grid(True, alpha=0.3)
+        axes[0][0].set_ylabel(metric)
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+        return _save(plt, fig, path, title)
