@@ -99,8 +99,9 @@ def test_gemma3_270m_gpu_dense_route_equals_stock(compose, executor, dtype):
         assert torch.equal(gen, ref_gen), (executor, dtype)
         return
     # bf16: greedy decoding must agree up to the first step where the stock model's top two logits are closer than
-    # bf16 rounding can separate (~3 significant digits: another, equally valid reduction order may flip a near-tie).
-    margin = 0.5
+    # bf16 noise through 18 layers can separate (~3 significant digits per op: another, equally valid reduction
+    # order may flip a near-tie); a margin of 1 logit is several times that noise.
+    margin = 1.0
     top2 = ref[0].topk(2, dim=-1).values
     clear = (top2[:, 0] - top2[:, 1]) >= margin  # prefill positions with no near-tie
     assert clear.sum() > 100 and torch.equal(out[0].argmax(-1)[clear], ref[0].argmax(-1)[clear]), (executor, dtype)
