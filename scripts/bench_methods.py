@@ -131,6 +131,41 @@ def _time_ms(fn, device):
     return (time.perf_counter() - t) * 1e3
 
 
+def graph_part(seq_lens, shape, rows_rows):
+    """Each estimator's `select` replayed from a CUDA graph, where it can be captured (no host synchronisation
+    inside): the estimation time without host launch cost, i.e. how much of `estimation_ms` is launch overhead.
+    A method that synchronises cannot be captured and gets a status row. Runs after everything else, since a failed
+    capture can leave the device in a poor state for later timings."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_kernels import cuda_graph
+
+    from sparsebench.attention import AttnContext
+    from sparsebench.methods import METHODS as REGISTRY
+
+    H, HKV, D = shape
+    for L in seq_lens:
+        g = torch.Generator(device="cuda").manual_seed(0)
+        q = torch.randn(1, H, L, D, device="cuda", dtype=torch.bfloat16, generator=g)
+        k = torch.randn(1, HKV, L, D, device="cuda", dtype=torch.bfloat16, generator=g)
+        ctx = AttnContext(0, H, HKV, D, D ** -0.5)
+        for label, name, knobs in COST_VARIANTS + GPU_COST_VARIANTS:
+            common = dict(part="graph", method=label, seq_len=L, heads=H, kv_heads=HKV, head_dim=D)
+            try:
+                m = REGISTRY.get(name)(**knobs)
+                with torch.inference_mode():
+                    ms = _time_ms(cuda_graph(lambda m=m: m.select(q, k, ctx)), "cuda")
+            except Exception as e:  # noqa: BLE001
+                rows_rows.append(dict(common, metric="status", value=float("nan"), status=type(e).__name__,
+                                      message=str(e)[:200]))
+                print(f"graph   L={L} {label:<16} not capturable: {type(e).__name__}: {str(e)[:100]}")
+                torch.cuda.synchronize()
+                continue
+            rows_rows.append(dict(common, metric="estimation_graph_ms", value=ms, status="ok"))
+            print(f"graph   L={L} {label:<16} select as a CUDA-graph replay {ms:.3f} ms")
+
+
 def cost_part(seq_lens, shape, device, rows_rows):
     from sparsebench.attention import AttnContext
     from sparsebench.methods import METHODS as REGISTRY
@@ -181,7 +216,8 @@ def main() -> None:
     ap.add_argument("--targets", default="0.1,0.25")
     ap.add_argument("--prompts", type=int, default=2)
     ap.add_argument("--smoke", action="store_true", help="CPU plumbing check: 1K recall, small cost shapes")
-    ap.add_argument("--parts", default="recall,cost", help="recall, cost or both (comma-separated)")
+    ap.add_argument("--parts", default="recall,cost", help="recall, cost, graph (GPU: estimators replayed from CUDA "
+                    "graphs, at the cost lengths), comma-separated")
     ap.add_argument("--autotune", action="store_true",
                     help="let the Triton kernels time their tile candidates on first use per shape "
                          "(SPARSEBENCH_ANTIDIAG_AUTOTUNE=1, SPARSEBENCH_BSA_AUTOTUNE=1); off: the fixed defaults")
@@ -192,8 +228,8 @@ def main() -> None:
         import os
 
         os.environ["SPARSEBENCH_ANTIDIAG_AUTOTUNE"] = os.environ["SPARSEBENCH_BSA_AUTOTUNE"] = "1"
-    if not parts or parts - {"recall", "cost"}:
-        ap.error(f"--parts {args.parts!r}: choose from recall, cost")
+    if not parts or parts - {"recall", "cost", "graph"}:
+        ap.error(f"--parts {args.parts!r}: choose from recall, cost, graph")
     device = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
     recall_lens = [1024] if args.smoke else [int(x) for x in args.recall_lens.split(",")]
     cost_lens = [1024] if args.smoke else [int(x) for x in args.cost_lens.split(",")]
@@ -204,6 +240,10 @@ def main() -> None:
         recall_part(recall_lens, targets, 1 if args.smoke else args.prompts, device, rows)
     if "cost" in parts:
         cost_part(cost_lens, shape, device, rows)
+    if "graph" in parts:
+        if device != "cuda":
+            ap.error("--parts graph needs a CUDA GPU")
+        graph_part(cost_lens, shape, rows)
     import pandas as pd
 
     df = pd.DataFrame(rows)
@@ -223,6 +263,9 @@ def main() -> None:
         cost = df[(df["part"] == "cost") & (df["metric"] == "estimation_share")].pivot_table(
             index="method", columns="seq_len", values="value")
         print("\nestimation time as a share of dense attention time:\n" + cost.to_string())
+    if "graph" in parts and (df["metric"] == "estimation_graph_ms").any():
+        gr = df[df["metric"] == "estimation_graph_ms"].pivot_table(index="method", columns="seq_len", values="value")
+        print("\nestimation as a CUDA-graph replay, ms:\n" + gr.to_string())
     print(f"\nwrote {out / name}")
 
 
