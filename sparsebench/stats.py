@@ -41,7 +41,8 @@ def _scores(frame, metric: str):
 def paired_vs_dense(samples, metric: str = "accuracy", baseline: str = "dense"):
     """One row per (method variant, task, model, seq_len, seed): paired accuracy against `baseline`.
 
-    Columns: `method`, the pair keys but the sample ones, `n` (paired prompts), `<metric>`, `<metric>_dense`,
+    Columns: `method`, the pair keys but the sample ones, `n` (paired prompts), `<metric>`, `<metric>_lo` /
+    `<metric>_hi` (95% Wilson interval of the method's score, for 0/1 scores; NaN otherwise), `<metric>_dense`,
     `diff`, `diff_stderr`, `diff_lo`, `diff_hi` (95% normal interval on the paired differences), `wins`, `losses`
     (prompts only the method, or only dense, got fully right) and `mcnemar_p`.
     """
@@ -65,8 +66,11 @@ def paired_vs_dense(samples, metric: str = "accuracy", baseline: str = "dense"):
         se = float(d.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
         wins = int(((g["value"] == 1) & (g["base"] != 1)).sum())
         losses = int(((g["value"] != 1) & (g["base"] == 1)).sum())
+        binary = bool(g["value"].isin([0.0, 1.0]).all())
+        lo, hi = wilson_interval(float(g["value"].sum()), n) if binary else (math.nan, math.nan)
         out.append(dict(zip(["method", "task", "model", "seq_len", "seed"], key), n=n, **{
-            metric: float(g["value"].mean()), f"{metric}_{baseline}": float(g["base"].mean()),
+            metric: float(g["value"].mean()), f"{metric}_lo": lo, f"{metric}_hi": hi,
+            f"{metric}_{baseline}": float(g["base"].mean()),
             "diff": float(d.mean()), "diff_stderr": se, "diff_lo": float(d.mean() - 1.96 * se),
             "diff_hi": float(d.mean() + 1.96 * se), "wins": wins, "losses": losses,
             "mcnemar_p": mcnemar_exact(wins, losses)}))

@@ -35,6 +35,8 @@ def test_paired_vs_dense_matches_hand_computation():
     d = pd.Series([0, -1, -1, 0, 0, 0])
     assert small["diff_stderr"] == pytest.approx(d.std(ddof=1) / 6 ** 0.5)
     assert large["wins"] == 1 and large["losses"] == 0 and large["diff"] == pytest.approx(1 / 6)
+    assert (small["accuracy_lo"], small["accuracy_hi"]) == pytest.approx(wilson_interval(3, 6))
+    assert large["accuracy_hi"] == pytest.approx(1.0) and large["accuracy_lo"] == pytest.approx(wilson_interval(6, 6)[0])
 
 
 def test_unpaired_prompts_are_left_out():
