@@ -26,3 +26,25 @@ def interpreter_verdicts(test_file: str, timeout: int = 600) -> dict:
     if not verdicts:
         pytest.fail(f"interpreter worker produced no verdicts (rc={proc.returncode}):\n{proc.stderr[-4000:]}")
     return verdicts
+
+
+def report_verdicts(check, cases) -> None:
+    """Child side of `interpreter_verdicts`: run `check(*case.values)` for each `pytest.param` case and print its
+    verdict as a JSON line (None, or the traceback of any failure kind, not only assertions)."""
+    import traceback
+
+    assert os.environ.get("TRITON_INTERPRET") == "1"
+    for case in cases:
+        try:
+            check(*case.values)
+            verdict = None
+        except Exception:  # noqa: BLE001
+            verdict = traceback.format_exc(limit=3)
+        print(json.dumps({case.id: verdict}), flush=True)
+
+
+def assert_verdict(verdicts: dict, request) -> None:
+    """Parent side: the running parametrized test's case reported, and passed."""
+    cid = request.node.callspec.id
+    assert cid in verdicts, f"case {cid} did not report"
+    assert verdicts[cid] is None, verdicts[cid]

@@ -7,19 +7,16 @@ file as a script) and each test reads its verdict, as in test_block_sparse_attn.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 import subprocess
 import sys
-import traceback
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from sparsebench.kernels.antidiag_score import antidiag_block_scores_naive, exact_block_scores_naive
-from sparsebench.testing import interpreter_verdicts
+from sparsebench.testing import assert_verdict, interpreter_verdicts, report_verdicts
 
 
 def brute_scores(q, k, stride, block_size, scale):
@@ -203,9 +200,7 @@ def interpret_verdicts():
 
 @pytest.mark.parametrize("case", CPU_CASES)
 def test_triton_interpret_matches_reference(case, request, interpret_verdicts):
-    cid = request.node.callspec.id
-    assert cid in interpret_verdicts, f"case {cid} did not report"
-    assert interpret_verdicts[cid] is None, interpret_verdicts[cid]
+    assert_verdict(interpret_verdicts, request)
 
 
 GPU_CASES = [
@@ -245,11 +240,4 @@ def test_triton_gpu_long_memory(shape):
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--interpret"]:
-    assert os.environ.get("TRITON_INTERPRET") == "1"
-    for c in CPU_CASES:
-        try:
-            _check_case(c.values[0])
-            verdict = None
-        except Exception:  # noqa: BLE001  (report every failure kind, not only assertions)
-            verdict = traceback.format_exc(limit=3)
-        print(json.dumps({c.id: verdict}), flush=True)
+    report_verdicts(_check_case, CPU_CASES)

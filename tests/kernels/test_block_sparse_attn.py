@@ -9,18 +9,15 @@ with no key) must coincide.
 """
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
-import traceback
 
 import pytest
 import torch
 from sparsebench.kernels.block_sparse_attn import block_sparse_attn_naive
 
 from sparsebench.selection import Selection
-from sparsebench.testing import interpreter_verdicts
+from sparsebench.testing import assert_verdict, interpreter_verdicts, report_verdicts
 
 triton = pytest.importorskip("triton")
 
@@ -162,9 +159,7 @@ def interpret_verdicts():
 
 @pytest.mark.parametrize("shape,kw", CPU_CASES)
 def test_block_sparse_attn_interpret(shape, kw, request, interpret_verdicts):
-    case = request.node.callspec.id
-    assert case in interpret_verdicts, f"case {case} did not report"
-    assert interpret_verdicts[case] is None, interpret_verdicts[case]
+    assert_verdict(interpret_verdicts, request)
 
 
 def test_import_is_lazy():
@@ -212,15 +207,7 @@ def test_block_sparse_attn_gpu(shape, kw):
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--interpret"]:
-    # Interpreter worker for `interpret_verdicts`: one JSON line per case.
-    assert os.environ.get("TRITON_INTERPRET") == "1"
-    for case in CPU_CASES:
-        try:
-            _run_cpu_case(*case.values)
-            verdict = None
-        except Exception:  # noqa: BLE001  (report every failure kind, not only assertions)
-            verdict = traceback.format_exc(limit=3)
-        print(json.dumps({case.id: verdict}), flush=True)
+    report_verdicts(_run_cpu_case, CPU_CASES)  # interpreter worker for `interpret_verdicts`
 
 
 @pytest.mark.gpu

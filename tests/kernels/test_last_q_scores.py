@@ -7,18 +7,15 @@ file as a script) and each test reads its verdict, as in test_antidiag_score.py.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 import subprocess
 import sys
-import traceback
 
 import pytest
 import torch
 from sparsebench.kernels.last_q_scores import last_q_scores_naive
 
-from sparsebench.testing import interpreter_verdicts
+from sparsebench.testing import assert_verdict, interpreter_verdicts, report_verdicts
 
 
 def _qk(B, H, HKV, L, S, D, dtype=torch.float32, seed=0):
@@ -133,9 +130,7 @@ def interpret_verdicts():
 
 @pytest.mark.parametrize("case", CPU_CASES)
 def test_triton_interpret_matches_reference(case, request, interpret_verdicts):
-    cid = request.node.callspec.id
-    assert cid in interpret_verdicts, f"case {cid} did not report"
-    assert interpret_verdicts[cid] is None, interpret_verdicts[cid]
+    assert_verdict(interpret_verdicts, request)
 
 
 SELECT_CASES = [pytest.param((4, 1, 300, 64, 40, 60), id="select-H4-HKV1-T300-D64"),
@@ -189,9 +184,7 @@ def _check_flex(case):
 
 @pytest.mark.parametrize("case", SELECT_CASES + FLEX_CASES)
 def test_minference_triton_scores_select_like_torch(case, request, interpret_verdicts):
-    cid = request.node.callspec.id
-    assert cid in interpret_verdicts, f"case {cid} did not report"
-    assert interpret_verdicts[cid] is None, interpret_verdicts[cid]
+    assert_verdict(interpret_verdicts, request)
 
 
 GPU_CASES = [
@@ -228,12 +221,5 @@ def test_triton_gpu_128k_bf16_matches_vs_scores():
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--interpret"]:
-    assert os.environ.get("TRITON_INTERPRET") == "1"
     for check, cases in ((_check_case, CPU_CASES), (_check_select, SELECT_CASES), (_check_flex, FLEX_CASES)):
-        for c in cases:
-            try:
-                check(c.values[0])
-                verdict = None
-            except Exception:  # noqa: BLE001  (report every failure kind, not only assertions)
-                verdict = traceback.format_exc(limit=3)
-            print(json.dumps({c.id: verdict}), flush=True)
+        report_verdicts(check, cases)

@@ -13,7 +13,6 @@ import math
 import os
 import subprocess
 import sys
-import traceback
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,7 @@ from sparsebench.executors import execute
 from sparsebench.methods.xattn import (XAttention, block_mask_to_selection, find_blocks, profile_thresholds,
                                        thresholds_from_scores)
 from sparsebench.selection import causal_pairs
-from sparsebench.testing import interpreter_verdicts
+from sparsebench.testing import assert_verdict, interpreter_verdicts, report_verdicts
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -348,9 +347,7 @@ def interpret_verdicts():
 
 @pytest.mark.parametrize("case", CPU_CASES)
 def test_triton_selection_equals_reference_interpret(case, request, interpret_verdicts):
-    cid = request.node.callspec.id
-    assert cid in interpret_verdicts, f"case {cid} did not report"
-    assert interpret_verdicts[cid] is None, interpret_verdicts[cid]
+    assert_verdict(interpret_verdicts, request)
 
 
 GPU_CASES = [
@@ -401,11 +398,4 @@ def test_long_select_memory_gpu(shape):
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--interpret"]:
-    assert os.environ.get("TRITON_INTERPRET") == "1"
-    for c in CPU_CASES:
-        try:
-            _check_exact(c.values[0])
-            verdict = None
-        except Exception:  # noqa: BLE001  (report every failure kind, not only assertions)
-            verdict = traceback.format_exc(limit=3)
-        print(json.dumps({c.id: verdict}), flush=True)
+    report_verdicts(_check_exact, CPU_CASES)
