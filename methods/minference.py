@@ -181,25 +181,11 @@ def vs_scores_triton(q: torch.Tensor, k: torch.Tensor, last_q: int, scale: float
 
 def vs_scores_naive(q: torch.Tensor, k: torch.Tensor, last_q: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """`vs_scores` the way the official code computes it: one query head at a time against its KV head's keys,
-    diagonals gathered one by one."""
-    B, H, T, _ = q.shape
-    HKV, S = k.shape[1], k.shape[2]
-    G = H // HKV
-    L = min(last_q, T)
-    dev = q.device
-    pos = torch.arange(S - L, S, device=dev)
-    cols = torch.arange(S, device=dev)
-    key_of = pos[:, None] - cols[None, :]  # [L, S]: key on offset o (column) for row i
-    vertical = torch.empty(B, H, S, dtype=torch.float32, device=dev)
-    slash = torch.empty(B, H, S, dtype=torch.float32, device=dev)
-    for h in range(H):
-        s = _scaled_logits(q[:, h, T - L:], k[:, h // G], scale)  # [B, L, S], input dtype
-        s = s.masked_fill(cols[None, :] > pos[:, None], float("-inf"))
-        p = torch.softmax(s, dim=-1, dtype=torch.float32)
-        vertical[:, h] = p.sum(-2)
-        on_diag = p.gather(-1, key_of.clamp(min=0).expand(B, L, S))
-        slash[:, h] = torch.where(key_of >= 0, on_diag, torch.zeros_like(on_diag)).sum(-2)
-    return vertical, slash
+    diagonals gathered one by one (`kernels/last_q_scores`' reference, which also pins the fused kernel)."""
+    from sparsebench.kernels.last_q_scores import last_q_scores_naive
+
+    L = min(last_q, q.shape[2])
+    return last_q_scores_naive(q[:, :, q.shape[2] - L:], k, scale)
 
 
 def pooled_block_scores(q: torch.Tensor, k: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
