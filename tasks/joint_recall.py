@@ -411,7 +411,20 @@ JR_QUESTIONS = ("\n\nNow give the value of each key below in the context it is l
                 "per question, in the form \"number. value\".\n\n")
 
 
-class JointRecall:
+class _NumberedAnswers:
+    """What the two text tasks share: prompt i from `_sample(tokenizer, seq_len, seed, i)`, numbered answers."""
+
+    def samples(self, tokenizer, seq_len: int, n: int, seed: int) -> Iterator[Sample]:
+        """n prompts; prompt i is a pure function of (seq_len, seed, i)."""
+        for i in range(n):
+            yield self._sample(tokenizer, seq_len, seed, i)
+
+    def score(self, sample: Sample, output: str) -> dict[str, float]:
+        """Fraction of the numbered questions answered with the right value (module docstring: exact rules)."""
+        return {"accuracy": score_numbered(sample.targets, output)}
+
+
+class JointRecall(_NumberedAnswers):
     """Joint recall as text: contexts x keys -> values, then numbered questions (see the module docstring).
 
     Args:
@@ -542,15 +555,6 @@ class JointRecall:
                   "answer_prefix": ANSWER_PREFIX},
         )
 
-    def samples(self, tokenizer, seq_len: int, n: int, seed: int) -> Iterator[Sample]:
-        """n prompts; prompt i is a pure function of (seq_len, seed, i)."""
-        for i in range(n):
-            yield self._sample(tokenizer, seq_len, seed, i)
-
-    def score(self, sample: Sample, output: str) -> dict[str, float]:
-        """Fraction of the numbered questions answered with the right value (module docstring: exact rules)."""
-        return {"accuracy": score_numbered(sample.targets, output)}
-
 
 # ------------------------------------------------------------------------------------------------ text: MQAR
 MQAR_INTRO = ("Below is a list of keys, each with its value. Memorize them. I will ask about some of the keys "
@@ -574,7 +578,7 @@ def power_law_draw(rng: random.Random, n: int, k: int, power_a: float) -> list[i
     return out
 
 
-class MQAR:
+class MQAR(_NumberedAnswers):
     """Multi-query associative recall as text: `key: value` lines filling the prompt, then numbered questions.
 
     Args:
@@ -654,12 +658,3 @@ class MQAR:
                   "query_keys": [words.words[p] for p in asked], "query_distances": [n - 1 - p for p in asked],
                   "answer_prefix": ANSWER_PREFIX},
         )
-
-    def samples(self, tokenizer, seq_len: int, n: int, seed: int) -> Iterator[Sample]:
-        """n prompts; prompt i is a pure function of (seq_len, seed, i)."""
-        for i in range(n):
-            yield self._sample(tokenizer, seq_len, seed, i)
-
-    def score(self, sample: Sample, output: str) -> dict[str, float]:
-        """Fraction of the numbered questions answered with the right value (module docstring: exact rules)."""
-        return {"accuracy": score_numbered(sample.targets, output)}
