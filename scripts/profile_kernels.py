@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_kernels import cuda_graph, random_selection  # noqa: E402  (one selection recipe for both scripts)
+from bench_kernels import bench_ms, cuda_graph, random_selection  # noqa: E402  (one selection recipe for both scripts)
 
 from sparsebench.executors import flex_execute, to_flex_block_mask  # noqa: E402
 
@@ -45,12 +45,8 @@ def parse_cases(text: str):
     return out
 
 
-def _median_ms(fn, warmup=50, rep=200):
-    from triton.testing import do_bench
-
-    fn()
-    torch.cuda.synchronize()
-    return float(do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
+def _median_ms(fn):
+    return bench_ms(fn, torch.device("cuda"), warmup=50, rep=200)
 
 
 def _host_ms(fn, n=200):
