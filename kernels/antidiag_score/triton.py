@@ -155,19 +155,11 @@ _TUNED: dict[tuple, tuple] = {}
 
 def _tuned_config(key, call) -> tuple:
     """The fastest candidate for `key`, timing `call(cfg)` for each on first use (a candidate that fails to compile
-    for this GPU is skipped)."""
+    for this GPU is skipped; the default if all do)."""
     if key not in _TUNED:
-        from triton.testing import do_bench
+        from .._tune import fastest
 
-        best, best_ms = _CANDIDATES[0], float("inf")
-        for cand in _CANDIDATES:
-            try:
-                ms = do_bench(lambda cand=cand: call(cand), warmup=5, rep=20)
-            except Exception:  # noqa: BLE001, S112  (e.g. out of shared memory on this GPU)
-                continue
-            if ms < best_ms:
-                best, best_ms = cand, ms
-        _TUNED[key] = best
+        _TUNED[key] = fastest(_CANDIDATES, call) or _CANDIDATES[0]
     return _TUNED[key]
 
 

@@ -272,18 +272,11 @@ def _launch(q, k, v, out, lse, kv_indices, kv_counts, extra_cols, extra_counts, 
 
 
 def _autotune(key, args, D, BQ, BK, pack):
-    from triton.testing import do_bench
+    from .._tune import fastest
 
-    best, best_ms = None, float("inf")
-    for cand in dict.fromkeys(_fit(c, D, BQ, BK, pack) for c in _CANDIDATES[max(D, 64)]):
-        try:
-            ms = do_bench(lambda cand=cand: _launch(*args, cfg=cand, interpret=False), warmup=5, rep=20)
-        except Exception:  # noqa: BLE001, S112  (a candidate that does not fit this GPU is skipped)
-            continue
-        if ms < best_ms:
-            best, best_ms = cand, ms
-    _TUNED[key] = best
-    return best
+    cands = dict.fromkeys(_fit(c, D, BQ, BK, pack) for c in _CANDIDATES[max(D, 64)])
+    _TUNED[key] = fastest(cands, lambda cand: _launch(*args, cfg=cand, interpret=False))
+    return _TUNED[key]
 
 
 def block_sparse_attn_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_indices: torch.Tensor,
