@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> str:
     from sparsebench import calibration
     from sparsebench.attention import SparseAttention, install, method_layers
     from sparsebench.methods.xattn import XAttention, profile_thresholds
-    from sparsebench.models import TemplatedTokenizer, encode_sample, load, uses_chat_template
+    from sparsebench.models import encode_sample, load, task_tokenizer
     from sparsebench.selection import Selection
     from sparsebench.tasks import TASKS
 
@@ -106,8 +106,7 @@ def main(argv: list[str] | None = None) -> str:
 
     install(model, Profiler(executor="reference"), layers, "reference", None)
     device = next(model.parameters()).device
-    templated = uses_chat_template(tok, cfg.model.chat_template)
-    task_tok = TemplatedTokenizer(tok, cfg.model.chat_template) if templated else tok
+    task_tok = task_tokenizer(tok, cfg.model.chat_template)
     seeds = [calibration.CALIB_SEED_OFFSET + i for i in range(args.n_samples)]
     prompt_shas = []
     for seed in seeds:

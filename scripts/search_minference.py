@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> Path:
     from sparsebench import calibration
     from sparsebench.attention import install, method_layers
     from sparsebench.methods.minference import SEARCH_KNOBS, SEARCH_SPACE, MInferenceSearch
-    from sparsebench.models import TemplatedTokenizer, encode_sample, load, uses_chat_template
+    from sparsebench.models import encode_sample, load, task_tokenizer
     from sparsebench.tasks import TASKS
 
     cfg = compose(args.overrides)
@@ -77,8 +77,7 @@ def main(argv: list[str] | None = None) -> Path:
     previous = getattr(model.config, "_attn_implementation", None) or "eager"
     install(model, recorder, layers, cfg.method.executor, None)
     device = next(model.parameters()).device
-    templated = uses_chat_template(tok, cfg.model.chat_template)
-    task_tok = TemplatedTokenizer(tok, cfg.model.chat_template) if templated else tok
+    task_tok = task_tokenizer(tok, cfg.model.chat_template)
     seed = calibration.CALIB_SEED_OFFSET + cfg.seed
     samples = list(itertools.islice(task.samples(task_tok, cfg.seq_len, args.samples, seed), args.samples))
     lengths = []

@@ -88,7 +88,7 @@ def resolve(cfg, method_cls, knobs: dict[str, Any], model, tok, task, calib_dir,
             n_prompts: int = 2) -> tuple[Any, dict]:
     """The knob value meeting `cfg.method.target_density`, from the store or computed now; returns (value, record)."""
     from sparsebench.attention import Meter, install
-    from sparsebench.models import TemplatedTokenizer, encode_sample, uses_chat_template
+    from sparsebench.models import TemplatedTokenizer, encode_sample, task_tokenizer
 
     target = float(cfg.method.target_density)
     if not 0 < target <= 1:
@@ -101,8 +101,8 @@ def resolve(cfg, method_cls, knobs: dict[str, Any], model, tok, task, calib_dir,
     # prompts fitted and encoded exactly as the run does (chat template included), so the calibration prefills what
     # the evaluation will
     mode = cfg.model.get("chat_template", "none")
-    templated = uses_chat_template(tok, mode)
-    task_tok = TemplatedTokenizer(tok, mode) if templated else tok
+    task_tok = task_tokenizer(tok, mode)
+    templated = isinstance(task_tok, TemplatedTokenizer)
     samples = []
     for s in seeds:
         samples.extend(list(task.samples(task_tok, cfg.seq_len, 1, s))[:1])

@@ -224,6 +224,11 @@ def encode_sample(tokenizer, sample, mode: str, **kw):
     return tokenizer(text, add_special_tokens=not uses_chat_template(tokenizer, mode), **kw)["input_ids"]
 
 
+def task_tokenizer(tokenizer, mode: str):
+    """The tokenizer tasks count prompts with: a `TemplatedTokenizer` when a chat template is in use, else itself."""
+    return TemplatedTokenizer(tokenizer, mode) if uses_chat_template(tokenizer, mode) else tokenizer
+
+
 class TemplatedTokenizer:
     """A tokenizer view for tasks: counts a prompt as the model will see it, chat template included, so the length
     rule holds for templated prompts too. Everything else is delegated to the wrapped tokenizer.

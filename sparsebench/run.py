@@ -220,7 +220,7 @@ def execute(job: Job) -> tuple[list[Row], list[dict], list[dict]]:
     from sparsebench import flops
     from sparsebench.attention import Meter, install, method_layers
     from sparsebench.executors import resolve
-    from sparsebench.models import TemplatedTokenizer, encode_sample, load, uses_chat_template
+    from sparsebench.models import encode_sample, load, task_tokenizer
 
     cfg = job.cfg
     model, tok, info = load(cfg.model, cfg.paths.cache_dir)
@@ -247,8 +247,7 @@ def execute(job: Job) -> tuple[list[Row], list[dict], list[dict]]:
     if callable(getattr(job.task, "run", None)):
         return _execute_hook(job, model, tok, info, device, method.label, meter, calib)
     used: set[str] = set()
-    templated = uses_chat_template(tok, cfg.model.chat_template)
-    task_tok = TemplatedTokenizer(tok, cfg.model.chat_template) if templated else tok
+    task_tok = task_tokenizer(tok, cfg.model.chat_template)
     samples = list(job.task.samples(task_tok, cfg.seq_len, cfg.n_samples, cfg.seed))
     sample_recs, layer_recs = [], []
 
