@@ -131,6 +131,19 @@ def _time_ms(fn, device):
     return (time.perf_counter() - t) * 1e3
 
 
+def _cost_inputs(L, shape, device):
+    """Random q, k, v (bf16 on a GPU, fp32 on a CPU; seed 0) and the attention context for one cost length."""
+    from sparsebench.attention import AttnContext
+
+    H, HKV, D = shape
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    g = torch.Generator(device=device).manual_seed(0)
+    q = torch.randn(1, H, L, D, device=device, dtype=dtype, generator=g)
+    k = torch.randn(1, HKV, L, D, device=device, dtype=dtype, generator=g)
+    v = torch.randn(1, HKV, L, D, device=device, dtype=dtype, generator=g)
+    return q, k, v, AttnContext(0, H, HKV, D, D ** -0.5)
+
+
 def graph_part(seq_lens, shape, rows_rows):
     """Each estimator's `select` replayed from a CUDA graph, where it can be captured (no host synchronisation
     inside): the estimation time without host launch cost, i.e. how much of `estimation_ms` is launch overhead.
@@ -141,15 +154,11 @@ def graph_part(seq_lens, shape, rows_rows):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_kernels import cuda_graph
 
-    from sparsebench.attention import AttnContext
     from sparsebench.methods import METHODS as REGISTRY
 
     H, HKV, D = shape
     for L in seq_lens:
-        g = torch.Generator(device="cuda").manual_seed(0)
-        q = torch.randn(1, H, L, D, device="cuda", dtype=torch.bfloat16, generator=g)
-        k = torch.randn(1, HKV, L, D, device="cuda", dtype=torch.bfloat16, generator=g)
-        ctx = AttnContext(0, H, HKV, D, D ** -0.5)
+        q, k, _, ctx = _cost_inputs(L, shape, "cuda")
         for label, name, knobs in COST_VARIANTS + GPU_COST_VARIANTS:
             common = dict(part="graph", method=label, seq_len=L, heads=H, kv_heads=HKV, head_dim=D)
             try:
@@ -167,17 +176,11 @@ def graph_part(seq_lens, shape, rows_rows):
 
 
 def cost_part(seq_lens, shape, device, rows_rows):
-    from sparsebench.attention import AttnContext
     from sparsebench.methods import METHODS as REGISTRY
 
     H, HKV, D = shape
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
     for L in seq_lens:
-        g = torch.Generator(device=device).manual_seed(0)
-        q = torch.randn(1, H, L, D, device=device, dtype=dtype, generator=g)
-        k = torch.randn(1, HKV, L, D, device=device, dtype=dtype, generator=g)
-        v = torch.randn(1, HKV, L, D, device=device, dtype=dtype, generator=g)
-        ctx = AttnContext(0, H, HKV, D, D ** -0.5)
+        q, k, v, ctx = _cost_inputs(L, shape, device)
 
         def dense():
             ctxm = (torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.CUDNN_ATTENTION)
