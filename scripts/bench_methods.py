@@ -175,6 +175,43 @@ def graph_part(seq_lens, shape, rows_rows):
             print(f"graph   L={L} {label:<16} select as a CUDA-graph replay {ms:.3f} ms")
 
 
+def profile_part(seq_lens, shape, device, rows_rows, n=3, top=12):
+    """torch.profiler over `n` calls of each estimator's `select`: per call, the GPU kernels' summed device time and
+    the wall time, and the top ops by device time (printed). With device time well below wall time the estimator is
+    bound by its host code and launches; otherwise the listed kernels are where its time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from sparsebench.methods import METHODS as REGISTRY
+
+    H, HKV, D = shape
+    for L in seq_lens:
+        q, k, _, ctx = _cost_inputs(L, shape, device)
+        cuda = device == "cuda"
+        sync = torch.cuda.synchronize if cuda else (lambda: None)
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        for label, name, knobs in COST_VARIANTS + (GPU_COST_VARIANTS if cuda else ()):
+            m = REGISTRY.get(name)(**knobs)
+            with torch.inference_mode():
+                m.select(q, k, ctx)
+                sync()
+                t0 = time.perf_counter()
+                with profile(activities=acts) as prof:
+                    for _ in range(n):
+                        m.select(q, k, ctx)
+                    sync()
+                wall = (time.perf_counter() - t0) * 1e3 / n
+            kern = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+            dev_ms = sum(getattr(e, "device_time", 0.0) for e in kern) / 1e3 / n
+            launches = len(kern) / n
+            common = dict(part="profile", method=label, seq_len=L, heads=H, kv_heads=HKV, head_dim=D, status="ok")
+            for metric, val in (("device_ms", dev_ms), ("wall_ms_profiled", wall), ("kernels_per_call", launches)):
+                rows_rows.append(dict(common, metric=metric, value=val))
+            print(f"\n=== profile L={L} {label}: {dev_ms:.3f} ms of GPU kernels, {launches:.0f} kernels, "
+                  f"{wall:.3f} ms wall per call (profiled)")
+            print(prof.key_averages().table(sort_by="device_time_total" if cuda else "cpu_time_total",
+                                            row_limit=top, max_name_column_width=60))
+
+
 def cost_part(seq_lens, shape, device, rows_rows):
     from sparsebench.methods import METHODS as REGISTRY
 
@@ -220,7 +257,9 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=2)
     ap.add_argument("--smoke", action="store_true", help="CPU plumbing check: 1K recall, small cost shapes")
     ap.add_argument("--parts", default="recall,cost", help="recall, cost, graph (GPU: estimators replayed from CUDA "
-                    "graphs, at the cost lengths), comma-separated")
+                    "graphs, at the cost lengths), profile (GPU: torch.profiler breakdown of each estimator at "
+                    "--profile-lens), comma-separated")
+    ap.add_argument("--profile-lens", default="32768,131072")
     ap.add_argument("--autotune", action="store_true",
                     help="let the Triton kernels time their tile candidates on first use per shape "
                          "(SPARSEBENCH_ANTIDIAG_AUTOTUNE=1, SPARSEBENCH_BSA_AUTOTUNE=1); off: the fixed defaults")
@@ -231,8 +270,8 @@ def main() -> None:
         import os
 
         os.environ["SPARSEBENCH_ANTIDIAG_AUTOTUNE"] = os.environ["SPARSEBENCH_BSA_AUTOTUNE"] = "1"
-    if not parts or parts - {"recall", "cost", "graph"}:
-        ap.error(f"--parts {args.parts!r}: choose from recall, cost, graph")
+    if not parts or parts - {"recall", "cost", "graph", "profile"}:
+        ap.error(f"--parts {args.parts!r}: choose from recall, cost, graph, profile")
     device = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
     recall_lens = [1024] if args.smoke else [int(x) for x in args.recall_lens.split(",")]
     cost_lens = [1024] if args.smoke else [int(x) for x in args.cost_lens.split(",")]
@@ -243,6 +282,9 @@ def main() -> None:
         recall_part(recall_lens, targets, 1 if args.smoke else args.prompts, device, rows)
     if "cost" in parts:
         cost_part(cost_lens, shape, device, rows)
+    if "profile" in parts:
+        profile_part(cost_lens if args.smoke else [int(x) for x in args.profile_lens.split(",")], shape, device,
+                     rows)
     if "graph" in parts:
         if device != "cuda":
             ap.error("--parts graph needs a CUDA GPU")

@@ -12,7 +12,8 @@ For each case (T, H, HKV, D, executed density) it builds the same random kv_head
 and the same for Triton variants that change only the launch shape: `triton_nopack` (the kv_head lists expanded to
 query_head lists, so each query head gets its own programs and GQA packing is off), `triton_cfg=<BM>x<BN>w<W>s<S>`
 (other tile candidates), `triton_notma` (pointer loads instead of host-side TMA descriptors, which the launcher
-encodes at every call) and `triton_launch_only` (the bare `_launch` with preallocated outputs: the wrapper's cost is
+encodes at every call), `triton_jit` (the wrapper without its launch plans: every call through triton's argument
+binding and specialisation, as before the plans) and `triton_launch_only` (the bare `_launch` with preallocated outputs: the wrapper's cost is
 the difference). `--host-breakdown` prints a cProfile of the host path of one triton and one flex call. With a kernel time well below bench_ms, the call is host-bound; with kernel_ms close to
 bench_ms, the kernel itself is the limit, and the variants show whether parallelism or tiling moves it.
 
@@ -100,16 +101,28 @@ def triton_fns(q, k, v, sel):
         finally:
             bt._TMA = True
     fns["triton_notma"] = no_tma
+
+    class _NoPlans(dict):
+        def __setitem__(self, key, value):
+            pass
+
+    def jit_path():
+        plans, bt._PLANS = bt._PLANS, _NoPlans()
+        try:
+            return bt.block_sparse_attn_triton(q, k, v, idx, cnt, sel.block_q, sel.block_k)
+        finally:
+            bt._PLANS = plans
+    fns["triton_jit"] = jit_path
     cfg0 = bt._fit(bt._CANDIDATES[max(D, 64)][0], D, sel.block_q, sel.block_k, bt._pack(H, k.shape[1], idx.shape[1]))
     fns["triton_launch_only"] = lambda: bt._launch(q, k, v, out, lse, idx, cnt, None, None, sel.block_q, sel.block_k,
-                                                   scale, 0, None, cfg0, False)
+                                                   scale, 0, None, cfg=cfg0, interpret=False)
     for cand in bt._CANDIDATES[max(D, 64)][1:]:
         cfg = bt._fit(cand, D, sel.block_q, sel.block_k, bt._pack(H, k.shape[1], idx.shape[1]))
         name = "triton_cfg={}x{}w{}s{}".format(*cfg)
 
         def call(cfg=cfg):
-            bt._launch(q, k, v, out, lse, idx, cnt, None, None, sel.block_q, sel.block_k, scale, 0, None, cfg,
-                       False)
+            bt._launch(q, k, v, out, lse, idx, cnt, None, None, sel.block_q, sel.block_k, scale, 0, None, cfg=cfg,
+                       interpret=False)
         fns.setdefault(name, call)
     grids = {}
     for name, hs in (("triton", idx.shape[1]), ("triton_nopack", H)):

@@ -22,3 +22,14 @@ def test_bench_methods_smoke(tmp_path):
     cost = df[(df.part == "cost") & (df.metric == "estimation_share")]
     assert set(cost.method) == {"streaming", "minference_vs", "xattn_s8", "xattn_s16", "flexprefill", "pbs"}
     assert (cost.value > 0).all() and (cost.status == "ok").all()
+
+
+def test_bench_methods_profile_smoke(tmp_path):
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_methods.py"), "--smoke", "--parts", "profile",
+                          "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    df = pd.read_csv(tmp_path / "tables" / "bench_methods_profile.csv")
+    wall = df[df.metric == "wall_ms_profiled"].set_index("method")["value"]
+    assert set(wall.index) == {"streaming", "minference_vs", "xattn_s8", "xattn_s16", "flexprefill", "pbs"}
+    assert (wall > 0).all()
+    assert "=== profile L=1024 xattn_s8" in res.stdout and "aten::" in res.stdout  # the per-op table is printed

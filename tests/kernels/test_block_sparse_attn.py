@@ -221,3 +221,43 @@ def test_block_sparse_attn_gpu_autotune(monkeypatch):
     q, k, v, sel, kwd = make_case(1, 1000, 1000, 8, 2, 128, 128, 128, "kv_head", 0.5, dtype=torch.bfloat16)
     check(q, k, v, sel, kwd, 2e-2, device="cuda")
     assert len(bsa._TUNED) == 1 and next(iter(bsa._TUNED.values())) is not None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_block_sparse_attn_gpu_launch_plan(monkeypatch):
+    """A repeat call with new tensors of the same layout skips triton's JIT path (its launch plan is reused) and
+    still matches the reference, with and without the log-sum-exp; a misaligned tensor or int64 lists take the
+    checked path again and match too."""
+    from sparsebench.kernels.block_sparse_attn import triton as bsa
+
+    monkeypatch.setattr(bsa, "_PLANS", {})
+    q, k, v, sel, kwd = make_case(1, 700, 900, 8, 2, 128, 64, 64, "kv_head", 0.4, extra=20, dtype=torch.bfloat16)
+    check(q, k, v, sel, kwd, 2e-2, device="cuda")
+    assert len(bsa._PLANS) == 1
+    real_launch = bsa._launch
+
+    def no_jit(*a, **k):
+        raise AssertionError("the JIT launch path ran on a planned call")
+
+    monkeypatch.setattr(bsa, "_launch", no_jit)
+    q2, k2, v2, _, _ = make_case(1, 700, 900, 8, 2, 128, 64, 64, "kv_head", 0.4, dtype=torch.bfloat16, seed=7)
+    check(q2, k2, v2, sel, kwd, 2e-2, device="cuda")
+    dev = {n: x.cuda() if isinstance(x, torch.Tensor) else x for n, x in kwd.items()}
+    args = [x.cuda() for x in (q2, k2, v2, sel.kv_indices.to(torch.int32), sel.kv_counts.to(torch.int32))]
+    out_lse, _ = bsa.block_sparse_attn_triton(*args, sel.block_q, sel.block_k, return_lse=True, **dev)
+    bsa.block_sparse_attn_triton(*args, sel.block_q, sel.block_k, **dev)  # makes its own (lse-free) plan
+    out = bsa.block_sparse_attn_triton(*args, sel.block_q, sel.block_k, **dev)
+    torch.testing.assert_close(out, out_lse, rtol=1e-3, atol=1e-3)  # one compiled variant stores lse, one not
+
+    monkeypatch.setattr(bsa, "_launch", real_launch)
+    n_plans = len(bsa._PLANS)
+    buf = torch.empty(q2.numel() + 1, dtype=q2.dtype, device="cuda")
+    q_mis = buf[1:].view(q2.shape).copy_(q2)  # 2 bytes off a 16-byte boundary
+    assert q_mis.data_ptr() % 16
+    out_mis = bsa.block_sparse_attn_triton(q_mis, *args[1:], sel.block_q, sel.block_k, **dev)
+    torch.testing.assert_close(out_mis, out, rtol=1e-3, atol=1e-3)
+    assert len(bsa._PLANS) == n_plans  # misaligned calls make no plan
+    out64 = bsa.block_sparse_attn_triton(*args[:3], sel.kv_indices.cuda().long(), sel.kv_counts.cuda().long(),
+                                         sel.block_q, sel.block_k, **dev)
+    torch.testing.assert_close(out64, out, rtol=1e-3, atol=1e-3)
