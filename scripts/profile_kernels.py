@@ -152,6 +152,47 @@ def host_breakdown(fn, n=300, top=14) -> str:
     return buf.getvalue()
 
 
+def host_steps(q, k, v, sel, n=2000) -> str:
+    """Host time of each step of a planned triton call (`_fast_call`), timed alone over `n` repetitions."""
+    from triton.backends.nvidia.driver import make_tensordesc_arg
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    from sparsebench.kernels.block_sparse_attn import triton as bt
+
+    idx, cnt = sel.kv_indices.to(torch.int32).contiguous(), sel.kv_counts.to(torch.int32).contiguous()
+    bt.block_sparse_attn_triton(q, k, v, idx, cnt, sel.block_q, sel.block_k)
+    plan = next(p for key, p in bt._PLANS.items() if key[0] == q.shape and key[-2] is False and key[-1])
+    runner, template, tma, shape, dtype, _, kernel = plan
+    B, HKV, S, D = k.shape
+    flat, strides, block = tma if tma else ((B * HKV * S, D), (D, 1), [64, D])
+    kd = TensorDescriptor(k.view(flat), flat, strides, block)
+    meta = (getattr(kernel.metadata, "tensordesc_meta", None) or [None])[0]
+    a = list(template)
+    o = torch.empty_like(q)
+    a[:bt._N_TENSOR_ARGS] = (q, k, v, kd, kd, o, o, idx, cnt, idx, cnt)
+    steps = {
+        "full planned call": lambda: bt.block_sparse_attn_triton(q, k, v, idx, cnt, sel.block_q, sel.block_k),
+        "torch.empty(out)": lambda: torch.empty(shape, dtype=dtype, device=q.device),
+        "k.view(flat)": lambda: k.view(flat),
+        "TensorDescriptor(...)": lambda: TensorDescriptor(k.view(flat), flat, strides, block),
+        f"make_tensordesc_arg (meta {'set' if meta else 'None'})": lambda: make_tensordesc_arg(kd, meta),
+        "data_ptr alignment x5": lambda: bt._aligned(q, k, v, idx, cnt),
+        "runner(*args) (launch)": lambda: runner(*a),
+    }
+    lines = []
+    for name, fn in steps.items():
+        for _ in range(50):
+            fn()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        us = (time.perf_counter() - t0) * 1e6 / n
+        torch.cuda.synchronize()
+        lines.append(f"  {name:<32} {us:8.2f} us")
+    return "\n".join(lines)
+
+
 def profile_case(T, H, HKV, D, dens, dtype=torch.bfloat16, block=128, breakdown=False):
     dev = torch.device("cuda")
     gen = torch.Generator(device=dev).manual_seed(0)
@@ -164,6 +205,8 @@ def profile_case(T, H, HKV, D, dens, dtype=torch.bfloat16, block=128, breakdown=
     tfns, grids = triton_fns(q, k, v, sel)
     fns.update(tfns)
     if breakdown:
+        print(f"--- host steps of a planned triton call, T={T} H={H} HKV={HKV} D={D} density={dens}")
+        print(host_steps(q, k, v, sel))
         for name in ("triton", "flex"):
             print(f"--- host time of {name}, T={T} H={H} HKV={HKV} D={D} density={dens} (cProfile, 300 calls)")
             print(host_breakdown(fns[name]))

@@ -410,13 +410,13 @@ def _remember_plan(key, kernel, args, cfg):
     if const["USE_TMA"]:
         B, HKV, S, D = k.shape
         tma = ((B * HKV * S, D), (D, 1), [const["BLOCK_N"], D])
-    _PLANS[key] = (kernel[grid], template, tma, q.shape, q.dtype, lse is not None)
+    _PLANS[key] = (kernel[(*grid, 1)], template, tma, q.shape, q.dtype, lse is not None, kernel)
 
 
 def _fast_call(plan, q, k, v, idx, cnt, xc, xn):
     """Repeat a planned launch on new tensors: (out, lse or None), or None when the tensors do not fit the plan's
     specialisation (misaligned or non-contiguous lists), which sends the call down the checked path."""
-    runner, template, tma, shape, dtype, with_lse = plan
+    runner, template, tma, shape, dtype, with_lse, _ = plan
     if idx.dtype != torch.int32 or not idx.is_contiguous() or cnt.dtype != torch.int32 or not cnt.is_contiguous():
         return None
     if xc is not None and (xc.dtype != torch.int32 or not xc.is_contiguous() or xn.dtype != torch.int32

@@ -116,10 +116,17 @@ def _kernels(interpret: bool):
     if interpret not in _KERNELS:
         tile = triton.jit(_tile_logits)
         g = dict(globals(), _tile_logits=tile)
-        stats = triton.jit(type(_lastq_stats)(_lastq_stats.__code__, g, "_lastq_stats"))
-        scores = triton.jit(type(_lastq_scores)(_lastq_scores.__code__, g, "_lastq_scores"))
-        _KERNELS[interpret] = (stats, scores)
+        _KERNELS[interpret] = (triton.jit(_rebind(_lastq_stats, g)), triton.jit(_rebind(_lastq_scores, g)))
     return _KERNELS[interpret]
+
+
+def _rebind(fn, g):
+    """`fn` with globals `g`. The annotations travel too: triton reads `tl.constexpr` from them, and a function
+    rebuilt from its code object alone has none (every constexpr would then be specialised as a runtime value)."""
+    new = type(fn)(fn.__code__, g, fn.__name__, fn.__defaults__, fn.__closure__)
+    new.__annotations__ = dict(fn.__annotations__)
+    new.__kwdefaults__ = fn.__kwdefaults__
+    return new
 
 
 def _pow2ceil(x: int) -> int:

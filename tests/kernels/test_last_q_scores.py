@@ -223,3 +223,16 @@ def test_triton_gpu_128k_bf16_matches_vs_scores():
 if __name__ == "__main__" and sys.argv[1:] == ["--interpret"]:
     for check, cases in ((_check_case, CPU_CASES), (_check_select, SELECT_CASES), (_check_flex, FLEX_CASES)):
         report_verdicts(check, cases)
+
+
+def test_compiled_kernels_keep_their_constexprs():
+    """The GPU-mode kernels are rebuilt with the jitted helper in their globals; triton must still see every
+    `tl.constexpr` parameter (a rebuilt function without annotations made PREC a runtime str: no launch compiled)."""
+    import triton  # noqa: F401  (the module imports it; here only to skip cleanly where it is absent)
+
+    from sparsebench.kernels.last_q_scores import triton as lq
+
+    stats, scores = lq._kernels(False)
+    assert [p.name for p in stats.params if p.is_constexpr] == ["D", "BD", "RC", "NCH", "BLOCK_N", "INTERPRET", "PREC"]
+    assert [p.name for p in scores.params if p.is_constexpr] == ["D", "BD", "RC", "NCH", "BLOCK_N", "BT", "INTERPRET",
+                                                                 "PREC"]
