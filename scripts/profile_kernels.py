@@ -229,12 +229,48 @@ def profile_case(T, H, HKV, D, dens, dtype=torch.bfloat16, block=128, breakdown=
     return rows
 
 
+def antidiag_candidates(seq_lens, strides=(8, 16), H=32, HKV=8, D=128) -> list[dict]:
+    """XAttention's scoring kernel at each tile candidate, as a share of cuDNN dense causal attention on the same
+    inputs (what the estimation target is stated in)."""
+    from sparsebench.kernels.antidiag_score import triton as ad
+
+    rows = []
+    dev = torch.device("cuda")
+    for L in seq_lens:
+        gen = torch.Generator(device=dev).manual_seed(0)
+        q = torch.randn(1, H, L, D, device=dev, dtype=torch.bfloat16, generator=gen)
+        k = torch.randn(1, HKV, L, D, device=dev, dtype=torch.bfloat16, generator=gen)
+        v = torch.randn(1, HKV, L, D, device=dev, dtype=torch.bfloat16, generator=gen)
+
+        def dense():
+            with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.CUDNN_ATTENTION):
+                torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        dense_ms = _median_ms(dense)
+        for st in strides:
+            for cand in ad._CANDIDATES:
+                bm, bn, w, s = cand
+                try:
+                    ms = _median_ms(lambda: ad.antidiag_block_scores_triton(q, k, st, 128, D ** -0.5, block_m=bm,
+                                                                            block_n=bn, num_warps=w, num_stages=s))
+                except Exception as e:  # noqa: BLE001
+                    print(f"antidiag L={L} stride={st} {cand}: {type(e).__name__}: {str(e)[:80]}")
+                    continue
+                rows.append({"kernel": f"antidiag_s{st}_{bm}x{bn}w{w}s{s}", "seq_len": L, "heads": H,
+                             "kv_heads": HKV, "head_dim": D, "bench_ms": ms, "dense_ms": dense_ms,
+                             "share_of_dense": ms / dense_ms})
+                print(f"antidiag L={L} stride={st} {cand}: {ms:.3f} ms = {ms / dense_ms:.4f} x dense "
+                      f"({dense_ms:.3f} ms)")
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", default=DEFAULT_CASES, help="T:H:HKV:D:density,... (default: %(default)s)")
     ap.add_argument("--out-dir", default=None, help="write tables/profile_kernels.csv under this folder")
     ap.add_argument("--host-breakdown", action="store_true",
                     help="also print a cProfile of the host time of triton and flex calls (first case)")
+    ap.add_argument("--antidiag", default=None, metavar="L,L",
+                    help="also time XAttention's scoring kernel's tile candidates at these lengths (strides 8, 16)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("profile_kernels.py needs a CUDA GPU", file=sys.stderr)
@@ -244,6 +280,12 @@ def main(argv=None) -> int:
     rows = []
     for i, case in enumerate(parse_cases(args.cases)):
         rows += profile_case(*case, breakdown=args.host_breakdown and i == 0)
+    if args.antidiag:
+        ad_rows = antidiag_candidates([int(x) for x in args.antidiag.split(",")])
+        if args.out_dir and ad_rows:
+            p = Path(args.out_dir) / "tables" / "profile_antidiag.csv"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            pd.DataFrame(ad_rows).assign(device=torch.cuda.get_device_name()).to_csv(p, index=False)
     df = pd.DataFrame(rows)
     flex = df[df.kernel == "flex"].set_index(["seq_len", "heads", "head_dim", "target_density"])["bench_ms"]
     df["flex_over"] = [flex.get((r.seq_len, r.heads, r.head_dim, r.target_density), float("nan")) / r.bench_ms
