@@ -246,19 +246,24 @@ def antidiag_candidates(seq_lens, strides=(8, 16), H=32, HKV=8, D=128) -> list[d
             with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.CUDNN_ATTENTION):
                 torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         dense_ms = _median_ms(dense)
+        extra = [(128, 128, 8, 3), (128, 128, 8, 4), (128, 64, 4, 4), (64, 128, 4, 4), (128, 128, 4, 4)]
         for st in strides:
-            for cand in ad._CANDIDATES:
+            for tma, cand in [(True, c) for c in ad._CANDIDATES + extra] + [(False, ad._CANDIDATES[0])]:
                 bm, bn, w, s = cand
+                ad._TMA = tma
                 try:
                     ms = _median_ms(lambda: ad.antidiag_block_scores_triton(q, k, st, 128, D ** -0.5, block_m=bm,
                                                                             block_n=bn, num_warps=w, num_stages=s))
                 except Exception as e:  # noqa: BLE001
-                    print(f"antidiag L={L} stride={st} {cand}: {type(e).__name__}: {str(e)[:80]}")
+                    print(f"antidiag L={L} stride={st} tma={tma} {cand}: {type(e).__name__}: {str(e)[:80]}")
                     continue
-                rows.append({"kernel": f"antidiag_s{st}_{bm}x{bn}w{w}s{s}", "seq_len": L, "heads": H,
+                finally:
+                    ad._TMA = True
+                tag = "" if tma else "_notma"
+                rows.append({"kernel": f"antidiag_s{st}_{bm}x{bn}w{w}s{s}{tag}", "seq_len": L, "heads": H,
                              "kv_heads": HKV, "head_dim": D, "bench_ms": ms, "dense_ms": dense_ms,
                              "share_of_dense": ms / dense_ms})
-                print(f"antidiag L={L} stride={st} {cand}: {ms:.3f} ms = {ms / dense_ms:.4f} x dense "
+                print(f"antidiag L={L} stride={st} tma={tma} {cand}: {ms:.3f} ms = {ms / dense_ms:.4f} x dense "
                       f"({dense_ms:.3f} ms)")
     return rows
 

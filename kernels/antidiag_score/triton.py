@@ -34,12 +34,12 @@ __all__ = ["antidiag_block_scores_triton", "supports"]
 _LOG2E = 1.4426950408889634
 
 
-def _antidiag_fwd(Q, K, OUT, CS, MU,
+def _antidiag_fwd(Q, K, QD, KD, OUT, CS, MU,
                   sqb, sqh, sqt, skb, skh, sks, sob, soh, soq, scb, sci, smb, smi,
                   T, S, H, G, I0, NROWS, SR, NK, NQC, C_OFF, scale_log2,
                   STRIDE: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, R: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MAX_TILES: tl.constexpr,
-                  INTERPRET: tl.constexpr, PREC: tl.constexpr):
+                  INTERPRET: tl.constexpr, PREC: tl.constexpr, USE_TMA: tl.constexpr):
     # Later rows see more key tiles: launching them first shortens the tail of the grid.
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -64,27 +64,41 @@ def _antidiag_fwd(Q, K, OUT, CS, MU,
     cs_base = CS + pid_bh.to(tl.int64) * scb + i_loc.to(tl.int64)[:, None] * sci
     mu_base = MU + pid_bh.to(tl.int64) * smb + i_loc.to(tl.int64) * smi
 
+    # TMA views (T and S multiples of the stride, q/k contiguous): Q as [B*H*T/st, st*D], K as [B*HKV*S/st, st*D],
+    # so strided row i's query st-1-u is columns [(st-1-u)*D, (st-u)*D) of row i, and key tile j's key u is columns
+    # [u*D, (u+1)*D) of row j. Rows past this head's range read the next head's rows (or TMA's zero fill); they
+    # are masked below (keys) or never stored (queries).
+    q_row0 = ((b * H + h) * (T // STRIDE) + I0 + pid_m * BLOCK_M).to(tl.int32)
+    k_row0 = ((b * (H // G) + kvh) * (S // STRIDE)).to(tl.int32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     for n in range(MAX_TILES if INTERPRET else n_tiles):
         if n < n_tiles:
             j = n * BLOCK_N + nn
             acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-            for u in range(STRIDE):
-                # row i pairs its query st-1-u with tile j's key u: the antidiagonal of the st x st tile
-                tq = i * STRIDE + (STRIDE - 1 - u)
-                q_ok = row_ok & (tq < T)
-                tk = j * STRIDE + u
-                k_ok = tk < S
-                q_ptr = q_base + tq.to(tl.int64)[:, None] * sqt
-                k_ptr = k_base + tk.to(tl.int64)[:, None] * sks
-                for d0 in tl.static_range(0, D, BD):
-                    qt = tl.load(q_ptr + (d0 + dd)[None, :], mask=q_ok[:, None], other=0.0)
-                    kt = tl.load(k_ptr + (d0 + dd)[None, :], mask=k_ok[:, None], other=0.0)
-                    if INTERPRET:
-                        qt = qt.to(tl.float32)
-                        kt = kt.to(tl.float32)
+            if USE_TMA:
+                for c in range(STRIDE * (D // BD)):
+                    u = c // (D // BD)
+                    d0 = (c % (D // BD)) * BD
+                    qt = QD.load([q_row0, (STRIDE - 1 - u) * D + d0])
+                    kt = KD.load([k_row0 + n * BLOCK_N, u * D + d0])
                     acc = tl.dot(qt, tl.trans(kt), acc, input_precision=PREC)
+            else:
+                for u in range(STRIDE):
+                    # row i pairs its query st-1-u with tile j's key u: the antidiagonal of the st x st tile
+                    tq = i * STRIDE + (STRIDE - 1 - u)
+                    q_ok = row_ok & (tq < T)
+                    tk = j * STRIDE + u
+                    k_ok = tk < S
+                    q_ptr = q_base + tq.to(tl.int64)[:, None] * sqt
+                    k_ptr = k_base + tk.to(tl.int64)[:, None] * sks
+                    for d0 in tl.static_range(0, D, BD):
+                        qt = tl.load(q_ptr + (d0 + dd)[None, :], mask=q_ok[:, None], other=0.0)
+                        kt = tl.load(k_ptr + (d0 + dd)[None, :], mask=k_ok[:, None], other=0.0)
+                        if INTERPRET:
+                            qt = qt.to(tl.float32)
+                            kt = kt.to(tl.float32)
+                        acc = tl.dot(qt, tl.trans(kt), acc, input_precision=PREC)
             keep = (j[None, :] <= lim[:, None]) & (j[None, :] < SR)
             s = tl.where(keep, acc * scale_log2, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: tile 0 is allowed for every row
@@ -151,6 +165,9 @@ def supports(head_dim: int, stride: int, block_size: int) -> str | None:
 _CANDIDATES = [(64, 128, 4, 2), (128, 128, 8, 2), (128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 4, 3), (64, 256, 8, 2),
                (256, 64, 8, 2)]
 _TUNED: dict[tuple, tuple] = {}
+# Q/K tiles by TMA where the layout allows (Hopper+, 16-bit, T and S multiples of the stride, contiguous q/k);
+# False forces the pointer loads (scripts/profile_kernels.py --antidiag compares the two).
+_TMA = True
 
 
 def _tuned_config(key, call) -> tuple:
@@ -215,13 +232,27 @@ def antidiag_block_scores_triton(q: torch.Tensor, k: torch.Tensor, stride: int, 
     cs = torch.empty(B * H, nrows, nkt * (block_n // R), dtype=torch.float32, device=q.device)
     mu = torch.empty(B * H, nrows, nkt, dtype=torch.float32, device=q.device)
     grid = (triton.cdiv(nrows, block_m), B * H)
+    B_, HKV_ = q.shape[0], k.shape[1]
+    use_tma = (_TMA and not interpret and q.is_cuda and torch.cuda.get_device_capability(q.device)[0] >= 9
+               and q.dtype != torch.float32 and T % stride == 0 and S % stride == 0
+               and q.stride() == (H * T * D, T * D, D, 1) and k.stride() == (HKV * S * D, S * D, D, 1)
+               and q.data_ptr() % 16 == 0 and k.data_ptr() % 16 == 0)
+    if use_tma:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        bd = _head_slice(D)
+        qd = TensorDescriptor.from_tensor(q.view(B_ * H * T // stride, stride * D), [block_m, bd])
+        kd = TensorDescriptor.from_tensor(k.view(B_ * HKV_ * S // stride, stride * D), [block_n, bd])
+    else:
+        qd, kd = q, k
     _kernel(interpret)[grid](
-        q, k, out, cs, mu,
+        q, k, qd, kd, out, cs, mu,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         out.stride(0), out.stride(1), out.stride(2), cs.stride(0), cs.stride(1), mu.stride(0), mu.stride(1),
         T, S, H, H // HKV, i0, nrows, SR, NK, nqc, -(-(S - T) // stride), float(scale) * _LOG2E,
         STRIDE=stride, D=D, BD=_head_slice(D), R=R, BLOCK_M=block_m, BLOCK_N=block_n,
         # a constexpr: only the interpreter needs it (a per-length value would recompile the GPU kernel)
         MAX_TILES=nkt if interpret else 0,
-        INTERPRET=interpret, PREC="ieee" if interpret or q.dtype == torch.float32 else "tf32", num_warps=num_warps, num_stages=num_stages)
+        INTERPRET=interpret, PREC="ieee" if interpret or q.dtype == torch.float32 else "tf32", USE_TMA=use_tma,
+        num_warps=num_warps, num_stages=num_stages)
     return out

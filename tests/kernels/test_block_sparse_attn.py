@@ -223,6 +223,10 @@ def test_block_sparse_attn_gpu_autotune(monkeypatch):
     assert len(bsa._TUNED) == 1 and next(iter(bsa._TUNED.values())) is not None
 
 
+def _rel(a, b):
+    return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-6)).item()
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_block_sparse_attn_gpu_launch_plan(monkeypatch):
@@ -234,7 +238,7 @@ def test_block_sparse_attn_gpu_launch_plan(monkeypatch):
     monkeypatch.setattr(bsa, "_PLANS", {})
     q, k, v, sel, kwd = make_case(1, 700, 900, 8, 2, 128, 64, 64, "kv_head", 0.4, extra=20, dtype=torch.bfloat16)
     check(q, k, v, sel, kwd, 2e-2, device="cuda")
-    assert len(bsa._PLANS) == 1
+    assert len(bsa._PLANS) == 1, list(bsa._PLANS)
     real_launch = bsa._launch
 
     def no_jit(*a, **k):
@@ -248,7 +252,7 @@ def test_block_sparse_attn_gpu_launch_plan(monkeypatch):
     out_lse, _ = bsa.block_sparse_attn_triton(*args, sel.block_q, sel.block_k, return_lse=True, **dev)
     bsa.block_sparse_attn_triton(*args, sel.block_q, sel.block_k, **dev)  # makes its own (lse-free) plan
     out = bsa.block_sparse_attn_triton(*args, sel.block_q, sel.block_k, **dev)
-    torch.testing.assert_close(out, out_lse, rtol=1e-3, atol=1e-3)  # one compiled variant stores lse, one not
+    assert _rel(out, out_lse) < 2e-2, "lse-free variant"  # another compiled variant: bf16 roundings may differ
 
     monkeypatch.setattr(bsa, "_launch", real_launch)
     n_plans = len(bsa._PLANS)
@@ -256,8 +260,8 @@ def test_block_sparse_attn_gpu_launch_plan(monkeypatch):
     q_mis = buf[1:].view(q2.shape).copy_(q2)  # 2 bytes off a 16-byte boundary
     assert q_mis.data_ptr() % 16
     out_mis = bsa.block_sparse_attn_triton(q_mis, *args[1:], sel.block_q, sel.block_k, **dev)
-    torch.testing.assert_close(out_mis, out, rtol=1e-3, atol=1e-3)
+    assert _rel(out_mis, out) < 2e-2, "misaligned q"
     assert len(bsa._PLANS) == n_plans  # misaligned calls make no plan
     out64 = bsa.block_sparse_attn_triton(*args[:3], sel.kv_indices.cuda().long(), sel.kv_counts.cuda().long(),
                                          sel.block_q, sel.block_k, **dev)
-    torch.testing.assert_close(out64, out, rtol=1e-3, atol=1e-3)
+    assert _rel(out64, out) < 2e-2, "int64 lists"
