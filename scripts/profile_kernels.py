@@ -248,7 +248,7 @@ def antidiag_candidates(seq_lens, strides=(8, 16), H=32, HKV=8, D=128) -> list[d
         dense_ms = _median_ms(dense)
         extra = [(128, 128, 8, 3), (128, 128, 8, 4), (128, 64, 4, 4), (64, 128, 4, 4), (128, 128, 4, 4)]
         for st in strides:
-            for tma, cand in [(True, c) for c in ad._CANDIDATES + extra] + [(False, ad._CANDIDATES[0])]:
+            for tma, cand in [(True, c) for c in dict.fromkeys(ad._CANDIDATES + extra)] + [(False, ad._CANDIDATES[0])]:
                 bm, bn, w, s = cand
                 ad._TMA = tma
                 try:
