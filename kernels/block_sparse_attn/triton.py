@@ -46,7 +46,7 @@ def _bsa_fwd(Q, K, V, KD, VD, O, LSE, IDX, CNT, XCOL, XCNT,
              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, M_H: tl.constexpr, SUBQ: tl.constexpr,
              SUBK: tl.constexpr, EVEN_BK: tl.constexpr, USE_TMA: tl.constexpr, HAS_WINDOW: tl.constexpr,
              HAS_EXTRA: tl.constexpr, INTERPRET: tl.constexpr, PREC: tl.constexpr, I_MAXK: tl.constexpr,
-             I_MAXC: tl.constexpr, STORE_LSE: tl.constexpr, FUTURE_SLACK: tl.constexpr):
+             I_MAXC: tl.constexpr, STORE_LSE: tl.constexpr):
     # Latest query tiles have the longest causal lists: launching them first shortens the tail of the grid.
     pid_t = tl.num_programs(0) - 1 - tl.program_id(0)
     pid_h = tl.program_id(1)
@@ -96,57 +96,54 @@ def _bsa_fwd(Q, K, V, KD, VD, O, LSE, IDX, CNT, XCOL, XCNT,
         kb = tl.minimum(tl.maximum(tl.load(idx_base + j // SUBK), 0), NK - 1)
         sub = j % SUBK
         n0 = kb * BK + sub * BLOCK_N
-        # A key sub-tile wholly after the tile's last query (the upper half of a diagonal block split into row
-        # sub-tiles, or a listed future block) contributes nothing: skipped unless FUTURE_SLACK disables it.
-        if n0 <= p_hi + FUTURE_SLACK:
-            cols = n0 + nn
-            if USE_TMA:
-                # K/V seen as [B*HKV*S, D]: a tile running past S reads the next head's rows (or TMA's zero fill),
-                # all of which the causal rule removes.
-                k = KD.load([kv_row0 + n0, 0])
-                v = VD.load([kv_row0 + n0, 0])
-            else:
-                # Clamping instead of masking keeps the loads unpredicated; rows past S are removed by the causal rule.
-                cols_ld = tl.minimum(cols, S - 1).to(tl.int64)
-                k = tl.load(k_base + cols_ld[:, None] * sks + d[None, :])
-                v = tl.load(v_base + cols_ld[:, None] * svs + d[None, :])
-            if INTERPRET:
-                k = k.to(tl.float32)
-                v = v.to(tl.float32)
-            qk = tl.dot(q, tl.trans(k), input_precision=PREC)
+        cols = n0 + nn
+        if USE_TMA:
+            # K/V seen as [B*HKV*S, D]: a tile running past S reads the next head's rows (or TMA's zero fill),
+            # all of which the causal rule removes.
+            k = KD.load([kv_row0 + n0, 0])
+            v = VD.load([kv_row0 + n0, 0])
+        else:
+            # Clamping instead of masking keeps the loads unpredicated; rows past S are removed by the causal rule.
+            cols_ld = tl.minimum(cols, S - 1).to(tl.int64)
+            k = tl.load(k_base + cols_ld[:, None] * sks + d[None, :])
+            v = tl.load(v_base + cols_ld[:, None] * svs + d[None, :])
+        if INTERPRET:
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+        qk = tl.dot(q, tl.trans(k), input_precision=PREC)
 
-            if EVEN_BK:
-                n_hi = n0 + BLOCK_N - 1
-                need = n_hi > p_lo
-            else:
-                n_hi = tl.minimum(n0 + BLOCK_N, kb * BK + BK) - 1
-                need = (n_hi > p_lo) | (sub == SUBK - 1)
+        if EVEN_BK:
+            n_hi = n0 + BLOCK_N - 1
+            need = n_hi > p_lo
+        else:
+            n_hi = tl.minimum(n0 + BLOCK_N, kb * BK + BK) - 1
+            need = (n_hi > p_lo) | (sub == SUBK - 1)
+        if HAS_WINDOW:
+            need = need | ((p_hi - n0 >= window) & (n_hi >= sink))
+        if INTERPRET:
+            need = need | (not live_j)
+        if need:
+            keep = cols[None, :] <= pos[:, None]
+            if INTERPRET:
+                keep = keep & live_j
             if HAS_WINDOW:
-                need = need | ((p_hi - n0 >= window) & (n_hi >= sink))
-            if INTERPRET:
-                need = need | (not live_j)
-            if need:
-                keep = cols[None, :] <= pos[:, None]
-                if INTERPRET:
-                    keep = keep & live_j
-                if HAS_WINDOW:
-                    keep = keep & (((pos[:, None] - cols[None, :]) < window) | (cols[None, :] < sink))
-                if not EVEN_BK:
-                    keep = keep & ((sub * BLOCK_N + nn) < BK)[None, :]
-                qk = tl.where(keep, qk, float("-inf"))
+                keep = keep & (((pos[:, None] - cols[None, :]) < window) | (cols[None, :] < sink))
+            if not EVEN_BK:
+                keep = keep & ((sub * BLOCK_N + nn) < BK)[None, :]
+            qk = tl.where(keep, qk, float("-inf"))
 
-            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-            # A row with no key yet has m = -inf; shifting by 0 instead keeps exp2 away from (-inf) - (-inf).
-            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.math.exp2(qk * qk_scale - m_use[:, None])
-            alpha = tl.math.exp2(m_i - m_use)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            if INTERPRET:
-                pv = tl.dot(p, v, input_precision=PREC)
-            else:
-                pv = tl.dot(p.to(v.dtype), v, input_precision=PREC)
-            acc = acc * alpha[:, None] + pv
-            m_i = m_new
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        # A row with no key yet has m = -inf; shifting by 0 instead keeps exp2 away from (-inf) - (-inf).
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(qk * qk_scale - m_use[:, None])
+        alpha = tl.math.exp2(m_i - m_use)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if INTERPRET:
+            pv = tl.dot(p, v, input_precision=PREC)
+        else:
+            pv = tl.dot(p.to(v.dtype), v, input_precision=PREC)
+        acc = acc * alpha[:, None] + pv
+        m_i = m_new
 
     if HAS_EXTRA:
         # Single key tokens gathered BLOCK_N at a time; always masked (liveness, causality, window).
@@ -218,8 +215,6 @@ _INTERPRET_CONFIG = (64, 32, 4, 1)
 # K/V by TMA where possible; False forces pointer loads (scripts/profile_kernels.py compares the launch cost: host-side
 # descriptors are encoded at every launch).
 _TMA = True
-# Skip key sub-tiles that lie wholly after a tile's last query; False computes them masked (profile comparison).
-_SKIP_FUTURE = True
 _TUNED: dict[tuple, tuple] = {}
 
 
@@ -279,8 +274,7 @@ def _launch_args(q, k, v, out, lse, kv_indices, kv_counts, extra_cols, extra_cou
            T, S, H, HKV, H // HKV, H // HS, MAXK, scale * _LOG2E, int(sink), int(window) if window is not None else 0)
     const = dict(D=D, BQ=BQ, BK=BK, PACK=pack, USE_TMA=use_tma, HAS_WINDOW=window is not None, HAS_EXTRA=has_extra,
                  INTERPRET=interpret, PREC="ieee" if f32 else "tf32", I_MAXK=MAXK if interpret else 0,
-                 I_MAXC=xc.shape[-1] if interpret else 0, STORE_LSE=store_lse,
-                 FUTURE_SLACK=0 if _SKIP_FUTURE else 1 << 30, **meta)
+                 I_MAXC=xc.shape[-1] if interpret else 0, STORE_LSE=store_lse, **meta)
     return grid, pos, const, options
 
 
@@ -328,7 +322,7 @@ def block_sparse_attn_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     if q.is_cuda and not _interpreting() and q.stride(-1) == k.stride(-1) == v.stride(-1) == 1:
         key = (q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype, k.dtype, v.dtype, q.device,
                kv_indices.shape, kv_counts.shape, None if extra_cols is None else (extra_cols.shape, getattr(extra_counts, "shape", None)),
-               block_q, block_k, scale, sink, window, return_lse, _SKIP_FUTURE, _TMA)
+               block_q, block_k, scale, sink, window, return_lse, _TMA)
         plan = _PLANS.get(key)
         if plan is not None:
             res = _fast_call(plan, q, k, v, kv_indices, kv_counts, extra_cols, extra_counts)
