@@ -46,7 +46,7 @@ def _bsa_fwd(Q, K, V, KD, VD, O, LSE, IDX, CNT, XCOL, XCNT,
              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, M_H: tl.constexpr, SUBQ: tl.constexpr,
              SUBK: tl.constexpr, EVEN_BK: tl.constexpr, USE_TMA: tl.constexpr, HAS_WINDOW: tl.constexpr,
              HAS_EXTRA: tl.constexpr, INTERPRET: tl.constexpr, PREC: tl.constexpr, I_MAXK: tl.constexpr,
-             I_MAXC: tl.constexpr, STORE_LSE: tl.constexpr):
+             I_MAXC: tl.constexpr, STORE_LSE: tl.constexpr, TRIM_LAST: tl.constexpr):
     # Latest query tiles have the longest causal lists: launching them first shortens the tail of the grid.
     pid_t = tl.num_programs(0) - 1 - tl.program_id(0)
     pid_h = tl.program_id(1)
@@ -88,6 +88,14 @@ def _bsa_fwd(Q, K, V, KD, VD, O, LSE, IDX, CNT, XCOL, XCNT,
 
     n_live = cnt * SUBK
     NK = (S + BK - 1) // BK
+    if TRIM_LAST:
+        # The list's last block (the diagonal one in a sorted list) may end in key sub-tiles wholly after this
+        # tile's last query, e.g. the upper half of a diagonal block split into row sub-tiles: they contribute
+        # nothing, so the trip count drops them (a branch inside the loop would cost the loads their pipelining).
+        kb_last = tl.minimum(tl.maximum(tl.load(idx_base + tl.maximum(cnt - 1, 0)), 0), NK - 1)
+        rel = p_hi - kb_last * BK
+        keep_subs = tl.where(rel < 0, 0, tl.minimum(rel // BLOCK_N + 1, SUBK))
+        n_live = tl.where(cnt > 0, n_live - (SUBK - keep_subs), 0)
     # The interpreter turns every assigned int into a 1-element array, which numpy 2 will not take as a range
     # bound; so there the loop walks the whole padded row (a constexpr, used inline) and masks the dead tail.
     for j in range(I_MAXK * SUBK if INTERPRET else n_live):
@@ -215,6 +223,10 @@ _INTERPRET_CONFIG = (64, 32, 4, 1)
 # K/V by TMA where possible; False forces pointer loads (scripts/profile_kernels.py compares the launch cost: host-side
 # descriptors are encoded at every launch).
 _TMA = True
+# Drop the trailing key sub-tiles of a list's last block that lie wholly after the tile's last query (see the
+# kernel). Off until measured on a GPU: `scripts/profile_kernels.py` times it as `triton_trim`. (Skipping them with a
+# branch inside the loop instead cost every case 10-30% on an H200: the K/V loads lost their pipelining.)
+_TRIM_LAST = False
 _TUNED: dict[tuple, tuple] = {}
 
 
@@ -274,7 +286,7 @@ def _launch_args(q, k, v, out, lse, kv_indices, kv_counts, extra_cols, extra_cou
            T, S, H, HKV, H // HKV, H // HS, MAXK, scale * _LOG2E, int(sink), int(window) if window is not None else 0)
     const = dict(D=D, BQ=BQ, BK=BK, PACK=pack, USE_TMA=use_tma, HAS_WINDOW=window is not None, HAS_EXTRA=has_extra,
                  INTERPRET=interpret, PREC="ieee" if f32 else "tf32", I_MAXK=MAXK if interpret else 0,
-                 I_MAXC=xc.shape[-1] if interpret else 0, STORE_LSE=store_lse, **meta)
+                 I_MAXC=xc.shape[-1] if interpret else 0, STORE_LSE=store_lse, TRIM_LAST=_TRIM_LAST, **meta)
     return grid, pos, const, options
 
 
@@ -322,7 +334,7 @@ def block_sparse_attn_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     if q.is_cuda and not _interpreting() and q.stride(-1) == k.stride(-1) == v.stride(-1) == 1:
         key = (q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype, k.dtype, v.dtype, q.device,
                kv_indices.shape, kv_counts.shape, None if extra_cols is None else (extra_cols.shape, getattr(extra_counts, "shape", None)),
-               block_q, block_k, scale, sink, window, return_lse, _TMA)
+               block_q, block_k, scale, sink, window, return_lse, _TRIM_LAST, _TMA)
         plan = _PLANS.get(key)
         if plan is not None:
             res = _fast_call(plan, q, k, v, kv_indices, kv_counts, extra_cols, extra_counts)

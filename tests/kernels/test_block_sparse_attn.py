@@ -113,6 +113,7 @@ def _p(B, T, S, H, HKV, D, BQ, BK, gran, density=0.5, **kw):
     tag = "".join(f"-{n}{kw[n]}" for n in ("window", "sink", "extra") if kw.get(n))
     tag += "-empty" if kw.get("empty") else ""
     tag += "-bthd" if kw.get("bthd") else ""
+    tag += "-trim" if kw.get("trim") else ""
     tag += f"-{str(kw['dtype']).split('.')[-1]}" if "dtype" in kw else ""
     s = f"-S{S}" if S != T else ""
     return pytest.param((B, T, S, H, HKV, D, BQ, BK, gran, density), kw,
@@ -142,11 +143,21 @@ CPU_CASES = [
     _p(1, 160, 160, 4, 4, 32, 32, 32, "query_head", 0.5, empty=True),
     _p(1, 100, 100, 8, 1, 32, 32, 32, "kv_head", 0.3, extra=3, empty=True),
     _p(1, 90, 120, 4, 2, 32, 32, 32, "kv_head", 0.5, bthd=True),
+    # the kernel's opt-in trimming of the last block's wholly-future key sub-tiles (64-blocks, 32-wide key tiles)
+    _p(1, 200, 200, 4, 1, 32, 64, 64, "kv_head", 0.3, trim=True),
+    _p(1, 150, 300, 4, 2, 64, 64, 64, "kv_head", 1.0, trim=True),
+    _p(1, 100, 130, 3, 1, 32, 24, 40, "kv_head", 0.5, trim=True),
+    _p(1, 200, 256, 4, 1, 32, 64, 64, "shared", window=40, sink=4, trim=True),
+    _p(1, 160, 160, 4, 1, 32, 64, 64, "kv_head", 0.3, extra=6, empty=True, trim=True),
 ]
 
 
 def _run_cpu_case(shape, kw):
+    from sparsebench.kernels.block_sparse_attn import triton as bt
+
     B, T, S, H, HKV, D, BQ, BK, gran, density = shape
+    kw = dict(kw)
+    bt._TRIM_LAST = kw.pop("trim", False)
     q, k, v, sel, kwd = make_case(B, T, S, H, HKV, D, BQ, BK, gran, density, **kw)
     check(q, k, v, sel, kwd, 1e-3 if q.dtype == torch.float32 else 2e-3)
 
@@ -267,3 +278,17 @@ def test_block_sparse_attn_gpu_launch_plan(monkeypatch):
     out64 = bsa.block_sparse_attn_triton(*args[:3], sel.kv_indices.cuda().long(), sel.kv_counts.cuda().long(),
                                          sel.block_q, sel.block_k, **dev)
     assert _rel(out64, out) < 2e-2, "int64 lists"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("shape", [(1, 1000, 1000, 8, 2, 128, 128, 128, "kv_head", 0.3),
+                                   (1, 700, 900, 4, 1, 256, 128, 128, "kv_head", 1.0),
+                                   (1, 1000, 1000, 4, 4, 64, 64, 64, "query_head", 0.5)])
+def test_block_sparse_attn_gpu_trim_last(shape, monkeypatch):
+    """The opt-in trimming of the last block's wholly-future key sub-tiles matches the reference on the GPU."""
+    from sparsebench.kernels.block_sparse_attn import triton as bsa
+
+    monkeypatch.setattr(bsa, "_TRIM_LAST", True)
+    q, k, v, sel, kwd = make_case(*shape, dtype=torch.bfloat16)
+    check(q, k, v, sel, kwd, 2e-2, device="cuda")
