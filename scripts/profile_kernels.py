@@ -277,6 +277,44 @@ def antidiag_candidates(seq_lens, strides=(8, 16), H=32, HKV=8, D=128) -> list[d
     return rows
 
 
+def lastq_candidates(seq_lens, last_qs=(64, 128), H=32, HKV=8, D=128) -> list[dict]:
+    """The last-query vertical/slash scorer (`kernels/last_q_scores`, MInference's and FlexPrefill's estimation
+    core) per (block_n, num_warps), next to the torch path `methods.minference.vs_scores`, as a share of cuDNN dense
+    causal attention on the same inputs."""
+    from sparsebench.kernels.last_q_scores import last_q_scores_triton
+    from sparsebench.methods.minference import vs_scores
+
+    rows = []
+    dev = torch.device("cuda")
+    for L in seq_lens:
+        gen = torch.Generator(device=dev).manual_seed(0)
+        q = torch.randn(1, H, L, D, device=dev, dtype=torch.bfloat16, generator=gen)
+        k = torch.randn(1, HKV, L, D, device=dev, dtype=torch.bfloat16, generator=gen)
+        v = torch.randn(1, HKV, L, D, device=dev, dtype=torch.bfloat16, generator=gen)
+
+        def dense():
+            with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.CUDNN_ATTENTION):
+                torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        dense_ms = _median_ms(dense)
+        for lq in last_qs:
+            ql = q[:, :, L - lq:]
+            cands = [("torch", None)] + [(f"bn{bn}w{w}", (bn, w)) for bn in (64, 128, 256) for w in (4, 8)]
+            for name, cfg in cands:
+                if cfg is None:
+                    fn = lambda: vs_scores(q, k, lq, D ** -0.5)  # noqa: E731
+                else:
+                    fn = lambda cfg=cfg: last_q_scores_triton(ql, k, D ** -0.5, block_n=cfg[0], num_warps=cfg[1])
+                try:
+                    ms = _median_ms(fn)
+                except Exception as e:  # noqa: BLE001
+                    print(f"lastq L={L} last_q={lq} {name}: {type(e).__name__}: {str(e)[:80]}")
+                    continue
+                rows.append({"kernel": f"lastq{lq}_{name}", "seq_len": L, "heads": H, "kv_heads": HKV, "head_dim": D,
+                             "bench_ms": ms, "dense_ms": dense_ms, "share_of_dense": ms / dense_ms})
+                print(f"lastq L={L} last_q={lq} {name}: {ms:.3f} ms = {ms / dense_ms:.4f} x dense ({dense_ms:.3f} ms)")
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", default=DEFAULT_CASES, help="T:H:HKV:D:density,... (default: %(default)s)")
@@ -285,6 +323,8 @@ def main(argv=None) -> int:
                     help="also print a cProfile of the host time of triton and flex calls (first case)")
     ap.add_argument("--antidiag", default=None, metavar="L,L",
                     help="also time XAttention's scoring kernel's tile candidates at these lengths (strides 8, 16)")
+    ap.add_argument("--lastq", default=None, metavar="L,L",
+                    help="also time the last-query vertical/slash scorer's tile options at these lengths")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("profile_kernels.py needs a CUDA GPU", file=sys.stderr)
@@ -300,6 +340,12 @@ def main(argv=None) -> int:
             p = Path(args.out_dir) / "tables" / "profile_antidiag.csv"
             p.parent.mkdir(parents=True, exist_ok=True)
             pd.DataFrame(ad_rows).assign(device=torch.cuda.get_device_name()).to_csv(p, index=False)
+    if args.lastq:
+        lq_rows = lastq_candidates([int(x) for x in args.lastq.split(",")])
+        if args.out_dir and lq_rows:
+            p = Path(args.out_dir) / "tables" / "profile_lastq.csv"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            pd.DataFrame(lq_rows).assign(device=torch.cuda.get_device_name()).to_csv(p, index=False)
     df = pd.DataFrame(rows)
     flex = df[df.kernel == "flex"].set_index(["seq_len", "heads", "head_dim", "target_density"])["bench_ms"]
     df["flex_over"] = [flex.get((r.seq_len, r.heads, r.head_dim, r.target_density), float("nan")) / r.bench_ms
