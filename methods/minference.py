@@ -467,7 +467,9 @@ class MInference(SparseAttention):
         kv_idx = kv_cnt = cols = ccnt = None
         if plan.has("vertical_slash") or plan.has("a_shape"):
             v_idx, s_off = self._vs_indices(q, k, ctx.scale, plan, naive)
-            kv_idx, kv_cnt, cols, ccnt = vertical_slash_to_blocks(v_idx, s_off, T, S, bs)
+            # on a GPU the extra-column compaction runs as one Triton kernel (same output bit for bit)
+            extra = "triton" if q.is_cuda and not naive else "torch"
+            kv_idx, kv_cnt, cols, ccnt = vertical_slash_to_blocks(v_idx, s_off, T, S, bs, extra=extra)
         if plan.has("block_sparse"):
             top_k = max(1, int(self.top_k * self.budget_scale))
             lists = block_sparse_lists_naive if naive else block_sparse_lists

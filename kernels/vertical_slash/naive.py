@@ -72,7 +72,7 @@ def _diagonal_map(o: torch.Tensor, live: torch.Tensor, c: int, rows: int, bs: in
 
 
 def vertical_slash_to_blocks(v_idx: torch.Tensor, s_idx: torch.Tensor, q_len: int, k_len: int,
-                             block_size: int = 64):
+                             block_size: int = 64, extra: str = "torch"):
     """Block lists and extra columns for vertical columns `v_idx` and slash offsets `s_idx` (module docstring).
 
     Args:
@@ -80,6 +80,9 @@ def vertical_slash_to_blocks(v_idx: torch.Tensor, s_idx: torch.Tensor, q_len: in
         s_idx: `[B, HS, NS]` integer diagonal offsets (NS may be 0).
         q_len, k_len: `T` and `S` (S >= T).
         block_size: query and key block size `bs`.
+        extra: how the extra columns are compacted: `torch` (this module's vectorised gather/cumsum/scatter) or
+            `triton` (one program per (head, query block) in `triton.py`; CUDA or `TRITON_INTERPRET=1`). Same
+            output, bit for bit.
 
     Returns:
         `(kv_indices [B, HS, NQ, MAXK], kv_counts [B, HS, NQ], extra_cols [B, HS, NQ, MAXC], extra_counts
@@ -91,6 +94,8 @@ def vertical_slash_to_blocks(v_idx: torch.Tensor, s_idx: torch.Tensor, q_len: in
         raise ValueError(f"v_idx {tuple(v_idx.shape)} and s_idx {tuple(s_idx.shape)} must be [B, HS, N] alike")
     if k_len < q_len or q_len < 1 or block_size < 1:
         raise ValueError(f"need k_len >= q_len >= 1 and block_size >= 1; got {q_len}, {k_len}, {block_size}")
+    if extra not in ("torch", "triton"):
+        raise ValueError(f"extra={extra!r}: choose torch or triton")
     bs = block_size
     B, HS, NV = v_idx.shape
     NS = s_idx.shape[-1]
@@ -143,6 +148,12 @@ def vertical_slash_to_blocks(v_idx: torch.Tensor, s_idx: torch.Tensor, q_len: in
     fmap = torch.zeros(B, HS, nf, dtype=torch.bool, device=dev)
     if x_hi > x_lo:
         fmap[..., x_lo:x_hi] = maps[0][..., x_lo + d:x_hi + d]
+    if extra == "triton":
+        from .triton import extra_columns_triton
+
+        out_c, out_n = extra_columns_triton(v, v_cmp, kbv, fmap, maps[-1] if len(maps) == 2 else None,
+                                            NQ + A, q_len, k_len, bs, NQ, NK)  # NQ + A == base[-1]
+        return kv_indices, kv_counts, out_c, out_n
     y = (NK - 1 - kbv).long()
     ragged = len(maps) == 2
     rows_per_chunk = max(1, _MAX_ELEMS // max(1, NQ * NV))

@@ -7,12 +7,15 @@ p_lo / p_hi are the first / last positions of t's query block).
 """
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from sparsebench.kernels.vertical_slash import vertical_slash_attn_naive, vertical_slash_to_blocks
 
 from sparsebench.executors import execute
 from sparsebench.selection import Selection, causal_pairs
+from sparsebench.testing import assert_verdict, interpreter_verdicts, report_verdicts
 
 
 def build(v_idx, s_idx, T, S, bs=64, H=None, HKV=None):
@@ -220,6 +223,42 @@ def test_reference_execution_equals_dense_masked_attention(case):
     assert torch.equal(vertical_slash_attn_naive(q, k, v, v_idx, s_idx, bs), out)
 
 
+# ------------------------------------------------------------------ extra-column compaction in Triton (interpreter)
+# (B, HS, T, S, bs, NV, NS, seed): ragged and whole last query blocks, S > T, NV = 1, long and short column lists
+EXTRA_CASES = [pytest.param(c, id="B{}-HS{}-T{}-S{}-bs{}-NV{}-NS{}-seed{}".format(*c)) for c in [
+    (1, 2, 300, 300, 64, 40, 5, 0), (2, 3, 257, 400, 64, 300, 20, 1), (1, 1, 128, 128, 32, 1, 1, 2),
+    (1, 4, 90, 93, 16, 1100, 7, 3), (2, 1, 1, 65, 64, 10, 3, 4), (1, 2, 500, 630, 64, 64, 0, 5)]]
+
+
+def _check_extra_triton(case):
+    B, HS, T, S, bs, NV, NS, seed = case
+    v, s = random_inputs(B, HS, T, S, NV, NS, seed)
+    want = vertical_slash_to_blocks(v, s, T, S, bs)
+    got = vertical_slash_to_blocks(v, s, T, S, bs, extra="triton")
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+
+
+@pytest.fixture(scope="module")
+def extra_verdicts():
+    return interpreter_verdicts(__file__)
+
+
+@pytest.mark.parametrize("case", EXTRA_CASES)
+def test_triton_extra_columns_equal_torch(case, request, extra_verdicts):
+    """The Triton compaction of the extra columns gives the torch build's output bit for bit (interpreter)."""
+    assert_verdict(extra_verdicts, request)
+
+
+def test_bad_extra_mode_raises():
+    with pytest.raises(ValueError, match="extra='cuda'"):
+        vertical_slash_to_blocks(torch.zeros(1, 1, 1), torch.zeros(1, 1, 1), 8, 8, 4, extra="cuda")
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--interpret"]:
+    report_verdicts(_check_extra_triton, EXTRA_CASES)  # interpreter worker for `extra_verdicts`
+
+
 # ---------------------------------------------------------------------------------------------- GPU
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -227,17 +266,16 @@ def test_gpu_build_equals_cpu_and_does_not_sync():
     v, s = random_inputs(1, 8, 2000, 2100, 300, 40, 11)
     want = vertical_slash_to_blocks(v, s, 2000, 2100)
     vc, sc = v.cuda(), s.cuda()
-    vertical_slash_to_blocks(vc, sc, 2000, 2100)  # warm the allocator and kernels
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        got = vertical_slash_to_blocks(vc, sc, 2000, 2100)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    for a, b in zip(got[:2], want[:2]):  # block lists: same entries in the same order
-        assert torch.equal(a.cpu(), b)
-    for a, b in zip(got[2:], want[2:]):
-        assert torch.equal(a.cpu(), b)
+    for extra in ("torch", "triton"):
+        vertical_slash_to_blocks(vc, sc, 2000, 2100, extra=extra)  # warm the allocator and kernels
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            got = vertical_slash_to_blocks(vc, sc, 2000, 2100, extra=extra)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        for a, b in zip(got, want):  # same entries in the same order
+            assert torch.equal(a.cpu(), b), extra
 
 
 @pytest.mark.gpu
