@@ -264,10 +264,21 @@ def block_sparse_lists_naive(q: torch.Tensor, k: torch.Tensor, block_size: int, 
 
 def top_ranked(scores: torch.Tensor, sizes: torch.Tensor, width: int, forced: int) -> torch.Tensor:
     """Indices of the `sizes[h]` best entries per `[B, H]` row (-1 past the size), the first `forced` entries ranked
-    +inf; ties: lower index first (stable descending sort)."""
+    +inf; ties: lower index first (the order of a stable descending sort).
+
+    fp32 scores are ranked by `torch.topk` over unique int64 keys (order-preserving score bits, then the reversed
+    index), which is the stable sort's order exactly and, for a width well below the row length, several times
+    cheaper than sorting the whole row (MInference's 1000 columns of 128K keys)."""
     sc = scores.clone()
     sc[..., :forced] = float("inf")
-    order = torch.sort(sc, dim=-1, descending=True, stable=True).indices[..., :width]
+    N = sc.shape[-1]
+    if sc.dtype == torch.float32 and 0 < width <= N // 4:
+        bits = (sc + 0.0).view(torch.int32)  # + 0.0: -0.0 ties with 0.0, as in the float comparison
+        bits = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # IEEE order for negative floats too
+        key = (bits.to(torch.int64) << 32) | (N - 1 - torch.arange(N, device=sc.device))
+        order = N - 1 - (torch.topk(key, width, dim=-1, largest=True, sorted=True).values & 0xFFFFFFFF)
+    else:
+        order = torch.sort(sc, dim=-1, descending=True, stable=True).indices[..., :width]
     live = torch.arange(width, device=scores.device)[None, :] < sizes[:, None]
     return torch.where(live, order, -1)
 

@@ -531,3 +531,32 @@ def test_scores_kernel_choice_is_checked():
         q, k, _ = qk(1, 2, 1, 128, 128, 16)
         with pytest.raises(ValueError, match="needs a CUDA device"):
             MInference(scores_kernel="triton", vertical_size=8, slash_size=8).select(q, k, ctx_for(q, k))
+
+
+@pytest.mark.parametrize("kind", ["random", "ties", "signed_zeros", "tiny"])
+def test_top_ranked_topk_path_is_the_stable_sort_order(kind):
+    """The topk-over-unique-keys ranking equals the stable descending sort (and the Python reference), ties and
+    signed zeros included."""
+    from sparsebench.methods.minference import top_ranked, top_ranked_naive
+
+    g = torch.Generator().manual_seed(3)
+    for N in (40, 257, 1000):
+        if kind == "random":
+            sc = torch.rand(2, 3, N, generator=g)
+        elif kind == "ties":
+            sc = torch.randint(0, 4, (2, 3, N), generator=g).float()
+        elif kind == "signed_zeros":
+            sc = torch.randn(2, 3, N, generator=g)
+            sc[..., ::3], sc[..., 1::5] = -0.0, 0.0
+        else:
+            sc = torch.randint(-2, 3, (2, 3, N), generator=g).float() * 1e-30
+        width = N // 5
+        sizes = torch.tensor([width, width // 2, 0])
+        for forced in (0, 3):
+            got = top_ranked(sc, sizes, width, forced)
+            ref = sc.clone()
+            ref[..., :forced] = float("inf")
+            order = torch.sort(ref, dim=-1, descending=True, stable=True).indices[..., :width]
+            want = torch.where(torch.arange(width)[None, :] < sizes[:, None], order, -1)
+            assert torch.equal(got, want)
+            assert torch.equal(got, top_ranked_naive(sc, sizes.tolist(), width, forced))
