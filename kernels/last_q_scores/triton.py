@@ -1,17 +1,25 @@
 """Fused Triton kernel for the vertical and slash scores of the last L queries: same output as
 `naive.last_q_scores_naive` (which pins the semantics), without materialising their `[B, H, L, S]` softmax.
 
-The grid is (key tile of `BLOCK_N` keys, query head); every program takes all L rows, `RC` at a time, and the head
-dim in `BD`-wide slices (head dim 256 fits in shared memory). The logits are rounded as
+The grid is (key tile of `BLOCK_N` keys, pack of query heads). By default (`pack_heads=True`) a pack is the G = H/HKV
+query heads of one KV head, so each program loads its K tile for all of them instead of G programs loading it once
+each; `pack_heads=False` packs one head (grid (key tiles, B*H)). A program takes its pack `GP` heads at a time
+(`NG` head groups): the rows of the group's heads, `RC` per head, are stacked into one `[GP*RC, BD] x [BD, BLOCK_N]`
+dot tile, and all L rows are covered `RC` at a time (`NCH` chunks). `GP` is capped so that a dot has at most 128 rows
+and the widest fp32 tile stays near the per-head kernel's footprint; the scores pass also holds the `[rows, BT]`
+diagonal gather, so it may stack fewer heads (at L=128, BLOCK_N=64: 4 heads per dot in pass 1, 1 in pass 2). The head
+dim is taken in `BD`-wide slices (head dim 256 fits in shared memory). The logits are rounded as
 `methods.minference._scaled_logits` rounds them (fp32 dot, scale in fp32, one rounding to the input dtype).
 
 * pass 1 (`_lastq_stats`): per (row, key tile), the tile's max `m_t` and `sum exp(s - m_t)`, written to scratch;
   torch reduces them over the tiles to each row's final `(m, l)` (deterministic: no atomics).
-* pass 2 (`_lastq_scores`): the logits again, `p = exp(s - m) / l`; the tile's column sums are the program's own
-  slice of `vertical`; its diagonal sums (`tl.gather` skews each row chunk so that diagonals become columns) go to
-  a scratch `[B*H, n_tiles, BT]` (BT >= BLOCK_N + L - 1), and torch adds the overlapping partials of neighbouring
-  tiles into `slash` by shifted slice adds (deterministic).
+* pass 2 (`_lastq_scores`): the logits again, `p = exp(s - m) / l`; the tile's column sums (per head) are the
+  program's own slices of `vertical`; its diagonal sums (`tl.gather` skews each row chunk so that diagonals become
+  columns) go to a scratch `[B*H, n_tiles, BT]` (BT >= BLOCK_N + L - 1), and torch adds the overlapping partials of
+  neighbouring tiles into `slash` by shifted slice adds (deterministic).
 
+Both passes write the same scratch, per query head, whether heads are packed or not. Within a program the K tile's
+slices are loaded again for each row tile (`NG * NCH` times): after the first, from L1/L2 rather than DRAM.
 K is read at its KV head (`h // G`), never repeated. Under `TRITON_INTERPRET=1` the loads are cast to fp32 before
 `tl.dot` (the interpreter's low-precision dot is unreliable); the variable must be set before triton is first
 imported.
@@ -29,83 +37,96 @@ from .naive import _check
 __all__ = ["last_q_scores_triton", "supports"]
 
 
-def _tile_logits(q_base, k_base, rows, row_ok, keys, key_ok, sqt, sks, scale, S, L,
-                 D: tl.constexpr, BD: tl.constexpr, RC: tl.constexpr, BLOCK_N: tl.constexpr,
+def _tile_logits(q_rows, k_base, row, row_ok, keys, key_ok, sks, scale, S, L,
+                 D: tl.constexpr, BD: tl.constexpr, R: tl.constexpr, BLOCK_N: tl.constexpr,
                  INTERPRET: tl.constexpr, PREC: tl.constexpr):
+    """Masked logits `[R, BLOCK_N]` of `R` query rows (`q_rows`: each row's pointer, possibly of different heads
+    that share this K) against one key tile; `row` is each row's index among the last L (its causal position)."""
     dd = tl.arange(0, BD)
-    acc = tl.zeros([RC, BLOCK_N], dtype=tl.float32)
-    q_ptr = q_base + rows.to(tl.int64)[:, None] * sqt
+    acc = tl.zeros([R, BLOCK_N], dtype=tl.float32)
     k_ptr = k_base + keys.to(tl.int64)[:, None] * sks
     for d0 in tl.static_range(0, D, BD):
-        qt = tl.load(q_ptr + (d0 + dd)[None, :], mask=row_ok[:, None], other=0.0)
+        qt = tl.load(q_rows[:, None] + (d0 + dd)[None, :], mask=row_ok[:, None], other=0.0)
         kt = tl.load(k_ptr + (d0 + dd)[None, :], mask=key_ok[:, None], other=0.0)
         if INTERPRET:
             qt = qt.to(tl.float32)
             kt = kt.to(tl.float32)
         acc = tl.dot(qt, tl.trans(kt), acc, input_precision=PREC)
     # `_scaled_logits`: scale in fp32, one rounding to the input dtype
-    s = (acc * scale).to(q_base.dtype.element_ty).to(tl.float32)
-    pos = S - L + rows
+    s = (acc * scale).to(q_rows.dtype.element_ty).to(tl.float32)
+    pos = S - L + row
     keep = row_ok[:, None] & key_ok[None, :] & (keys[None, :] <= pos[:, None])
     return tl.where(keep, s, float("-inf"))
 
 
-def _lastq_stats(Q, K, MT, LT, sqb, sqh, sqt, skb, skh, sks, smb, smt, S, L, H, G, scale,
-                 D: tl.constexpr, BD: tl.constexpr, RC: tl.constexpr, NCH: tl.constexpr, BLOCK_N: tl.constexpr,
-                 INTERPRET: tl.constexpr, PREC: tl.constexpr):
+def _lastq_stats(Q, K, MT, LT, sqb, sqh, sqt, skb, skh, sks, smb, smt, S, L, H, G, HP, scale,
+                 D: tl.constexpr, BD: tl.constexpr, RC: tl.constexpr, NCH: tl.constexpr, GP: tl.constexpr,
+                 NG: tl.constexpr, BLOCK_N: tl.constexpr, INTERPRET: tl.constexpr, PREC: tl.constexpr):
     pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)
-    h = (pid_bh % H).to(tl.int64)
-    q_base = Q + b * sqb + h * sqh
-    k_base = K + b * skb + (h // G) * skh
+    pid_p = tl.program_id(1)
+    b = (pid_p // (H // HP)).to(tl.int64)
+    h0 = (pid_p % (H // HP)) * HP
+    k_base = K + b * skb + (h0 // G).to(tl.int64) * skh
     keys = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     key_ok = keys < S
-    out = pid_bh.to(tl.int64) * smb + pid_n.to(tl.int64) * smt
-    for c in tl.static_range(NCH):
-        rows = c * RC + tl.arange(0, RC)
-        row_ok = rows < L
-        s = _tile_logits(q_base, k_base, rows, row_ok, keys, key_ok, sqt, sks, scale, S, L,
-                         D, BD, RC, BLOCK_N, INTERPRET, PREC)
-        m = tl.max(s, 1)
-        m_safe = tl.where(m == float("-inf"), 0.0, m)  # a row that sees no key of this tile: l = 0
-        l = tl.sum(tl.exp(s - m_safe[:, None]), 1)
-        tl.store(MT + out + rows, m, mask=row_ok)
-        tl.store(LT + out + rows, l, mask=row_ok)
+    r = tl.arange(0, GP * RC)
+    for j in tl.static_range(NG):
+        hp = j * GP + r // RC  # head within the pack
+        bh = b * H + (h0 + hp).to(tl.int64)
+        q_head = Q + b * sqb + (h0 + hp).to(tl.int64) * sqh
+        out = bh * smb + pid_n.to(tl.int64) * smt
+        for c in tl.static_range(NCH):
+            row = c * RC + r % RC
+            row_ok = (hp < HP) & (row < L)
+            s = _tile_logits(q_head + row.to(tl.int64) * sqt, k_base, row, row_ok, keys, key_ok, sks, scale, S, L,
+                             D, BD, GP * RC, BLOCK_N, INTERPRET, PREC)
+            m = tl.max(s, 1)
+            m_safe = tl.where(m == float("-inf"), 0.0, m)  # a row that sees no key of this tile: l = 0
+            l = tl.sum(tl.exp(s - m_safe[:, None]), 1)
+            tl.store(MT + out + row, m, mask=row_ok)
+            tl.store(LT + out + row, l, mask=row_ok)
 
 
-def _lastq_scores(Q, K, M, LS, V, DG, sqb, sqh, sqt, skb, skh, sks, smb, svb, sdb, sdt, S, L, H, G, scale,
-                  D: tl.constexpr, BD: tl.constexpr, RC: tl.constexpr, NCH: tl.constexpr, BLOCK_N: tl.constexpr,
-                  BT: tl.constexpr, INTERPRET: tl.constexpr, PREC: tl.constexpr):
+def _lastq_scores(Q, K, M, LS, V, DG, sqb, sqh, sqt, skb, skh, sks, smb, svb, sdb, sdt, S, L, H, G, HP, scale,
+                  D: tl.constexpr, BD: tl.constexpr, RC: tl.constexpr, NCH: tl.constexpr, GP: tl.constexpr,
+                  NG: tl.constexpr, BLOCK_N: tl.constexpr, BT: tl.constexpr, INTERPRET: tl.constexpr,
+                  PREC: tl.constexpr):
     pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)
-    h = (pid_bh % H).to(tl.int64)
-    q_base = Q + b * sqb + h * sqh
-    k_base = K + b * skb + (h // G) * skh
-    nn = tl.arange(0, BLOCK_N)
-    keys = pid_n * BLOCK_N + nn
+    pid_p = tl.program_id(1)
+    b = (pid_p // (H // HP)).to(tl.int64)
+    h0 = (pid_p % (H // HP)) * HP
+    k_base = K + b * skb + (h0 // G).to(tl.int64) * skh
+    keys = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     key_ok = keys < S
     tt = tl.arange(0, BT)
-    col = tl.zeros([BLOCK_N], dtype=tl.float32)
-    diag = tl.zeros([BT], dtype=tl.float32)
-    for c in tl.static_range(NCH):
-        rl = tl.arange(0, RC)
-        rows = c * RC + rl
-        row_ok = rows < L
-        s = _tile_logits(q_base, k_base, rows, row_ok, keys, key_ok, sqt, sks, scale, S, L,
-                         D, BD, RC, BLOCK_N, INTERPRET, PREC)
-        m = tl.load(M + pid_bh.to(tl.int64) * smb + rows, mask=row_ok, other=0.0)
-        l = tl.load(LS + pid_bh.to(tl.int64) * smb + rows, mask=row_ok, other=1.0)
-        p = tl.exp(s - m[:, None]) / l[:, None]  # masked logits (-inf) give exactly 0
-        col += tl.sum(p, 0)
-        # diagonal t = row - key_in_tile + BLOCK_N - 1: entry (r, t) of the skewed chunk is p[r, rows[r] + BN-1 - t]
-        idx = rows[:, None] + (BLOCK_N - 1) - tt[None, :]
-        inside = (idx >= 0) & (idx < BLOCK_N)
-        g = tl.gather(p, tl.where(inside, idx, 0), 1)
-        diag += tl.sum(tl.where(inside, g, 0.0), 0)
-    tl.store(V + pid_bh.to(tl.int64) * svb + keys, col, mask=key_ok)
-    tl.store(DG + pid_bh.to(tl.int64) * sdb + pid_n.to(tl.int64) * sdt + tt, diag)
+    r = tl.arange(0, GP * RC)
+    gg = tl.arange(0, GP)
+    for j in tl.static_range(NG):
+        hp = j * GP + r // RC
+        bh = b * H + (h0 + hp).to(tl.int64)
+        q_head = Q + b * sqb + (h0 + hp).to(tl.int64) * sqh
+        col = tl.zeros([GP, BLOCK_N], dtype=tl.float32)
+        diag = tl.zeros([GP, BT], dtype=tl.float32)
+        for c in tl.static_range(NCH):
+            row = c * RC + r % RC
+            row_ok = (hp < HP) & (row < L)
+            s = _tile_logits(q_head + row.to(tl.int64) * sqt, k_base, row, row_ok, keys, key_ok, sks, scale, S, L,
+                             D, BD, GP * RC, BLOCK_N, INTERPRET, PREC)
+            m = tl.load(M + bh * smb + row, mask=row_ok, other=0.0)
+            l = tl.load(LS + bh * smb + row, mask=row_ok, other=1.0)
+            p = tl.exp(s - m[:, None]) / l[:, None]  # masked logits (-inf) give exactly 0
+            # rows are head-major (RC consecutive rows per head): splitting the row axis separates the heads
+            col += tl.sum(tl.reshape(p, [GP, RC, BLOCK_N]), 1)
+            # diagonal t = row - key_in_tile + BN - 1: entry (r, t) of the skewed chunk is p[r, row[r] + BN-1 - t]
+            idx = row[:, None] + (BLOCK_N - 1) - tt[None, :]
+            inside = (idx >= 0) & (idx < BLOCK_N)
+            g = tl.where(inside, tl.gather(p, tl.where(inside, idx, 0), 1), 0.0)
+            diag += tl.sum(tl.reshape(g, [GP, RC, BT]), 1)
+        hg = j * GP + gg
+        hg_ok = hg < HP
+        bhg = b * H + (h0 + hg).to(tl.int64)
+        tl.store(V + bhg[:, None] * svb + keys[None, :], col, mask=hg_ok[:, None] & key_ok[None, :])
+        tl.store(DG + bhg[:, None] * sdb + pid_n.to(tl.int64) * sdt + tt[None, :], diag, mask=hg_ok[:, None])
 
 
 _KERNELS: dict[bool, tuple] = {}
@@ -165,9 +186,27 @@ def _overlap_add(dg: torch.Tensor, S: int, L: int, block_n: int) -> torch.Tensor
     return acc.view(N, -1)[:, -c0:-c0 + S]
 
 
+def _heads_per_tile(hp: int, rc: int, width: int) -> int:
+    """How many of a pack's `hp` heads to stack into one row tile of `rc` rows each (a power of two): at most
+    `_MAX_ROWS` rows a dot, and a widest fp32 tile (`rows x width`) of at most `_MAX_TILE` elements, so the packed
+    tiles stay within the register footprint of the unpacked kernel at L <= 128 (32 x 256 for the diagonals)."""
+    gp = 1
+    while gp < hp and 2 * gp * rc <= _MAX_ROWS and 2 * gp * rc * width <= _MAX_TILE:
+        gp *= 2
+    return gp
+
+
+_MAX_ROWS = 128
+_MAX_TILE = 8192  # 64 fp32 registers a thread at 4 warps
+
+
 def last_q_scores_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float, block_n: int = 64,
-                         num_warps: int = 4, num_stages: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+                         num_warps: int = 4, num_stages: int = 2,
+                         pack_heads: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """`(vertical [B, H, S], slash [B, H, S])` fp32 of `last_q_scores_naive` (arguments as there).
+
+    `pack_heads`: one program per (key tile, KV head) serving its G query heads (default), else one per (key tile,
+    query head). Same outputs either way, up to the dot's summation order.
 
     Scratch: fp32 `[B*H, n_tiles, L]` twice (pass 1) and `[B*H, n_tiles, BT]` (diagonal partials), n_tiles =
     ceil(S / block_n), BT = next power of two >= block_n + L - 1.
@@ -183,10 +222,15 @@ def last_q_scores_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float, bl
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
     q = q_last if q_last.stride(-1) == 1 else q_last.contiguous()
     k = k if k.stride(-1) == 1 else k.contiguous()
+    G = H // HKV
+    HP = G if pack_heads else 1  # query heads a program serves
     RC = 16 if L <= 16 else 32
     NCH = -(-L // RC)
     BT = _pow2ceil(block_n + NCH * RC - 1)
     nt = -(-S // block_n)
+    # the scores pass also holds the gathered [rows, BT] diagonals, so it may stack fewer heads than the stats pass
+    gp_stats = _heads_per_tile(HP, RC, block_n)
+    gp_scores = _heads_per_tile(HP, RC, BT)
     dev = q.device
     mt = torch.empty(B * H, nt, L, dtype=torch.float32, device=dev)
     lt = torch.empty(B * H, nt, L, dtype=torch.float32, device=dev)
@@ -194,9 +238,10 @@ def last_q_scores_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float, bl
     prec = "ieee" if interpret or q.dtype == torch.float32 else "tf32"
     common = {"D": D, "BD": _head_slice(D), "RC": RC, "NCH": NCH, "BLOCK_N": block_n, "INTERPRET": interpret,
               "PREC": prec, "num_warps": num_warps, "num_stages": num_stages}
-    grid = (nt, B * H)
+    grid = (nt, B * H // HP)
     stats[grid](q, k, mt, lt, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-                mt.stride(0), mt.stride(1), S, L, H, H // HKV, float(scale), **common)
+                mt.stride(0), mt.stride(1), S, L, H, G, HP, float(scale), GP=gp_stats, NG=-(-HP // gp_stats),
+                **common)
     # final (m, l) per row, reduced over the key tiles in a fixed order
     m = mt.amax(1)
     l = (lt * torch.exp(mt - m[:, None])).sum(1)
@@ -204,7 +249,7 @@ def last_q_scores_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float, bl
     vertical = torch.empty(B * H, S, dtype=torch.float32, device=dev)
     dg = torch.empty(B * H, nt, BT, dtype=torch.float32, device=dev)
     scores[grid](q, k, m, l, vertical, dg, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1),
-                 k.stride(2), m.stride(0), vertical.stride(0), dg.stride(0), dg.stride(1), S, L, H, H // HKV,
-                 float(scale), BT=BT, **common)
+                 k.stride(2), m.stride(0), vertical.stride(0), dg.stride(0), dg.stride(1), S, L, H, G, HP,
+                 float(scale), GP=gp_scores, NG=-(-HP // gp_scores), BT=BT, **common)
     slash = _overlap_add(dg, S, L, block_n)
     return vertical.view(B, H, S), slash.reshape(B, H, S)

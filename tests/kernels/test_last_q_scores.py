@@ -83,21 +83,32 @@ def test_import_is_lazy():
 
 
 # ---------------------------------------------------------------------------------------------- Triton
-def _p(B, H, HKV, L, S, D, dtype="float32", block_n=64):
-    return pytest.param((B, H, HKV, L, S, D, dtype, block_n),
-                        id=f"B{B}-H{H}-HKV{HKV}-L{L}-S{S}-D{D}-{dtype}-bn{block_n}")
+def _p(B, H, HKV, L, S, D, dtype="float32", block_n=64, pack=True):
+    return pytest.param((B, H, HKV, L, S, D, dtype, block_n, pack),
+                        id=f"B{B}-H{H}-HKV{HKV}-L{L}-S{S}-D{D}-{dtype}-bn{block_n}-{'packed' if pack else 'perhead'}")
+
+
+def _both(*args, **kw):
+    """The case with the heads of a KV head packed into one program, and one program per query head."""
+    return [_p(*args, **kw, pack=True), _p(*args, **kw, pack=False)]
 
 
 CPU_CASES = [
-    _p(1, 2, 2, 16, 64, 64),
-    _p(1, 4, 1, 64, 200, 64),            # GQA 4
-    _p(2, 2, 1, 16, 333, 64, "float16"),
-    _p(1, 4, 1, 16, 333, 256),           # head dim 256 in slices, GQA 4
-    _p(1, 2, 2, 64, 64, 256, "float16"), # S == L
-    _p(1, 4, 1, 64, 333, 64, "float16"),
-    _p(1, 2, 1, 16, 200, 64, block_n=16),
-    _p(1, 2, 2, 100, 333, 64),           # L not a power of two, several row chunks
-    _p(1, 2, 1, 1, 70, 64),              # a single query row
+    *_both(1, 2, 2, 16, 64, 64),
+    *_both(1, 4, 1, 64, 200, 64),            # GQA 4
+    *_both(2, 2, 1, 16, 333, 64, "float16"),
+    *_both(1, 4, 1, 16, 333, 256),           # head dim 256 in slices, GQA 4
+    *_both(1, 2, 2, 64, 64, 256, "float16"), # S == L
+    *_both(1, 4, 1, 64, 333, 64, "float16"),
+    *_both(1, 2, 1, 16, 200, 64, block_n=16),
+    *_both(1, 2, 2, 100, 333, 64),           # L not a power of two, several row chunks
+    *_both(1, 2, 1, 1, 70, 64),              # a single query row
+    # packing: GQA 4 with L = 128 (the scores pass takes one head at a time), L not a multiple of the row chunk
+    *_both(1, 4, 1, 128, 150, 64),
+    *_both(2, 4, 2, 40, 101, 128, "float16"),  # GQA 2, D = 128, S not a multiple of BLOCK_N
+    *_both(1, 6, 2, 50, 77, 64),             # GQA 3: the packed tiles carry masked head slots
+    *_both(1, 8, 1, 24, 90, 256, "float16", block_n=32),  # GQA 8: both passes split the pack into head groups
+    *_both(1, 8, 1, 9, 40, 128),             # GQA 8, 16-row chunks: the stats pass stacks all 8 heads
 ]
 
 
@@ -107,14 +118,14 @@ def _check_case(case, device="cpu", tol=1e-5):
     probability by up to ~ulp(logit) relative; 1e-4 covers it."""
     from sparsebench.kernels.last_q_scores import last_q_scores_triton
 
-    B, H, HKV, L, S, D, dtype, block_n = case
+    B, H, HKV, L, S, D, dtype, block_n, pack = case
     q, k = _qk(B, H, HKV, L, S, D, getattr(torch, dtype))
     q, k = q.to(device), k.to(device)
     scale = 1.0 / math.sqrt(D)
     if dtype != "float32":
         tol = max(tol, 1e-4)
     vr, sr = last_q_scores_naive(q, k, scale)
-    v, s = last_q_scores_triton(q, k, scale, block_n=block_n)
+    v, s = last_q_scores_triton(q, k, scale, block_n=block_n, pack_heads=pack)
     assert v.shape == vr.shape == s.shape and v.dtype == s.dtype == torch.float32
     # relative to the largest score (the sums run up to L)
     for name, a, b in (("vertical", v, vr), ("slash", s, sr)):
@@ -188,10 +199,11 @@ def test_minference_triton_scores_select_like_torch(case, request, interpret_ver
 
 
 GPU_CASES = [
-    _p(1, 32, 8, 64, 32768, 128, "float16"),
-    _p(1, 8, 2, 64, 5001, 256, "float32"),
-    _p(1, 8, 8, 128, 4097, 64, "float16"),
-    _p(2, 4, 1, 16, 3000, 128, "float32", block_n=128),
+    *_both(1, 32, 8, 64, 32768, 128, "float16"),
+    *_both(1, 8, 2, 64, 5001, 256, "float32"),
+    *_both(1, 8, 8, 128, 4097, 64, "float16"),
+    *_both(2, 4, 1, 16, 3000, 128, "float32", block_n=128),
+    _p(1, 28, 4, 128, 4097, 128, "float16"),  # GQA 7 (Qwen2-7B-like), packed
 ]
 
 
@@ -204,7 +216,8 @@ def test_triton_gpu_matches_reference(case):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_triton_gpu_128k_bf16_matches_vs_scores():
+@pytest.mark.parametrize("pack", [True, False], ids=["packed", "perhead"])
+def test_triton_gpu_128k_bf16_matches_vs_scores(pack):
     """128K keys, llama-like heads, bf16: against MInference's torch path (bf16 logits: one-ulp rounding flips
     between GEMM orders, so a looser bound), and each row's mass sums to 1 on both views."""
     from sparsebench.kernels.last_q_scores import last_q_scores_triton
@@ -212,7 +225,7 @@ def test_triton_gpu_128k_bf16_matches_vs_scores():
 
     q, k = _qk(1, 32, 8, 64, 131072, 128, torch.bfloat16)
     q, k = q.cuda(), k.cuda()
-    v, s = last_q_scores_triton(q, k, 1 / math.sqrt(128))
+    v, s = last_q_scores_triton(q, k, 1 / math.sqrt(128), pack_heads=pack)
     vr, sr = vs_scores(q, k, 64, 1 / math.sqrt(128))
     torch.testing.assert_close(v.sum(-1), torch.full_like(v.sum(-1), 64.0), rtol=0, atol=1e-3)
     torch.testing.assert_close(s.sum(-1), torch.full_like(s.sum(-1), 64.0), rtol=0, atol=1e-3)
@@ -233,6 +246,7 @@ def test_compiled_kernels_keep_their_constexprs():
     from sparsebench.kernels.last_q_scores import triton as lq
 
     stats, scores = lq._kernels(False)
-    assert [p.name for p in stats.params if p.is_constexpr] == ["D", "BD", "RC", "NCH", "BLOCK_N", "INTERPRET", "PREC"]
-    assert [p.name for p in scores.params if p.is_constexpr] == ["D", "BD", "RC", "NCH", "BLOCK_N", "BT", "INTERPRET",
-                                                                 "PREC"]
+    assert [p.name for p in stats.params if p.is_constexpr] == ["D", "BD", "RC", "NCH", "GP", "NG", "BLOCK_N",
+                                                                "INTERPRET", "PREC"]
+    assert [p.name for p in scores.params if p.is_constexpr] == ["D", "BD", "RC", "NCH", "GP", "NG", "BLOCK_N", "BT",
+                                                                 "INTERPRET", "PREC"]
