@@ -255,7 +255,8 @@ def antidiag_candidates(seq_lens, strides=(8, 16), H=32, HKV=8, D=128) -> list[d
             with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.CUDNN_ATTENTION):
                 torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         dense_ms = _median_ms(dense)
-        extra = [(128, 128, 8, 3), (128, 128, 8, 4), (128, 64, 4, 4), (64, 128, 4, 4), (128, 128, 4, 4)]
+        extra = [(128, 128, 8, 3), (128, 128, 8, 4), (128, 64, 4, 4), (64, 128, 4, 4), (128, 128, 4, 4), (128, 256, 8, 3),
+                 (256, 128, 8, 3), (128, 128, 8, 5), (128, 128, 4, 5)]
         for st in strides:
             for tma, cand in [(True, c) for c in dict.fromkeys(ad._CANDIDATES + extra)] + [(False, ad._CANDIDATES[0])]:
                 bm, bn, w, s = cand

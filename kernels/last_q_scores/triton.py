@@ -20,6 +20,7 @@ dim is taken in `BD`-wide slices (head dim 256 fits in shared memory). The logit
 
 Both passes write the same scratch, per query head, whether heads are packed or not. Within a program the K tile's
 slices are loaded again for each row tile (`NG * NCH` times): after the first, from L1/L2 rather than DRAM.
+
 K is read at its KV head (`h // G`), never repeated. Under `TRITON_INTERPRET=1` the loads are cast to fp32 before
 `tl.dot` (the interpreter's low-precision dot is unreliable); the variable must be set before triton is first
 imported.
