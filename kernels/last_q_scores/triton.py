@@ -5,9 +5,10 @@ The grid is (key tile of `BLOCK_N` keys, pack of query heads). By default (`pack
 query heads of one KV head, so each program loads its K tile for all of them instead of G programs loading it once
 each; `pack_heads=False` packs one head (grid (key tiles, B*H)). A program takes its pack `GP` heads at a time
 (`NG` head groups): the rows of the group's heads, `RC` per head, are stacked into one `[GP*RC, BD] x [BD, BLOCK_N]`
-dot tile, and all L rows are covered `RC` at a time (`NCH` chunks). `GP` is capped so that a dot has at most 128 rows
-and the widest fp32 tile stays near the per-head kernel's footprint; the scores pass also holds the `[rows, BT]`
-diagonal gather, so it may stack fewer heads (at L=128, BLOCK_N=64: 4 heads per dot in pass 1, 1 in pass 2). The head
+dot tile, and all L rows are covered `RC` at a time (`NCH` chunks). `GP` is capped (`_heads_per_tile`) so that a dot
+has at most 128 rows and the widest fp32 tile at most 4096 elements; the scores pass also holds the `[rows, BT]`
+diagonal gather, so it may stack fewer heads (at L=128, BLOCK_N=64: 2 heads per dot in pass 1, 1 in pass 2). The
+head-group and row-chunk loops are runtime loops: unrolled, the packed kernels spilled kilobytes on sm_90. The head
 dim is taken in `BD`-wide slices (head dim 256 fits in shared memory). The logits are rounded as
 `methods.minference._scaled_logits` rounds them (fp32 dot, scale in fp32, one rounding to the input dtype).
 
@@ -71,12 +72,12 @@ def _lastq_stats(Q, K, MT, LT, sqb, sqh, sqt, skb, skh, sks, smb, smt, S, L, H, 
     keys = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     key_ok = keys < S
     r = tl.arange(0, GP * RC)
-    for j in tl.static_range(NG):
+    for j in range(NG):
         hp = j * GP + r // RC  # head within the pack
         bh = b * H + (h0 + hp).to(tl.int64)
         q_head = Q + b * sqb + (h0 + hp).to(tl.int64) * sqh
         out = bh * smb + pid_n.to(tl.int64) * smt
-        for c in tl.static_range(NCH):
+        for c in range(NCH):
             row = c * RC + r % RC
             row_ok = (hp < HP) & (row < L)
             s = _tile_logits(q_head + row.to(tl.int64) * sqt, k_base, row, row_ok, keys, key_ok, sks, scale, S, L,
@@ -102,13 +103,13 @@ def _lastq_scores(Q, K, M, LS, V, DG, sqb, sqh, sqt, skb, skh, sks, smb, svb, sd
     tt = tl.arange(0, BT)
     r = tl.arange(0, GP * RC)
     gg = tl.arange(0, GP)
-    for j in tl.static_range(NG):
+    for j in range(NG):
         hp = j * GP + r // RC
         bh = b * H + (h0 + hp).to(tl.int64)
         q_head = Q + b * sqb + (h0 + hp).to(tl.int64) * sqh
         col = tl.zeros([GP, BLOCK_N], dtype=tl.float32)
         diag = tl.zeros([GP, BT], dtype=tl.float32)
-        for c in tl.static_range(NCH):
+        for c in range(NCH):
             row = c * RC + r % RC
             row_ok = (hp < HP) & (row < L)
             s = _tile_logits(q_head + row.to(tl.int64) * sqt, k_base, row, row_ok, keys, key_ok, sks, scale, S, L,
@@ -189,8 +190,7 @@ def _overlap_add(dg: torch.Tensor, S: int, L: int, block_n: int) -> torch.Tensor
 
 def _heads_per_tile(hp: int, rc: int, width: int) -> int:
     """How many of a pack's `hp` heads to stack into one row tile of `rc` rows each (a power of two): at most
-    `_MAX_ROWS` rows a dot, and a widest fp32 tile (`rows x width`) of at most `_MAX_TILE` elements, so the packed
-    tiles stay within the register footprint of the unpacked kernel at L <= 128 (32 x 256 for the diagonals)."""
+    `_MAX_ROWS` rows a dot and at most `_MAX_TILE` elements in the widest fp32 tile (`rows x width`)."""
     gp = 1
     while gp < hp and 2 * gp * rc <= _MAX_ROWS and 2 * gp * rc * width <= _MAX_TILE:
         gp *= 2
@@ -198,7 +198,9 @@ def _heads_per_tile(hp: int, rc: int, width: int) -> int:
 
 
 _MAX_ROWS = 128
-_MAX_TILE = 8192  # 64 fp32 registers a thread at 4 warps
+# 32 fp32 registers a thread at 4 warps. Offline sm_90 builds (bf16, BLOCK_N=64, L=64/128, D=128/256) spilled
+# 300-1500 bytes with 128x64 tiles in pass 1, and tens of bytes at most with this cap.
+_MAX_TILE = 4096
 
 
 def last_q_scores_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float, block_n: int = 64,

@@ -103,12 +103,13 @@ CPU_CASES = [
     *_both(1, 2, 1, 16, 200, 64, block_n=16),
     *_both(1, 2, 2, 100, 333, 64),           # L not a power of two, several row chunks
     *_both(1, 2, 1, 1, 70, 64),              # a single query row
-    # packing: GQA 4 with L = 128 (the scores pass takes one head at a time), L not a multiple of the row chunk
+    # packing: GQA 4 with L = 128 (two head groups in pass 1, four in pass 2)
     *_both(1, 4, 1, 128, 150, 64),
     *_both(2, 4, 2, 40, 101, 128, "float16"),  # GQA 2, D = 128, S not a multiple of BLOCK_N
-    *_both(1, 6, 2, 50, 77, 64),             # GQA 3: the packed tiles carry masked head slots
+    *_both(1, 6, 2, 50, 77, 64),             # GQA 3: the stats pass's second head group has a masked slot
+    *_both(1, 6, 2, 12, 77, 64),             # GQA 3, one 16-row chunk: masked head slots in both passes
     *_both(1, 8, 1, 24, 90, 256, "float16", block_n=32),  # GQA 8: both passes split the pack into head groups
-    *_both(1, 8, 1, 9, 40, 128),             # GQA 8, 16-row chunks: the stats pass stacks all 8 heads
+    *_both(1, 8, 1, 9, 40, 128),             # GQA 8, 16-row chunks: 4 heads a dot in pass 1, 2 in pass 2
 ]
 
 
