@@ -101,19 +101,33 @@ def _block_mean(x: torch.Tensor, block_size: int) -> torch.Tensor:
     return torch.cat([means, last.unflatten(-2, (1, block_size)).mean(-2)], dim=-2)
 
 
-def _permuted_keys(k: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
-    """k `[B, hc, S, D]`, perm `[B, hc * G, S]` -> `[B, hc * G, S, D]`: each query head's keys in its own permuted
-    order, read from its KV head (K is never repeated). The same copy either way: on CUDA a gather with the index
-    broadcast along D (torch copies whole rows, vectorised), on CPU a row index_select (several times faster there
-    than that gather)."""
+def _pooled_permuted_keys(k: torch.Tensor, order: torch.Tensor, block_size: int) -> torch.Tensor:
+    """k `[B, hc, S, D]`, order `[B, hc * G, nseg, seg]` (each complete segment's keys, most important first) ->
+    `[B, hc * G, ceil(S / BS), D]`: `_block_mean` of each query head's permuted keys, without permuting them.
+
+    Permuted block c of a segment is the set of keys ranked in [c * BS, (c + 1) * BS) there, so its sum is a 0/1
+    membership row times the segment's keys. One batched matmul per segment takes the rows of all G query heads of a
+    KV head, so K is read once per KV head; gathering the permuted keys wrote G copies of K instead, only to average
+    them. The sums are exact products accumulated in fp32 (fp64 for fp32 keys, which TF32 would otherwise round),
+    then divided by BS in fp32 as `_block_mean` does: only the summation order differs from the mean of the gathered
+    keys, which can move the last bit of an fp32 mean (for 16-bit keys the rounding back to 16 bits almost always
+    hides it). The remainder past the last complete segment is not permuted: its block means are shared by the G
+    query heads.
+    """
     B, hc, S, D = k.shape
-    HC = perm.shape[1]
-    G = HC // hc
-    if k.is_cuda:
-        return torch.gather(k[:, :, None].expand(B, hc, G, S, D), 3,
-                            perm.view(B, hc, G, S, 1).expand(B, hc, G, S, D)).view(B, HC, S, D)
-    rows = perm.view(B, hc, G, S) + (torch.arange(B * hc, device=k.device) * S).view(B, hc, 1, 1)
-    return k.reshape(B * hc * S, D).index_select(0, rows.view(-1)).view(B, HC, S, D)
+    HC, nseg, seg = order.shape[1:]
+    G, nbps, Sc = HC // hc, seg // block_size, nseg * seg
+    acc = torch.float64 if k.dtype == torch.float32 else torch.float32
+    member = torch.zeros(B, hc, nseg, G, nbps, seg, dtype=acc, device=k.device)
+    member.scatter_(-1, order.view(B, hc, G, nseg, nbps, block_size).transpose(2, 3), 1.0)
+    keys = k[:, :, :Sc].to(acc).unflatten(2, (nseg, seg))
+    sums = torch.matmul(member.view(B, hc, nseg, G * nbps, seg), keys)
+    means = sums.view(B, hc, nseg, G, nbps, D).transpose(2, 3).reshape(B, HC, nseg * nbps, D)
+    means = means.to(torch.float32).div_(block_size).to(k.dtype)
+    if Sc == S:
+        return means
+    tail = _block_mean(k[:, :, Sc:], block_size)
+    return torch.cat([means, tail[:, :, None].expand(B, hc, G, *tail.shape[2:]).reshape(B, HC, -1, D)], dim=-2)
 
 
 def _estimate_heads(q: torch.Tensor, k: torch.Tensor, scale: float, block_size: int, segment_size: int,
@@ -143,10 +157,8 @@ def _estimate_heads(q: torch.Tensor, k: torch.Tensor, scale: float, block_size: 
     perm = torch.cat([(order + seg0).view(B, HC, Sc),
                       torch.arange(Sc, S, device=q.device).expand(B, HC, S - Sc)], dim=-1)
 
-    # 3) pooled permuted keys: gather each query head's permutation from its KV head without repeating K
-    kp = _permuted_keys(k, perm)
-    kbar = _block_mean(kp, block_size)
-    del kp
+    # 3) pooled permuted keys, straight from each segment's order (the permuted keys themselves are never needed)
+    kbar = _pooled_permuted_keys(k, order, block_size)
     qbar = _block_mean(q, block_size)
 
     # 4) block scores over earlier-segment causal blocks, softmax per row, cumulative-mass selection
@@ -160,7 +172,8 @@ def _estimate_heads(q: torch.Tensor, k: torch.Tensor, scale: float, block_size: 
         nbps = segment_size // block_size
         sink = (perm[..., :segment_size].view(B, HC, nbps, block_size) == 0).any(-1)
         mask[..., :nbps] |= sink[:, :, None, :]
-    return perm, mask | own
+    mask |= own
+    return perm, mask
 
 
 # ------------------------------------------------------------------------------------------------ estimators
@@ -183,11 +196,14 @@ def pbs_estimate(q: torch.Tensor, k: torch.Tensor, scale: float, block_size: int
     L = min(last_q, T)
     NQ, NK = -(-T // block_size), -(-S // block_size)
     e = q.element_size()
-    # the peak of one query head's temporaries: the logits (input dtype, scaled in place) with the fp32 softmax (and
-    # the fp32 copy of its input that torch makes for a half-precision input), or later the gathered keys (input
-    # dtype) and the block-score rows (scores, fp32 probabilities, NaN-free copy, sort values and indices, running
-    # sums, masks: < 40 bytes an entry); the outputs perm and mask come on top
-    per_kv_head = B * G * max(L * S * (e + 8), S * D * e + NQ * NK * 40)
+    # the peak of one KV head's temporaries: its query heads' logits (input dtype, scaled in place) with the fp32
+    # softmax (and the fp32 copy of its input that torch makes for a half-precision input), or later the keys in the
+    # pooling dtype (fp32, fp64 for fp32 inputs), the query heads' 0/1 block-membership rows (segment_size //
+    # block_size per key, same dtype) and block-score rows (scores, fp32 probabilities, NaN-free copy, sort values
+    # and indices, running sums, masks: < 40 bytes an entry); the outputs perm and mask come on top
+    a = 8 if q.dtype == torch.float32 else 4
+    nbps = segment_size // block_size
+    per_kv_head = B * max(G * L * S * (e + 8), S * D * a + G * (S * nbps * a + NQ * NK * 40))
     hc = max(1, min(HKV, chunk_bytes // max(per_kv_head, 1)))
     if hc == HKV:
         return _estimate_heads(q, k, scale, block_size, segment_size, threshold, force_first_block, last_q)
@@ -292,7 +308,7 @@ class PBS(SparseAttention):
     name = "pbs"
     label = "PBS-Attn"
     paper = "arXiv:2510.21270"
-    impl_version = 1
+    impl_version = 2  # 2: permuted keys pooled by a membership matmul (fp32 means may move in the last bit)
     budget_knob = "threshold"
     budget_increases_density = True
 
@@ -338,7 +354,8 @@ class PBS(SparseAttention):
 
     def estimation_flops(self, shape: AttnShape) -> int:
         """Matmuls of the estimator: last `last_q` queries x keys of complete segments, and the full pooled
-        `NQ x NK` score matrix (masked after it is computed, as in the official code), per query head."""
+        `NQ x NK` score matrix (masked after it is computed, as in the official code), per query head. The block
+        means are not counted, though `_pooled_permuted_keys` takes them as a 0/1 matmul."""
         if self._is_dense(shape.q_len, shape.k_len):
             return 0
         L = min(self.last_q, shape.q_len)

@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from sparsebench.attention import AttnContext, AttnShape, Meter, install, method_layers
 from sparsebench.executors import execute
-from sparsebench.methods.pbs import (PBS, _block_mean, _permuted_keys, pbs_estimate, pbs_estimate_naive,
+from sparsebench.methods.pbs import (PBS, _block_mean, _pooled_permuted_keys, pbs_estimate, pbs_estimate_naive,
                                      pbs_selection, threshold_blocks)
 from sparsebench.selection import causal_pairs
 
@@ -88,15 +88,48 @@ def test_block_mean_equals_padding_the_whole_input(N, BS, dtype):
     assert torch.equal(_block_mean(x[:, 1:], BS), ref[:, 1:])  # a non-contiguous input
 
 
-@pytest.mark.parametrize("B,hc,G", [(1, 2, 3), (2, 1, 4), (2, 3, 1)])
-def test_permuted_keys_equal_gather_from_repeated_keys(B, hc, G):
-    S, D = 96, 8
+def _gathered_block_means(k, order, block_size):
+    """The straightforward pooling: every query head's keys in permuted order (K repeated), then block means."""
+    B, hc, S, D = k.shape
+    HC, nseg, seg = order.shape[1:]
+    Sc = nseg * seg
+    perm = torch.cat([(order + torch.arange(0, Sc, seg)[:, None]).view(B, HC, Sc),
+                      torch.arange(Sc, S).expand(B, HC, S - Sc)], -1)
+    kp = k.repeat_interleave(HC // hc, 1).gather(2, perm[..., None].expand(B, HC, S, D))
+    return _block_mean(kp, block_size)
+
+
+def _random_order(B, HC, nseg, seg, g):
+    return torch.stack([torch.randperm(seg, generator=g) for _ in range(B * HC * nseg)]).view(B, HC, nseg, seg)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("B,hc,G,S,D,BS,seg", [
+    (1, 2, 3, 96, 8, 16, 48),  # no remainder
+    (2, 1, 4, 777, 32, 32, 64),  # a remainder with a partial last block
+    (2, 3, 1, 300, 256, 128, 256),  # one segment, head dim 256
+    (1, 2, 2, 640, 128, 128, 512),  # a whole-block remainder
+])
+def test_pooled_permuted_keys_equal_block_means_of_gathered_keys(B, hc, G, S, D, BS, seg, dtype):
+    """The membership matmul gives the block means of the gathered permuted keys: exact for bf16 keys, within the
+    last bits for fp32 keys (another summation order); the unpermuted remainder bit for bit."""
     g = torch.Generator().manual_seed(42)
-    k = torch.randn(B, hc, S, D, generator=g)
-    perm = torch.stack([torch.randperm(S, generator=g) for _ in range(B * hc * G)]).view(B, hc * G, S)
-    ref = k.repeat_interleave(G, 1).gather(2, perm[..., None].expand(B, hc * G, S, D))
-    assert torch.equal(_permuted_keys(k, perm), ref)
-    assert torch.equal(_permuted_keys(torch.cat([k, k], 1)[:, hc:], perm), ref)  # a slice of the KV heads
+    k = (torch.randn(B, hc, S, D, generator=g) * 3).to(dtype)
+    order = _random_order(B, hc * G, S // seg, seg, g)
+    ref = _gathered_block_means(k, order, BS)
+    got = _pooled_permuted_keys(k, order, BS)
+    assert got.dtype == dtype and got.shape == ref.shape
+    if dtype == torch.bfloat16:
+        assert torch.equal(got, ref)
+    else:
+        # relative to the block's mean magnitude (a mean near 0 has no relative precision of its own)
+        scale = k.abs().mean()
+        assert ((got - ref).abs() <= 1e-6 * scale).all()
+    nkc = S // seg * seg // BS
+    assert torch.equal(got[:, :, nkc:], ref[:, :, nkc:])
+    # a slice of the KV heads (a chunk of the estimator) gives the same means
+    both = torch.cat([k, k], 1)[:, hc:]
+    assert torch.equal(_pooled_permuted_keys(both, order, BS), got)
 
 
 # ------------------------------------------------------------------------------------------------ 2. keep everything
@@ -315,11 +348,15 @@ def test_head_dim_256():
 # ------------------------------------------------------------------------------------------------ 6. FLOPs
 @pytest.mark.parametrize("B,H,HKV,T,D,knobs", CONFIGS[:3])
 def test_estimation_flops_match_flop_counter(B, H, HKV, T, D, knobs):
+    """The counted matmuls; the fast estimator also takes the permuted keys' block means as a 0/1 matmul (one
+    membership row per permuted block: 2 * D per key and block of its segment), a mean that is not counted."""
     q, k, _ = _qkv(B, H, HKV, T, D)
-    for fn in (pbs_estimate_naive, pbs_estimate):
+    nbps = knobs["segment_size"] // knobs["block_size"]
+    pooling = 2 * B * H * (T // knobs["segment_size"] * knobs["segment_size"]) * nbps * D
+    for fn, extra in ((pbs_estimate_naive, 0), (pbs_estimate, pooling)):
         with FlopCounterMode(display=False) as fc:
             fn(q, k, D ** -0.5, **knobs)
-        assert PBS(**knobs).estimation_flops(AttnShape(B, T, T, H, HKV, D)) == fc.get_total_flops()
+        assert PBS(**knobs).estimation_flops(AttnShape(B, T, T, H, HKV, D)) + extra == fc.get_total_flops()
 
 
 # ------------------------------------------------------------------------------------------------ 7. knobs
@@ -366,12 +403,24 @@ def test_gpu_bf16_fast_matches_naive_and_triton_executes(H, HKV, T, D):
 
 
 @pytest.mark.gpu
-def test_gpu_permuted_keys_equal_the_cpu_copy():
-    B, hc, G, S, D = 1, 2, 4, 4096, 128
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_pooled_permuted_keys_equal_block_means_of_gathered_keys(dtype):
+    """As on CPU, with TF32 allowed for fp32 matmuls (the pooling must not round fp32 keys to TF32)."""
+    B, hc, G, S, D, BS, seg = 1, 2, 4, 4096 + 200, 128, 128, 256
     g = torch.Generator().manual_seed(42)
-    k = torch.randn(B, hc, S, D, generator=g).bfloat16()
-    perm = torch.stack([torch.randperm(S, generator=g) for _ in range(B * hc * G)]).view(B, hc * G, S)
-    assert torch.equal(_permuted_keys(k.cuda(), perm.cuda()).cpu(), _permuted_keys(k, perm))
+    k = (torch.randn(B, hc, S, D, generator=g) * 3).to(dtype).cuda()
+    order = _random_order(B, hc * G, S // seg, seg, g).cuda()
+    ref = _gathered_block_means(k.cpu(), order.cpu(), BS)
+    prec = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        got = _pooled_permuted_keys(k, order, BS).cpu()
+    finally:
+        torch.set_float32_matmul_precision(prec)
+    if dtype == torch.bfloat16:
+        assert torch.equal(got, ref)
+    else:
+        assert ((got - ref).abs() <= 1e-6 * k.abs().mean().item()).all()
 
 
 @pytest.mark.gpu
