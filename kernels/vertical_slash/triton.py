@@ -25,7 +25,7 @@ def vertical_slash_attn_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 
 
 def _extra_cols_fwd(V, VC, KB, FM, LM, OUT, OUTN, NQ, NK, NF, NV, NL, bs, q_len, k_len, base_last,
-                    RAGGED: tl.constexpr, BLOCK: tl.constexpr, NCH: tl.constexpr):
+                    RAGGED: tl.constexpr, BLOCK: tl.constexpr, INTERPRET: tl.constexpr, I_NV: tl.constexpr):
     # One program per (list head, query block): the head's sorted vertical columns, kept where no listed block
     # covers them and causality allows, compacted in order by a prefix sum; the rest of the row is zeroed.
     qb = tl.program_id(0)
@@ -33,8 +33,10 @@ def _extra_cols_fwd(V, VC, KB, FM, LM, OUT, OUTN, NQ, NK, NF, NV, NL, bs, q_len,
     p_hi = tl.minimum((qb + 1) * bs, q_len) - 1 + (k_len - q_len)
     out_row = OUT + (r * NQ + qb) * NV
     count = 0
-    for ch in tl.static_range(NCH):
-        j = ch * BLOCK + tl.arange(0, BLOCK)
+    # runtime loops over the columns: one compiled kernel for every column count (budget searches vary it); the
+    # interpreter cannot take a runtime loop bound, so there it is the constexpr I_NV
+    for c0 in range(0, I_NV if INTERPRET else NV, BLOCK):
+        j = c0 + tl.arange(0, BLOCK)
         ok = j < NV
         vv = tl.load(V + r * NV + j, mask=ok, other=0)
         vc = tl.load(VC + r * NV + j, mask=ok, other=0)
@@ -52,8 +54,8 @@ def _extra_cols_fwd(V, VC, KB, FM, LM, OUT, OUTN, NQ, NK, NF, NV, NL, bs, q_len,
         dest = tl.cumsum(k32, 0) + count - 1
         tl.store(out_row + dest, vv, mask=keep)
         count += tl.sum(k32, 0)
-    for ch in tl.static_range(NCH):
-        j = ch * BLOCK + tl.arange(0, BLOCK)
+    for c0 in range(0, I_NV if INTERPRET else NV, BLOCK):
+        j = c0 + tl.arange(0, BLOCK)
         tl.store(out_row + j, tl.zeros([BLOCK], dtype=tl.int32), mask=(j < NV) & (j >= count))
     tl.store(OUTN + r * NQ + qb, count)
 
@@ -86,5 +88,5 @@ def extra_columns_triton(v, v_cmp, kbv, fmap, last_map, base_last: int, q_len: i
         v.reshape(R, NV).contiguous(), v_cmp.reshape(R, NV).contiguous(), kbv.reshape(R, NV).to(torch.int32)
         .contiguous(), fmap.reshape(R, -1).view(torch.int8).contiguous(), lm, out_c, out_n,
         NQ, NK, fmap.shape[-1], NV, lm.shape[-1], bs, q_len, k_len, base_last,
-        RAGGED=ragged, BLOCK=block, NCH=-(-NV // block), num_warps=4)
+        RAGGED=ragged, BLOCK=block, INTERPRET=interpret, I_NV=NV if interpret else 0, num_warps=4)
     return out_c.view(B, HS, NQ, NV), out_n.view(B, HS, NQ)
