@@ -256,20 +256,25 @@ def antidiag_candidates(seq_lens, strides=(8, 16), H=32, HKV=8, D=128) -> list[d
                 torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         dense_ms = _median_ms(dense)
         extra = [(128, 128, 8, 3), (128, 128, 8, 4), (128, 64, 4, 4), (64, 128, 4, 4), (128, 128, 4, 4), (128, 256, 8, 3),
-                 (256, 128, 8, 3), (128, 128, 8, 5), (128, 128, 4, 5)]
+                 (256, 128, 8, 3), (128, 128, 8, 5), (128, 128, 4, 5),
+                 # 5th entry: head-dim slice per dot (default 64)
+                 (128, 128, 8, 3, 128), (128, 128, 4, 3, 128), (128, 128, 8, 2, 128), (64, 128, 4, 3, 128)]
         for st in strides:
             for tma, cand in [(True, c) for c in dict.fromkeys(ad._CANDIDATES + extra)] + [(False, ad._CANDIDATES[0])]:
-                bm, bn, w, s = cand
+                bm, bn, w, s = cand[:4]
+                bd = cand[4] if len(cand) > 4 else None
                 ad._TMA = tma
                 try:
                     ms = _median_ms(lambda: ad.antidiag_block_scores_triton(q, k, st, 128, D ** -0.5, block_m=bm,
-                                                                            block_n=bn, num_warps=w, num_stages=s))
+                                                                            block_n=bn, num_warps=w, num_stages=s,
+                                                                            block_d=bd))
                 except Exception as e:  # noqa: BLE001
                     print(f"antidiag L={L} stride={st} tma={tma} {cand}: {type(e).__name__}: {str(e)[:80]}")
                     continue
                 finally:
                     ad._TMA = True
                 tag = "" if tma else "_notma"
+                tag += f"_bd{bd}" if bd else ""
                 rows.append({"kernel": f"antidiag_s{st}_{bm}x{bn}w{w}s{s}{tag}", "seq_len": L, "heads": H,
                              "kv_heads": HKV, "head_dim": D, "bench_ms": ms, "dense_ms": dense_ms,
                              "share_of_dense": ms / dense_ms})

@@ -186,12 +186,12 @@ def _tuned_config(key, call) -> tuple:
 def antidiag_block_scores_triton(q: torch.Tensor, k: torch.Tensor, stride: int, block_size: int, scale: float,
                                  row_start: int = 0, row_end: int | None = None, block_m: int | None = None,
                                  block_n: int | None = None, num_warps: int | None = None,
-                                 num_stages: int | None = None) -> torch.Tensor:
+                                 num_stages: int | None = None, block_d: int | None = None) -> torch.Tensor:
     """XAttention block scores `[B, H, NQc, NK]` (fp32) for the query blocks of rows `[row_start, row_end)`; the
     arguments and output are those of `antidiag_block_scores_naive`.
 
     Tiles: `block_m` strided rows by `block_n` key tiles (both raised to `block_size / stride` when smaller), head
-    dim in slices of up to 64. Tile arguments left None take `_TMA_DEFAULTS[stride]` when the tiles arrive by TMA
+    dim in slices of `block_d` (default: the widest power of two up to 64 dividing D). Tile arguments left None take `_TMA_DEFAULTS[stride]` when the tiles arrive by TMA
     (Hopper or later, fp16/bf16, T and S multiples of the stride; q/k are made contiguous for it), else the first
     of `_CANDIDATES` (64, 128, 4 warps, 2 stages); with `SPARSEBENCH_ANTIDIAG_AUTOTUNE=1` on a GPU, the fastest
     candidate for the shape, timed once. Scratch: fp32 `[B*H, rows, NKT * block_n / R]` plus `[B*H, rows, NKT]` for
@@ -232,6 +232,10 @@ def antidiag_block_scores_triton(q: torch.Tensor, k: torch.Tensor, stride: int, 
     if cfg is None:
         cfg = _TMA_DEFAULTS.get(stride, _TMA_DEFAULTS[None]) if use_tma else _CANDIDATES[0]
     block_m, block_n, num_warps, num_stages = (g if g is not None else d for g, d in zip(given, cfg))
+    # head-dim slice per dot: at most 64 by default; 128 (wider MMAs, half the K-loop trips) on request
+    block_d = _head_slice(D) if block_d is None else block_d
+    if not _pow2(block_d) or block_d < 16 or D % block_d:
+        raise ValueError(f"block_d={block_d} must be a power of two >= 16 dividing the head dim {D}")
     R = block_size // stride
     block_m, block_n = max(block_m, R), max(block_n, R)
     if not (_pow2(block_m) and _pow2(block_n)) or block_m < 16 or block_n < 16:
@@ -251,7 +255,7 @@ def antidiag_block_scores_triton(q: torch.Tensor, k: torch.Tensor, stride: int, 
     if use_tma:
         from triton.tools.tensor_descriptor import TensorDescriptor
 
-        bd = _head_slice(D)
+        bd = block_d
         qd = TensorDescriptor.from_tensor(q.view(B_ * H * T // stride, stride * D), [block_m, bd])
         kd = TensorDescriptor.from_tensor(k.view(B_ * HKV_ * S // stride, stride * D), [block_n, bd])
     else:
@@ -261,7 +265,7 @@ def antidiag_block_scores_triton(q: torch.Tensor, k: torch.Tensor, stride: int, 
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         out.stride(0), out.stride(1), out.stride(2), cs.stride(0), cs.stride(1), mu.stride(0), mu.stride(1),
         T, S, H, H // HKV, i0, nrows, SR, NK, nqc, -(-(S - T) // stride), float(scale) * _LOG2E,
-        STRIDE=stride, D=D, BD=_head_slice(D), R=R, BLOCK_M=block_m, BLOCK_N=block_n,
+        STRIDE=stride, D=D, BD=block_d, R=R, BLOCK_M=block_m, BLOCK_N=block_n,
         # a constexpr: only the interpreter needs it (a per-length value would recompile the GPU kernel)
         MAX_TILES=nkt if interpret else 0,
         INTERPRET=interpret, PREC="ieee" if interpret or q.dtype == torch.float32 else "tf32", USE_TMA=use_tma,

@@ -157,9 +157,10 @@ def test_import_is_lazy():
 
 
 # ---------------------------------------------------------------------------------------------- Triton
-def _p(B, H, HKV, T, S, D, st, bs, rows=None, dtype="float32"):
+def _p(B, H, HKV, T, S, D, st, bs, rows=None, dtype="float32", block_d=None):
     tag = f"-r{rows[0]}_{rows[1]}" if rows else ""
-    return pytest.param((B, H, HKV, T, S, D, st, bs, rows, dtype),
+    tag += f"-bd{block_d}" if block_d else ""
+    return pytest.param((B, H, HKV, T, S, D, st, bs, rows, dtype, block_d),
                         id=f"B{B}-H{H}-HKV{HKV}-T{T}-S{S}-D{D}-st{st}-bs{bs}{tag}-{dtype}")
 
 
@@ -174,19 +175,21 @@ CPU_CASES = [
     _p(1, 2, 1, 100, 100, 16, 16, 16),
     _p(1, 2, 1, 300, 300, 16, 2, 256),
     _p(1, 2, 1, 90, 90, 48, 4, 32),
+    _p(1, 2, 1, 200, 200, 128, 8, 64, block_d=128),
+    _p(1, 2, 2, 150, 170, 64, 4, 32, block_d=16),
 ]
 
 
 def _check_case(case, device="cpu", tol=2e-5):
     from sparsebench.kernels.antidiag_score import antidiag_block_scores_triton
 
-    B, H, HKV, T, S, D, st, bs, rows, dtype = case
+    B, H, HKV, T, S, D, st, bs, rows, dtype, block_d = case
     q, k = _qk(B, H, HKV, T, S, D, getattr(torch, dtype))
     q, k = q.to(device), k.to(device)
     r0, r1 = rows or (0, None)
     scale = 1.0 / (math.sqrt(D) * st)
     ref = antidiag_block_scores_naive(q, k, st, bs, scale, r0, r1)
-    out = antidiag_block_scores_triton(q, k, st, bs, scale, r0, r1)
+    out = antidiag_block_scores_triton(q, k, st, bs, scale, r0, r1, block_d=block_d)
     assert out.shape == ref.shape and out.dtype == torch.float32
     err = (out - ref).abs().max().item()
     assert err < tol * (bs // st), f"max error {err:.3e}"
@@ -211,6 +214,8 @@ GPU_CASES = [
     _p(1, 4, 4, 1000, 1000, 128, 8, 64, dtype="float16"),
     _p(1, 4, 2, 1000, 1000, 64, 8, 128, dtype="float32"),
     _p(1, 4, 1, 700, 700, 80, 8, 128, dtype="bfloat16"),
+    _p(1, 8, 2, 4096, 4096, 128, 8, 128, dtype="bfloat16", block_d=128),
+    _p(1, 8, 2, 2048, 2048, 128, 16, 128, dtype="bfloat16", block_d=128),
 ]
 
 
@@ -241,3 +246,11 @@ def test_triton_gpu_long_memory(shape):
 
 if __name__ == "__main__" and sys.argv[1:] == ["--interpret"]:
     report_verdicts(_check_case, CPU_CASES)
+
+
+def test_bad_block_d_raises():
+    from sparsebench.kernels.antidiag_score import antidiag_block_scores_triton
+
+    q, k = _qk(1, 2, 1, 64, 64, 64, torch.float32)
+    with pytest.raises(ValueError, match="block_d=48"):
+        antidiag_block_scores_triton(q, k, 8, 64, 0.1, block_d=48)
