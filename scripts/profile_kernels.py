@@ -260,25 +260,32 @@ def antidiag_candidates(seq_lens, strides=(8, 16), H=32, HKV=8, D=128) -> list[d
                  # 5th entry: head-dim slice per dot (default 64)
                  (128, 128, 8, 3, 128), (128, 128, 4, 3, 128), (128, 128, 8, 2, 128), (64, 128, 4, 3, 128)]
         for st in strides:
-            for tma, cand in [(True, c) for c in dict.fromkeys(ad._CANDIDATES + extra)] + [(False, ad._CANDIDATES[0])]:
+            # (TMA?, flattened loop nest?, tiles): every candidate by TMA, the best-known ones flattened too, and the
+            # pointer-load default
+            flat = [(128, 128, 8, 4), (128, 128, 4, 3), (128, 128, 8, 3, 128), (128, 128, 4, 3, 128)]
+            runs = ([(True, False, c) for c in dict.fromkeys(ad._CANDIDATES + extra)]
+                    + [(True, True, c) for c in flat] + [(False, False, ad._CANDIDATES[0])])
+            for tma, fl, cand in runs:
                 bm, bn, w, s = cand[:4]
                 bd = cand[4] if len(cand) > 4 else None
-                ad._TMA = tma
+                ad._TMA, ad._FLATTEN = tma, fl
                 try:
                     ms = _median_ms(lambda: ad.antidiag_block_scores_triton(q, k, st, 128, D ** -0.5, block_m=bm,
                                                                             block_n=bn, num_warps=w, num_stages=s,
                                                                             block_d=bd))
                 except Exception as e:  # noqa: BLE001
-                    print(f"antidiag L={L} stride={st} tma={tma} {cand}: {type(e).__name__}: {str(e)[:80]}")
+                    print(f"antidiag L={L} stride={st} tma={tma} flat={fl} {cand}: {type(e).__name__}: "
+                          f"{str(e)[:80]}")
                     continue
                 finally:
-                    ad._TMA = True
+                    ad._TMA, ad._FLATTEN = True, False
                 tag = "" if tma else "_notma"
                 tag += f"_bd{bd}" if bd else ""
+                tag += "_flat" if fl else ""
                 rows.append({"kernel": f"antidiag_s{st}_{bm}x{bn}w{w}s{s}{tag}", "seq_len": L, "heads": H,
                              "kv_heads": HKV, "head_dim": D, "bench_ms": ms, "dense_ms": dense_ms,
                              "share_of_dense": ms / dense_ms})
-                print(f"antidiag L={L} stride={st} tma={tma} {cand}: {ms:.3f} ms = {ms / dense_ms:.4f} x dense "
+                print(f"antidiag L={L} stride={st} tma={tma} flat={fl} {cand}: {ms:.3f} ms = {ms / dense_ms:.4f} x dense "
                       f"({dense_ms:.3f} ms)")
     return rows
 

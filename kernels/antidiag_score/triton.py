@@ -39,7 +39,7 @@ def _antidiag_fwd(Q, K, QD, KD, OUT, CS, MU,
                   T, S, H, G, I0, NROWS, SR, NK, NQC, C_OFF, scale_log2,
                   STRIDE: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, R: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MAX_TILES: tl.constexpr,
-                  INTERPRET: tl.constexpr, PREC: tl.constexpr, USE_TMA: tl.constexpr):
+                  INTERPRET: tl.constexpr, PREC: tl.constexpr, USE_TMA: tl.constexpr, FLATTEN: tl.constexpr):
     # Later rows see more key tiles: launching them first shortens the tail of the grid.
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -72,8 +72,10 @@ def _antidiag_fwd(Q, K, QD, KD, OUT, CS, MU,
     k_row0 = ((b * (H // G) + kvh) * (S // STRIDE)).to(tl.int32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    for n in range(MAX_TILES if INTERPRET else n_tiles):
-        if n < n_tiles:
+    # FLATTEN: one software-pipelined loop over (key tile, K chunk) instead of a drained pipeline per key tile. The
+    # tile guard exists for the interpreter's constexpr bound only; compiled, it folds away (no branch in the nest).
+    for n in tl.range(0, MAX_TILES if INTERPRET else n_tiles, flatten=FLATTEN):
+        if (not INTERPRET) or (n < n_tiles):
             j = n * BLOCK_N + nn
             acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
             if USE_TMA:
@@ -116,7 +118,7 @@ def _antidiag_fwd(Q, K, QD, KD, OUT, CS, MU,
     qb = pid_m * NB_M + tl.arange(0, NB_M)
     out_base = OUT + b * sob + h * soh + qb.to(tl.int64)[:, None] * soq
     for n in range(MAX_TILES if INTERPRET else n_tiles):
-        if n < n_tiles:
+        if (not INTERPRET) or (n < n_tiles):
             part = tl.load(cs_base + (n * NB_N + kb_loc)[None, :], mask=row_ok[:, None], other=0.0)
             mu = tl.load(mu_base + n, mask=row_ok, other=0.0)
             w = tl.where(row_ok, tl.math.exp2(mu - m_i) * inv, 0.0)
@@ -171,6 +173,9 @@ _TMA_DEFAULTS = {8: (128, 128, 8, 4), 16: (128, 128, 4, 3), None: (128, 128, 4, 
 # Q/K tiles by TMA where the layout allows (Hopper+, 16-bit, T and S multiples of the stride, contiguous q/k);
 # False forces the pointer loads (scripts/profile_kernels.py --antidiag compares the two).
 _TMA = True
+# Flatten pass 1's loop nest (key tiles x K chunks) into one pipelined loop (TMA path only). Off until timed on a GPU
+# (scripts/profile_kernels.py --antidiag times both).
+_FLATTEN = False
 
 
 def _tuned_config(key, call) -> tuple:
@@ -269,5 +274,5 @@ def antidiag_block_scores_triton(q: torch.Tensor, k: torch.Tensor, stride: int, 
         # a constexpr: only the interpreter needs it (a per-length value would recompile the GPU kernel)
         MAX_TILES=nkt if interpret else 0,
         INTERPRET=interpret, PREC="ieee" if interpret or q.dtype == torch.float32 else "tf32", USE_TMA=use_tma,
-        num_warps=num_warps, num_stages=num_stages)
+        FLATTEN=_FLATTEN and use_tma, num_warps=num_warps, num_stages=num_stages)
     return out
