@@ -56,6 +56,9 @@ Deviations from the official code:
   selection free of host synchronisation (the official code loops over the query-aware heads); the selection is the
   same, and `estimation_flops` counts all heads, as executed.
 - Execution: the Selection runs on sparsebench's executors instead of the official Triton block-wise kernel.
+- Running sums on CUDA: the cover counts and the global cover scan few long rows in two levels (`scan_rows`), whose
+  rounding differs from torch.cumsum's (itself not sequential on CUDA): a running sum within rounding of its
+  threshold may fall on the other side. On CPU they are torch.cumsum's sequential sums.
 - `variant="sparse_frontier"`: ties as above; T < approximation_size runs dense (the Sparse Frontier code fails
   there); nv and ns are capped at T (its `topk` fails beyond); the model's scale as above; execution through
   `kernels/vertical_slash` (each slash band rounded out to the aligned 64 x 64 blocks it crosses, a superset of
@@ -86,7 +89,8 @@ SF_LOCAL_DIAGONALS = 64
 SF_BLOCK = 64  # MInference's vertical-slash kernel block
 SF_APPROXIMATION = 512
 MAX_SCORE_ELEMS = 1 << 27  # score elements held at once by the last-queries estimate (512 MB in fp32)
-SCAN_ROW_LOOP_MIN = 1 << 15  # row length from which a CUDA running sum over few rows goes row by row
+SCAN_ROW_LOOP_MIN = 1 << 15  # row length from which a CUDA running sum over few rows is scanned in two levels
+SCAN_CHUNK_MIN = 64  # shortest chunk of the two-level scan
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -111,7 +115,7 @@ def _skewed_sums(p: torch.Tensor) -> torch.Tensor:
     return skewed[..., :S].sum(-2)
 
 
-def diagonal_sums(p: torch.Tensor) -> torch.Tensor:
+def diagonal_sums(p: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """Sums along the diagonals of `p [..., n, S]`, whose rows are the last n positions of S keys.
 
     Entry x of the result `[..., S]` is the diagonal at offset S - 1 - x (query position minus key position), so the
@@ -119,12 +123,14 @@ def diagonal_sums(p: torch.Tensor) -> torch.Tensor:
     starting at element 0 of row i lines them up in columns, a strided view of `p` itself (no copy). The first n - 1
     entries, which miss the first rows, come from the skewing trick on the first n - 1 columns only: after n - 1
     zeros on the left, row i read with a stride one longer than the row length starts i elements later.
+    `out` (optional, `[..., S]`, may be a strided view): written in place and returned, sparing a copy.
     """
     *lead, n, S = p.shape
     if n > S:
-        return _skewed_sums(p)
+        return _skewed_sums(p) if out is None else out.copy_(_skewed_sums(p))
     p = p.contiguous()
-    out = p.new_empty(*lead, S)
+    if out is None:
+        out = p.new_empty(*lead, S)
     full = p.as_strided((*lead, n, S - n + 1), (*p.stride()[:-2], S + 1, 1))
     torch.sum(full, dim=-2, out=out[..., n - 1:])
     if n > 1:
@@ -140,6 +146,9 @@ def last_query_scores(q: torch.Tensor, k: torch.Tensor, n: int, scale: float,
     together: `scores[0]` the vertical scores (column means of the softmax), `scores[1]` the slash scores (diagonal
     sums / n, ordered as in `diagonal_sums`); and `q_last [B, H, n, D]` (input dtype, multiplied by `scale`). Query
     heads are grouped onto their KV head (K is never repeated) and processed in slices of at most `max_elems` scores.
+    Both kinds are summed into one buffer and divided by n once: on CPU bit for bit the column means and the diagonal
+    sums / n (torch's CPU mean is a sum divided by n; tested); on CUDA torch's mean multiplies its sum by 1/n as a
+    division by a host scalar does, so the same values are expected there too, unverified.
     """
     B, H, T, D = q.shape
     HKV, S = k.shape[1], k.shape[2]
@@ -154,7 +163,7 @@ def last_query_scores(q: torch.Tensor, k: torch.Tensor, n: int, scale: float,
         from sparsebench.kernels.last_q_scores import last_q_scores_triton
 
         vertical, slash = last_q_scores_triton(q_last, k, 1.0)
-        return torch.stack([vertical / n, slash.flip(-1) / n]), q_last
+        return torch.stack([vertical, slash.flip(-1)]).div_(n), q_last
     qg = q_last.view(B, HKV, G, n, D)
     scores = torch.empty(2, B, HKV, G, S, dtype=torch.float32, device=q.device)
     rows = torch.arange(n, device=q.device)
@@ -166,33 +175,56 @@ def last_query_scores(q: torch.Tensor, k: torch.Tensor, n: int, scale: float,
         logits[..., S - n:].masked_fill_(above, float("-inf"))
         p = torch.softmax(logits, dim=-1, dtype=torch.float32)
         del logits
-        scores[0, :, h0:h1, g0:g1] = p.mean(-2)
-        scores[1, :, h0:h1, g0:g1] = diagonal_sums(p) / n
+        # sums straight into `scores` and one division for all chunks and both kinds (no copies)
+        torch.sum(p, dim=-2, out=scores[0, :, h0:h1, g0:g1])
+        diagonal_sums(p, out=scores[1, :, h0:h1, g0:g1])
         del p
-    return scores.view(2, B, H, S), q_last
+    return scores.div_(n).view(2, B, H, S), q_last
 
 
-def scan_rows(x: torch.Tensor, per_row: bool | None = None) -> torch.Tensor:
-    """Running sum of `x [..., N]` over the last dim (`torch.cumsum(x, -1)`).
+def scan_chunk_len(N: int) -> int:
+    """Chunk length of the two-level CUDA scan for rows of N entries: about sqrt(N), a power of two, so that the
+    within-chunk scan (rows * N / chunk short rows) and the scan of chunk totals (rows of N / chunk) both stay short."""
+    return max(SCAN_CHUNK_MIN, 1 << -(-max(N, 1).bit_length() // 2))
 
-    On CUDA, torch scans a tensor of several rows with one thread block per row, which leaves most of the GPU idle
+
+def scan_rows(x: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+    """Running sum of `x [..., N]` over the last dim: `torch.cumsum(x, -1)`, exactly or up to rounding (below).
+
+    On CUDA, torch gives each row of a multi-row scan to a single thread block, which leaves most of the GPU idle
     when the rows are fewer than its multiprocessors and long (the sorted scores here: B * H or 2 * B * H rows of up
-    to ~nb^2 / 2 entries), while a 1-D tensor gets a device-wide scan. So such rows are scanned one at a time:
-    `per_row=None` decides (CUDA, fewer rows than multiprocessors, rows of at least SCAN_ROW_LOOP_MIN entries);
-    True / False force it. On CPU both ways add each row's entries in the same sequence.
+    to ~nb^2 / 2 entries). Such rows are scanned in two levels with a handful of launches whatever the number of
+    rows (about 4, and 2 more when N is not a multiple of the chunk): each row cut into chunks of `chunk` entries
+    (zero-padded at its end), all chunks of all rows scanned at once, the chunk totals scanned per row, and every
+    chunk shifted by the total before it.
+    `chunk=None` decides: two levels with `scan_chunk_len(N)` on CUDA for fewer rows than multiprocessors of at least
+    SCAN_ROW_LOOP_MIN entries, otherwise plain `torch.cumsum`; 0 forces `torch.cumsum`, a positive value forces two
+    levels with chunks of that length (used on CPU by the tests).
+
+    Rounding: plain `torch.cumsum` on CPU adds each row's entries in sequence, which is what the tests compare with,
+    and `chunk=None` always takes it on CPU. The two-level scan gives entry i of chunk j as (sum of the totals of
+    chunks < j) + (sum of chunk j up to i), each part accumulated in its own order, so it can differ from the
+    sequential sum in the last bits (exact on integer-valued inputs whose sums are representable); torch's own CUDA
+    scan is not sequential either. The callers compare these sums with a threshold (`cover_count`: <= gamma;
+    `global_cover_mask`: <= gamma * nb), so on CUDA an entry whose running sum lies within rounding of the
+    threshold may fall on the other side, moving a cover count or a global cover by one entry.
+    Returns a tensor shaped like `x` (with two levels and padding, a non-contiguous view).
     """
     N = x.shape[-1]
     rows = x.numel() // max(N, 1)
-    if per_row is None:
-        per_row = (x.is_cuda and N >= SCAN_ROW_LOOP_MIN
-                   and 1 < rows < torch.cuda.get_device_properties(x.device).multi_processor_count)
-    if not per_row:
+    if chunk is None:
+        few_long = (x.is_cuda and N >= SCAN_ROW_LOOP_MIN
+                    and 1 < rows < torch.cuda.get_device_properties(x.device).multi_processor_count)
+        chunk = scan_chunk_len(N) if few_long else 0
+    if chunk <= 0 or N <= chunk or rows == 0:
         return torch.cumsum(x, dim=-1)
-    x = x.contiguous()
-    out = torch.empty_like(x)
-    for x_row, out_row in zip(x.view(rows, N), out.view(rows, N)):
-        torch.cumsum(x_row, dim=0, out=out_row)
-    return out
+    nc = -(-N // chunk)
+    if nc * chunk != N:
+        x = torch.nn.functional.pad(x, (0, nc * chunk - N))
+    out = torch.cumsum(x.unflatten(-1, (nc, chunk)), dim=-1)  # [..., nc, chunk]: within each chunk
+    before = torch.cumsum(out[..., :-1, -1], dim=-1)  # [..., nc - 1]: total of the chunks before chunks 1..nc-1
+    out[..., 1:, :] += before.unsqueeze(-1)
+    return out.flatten(-2)[..., :N]
 
 
 def cover_count(x: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -204,9 +236,8 @@ def cover_count(x: torch.Tensor, gamma: float) -> torch.Tensor:
 def block_budget(x: torch.Tensor, gamma: float, minb: int, maxb: int) -> torch.Tensor:
     """Official block budget from token scores `x [..., N]`: cover count // 128 + 1, raised to minb, then cut to
     maxb (so maxb wins when minb > maxb)."""
-    nb = cover_count(x, gamma) // TOKENS_PER_BUDGET_BLOCK + 1
-    nb = torch.where(nb < minb, torch.full_like(nb, minb), nb)
-    return torch.where(nb > maxb, torch.full_like(nb, maxb), nb)
+    # clamp applies min, then max: the official order
+    return (cover_count(x, gamma) // TOKENS_PER_BUDGET_BLOCK + 1).clamp(min=minb, max=maxb)
 
 
 def _split_blocks(x: torch.Tensor, size: int, dim: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -242,7 +273,8 @@ def block_mean(x: torch.Tensor, size: int) -> torch.Tensor:
         sums = torch.cat([sums, tail.sum(-2, dtype=torch.float32)], dim=-2)
     nb = sums.shape[-2]
     counts = torch.full((nb, 1), float(size), device=x.device)
-    counts[-1] = N - (nb - 1) * size
+    if tail is not None:
+        counts[-1] = N - (nb - 1) * size
     return sums / counts
 
 
@@ -279,11 +311,10 @@ def global_cover_mask(attn: torch.Tensor, target: float, support: torch.Tensor |
         flat = flat.index_select(-1, support)
     vals, order = torch.sort(flat, dim=-1, descending=True, stable=True)
     kept_sorted = scan_rows(vals) <= target
-    kept = torch.zeros_like(kept_sorted).scatter_(-1, order, kept_sorted)
-    if support is None:
-        return kept.view(attn.shape)
+    if support is not None:
+        order = support[order]  # sorted position -> flat index of attn: one scatter, no M-sized intermediate
     out = torch.zeros(*attn.shape[:-2], attn.shape[-2] * attn.shape[-1], dtype=torch.bool, device=attn.device)
-    return out.scatter_(-1, support.expand_as(kept), kept).view(attn.shape)
+    return out.scatter_(-1, order, kept_sorted).view(attn.shape)
 
 
 # ------------------------------------------------------------------------------------------------ patterns
@@ -310,7 +341,7 @@ def official_block_mask(q: torch.Tensor, k: torch.Tensor, *, gamma: float, tau: 
     q_probe = q_last.mean(-2).view(B, HKV, G, D)
     a = torch.softmax(torch.matmul(q_probe, k_mean.transpose(-1, -2)), dim=-1, dtype=torch.float32)
     query_aware = js_distance(a.view(B, H, nb), pooled[0]) < tau
-    budget = torch.where(query_aware, torch.full_like(budget, minb), budget)
+    budget = budget.masked_fill(query_aware, minb)
 
     pooled[0, ..., 0] = float("inf")
     pooled[1, ..., -1] = float("inf")

@@ -12,9 +12,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from sparsebench.attention import AttnContext, AttnShape, Meter, install, method_layers
 from sparsebench.executors import execute
+from sparsebench.methods import flexprefill as fp
 from sparsebench.methods.flexprefill import (FlexPrefill, block_budget, block_mean, diagonal_sums, global_cover_mask,
-                                             official_block_mask, scan_rows, sparse_frontier_indices, stable_rank,
-                                             sum_pool)
+                                             last_query_scores, official_block_mask, scan_chunk_len, scan_rows,
+                                             sparse_frontier_indices, stable_rank, sum_pool)
 from sparsebench.selection import causal_pairs
 
 SEED = 42
@@ -333,14 +334,63 @@ def test_global_cover_on_the_causal_support_equals_the_full_sort(target_frac):
         assert 0 < got.sum() < 6 * causal.sum()  # a partial cover: the rule was exercised
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 1000), (1, 5), (4, 1), (2, 0, 7)])
-def test_scan_rows_row_by_row_equals_cumsum(shape):
+@pytest.mark.parametrize("shape", [(2, 3, 1000), (1, 5), (4, 1), (2, 0, 7), (3, 0)])
+def test_scan_rows_on_cpu_is_plain_cumsum(shape):
+    """The default and chunk=0 are torch.cumsum bit for bit on CPU (the sequential sums the exact tests rely on)."""
     x = torch.rand(shape, generator=torch.Generator().manual_seed(SEED)) ** 3
     ref = torch.cumsum(x, dim=-1)
-    for per_row in (None, True, False):
-        assert torch.equal(scan_rows(x, per_row=per_row), ref)
-    if x.numel():
-        assert torch.equal(scan_rows(x.transpose(0, -1), per_row=True), torch.cumsum(x.transpose(0, -1), dim=-1))
+    assert torch.equal(scan_rows(x), ref) and torch.equal(scan_rows(x, chunk=0), ref)
+
+
+@pytest.mark.parametrize("shape,chunk", [((2, 3, 1000), 64), ((2, 3, 1024), 64), ((64, 4096), 256), ((1, 5), 2),
+                                         ((4, 1), 8), ((2, 0, 7), 2), ((3, 0), 4), ((2, 33), 1), ((5, 97), 200)])
+def test_scan_rows_two_level_equals_cumsum(shape, chunk):
+    """The two-level scan forced on CPU: exact on integer-valued entries (every partial sum representable, so the
+    order of the additions cannot matter), equal to the float64 running sum within fp32 rounding otherwise, and
+    non-contiguous inputs and padded row ends are handled."""
+    g = torch.Generator().manual_seed(SEED)
+    ints = torch.randint(0, 1000, shape, generator=g).float()
+    assert torch.equal(scan_rows(ints, chunk=chunk), torch.cumsum(ints, dim=-1))
+    x = torch.rand(shape, generator=g) ** 3
+    got = scan_rows(x, chunk=chunk)
+    assert got.shape == x.shape and got.dtype == x.dtype
+    ref = torch.cumsum(x.double(), dim=-1)
+    assert torch.allclose(got.double(), ref, rtol=1e-6, atol=1e-6)
+    assert torch.allclose(scan_rows(x.double(), chunk=chunk), ref, rtol=1e-13, atol=1e-13)
+    if len(shape) == 3:
+        xt = x.transpose(0, 1)
+        assert torch.allclose(scan_rows(xt, chunk=chunk).double(), torch.cumsum(xt.double(), dim=-1), rtol=1e-6,
+                              atol=1e-6)
+    mask = torch.rand(shape, generator=g) < 0.5  # bool rows (int64 sums): exact
+    assert torch.equal(scan_rows(mask, chunk=chunk), torch.cumsum(mask, dim=-1))
+
+
+def test_scan_chunk_len_is_a_power_of_two_near_sqrt():
+    for N in (1, 100, 4096, 32768, 32896, 131072, 524800, 2**22):
+        c = scan_chunk_len(N)
+        assert c >= fp.SCAN_CHUNK_MIN and c & (c - 1) == 0
+        if N >= fp.SCAN_ROW_LOOP_MIN:
+            assert math.sqrt(N) <= c < 2 * math.sqrt(N) + 1
+
+
+@pytest.mark.parametrize("T,H,HKV,bs,gamma", [(203, 4, 2, 16, 0.9), (331, 4, 1, 32, 0.7), (1203, 4, 2, 64, 0.95)])
+def test_official_selection_with_two_level_scan(monkeypatch, T, H, HKV, bs, gamma):
+    """Every running sum of the selection (cover counts, global cover) through the two-level scan with short chunks,
+    as CUDA runs it: on these inputs no sum lies within rounding of its threshold, so the selection is the same."""
+    q, k = _qk(T, H=H, HKV=HKV, sink_heads=(1,))
+    kw = dict(gamma=gamma, tau=0.1, minb=1, maxb=2**31 - 1, block_size=bs, scale=q.shape[-1] ** -0.5)
+    ref_mask, ref_qa = official_block_mask(q, k, **kw)
+    calls = []
+    plain = fp.scan_rows
+
+    def chunked(x, chunk=None):
+        calls.append(x.shape)
+        return plain(x, chunk=16)
+
+    monkeypatch.setattr(fp, "scan_rows", chunked)
+    mask, qa = official_block_mask(q, k, **kw)
+    assert len(calls) == 2  # cover counts and global cover
+    assert torch.equal(qa, ref_qa) and torch.equal(mask, ref_mask)
 
 
 def test_stable_rank_breaks_ties_by_index():
@@ -364,6 +414,33 @@ def test_diagonal_sums_equal_literal_diagonals(n, S):
         for h in range(3):
             assert torch.equal(got[b, h], _diag_sums_literal(p[b, h]))
     assert torch.equal(diagonal_sums(p[:, 1:]), got[:, 1:])  # a non-contiguous input
+
+
+@pytest.mark.parametrize("n,S", [(16, 203), (128, 301), (200, 150)])
+def test_diagonal_sums_into_a_strided_out(n, S):
+    p = torch.rand(2, 3, n, S, generator=torch.Generator().manual_seed(SEED))
+    buf = torch.full((2, 2, 5, S), -1.0)
+    out = buf[1, :, 1:4]  # a non-contiguous view
+    assert diagonal_sums(p, out=out) is out
+    assert torch.equal(out, diagonal_sums(p)) and (buf[0] == -1).all() and (buf[1, :, [0, 4]] == -1).all()
+
+
+@pytest.mark.parametrize("max_elems", [fp.MAX_SCORE_ELEMS, 3 * 16 * 333, 16 * 333])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_last_query_scores_equal_the_plain_formula(max_elems, dtype):
+    """Summed into `scores` and divided once, the scores are bit for bit the per-head column means and diagonal
+    sums / n of the fp32 softmax, whatever the head slicing (one slice, per KV head, per query head)."""
+    T, n = 333, 16
+    q, k = _qk(T, H=6, HKV=2, dtype=dtype)
+    scale = q.shape[-1] ** -0.5
+    scores, q_last = last_query_scores(q, k, n, scale, max_elems)
+    assert scores.shape == (2, 1, 6, T) and scores.dtype == torch.float32
+    for h in range(6):
+        z = torch.matmul(q_last[:, h], k[:, h // 3].transpose(-1, -2))
+        z[..., T - n:].masked_fill_(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf"))
+        p = torch.softmax(z, dim=-1, dtype=torch.float32)
+        assert torch.equal(scores[0, :, h], p.mean(-2))
+        assert torch.equal(scores[1, :, h], diagonal_sums(p) / n)
 
 
 def _block_mean_padded_fp32(x, size):
@@ -484,12 +561,15 @@ def test_gpu_matches_cpu_fp32():
 
 
 @pytest.mark.gpu
-def test_gpu_scan_rows_row_by_row():
-    """The CUDA branch (few long rows, one device-wide scan per row) against the CPU running sum."""
-    x = torch.rand(6, 1 << 16, generator=torch.Generator().manual_seed(SEED))
+@pytest.mark.parametrize("N", [1 << 16, 32896])
+def test_gpu_scan_rows_two_level(N):
+    """The CUDA branch (few long rows, two-level scan; 32896 = a padded last chunk) against the CPU running sum."""
+    x = torch.rand(6, N, generator=torch.Generator().manual_seed(SEED))
     got = scan_rows(x.cuda())
-    assert torch.allclose(got.cpu(), torch.cumsum(x, dim=-1), rtol=1e-5, atol=1e-3)
-    assert torch.equal(scan_rows(x.cuda(), per_row=False), torch.cumsum(x.cuda(), dim=-1))
+    assert torch.allclose(got.cpu().double(), torch.cumsum(x.double(), dim=-1), rtol=1e-5, atol=1e-3)
+    assert torch.equal(scan_rows(x.cuda(), chunk=0), torch.cumsum(x.cuda(), dim=-1))
+    ints = torch.randint(0, 100, (6, N), generator=torch.Generator().manual_seed(SEED)).float()
+    assert torch.equal(scan_rows(ints.cuda()).cpu(), torch.cumsum(ints, dim=-1))
 
 
 def _peaky_bf16(T, H, HKV, D, dev):
