@@ -44,10 +44,18 @@ Deviations from the official code:
 
 As in the official HF patch (and its LongBench configs), every attention layer is sparse at prefill and decode stays
 dense; on Llama and Qwen that is this harness's default `method.layers=full_attention`.
+
+Option `scores_kernel="triton"` (default `"torch"`): step 1's importance through the fused kernel
+`kernels/last_q_scores` (`last_q_importance_triton`, two passes over the key tiles), which never materialises the
+last queries' `[H, last_q, Sc]` softmax. It rounds the logits as the torch path does (the product to the input
+dtype, then the scaled value again), so its importance equals the torch path's up to summation order (the dot's
+accumulation, the softmax sums, the mean over rows): the last bits, which can reorder two keys of near-equal
+importance and with them a block mean. Opt-in until it is measured on a GPU; the default is the exact path above.
 """
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +65,7 @@ from sparsebench.selection import Selection
 
 # temporary memory one estimator chunk of KV heads may use (bounds memory at 128K; not a result knob)
 _CHUNK_BYTES = 2 << 30
+SCORES_KERNELS = ("torch", "triton")
 
 
 # ------------------------------------------------------------------------------------------------ pieces
@@ -130,26 +139,45 @@ def _pooled_permuted_keys(k: torch.Tensor, order: torch.Tensor, block_size: int)
     return torch.cat([means, tail[:, :, None].expand(B, hc, G, *tail.shape[2:]).reshape(B, HC, -1, D)], dim=-2)
 
 
+def _importance_torch(q: torch.Tensor, k: torch.Tensor, scale: float, L: int, Sc: int) -> torch.Tensor:
+    """Step 1 in torch: q `[B, HC, T, D]`, k `[B, hc, S, D]` -> importance `[B, HC, Sc]` fp32 of each key of the
+    complete segments to the last L queries. The query heads of a KV group share one matmul against their unrepeated
+    keys."""
+    B, HC, T, D = q.shape
+    hc = k.shape[1]
+    ql = q[:, :, T - L:].reshape(B, hc, HC // hc * L, D)
+    logits = torch.matmul(ql, k[:, :, :Sc].transpose(-1, -2)).mul_(scale)  # scaled in place, in the input dtype
+    return torch.softmax(logits, dim=-1, dtype=torch.float32).view(B, HC, L, Sc).mean(-2)
+
+
+def _importance_triton(q: torch.Tensor, k: torch.Tensor, scale: float, L: int, Sc: int) -> torch.Tensor:
+    """`_importance_torch` through the fused kernel (`scores_kernel="triton"`): no `[HC, L, Sc]` softmax."""
+    if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(f"pbs scores_kernel='triton' needs a CUDA device (or TRITON_INTERPRET=1); q is on "
+                         f"{q.device}: use scores_kernel='torch'")
+    from sparsebench.kernels.last_q_scores import last_q_importance_triton
+
+    return last_q_importance_triton(q[:, :, q.shape[2] - L:], k, scale, Sc)
+
+
 def _estimate_heads(q: torch.Tensor, k: torch.Tensor, scale: float, block_size: int, segment_size: int,
-                    threshold: float, force_first_block: bool, last_q: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Estimator on one group of KV heads: q `[B, HC, T, D]` (HC = hc * G), k `[B, hc, S, D]`.
+                    threshold: float, force_first_block: bool, last_q: int,
+                    imp: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Estimator on one group of KV heads: q `[B, HC, T, D]` (HC = hc * G), k `[B, hc, S, D]`; `imp` the heads'
+    step-1 importance `[B, HC, Sc]` if computed already (else in torch here).
 
     Returns `perm [B, HC, S]` (int64: original key index at each permuted position) and the official block mask
     `[B, HC, NQ, NK]` over permuted key blocks: selected | token-0 block | own segment.
     """
-    B, HC, T, D = q.shape
-    hc, S = k.shape[1], k.shape[2]
-    G = HC // hc
+    B, HC, T, _ = q.shape
+    S = k.shape[2]
     L = min(last_q, T)
     nseg = S // segment_size
     Sc = nseg * segment_size
 
-    # 1) importance of each key of the complete segments to the last L queries; the query heads of a KV group share
-    #    one matmul against their unrepeated keys
-    ql = q[:, :, T - L:].reshape(B, hc, G * L, D)
-    logits = torch.matmul(ql, k[:, :, :Sc].transpose(-1, -2)).mul_(scale)  # scaled in place, in the input dtype
-    imp = torch.softmax(logits, dim=-1, dtype=torch.float32).view(B, HC, L, Sc).mean(-2)
-    del logits
+    # 1) importance of each key of the complete segments to the last L queries
+    if imp is None:
+        imp = _importance_torch(q, k, scale, L, Sc)
 
     # 2) order each segment by importance, descending; the remainder stays in place
     order = torch.sort(imp.view(B, HC, nseg, segment_size), dim=-1, descending=True, stable=True).indices
@@ -179,19 +207,23 @@ def _estimate_heads(q: torch.Tensor, k: torch.Tensor, scale: float, block_size: 
 # ------------------------------------------------------------------------------------------------ estimators
 def pbs_estimate(q: torch.Tensor, k: torch.Tensor, scale: float, block_size: int = 128, segment_size: int = 256,
                  threshold: float = 0.9, force_first_block: bool = True, last_q: int = 128, *,
-                 chunk_bytes: int = _CHUNK_BYTES) -> tuple[torch.Tensor, torch.Tensor]:
+                 chunk_bytes: int = _CHUNK_BYTES, scores_kernel: str = "torch") -> tuple[torch.Tensor, torch.Tensor]:
     """The estimator for prefill (T == S > segment_size): q `[B, H, T, D]`, k `[B, HKV, S, D]`.
 
     Returns `perm [B, H, S]` int64 and the block mask `[B, H, NQ, NK]` over permuted key blocks (see
     `_estimate_heads`). Work runs in chunks of whole KV heads sized by `chunk_bytes` (a memory bound, never a result
     knob); each chunk is one vectorised pass doing each head's arithmetic as an unchunked pass would (bitwise on CPU;
     on CUDA a reduction may be split differently for another number of heads, moving the last bit).
+    `scores_kernel="triton"`: step 1 for every head at once through the fused kernel (its memory is `[B, H, S]`-sized,
+    not chunked), the rest chunked as above.
     """
     B, H, T, D = q.shape
     HKV, S = k.shape[1], k.shape[2]
     if T != S or S <= segment_size:
         raise ValueError(f"pbs estimates prefill longer than one segment: got T={T}, S={S}, "
                          f"segment_size={segment_size}")
+    if scores_kernel not in SCORES_KERNELS:
+        raise ValueError(f"pbs scores_kernel={scores_kernel!r} is not one of {', '.join(SCORES_KERNELS)}")
     G = H // HKV
     L = min(last_q, T)
     NQ, NK = -(-T // block_size), -(-S // block_size)
@@ -203,16 +235,22 @@ def pbs_estimate(q: torch.Tensor, k: torch.Tensor, scale: float, block_size: int
     # and indices, running sums, masks: < 40 bytes an entry); the outputs perm and mask come on top
     a = 8 if q.dtype == torch.float32 else 4
     nbps = segment_size // block_size
-    per_kv_head = B * max(G * L * S * (e + 8), S * D * a + G * (S * nbps * a + NQ * NK * 40))
+    imp = None
+    if scores_kernel == "triton":
+        imp = _importance_triton(q, k, scale, L, S // segment_size * segment_size)
+    # the fused kernel has already done step 1 for every head (scratch of a few floats a key): no logits per chunk
+    logits = G * L * S * (e + 8) if imp is None else 0
+    per_kv_head = B * max(logits, S * D * a + G * (S * nbps * a + NQ * NK * 40))
     hc = max(1, min(HKV, chunk_bytes // max(per_kv_head, 1)))
     if hc == HKV:
-        return _estimate_heads(q, k, scale, block_size, segment_size, threshold, force_first_block, last_q)
+        return _estimate_heads(q, k, scale, block_size, segment_size, threshold, force_first_block, last_q, imp)
     perm = torch.empty(B, H, S, dtype=torch.int64, device=q.device)
     mask = torch.empty(B, H, NQ, NK, dtype=torch.bool, device=q.device)
     for h0 in range(0, HKV, hc):
         h1 = min(HKV, h0 + hc)
         perm[:, h0 * G:h1 * G], mask[:, h0 * G:h1 * G] = _estimate_heads(
-            q[:, h0 * G:h1 * G], k[:, h0:h1], scale, block_size, segment_size, threshold, force_first_block, last_q)
+            q[:, h0 * G:h1 * G], k[:, h0:h1], scale, block_size, segment_size, threshold, force_first_block, last_q,
+            None if imp is None else imp[:, h0 * G:h1 * G])
     return perm, mask
 
 
@@ -305,6 +343,21 @@ def pbs_selection(perm: torch.Tensor, mask: torch.Tensor, *, q_len: int, k_len: 
 
 # ------------------------------------------------------------------------------------------------ method
 class PBS(SparseAttention):
+    """PBS-Attn prefill (see the module docstring).
+
+    Args:
+        block_size: query and key block size of the block scores and of the executed selection.
+        segment_size: keys are permuted within segments of this many tokens (a multiple of block_size).
+        threshold: cumulative block-probability mass each query block keeps, in (0, 1] (1 keeps every block).
+        force_first_block: always keep the permuted block that holds token 0.
+        last_q: queries (the last ones) whose attention ranks the keys.
+        scores_kernel: `torch` (default: the official importance, exactly) or `triton`: the keys' importance
+            through the fused Triton kernel `kernels/last_q_scores` (`last_q_importance_triton`), which never
+            materialises the last queries' softmax; the same logit rounding, equal up to summation order, so a
+            near-tie of two keys' importance may order them the other way (CUDA; opt-in until measured on a GPU).
+        executor: `auto`, `reference` or `triton` (earlier-segment keys run as extra columns: not flex).
+    """
+
     name = "pbs"
     label = "PBS-Attn"
     paper = "arXiv:2510.21270"
@@ -313,7 +366,8 @@ class PBS(SparseAttention):
     budget_increases_density = True
 
     def __init__(self, block_size: int = 128, segment_size: int = 256, threshold: float = 0.9,
-                 force_first_block: bool = True, last_q: int = 128, executor: str = "auto") -> None:
+                 force_first_block: bool = True, last_q: int = 128, scores_kernel: str = "torch",
+                 executor: str = "auto") -> None:
         if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
             raise ValueError(f"pbs block_size={block_size!r} must be a positive integer")
         if (isinstance(segment_size, bool) or not isinstance(segment_size, int) or segment_size < block_size
@@ -326,11 +380,15 @@ class PBS(SparseAttention):
             raise ValueError(f"pbs force_first_block={force_first_block!r} must be true or false")
         if isinstance(last_q, bool) or not isinstance(last_q, int) or last_q < 1:
             raise ValueError(f"pbs last_q={last_q!r} must be a positive integer")
+        if scores_kernel not in SCORES_KERNELS:
+            raise ValueError(f"pbs scores_kernel={scores_kernel!r} is not one of {', '.join(SCORES_KERNELS)}")
         if executor == "flex":
             raise ValueError("pbs executor='flex' cannot run it: pbs executes earlier-segment keys as extra key "
                              "columns, which flex does not take; choose one of auto, reference, triton")
         super().__init__(executor=executor, block_size=block_size, segment_size=segment_size,
-                         threshold=float(threshold), force_first_block=force_first_block, last_q=last_q)
+                         threshold=float(threshold), force_first_block=force_first_block, last_q=last_q,
+                         scores_kernel=scores_kernel)
+        self.scores_kernel = scores_kernel
         self.block_size, self.segment_size = block_size, segment_size
         self.threshold, self.force_first_block, self.last_q = float(threshold), force_first_block, last_q
 
@@ -340,7 +398,7 @@ class PBS(SparseAttention):
     def estimate(self, q: torch.Tensor, k: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
         """`perm [B, H, S]` and the block mask `[B, H, NQ, NK]` over permuted key blocks (sparse path only)."""
         return pbs_estimate(q, k, scale, self.block_size, self.segment_size, self.threshold, self.force_first_block,
-                            self.last_q)
+                            self.last_q, scores_kernel=self.scores_kernel)
 
     def select(self, q: torch.Tensor, k: torch.Tensor, ctx: AttnContext) -> Selection:
         B, H, T, _ = q.shape

@@ -88,6 +88,7 @@ class PBSConfig(MethodConfig):
     threshold: float = 0.9  # (0, 1]; 1 keeps every block
     force_first_block: bool = True
     last_q: int = 128
+    scores_kernel: str = "torch"  # torch | triton (fused kernels/last_q_scores importance; opt-in, untimed on a GPU)
 
 
 # ------------------------------------------------------------------------------------------------ tasks

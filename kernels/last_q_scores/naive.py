@@ -18,14 +18,17 @@ from __future__ import annotations
 import torch
 
 
-def _check(q_last: torch.Tensor, k: torch.Tensor):
+def _check(q_last: torch.Tensor, k: torch.Tensor, causal: bool = True):
     if q_last.dim() != 4 or k.dim() != 4 or q_last.shape[0] != k.shape[0] or q_last.shape[3] != k.shape[3]:
         raise ValueError(f"q_last {tuple(q_last.shape)} and k {tuple(k.shape)} must be [B, H, L, D] and "
                          f"[B, HKV, S, D]")
     B, H, L, D = q_last.shape
     HKV, S = k.shape[1], k.shape[2]
-    if H % HKV or S < L or L < 1:
+    if causal and (H % HKV or S < L or L < 1):
         raise ValueError(f"need H % HKV == 0 and S >= L >= 1; got H={H}, HKV={HKV}, L={L}, S={S}")
+    # without the causal mask the rows need no key positions of their own, so S < L is allowed
+    if not causal and (H % HKV or L < 1 or S < 1):
+        raise ValueError(f"need H % HKV == 0, L >= 1 and S >= 1; got H={H}, HKV={HKV}, L={L}, S={S}")
     return B, H, L, D, HKV, S
 
 
@@ -49,3 +52,27 @@ def last_q_scores_naive(q_last: torch.Tensor, k: torch.Tensor, scale: float) -> 
         on_diag = p.gather(-1, key_of.clamp(min=0).expand(B, L, S))
         slash[:, h] = torch.where(key_of >= 0, on_diag, torch.zeros_like(on_diag)).sum(-2)
     return vertical, slash
+
+
+def last_q_importance_naive(q_last: torch.Tensor, k: torch.Tensor, scale: float,
+                            n_keys: int | None = None) -> torch.Tensor:
+    """PBS-Attn's key importance `[B, H, n_keys]` fp32, one query head at a time (`methods.pbs`, step 1):
+
+        logit[i, j]   = (q_last[i] . k[j]) * scale for the first n_keys keys (default all S), no causal mask:
+                        `torch.matmul` in the input dtype (fp32 accumulation, rounded to the input dtype), then the
+                        scale applied in fp32 and rounded again (`.mul_(scale)` on the matmul's output)
+        p[i, :]       = softmax (fp32) over those keys
+        importance[j] = mean_i p[i, j]
+
+    Inputs as `last_q_scores_naive`, except that S may be smaller than L.
+    """
+    B, H, _, _, HKV, S = _check(q_last, k, causal=False)
+    n_keys = S if n_keys is None else n_keys
+    if isinstance(n_keys, bool) or not isinstance(n_keys, int) or not 1 <= n_keys <= S:
+        raise ValueError(f"n_keys={n_keys!r} must be an integer in [1, {S}]")
+    G = H // HKV
+    imp = torch.empty(B, H, n_keys, dtype=torch.float32, device=q_last.device)
+    for h in range(H):
+        s = torch.matmul(q_last[:, h], k[:, h // G, :n_keys].transpose(-1, -2)).mul_(scale)
+        imp[:, h] = torch.softmax(s, dim=-1, dtype=torch.float32).mean(-2)
+    return imp

@@ -22,6 +22,12 @@ dim is taken in `BD`-wide slices (head dim 256 fits in shared memory). The logit
 Both passes write the same scratch, per query head, whether heads are packed or not. Within a program the K tile's
 slices are loaded again for each row tile (`NG * NCH` times): after the first, from L1/L2 rather than DRAM.
 
+`last_q_importance_triton` (PBS-Attn's key importance, `naive.last_q_importance_naive`) runs the same pass 1 with
+no causal mask over the first `n_keys` keys and PBS's logit rounding (`ROUND_DOT`: the fp32 dot rounded to the input
+dtype, then scaled in fp32 and rounded again, as `torch.matmul(...).mul_(scale)` on a 16-bit tensor rounds), then
+`_lastq_importance`: pass 2 without the diagonal gather, each column sum divided by L. Without the gather, both of
+its passes stack as many heads per dot as the stats pass does.
+
 K is read at its KV head (`h // G`), never repeated. Under `TRITON_INTERPRET=1` the loads are cast to fp32 before
 `tl.dot` (the interpreter's low-precision dot is unreliable); the variable must be set before triton is first
 imported.
@@ -36,14 +42,15 @@ import triton.language as tl
 
 from .naive import _check
 
-__all__ = ["last_q_scores_triton", "supports"]
+__all__ = ["last_q_importance_triton", "last_q_scores_triton", "supports"]
 
 
 def _tile_logits(q_rows, k_base, row, row_ok, keys, key_ok, sks, scale, S, L,
                  D: tl.constexpr, BD: tl.constexpr, R: tl.constexpr, BLOCK_N: tl.constexpr,
-                 INTERPRET: tl.constexpr, PREC: tl.constexpr):
+                 INTERPRET: tl.constexpr, PREC: tl.constexpr, CAUSAL: tl.constexpr, ROUND_DOT: tl.constexpr):
     """Masked logits `[R, BLOCK_N]` of `R` query rows (`q_rows`: each row's pointer, possibly of different heads
-    that share this K) against one key tile; `row` is each row's index among the last L (its causal position)."""
+    that share this K) against one key tile; `row` is each row's index among the last L (its causal position,
+    used only with `CAUSAL`). `ROUND_DOT` picks the rounding of the caller's torch path (see the module doc)."""
     dd = tl.arange(0, BD)
     acc = tl.zeros([R, BLOCK_N], dtype=tl.float32)
     k_ptr = k_base + keys.to(tl.int64)[:, None] * sks
@@ -54,16 +61,24 @@ def _tile_logits(q_rows, k_base, row, row_ok, keys, key_ok, sks, scale, S, L,
             qt = qt.to(tl.float32)
             kt = kt.to(tl.float32)
         acc = tl.dot(qt, tl.trans(kt), acc, input_precision=PREC)
-    # `_scaled_logits`: scale in fp32, one rounding to the input dtype
-    s = (acc * scale).to(q_rows.dtype.element_ty).to(tl.float32)
-    pos = S - L + row
-    keep = row_ok[:, None] & key_ok[None, :] & (keys[None, :] <= pos[:, None])
+    dt = q_rows.dtype.element_ty
+    if ROUND_DOT:
+        # PBS: `torch.matmul(...).mul_(scale)` rounds the product to the input dtype, then the scaled value again
+        s = (acc.to(dt).to(tl.float32) * scale).to(dt).to(tl.float32)
+    else:
+        # `_scaled_logits`: scale in fp32, one rounding to the input dtype
+        s = (acc * scale).to(dt).to(tl.float32)
+    keep = row_ok[:, None] & key_ok[None, :]
+    if CAUSAL:
+        pos = S - L + row
+        keep = keep & (keys[None, :] <= pos[:, None])
     return tl.where(keep, s, float("-inf"))
 
 
 def _lastq_stats(Q, K, MT, LT, sqb, sqh, sqt, skb, skh, sks, smb, smt, S, L, H, G, HP, scale,
                  D: tl.constexpr, BD: tl.constexpr, RC: tl.constexpr, NCH: tl.constexpr, GP: tl.constexpr,
-                 NG: tl.constexpr, BLOCK_N: tl.constexpr, INTERPRET: tl.constexpr, PREC: tl.constexpr):
+                 NG: tl.constexpr, BLOCK_N: tl.constexpr, INTERPRET: tl.constexpr, PREC: tl.constexpr,
+                 CAUSAL: tl.constexpr = True, ROUND_DOT: tl.constexpr = False):
     pid_n = tl.program_id(0)
     pid_p = tl.program_id(1)
     b = (pid_p // (H // HP)).to(tl.int64)
@@ -81,7 +96,7 @@ def _lastq_stats(Q, K, MT, LT, sqb, sqh, sqt, skb, skh, sks, smb, smt, S, L, H, 
             row = c * RC + r % RC
             row_ok = (hp < HP) & (row < L)
             s = _tile_logits(q_head + row.to(tl.int64) * sqt, k_base, row, row_ok, keys, key_ok, sks, scale, S, L,
-                             D, BD, GP * RC, BLOCK_N, INTERPRET, PREC)
+                             D, BD, GP * RC, BLOCK_N, INTERPRET, PREC, CAUSAL, ROUND_DOT)
             m = tl.max(s, 1)
             m_safe = tl.where(m == float("-inf"), 0.0, m)  # a row that sees no key of this tile: l = 0
             l = tl.sum(tl.exp(s - m_safe[:, None]), 1)
@@ -113,7 +128,7 @@ def _lastq_scores(Q, K, M, LS, V, DG, sqb, sqh, sqt, skb, skh, sks, smb, svb, sd
             row = c * RC + r % RC
             row_ok = (hp < HP) & (row < L)
             s = _tile_logits(q_head + row.to(tl.int64) * sqt, k_base, row, row_ok, keys, key_ok, sks, scale, S, L,
-                             D, BD, GP * RC, BLOCK_N, INTERPRET, PREC)
+                             D, BD, GP * RC, BLOCK_N, INTERPRET, PREC, True, False)
             m = tl.load(M + bh * smb + row, mask=row_ok, other=0.0)
             l = tl.load(LS + bh * smb + row, mask=row_ok, other=1.0)
             p = tl.exp(s - m[:, None]) / l[:, None]  # masked logits (-inf) give exactly 0
@@ -131,6 +146,40 @@ def _lastq_scores(Q, K, M, LS, V, DG, sqb, sqh, sqt, skb, skh, sks, smb, svb, sd
         tl.store(DG + bhg[:, None] * sdb + pid_n.to(tl.int64) * sdt + tt[None, :], diag, mask=hg_ok[:, None])
 
 
+def _lastq_importance(Q, K, M, LS, V, sqb, sqh, sqt, skb, skh, sks, smb, svb, S, L, H, G, HP, scale,
+                      D: tl.constexpr, BD: tl.constexpr, RC: tl.constexpr, NCH: tl.constexpr, GP: tl.constexpr,
+                      NG: tl.constexpr, BLOCK_N: tl.constexpr, INTERPRET: tl.constexpr, PREC: tl.constexpr):
+    """Pass 2 of `last_q_importance_triton`: per key column, the mean over the L rows of its (unmasked) softmax
+    probability. `S` is the number of keys scored (n_keys), not K's length."""
+    pid_n = tl.program_id(0)
+    pid_p = tl.program_id(1)
+    b = (pid_p // (H // HP)).to(tl.int64)
+    h0 = (pid_p % (H // HP)) * HP
+    k_base = K + b * skb + (h0 // G).to(tl.int64) * skh
+    keys = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    key_ok = keys < S
+    r = tl.arange(0, GP * RC)
+    gg = tl.arange(0, GP)
+    for j in range(NG):
+        hp = j * GP + r // RC
+        bh = b * H + (h0 + hp).to(tl.int64)
+        q_head = Q + b * sqb + (h0 + hp).to(tl.int64) * sqh
+        col = tl.zeros([GP, BLOCK_N], dtype=tl.float32)
+        for c in range(NCH):
+            row = c * RC + r % RC
+            row_ok = (hp < HP) & (row < L)
+            s = _tile_logits(q_head + row.to(tl.int64) * sqt, k_base, row, row_ok, keys, key_ok, sks, scale, S, L,
+                             D, BD, GP * RC, BLOCK_N, INTERPRET, PREC, False, True)
+            m = tl.load(M + bh * smb + row, mask=row_ok, other=0.0)
+            l = tl.load(LS + bh * smb + row, mask=row_ok, other=1.0)
+            p = tl.exp(s - m[:, None]) / l[:, None]  # masked rows and keys (-inf) give exactly 0
+            col += tl.sum(tl.reshape(p, [GP, RC, BLOCK_N]), 1)
+        hg = j * GP + gg
+        bhg = b * H + (h0 + hg).to(tl.int64)
+        # a true division, as torch's mean divides the fp32 column sum by L
+        tl.store(V + bhg[:, None] * svb + keys[None, :], col / L, mask=(hg < HP)[:, None] & key_ok[None, :])
+
+
 _KERNELS: dict[bool, tuple] = {}
 
 
@@ -139,7 +188,8 @@ def _kernels(interpret: bool):
     if interpret not in _KERNELS:
         tile = triton.jit(_tile_logits)
         g = dict(globals(), _tile_logits=tile)
-        _KERNELS[interpret] = (triton.jit(_rebind(_lastq_stats, g)), triton.jit(_rebind(_lastq_scores, g)))
+        _KERNELS[interpret] = (triton.jit(_rebind(_lastq_stats, g)), triton.jit(_rebind(_lastq_scores, g)),
+                               triton.jit(_rebind(_lastq_importance, g)))
     return _KERNELS[interpret]
 
 
@@ -237,7 +287,7 @@ def last_q_scores_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float, bl
     dev = q.device
     mt = torch.empty(B * H, nt, L, dtype=torch.float32, device=dev)
     lt = torch.empty(B * H, nt, L, dtype=torch.float32, device=dev)
-    stats, scores = _kernels(interpret)
+    stats, scores, _ = _kernels(interpret)
     prec = "ieee" if interpret or q.dtype == torch.float32 else "tf32"
     common = {"D": D, "BD": _head_slice(D), "RC": RC, "NCH": NCH, "BLOCK_N": block_n, "INTERPRET": interpret,
               "PREC": prec, "num_warps": num_warps, "num_stages": num_stages}
@@ -256,3 +306,52 @@ def last_q_scores_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float, bl
                  float(scale), GP=gp_scores, NG=-(-HP // gp_scores), BT=BT, **common)
     slash = _overlap_add(dg, S, L, block_n)
     return vertical.view(B, H, S), slash.reshape(B, H, S)
+
+
+def last_q_importance_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float, n_keys: int | None = None,
+                             block_n: int = 64, num_warps: int = 4, num_stages: int = 2,
+                             pack_heads: bool = True) -> torch.Tensor:
+    """`importance [B, H, n_keys]` fp32 of `last_q_importance_naive` (arguments as there): pass 1 of the scores
+    kernels without the causal mask, then `_lastq_importance` (column means, no diagonals). Equal to the reference up
+    to summation order (the dot's accumulation, the softmax sums over key tiles, the column sums over rows).
+
+    Scratch: fp32 `[B*H, n_tiles, L]` twice, n_tiles = ceil(n_keys / block_n).
+    """
+    B, H, L, D, HKV, S = _check(q_last, k, causal=False)
+    n_keys = S if n_keys is None else n_keys
+    if isinstance(n_keys, bool) or not isinstance(n_keys, int) or not 1 <= n_keys <= S:
+        raise ValueError(f"n_keys={n_keys!r} must be an integer in [1, {S}]")
+    if _head_slice(D) < 16:
+        raise ValueError(f"last_q_importance_triton: head dim {D} is not a multiple of 16")
+    if q_last.dtype not in (torch.float16, torch.bfloat16, torch.float32) or k.dtype != q_last.dtype:
+        raise ValueError(f"q/k dtypes {q_last.dtype}/{k.dtype}: need one of fp16, bf16, fp32, the same for both")
+    if block_n < 16 or block_n & (block_n - 1):
+        raise ValueError(f"block_n={block_n} must be a power of two >= 16")
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    q = q_last if q_last.stride(-1) == 1 else q_last.contiguous()
+    k = k if k.stride(-1) == 1 else k.contiguous()
+    G = H // HKV
+    HP = G if pack_heads else 1
+    RC = 16 if L <= 16 else 32
+    NCH = -(-L // RC)
+    # both passes hold [rows, block_n] fp32 tiles (no diagonal gather): the same head stacking in each
+    GP = _heads_per_tile(HP, RC, block_n)
+    nt = -(-n_keys // block_n)
+    dev = q.device
+    mt = torch.empty(B * H, nt, L, dtype=torch.float32, device=dev)
+    lt = torch.empty(B * H, nt, L, dtype=torch.float32, device=dev)
+    stats, _, importance = _kernels(interpret)
+    prec = "ieee" if interpret or q.dtype == torch.float32 else "tf32"
+    common = {"D": D, "BD": _head_slice(D), "RC": RC, "NCH": NCH, "GP": GP, "NG": -(-HP // GP), "BLOCK_N": block_n,
+              "INTERPRET": interpret, "PREC": prec, "num_warps": num_warps, "num_stages": num_stages}
+    grid = (nt, B * H // HP)
+    stats[grid](q, k, mt, lt, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+                mt.stride(0), mt.stride(1), n_keys, L, H, G, HP, float(scale), CAUSAL=False, ROUND_DOT=True,
+                **common)
+    m = mt.amax(1)
+    l = (lt * torch.exp(mt - m[:, None])).sum(1)
+    del mt, lt
+    imp = torch.empty(B * H, n_keys, dtype=torch.float32, device=dev)
+    importance[grid](q, k, m, l, imp, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+                     m.stride(0), imp.stride(0), n_keys, L, H, G, HP, float(scale), **common)
+    return imp.view(B, H, n_keys)

@@ -1,6 +1,7 @@
 """Vertical/slash scores of the last queries: the reference against MInference's `vs_scores_naive` / `vs_scores`
 and a float64 brute force, and the Triton kernel against the reference (CPU: Triton interpreter in one subprocess;
-GPU: compiled).
+GPU: compiled). PBS's key importance likewise: its reference against PBS's torch path and a float64 brute force, the
+fused kernel against the reference, PBS with `scores_kernel="triton"` against the default.
 
 TRITON_INTERPRET=1 must be set before triton is first imported, so the interpreter cases run in a subprocess (this
 file as a script) and each test reads its verdict, as in test_antidiag_score.py.
@@ -13,7 +14,7 @@ import sys
 
 import pytest
 import torch
-from sparsebench.kernels.last_q_scores import last_q_scores_naive
+from sparsebench.kernels.last_q_scores import last_q_importance_naive, last_q_scores_naive
 
 from sparsebench.testing import assert_verdict, interpreter_verdicts, report_verdicts
 
@@ -80,6 +81,55 @@ def test_import_is_lazy():
     code = ("import sys, sparsebench.kernels.last_q_scores as m; assert 'triton' not in sys.modules; "
             "m.last_q_scores_triton; assert 'triton' in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+    code = ("import sys, sparsebench.kernels.last_q_scores as m; assert 'triton' not in sys.modules; "
+            "m.last_q_importance_triton; assert 'triton' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------------------------------------- PBS importance
+def brute_importance(q, k, scale, n_keys):
+    """PBS's importance in float64, without the input-dtype roundings of the logits."""
+    kk = k[:, :, :n_keys].double().repeat_interleave(q.shape[1] // k.shape[1], 1)
+    return torch.softmax(q.double() @ kk.transpose(-1, -2) * scale, -1).mean(-2)
+
+
+@pytest.mark.parametrize("B,H,HKV,L,S,n_keys,D", [(1, 2, 1, 5, 9, 8, 4), (2, 4, 2, 16, 40, 32, 8),
+                                                  (1, 3, 3, 7, 5, 5, 8)])  # the last: S < L, allowed here
+def test_importance_reference_matches_brute_force(B, H, HKV, L, S, n_keys, D):
+    q, k = _qk(B, H, HKV, L, S, D)
+    imp = last_q_importance_naive(q, k, 0.3, n_keys)
+    assert imp.shape == (B, H, n_keys) and imp.dtype == torch.float32
+    torch.testing.assert_close(imp.double(), brute_importance(q, k, 0.3, n_keys), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(imp.sum(-1), torch.ones(B, H))  # a mean of probability rows
+    assert torch.equal(last_q_importance_naive(q, k, 0.3), last_q_importance_naive(q, k, 0.3, S))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("H,HKV,T,D,L,Sc", [(4, 2, 300, 32, 40, 256), (8, 2, 777, 64, 128, 768),
+                                            (4, 4, 500, 128, 128, 256)])
+def test_importance_reference_is_pbs_torch_path(dtype, H, HKV, T, D, L, Sc):
+    """Bit for bit PBS's step 1 (fast path: the query heads of a KV head stacked into one matmul; naive path: K
+    repeated), logit roundings included."""
+    from sparsebench.methods.pbs import _importance_torch
+
+    q, k = _qk(2, H, HKV, T, T, D, dtype)
+    scale = D ** -0.5
+    imp = last_q_importance_naive(q[:, :, T - L:], k, scale, Sc)
+    assert torch.equal(imp, _importance_torch(q, k, scale, L, Sc))
+    kr = k.repeat_interleave(H // HKV, 1)
+    official = torch.softmax(torch.matmul(q[:, :, -L:], kr[:, :, :Sc].transpose(-1, -2)) * scale, dim=-1,
+                             dtype=torch.float32).mean(dim=-2)
+    assert torch.equal(imp, official)
+
+
+def test_importance_bad_arguments_raise():
+    q, k = _qk(1, 3, 2, 8, 20, 8)
+    with pytest.raises(ValueError, match="H % HKV"):
+        last_q_importance_naive(q, k, 1.0)
+    q, k = _qk(1, 2, 1, 8, 20, 8)
+    for n in (0, 21, True, 3.0):
+        with pytest.raises(ValueError, match="n_keys="):
+            last_q_importance_naive(q, k, 1.0, n)
 
 
 # ---------------------------------------------------------------------------------------------- Triton
@@ -199,6 +249,129 @@ def test_minference_triton_scores_select_like_torch(case, request, interpret_ver
     assert_verdict(interpret_verdicts, request)
 
 
+def _p_imp(B, H, HKV, L, S, n_keys, D, dtype="float32", block_n=64, pack=True):
+    return pytest.param((B, H, HKV, L, S, n_keys, D, dtype, block_n, pack),
+                        id=f"imp-B{B}-H{H}-HKV{HKV}-L{L}-S{S}-n{n_keys}-D{D}-{dtype}-bn{block_n}-"
+                           f"{'packed' if pack else 'perhead'}")
+
+
+def _imp_both(*args, **kw):
+    return [_p_imp(*args, **kw, pack=True), _p_imp(*args, **kw, pack=False)]
+
+
+IMP_CASES = [  # (B, H, HKV, L, S, n_keys, D): G = H / HKV
+    *_imp_both(1, 2, 2, 40, 333, 256, 64),                # G 1, L not a multiple of the 32-row chunk, Sc < S
+    *_imp_both(2, 4, 2, 100, 333, 300, 128, "float16"),   # G 2, n_keys not a multiple of the key tile
+    *_imp_both(1, 4, 1, 128, 300, 256, 64),               # G 4 at PBS's L = 128: two head groups a program
+    *_imp_both(1, 4, 1, 9, 200, 200, 256),                # G 4, one 16-row chunk, D = 256 in slices, n_keys = S
+    *_imp_both(1, 4, 2, 50, 77, 48, 128, "float16", block_n=16),  # n_keys < L (no causal positions needed)
+    *_imp_both(1, 6, 2, 33, 150, 100, 64),                # G 3: a masked head slot in the second group
+    *_imp_both(1, 8, 2, 70, 130, 130, 256, "float16", block_n=32),  # G 4, D = 256, fp16
+]
+
+
+def _check_importance(case, device="cpu", tol=1e-5):
+    """Fused importance vs reference, max error relative to the largest importance. Half precision: two GEMM orders
+    round a logit one ulp apart now and then, which moves that row's probabilities by up to ~ulp(logit) relative;
+    the logits here are twice the scores check's, so 2e-4 (seen: up to 9e-5); such flips stay rare, so the mean
+    error is still asked to be small."""
+    from sparsebench.kernels.last_q_scores import last_q_importance_triton
+
+    B, H, HKV, L, S, n_keys, D, dtype, block_n, pack = case
+    q, k = _qk(B, H, HKV, L, S, D, getattr(torch, dtype))
+    q, k = (q * 2).to(device), k.to(device)  # peakier rows than unit logits
+    scale = 1.0 / math.sqrt(D)
+    if dtype != "float32":
+        tol = max(tol, 2e-4)
+    ref = last_q_importance_naive(q, k, scale, n_keys)
+    got = last_q_importance_triton(q, k, scale, n_keys, block_n=block_n, pack_heads=pack)
+    assert got.shape == ref.shape == (B, H, n_keys) and got.dtype == torch.float32
+    err = (got - ref).abs().max().item() / ref.abs().max().item()
+    assert err <= tol, f"importance: max relative error {err:.3e}"
+    mean_err = ((got - ref).abs().mean() / ref.mean()).item()
+    assert mean_err <= 1e-5, f"importance: mean relative error {mean_err:.3e}"
+    torch.testing.assert_close(got.sum(-1), torch.ones(B, H, device=device), rtol=0, atol=1e-4)
+
+
+# fp16 only: the interpreter converts fp32 to bf16 by truncation, not round-to-nearest-even (bf16: GPU test below)
+ROUNDING_CASES = [pytest.param("float16", id="rounding-float16")]
+
+
+def _check_rounding(dtype, device="cpu"):
+    """The kernel rounds the logits as PBS does (product to the input dtype, then the scaled value again), not once
+    as the scores kernel does. Integer inputs make every dot exact in fp32, so the roundings are the only
+    difference: the reference is met to summation order, the single-rounding variant misses by far more."""
+    from sparsebench.kernels.last_q_scores import last_q_importance_triton
+
+    g = torch.Generator().manual_seed(7)
+    dt = getattr(torch, dtype)
+    q = torch.randint(-24, 25, (1, 2, 20, 64), generator=g).to(dt).to(device)
+    k = torch.randint(-24, 25, (1, 1, 150, 64), generator=g).to(dt).to(device)
+    scale = 0.0123  # dots of a few thousand: the fp16 product's ulp is 2-4, so both roundings move the logits
+    ref = last_q_importance_naive(q, k, scale, 140)
+    logits = (q.float() @ k[:, :, :140].float().repeat_interleave(2, 1).transpose(-1, -2)) * scale
+    once = torch.softmax(logits.to(dt), -1, dtype=torch.float32).mean(-2)
+    got = last_q_importance_triton(q, k, scale, 140)
+    err = (got - ref).abs().max().item() / ref.abs().max().item()
+    miss = (once - ref).abs().max().item() / ref.abs().max().item()
+    assert err <= 1e-5 and miss > 1e-3, (err, miss)
+
+
+PBS_CASES = [  # (B, H, HKV, T, D, knobs, dtype)
+    pytest.param((1, 4, 2, 777, 32, {"block_size": 32, "segment_size": 64}, "float32"), id="pbs-G2-T777-D32"),
+    pytest.param((1, 4, 1, 1001, 64, {"block_size": 16, "segment_size": 48, "threshold": 0.5, "last_q": 40},
+                  "float32"), id="pbs-G4-T1001-D64"),
+    pytest.param((1, 2, 2, 1100, 64, {"threshold": 0.5}, "float32"), id="pbs-G1-T1100-D64-bs128"),
+    pytest.param((2, 8, 2, 600, 128, {"block_size": 32, "segment_size": 96, "threshold": 0.7, "last_q": 100},
+                  "float32"), id="pbs-B2-G4-T600-D128"),
+    pytest.param((1, 4, 1, 455, 32, {"block_size": 32, "segment_size": 96, "threshold": 0.6,
+                                     "force_first_block": False, "last_q": 1000}, "float32"), id="pbs-L455"),
+    pytest.param((1, 4, 2, 777, 32, {"block_size": 32, "segment_size": 64}, "float16"), id="pbs-G2-T777-fp16"),
+    pytest.param((1, 4, 1, 900, 256, {"block_size": 64, "segment_size": 128, "threshold": 0.8, "last_q": 50},
+                  "float16"), id="pbs-G4-T900-D256-fp16"),
+]
+
+
+def _check_pbs(case):
+    """PBS with scores_kernel="triton" permutes and selects what the default does, block for block and column for
+    column (random inputs: no two keys of a segment with importances within the summation-order error), in one
+    chunk of KV heads and in one per KV head."""
+    from sparsebench.attention import AttnContext
+    from sparsebench.methods.pbs import PBS, pbs_estimate
+
+    B, H, HKV, T, D, knobs, dtype = case
+    q, k = _qk(B, H, HKV, T, T, D, getattr(torch, dtype), seed=11)
+    q = q * 2
+    scale = D ** -0.5
+    ref_perm, ref_mask = pbs_estimate(q, k, scale, **knobs)
+    for chunk in (1, 1 << 40):
+        perm, mask = pbs_estimate(q, k, scale, **knobs, chunk_bytes=chunk, scores_kernel="triton")
+        assert torch.equal(perm, ref_perm), f"perm differs at {(perm != ref_perm).sum().item()} positions"
+        assert torch.equal(mask, ref_mask), f"mask differs at {(mask != ref_mask).sum().item()} blocks"
+    ctx = AttnContext(0, H, HKV, D, scale)
+    a, b = PBS(scores_kernel="triton", **knobs).select(q, k, ctx), PBS(**knobs).select(q, k, ctx)
+    assert torch.equal(a.kv_indices, b.kv_indices) and torch.equal(a.kv_counts, b.kv_counts)
+    assert (a.extra_cols is None) == (b.extra_cols is None)
+    if a.extra_cols is not None:
+        assert torch.equal(a.extra_counts, b.extra_counts) and torch.equal(a.extra_cols, b.extra_cols)
+    assert 0 < a.density() < 1
+
+
+@pytest.mark.parametrize("case", IMP_CASES)
+def test_importance_interpret_matches_reference(case, request, interpret_verdicts):
+    assert_verdict(interpret_verdicts, request)
+
+
+@pytest.mark.parametrize("case", ROUNDING_CASES)
+def test_importance_interpret_rounds_like_pbs(case, request, interpret_verdicts):
+    assert_verdict(interpret_verdicts, request)
+
+
+@pytest.mark.parametrize("case", PBS_CASES)
+def test_pbs_triton_importance_selects_like_torch(case, request, interpret_verdicts):
+    assert_verdict(interpret_verdicts, request)
+
+
 GPU_CASES = [
     *_both(1, 32, 8, 64, 32768, 128, "float16"),
     *_both(1, 8, 2, 64, 5001, 256, "float32"),
@@ -234,8 +407,53 @@ def test_triton_gpu_128k_bf16_matches_vs_scores(pack):
     assert (s - sr).abs().max().item() < 2e-2 * sr.abs().max().item()
 
 
+IMP_GPU_CASES = [
+    *_imp_both(1, 32, 8, 128, 32768, 32768 - 200, 128, "float16"),  # Llama-3.1-8B heads, PBS's L, Sc < S
+    *_imp_both(1, 8, 2, 128, 5001, 4864, 256, "float32"),
+    *_imp_both(2, 4, 1, 40, 3000, 2944, 64, "float16", block_n=128),
+    *_imp_both(1, 28, 4, 128, 4097, 4096, 128, "float16"),  # G 7 (Qwen2-7B-like)
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("case", IMP_GPU_CASES)
+def test_importance_gpu_matches_reference(case):
+    _check_importance(case, device="cuda", tol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_importance_gpu_rounds_like_pbs(dtype):
+    _check_rounding(dtype, device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("S", [32768, 131072])
+def test_importance_gpu_bf16_matches_pbs_torch_path(S):
+    """bf16 at Llama-3.1-8B's heads against PBS's own torch step 1 (cuBLAS): every head's importance sums to 1, and
+    the one-ulp bf16 logit flips between GEMM orders stay small once averaged over L = 128 rows."""
+    from sparsebench.kernels.last_q_scores import last_q_importance_triton
+    from sparsebench.methods.pbs import _importance_torch
+
+    q, k = _qk(1, 32, 8, 128, S, 128, torch.bfloat16)
+    q, k = (q * 2).cuda(), k.cuda()
+    Sc = S - 256
+    got = last_q_importance_triton(q, k, 128 ** -0.5, Sc)
+    ref = torch.cat([_importance_torch(q[:, h:h + 4], k[:, h // 4:h // 4 + 1], 128 ** -0.5, 128, Sc)
+                     for h in range(0, 32, 4)], 1)
+    torch.testing.assert_close(got.sum(-1), torch.ones(1, 32, device="cuda"), rtol=0, atol=1e-3)
+    assert (got - ref).abs().max().item() < 2e-2 * ref.abs().max().item()
+    # the ranking that PBS sorts by: nearly every key keeps its rank within its 256-key segment
+    rank = lambda x: x.view(1, 32, -1, 256).argsort(-1, descending=True, stable=True)  # noqa: E731
+    assert (rank(got) == rank(ref)).float().mean().item() > 0.9
+
+
 if __name__ == "__main__" and sys.argv[1:] == ["--interpret"]:
-    for check, cases in ((_check_case, CPU_CASES), (_check_select, SELECT_CASES), (_check_flex, FLEX_CASES)):
+    for check, cases in ((_check_case, CPU_CASES), (_check_select, SELECT_CASES), (_check_flex, FLEX_CASES),
+                         (_check_importance, IMP_CASES), (_check_rounding, ROUNDING_CASES), (_check_pbs, PBS_CASES)):
         report_verdicts(check, cases)
 
 
@@ -246,8 +464,10 @@ def test_compiled_kernels_keep_their_constexprs():
 
     from sparsebench.kernels.last_q_scores import triton as lq
 
-    stats, scores = lq._kernels(False)
+    stats, scores, importance = lq._kernels(False)
     assert [p.name for p in stats.params if p.is_constexpr] == ["D", "BD", "RC", "NCH", "GP", "NG", "BLOCK_N",
-                                                                "INTERPRET", "PREC"]
+                                                                "INTERPRET", "PREC", "CAUSAL", "ROUND_DOT"]
     assert [p.name for p in scores.params if p.is_constexpr] == ["D", "BD", "RC", "NCH", "GP", "NG", "BLOCK_N", "BT",
                                                                  "INTERPRET", "PREC"]
+    assert [p.name for p in importance.params if p.is_constexpr] == ["D", "BD", "RC", "NCH", "GP", "NG", "BLOCK_N",
+                                                                     "INTERPRET", "PREC"]

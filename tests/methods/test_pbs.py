@@ -370,6 +370,7 @@ def test_estimation_flops_match_flop_counter(B, H, HKV, T, D, knobs):
     ({"last_q": 0}, "last_q=0"),
     ({"executor": "flex"}, "executor='flex'"),
     ({"executor": "cudnn"}, "executor='cudnn'"),
+    ({"scores_kernel": "cuda"}, "scores_kernel='cuda'"),
 ])
 def test_bad_knobs_raise(knobs, needle):
     with pytest.raises(ValueError, match=re.escape(needle)):
@@ -379,9 +380,22 @@ def test_bad_knobs_raise(knobs, needle):
 def test_config_defaults_match_the_class(compose):
     cfg = compose(["method=pbs"])
     sig = inspect.signature(PBS.__init__).parameters
-    for knob in ("block_size", "segment_size", "threshold", "force_first_block", "last_q"):
+    for knob in ("block_size", "segment_size", "threshold", "force_first_block", "last_q", "scores_kernel"):
         assert cfg.method[knob] == sig[knob].default
     assert PBS.budget_knob in sig and PBS.budget_increases_density
+
+
+def test_triton_scores_kernel_needs_cuda_or_the_interpreter(monkeypatch):
+    """The fused importance runs on CUDA (its interpreter cases live in tests/kernels/test_last_q_scores.py); on a
+    CPU tensor without TRITON_INTERPRET it fails with a clear message instead of a Triton error."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    q, k, _ = _qkv(1, 4, 2, 600, 32)
+    with pytest.raises(ValueError, match="scores_kernel='triton' needs a CUDA device"):
+        _select(PBS(block_size=32, segment_size=64, scores_kernel="triton"), q, k)
+    with pytest.raises(ValueError, match="scores_kernel='fused'"):
+        pbs_estimate(q, k, 32 ** -0.5, 32, 64, scores_kernel="fused")
+    # dense paths never estimate, so they run anywhere
+    assert _select(PBS(scores_kernel="triton"), q[:, :, :200], k[:, :, :200]).density() == 1.0
 
 
 # ------------------------------------------------------------------------------------------------ GPU
@@ -437,3 +451,19 @@ def test_gpu_long_lengths_fit(H, HKV, T, D, limit_gib):
     peak_gib = (torch.cuda.max_memory_allocated() - base) / 2**30
     assert 0 < density <= 1
     assert peak_gib < limit_gib, (peak_gib, density, None if sel.extra_cols is None else sel.extra_cols.shape)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("H,HKV,T,D", [(32, 8, 32768, 128), (8, 2, 5001, 128), (4, 1, 3333, 256)])
+def test_gpu_bf16_triton_importance_selects_like_torch(H, HKV, T, D):
+    """scores_kernel="triton" on CUDA in bf16: the same logit roundings as the torch path, another summation order,
+    so two keys of near-equal importance may swap (and with them a permuted block's mean); nearly every permuted
+    position and block decision agrees."""
+    q, k, _ = _qkv(1, H, HKV, T, D, dtype=torch.bfloat16, device="cuda")
+    scale = D ** -0.5
+    ref_perm, ref_mask = pbs_estimate(q, k, scale)
+    perm, mask = pbs_estimate(q, k, scale, scores_kernel="triton")
+    perm_agree, mask_agree = (perm == ref_perm).float().mean().item(), (mask == ref_mask).float().mean().item()
+    assert perm_agree > 0.99 and mask_agree > 0.999, (perm_agree, mask_agree)
+    a, b = _select(PBS(scores_kernel="triton"), q, k), _select(PBS(), q, k)
+    assert abs(a.density() - b.density()) < 1e-3 * b.density()
