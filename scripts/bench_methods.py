@@ -35,7 +35,8 @@ COST_VARIANTS = (("streaming", "streaming", {}), ("minference_vs", "minference",
                  ("flexprefill", "flexprefill", {}), ("pbs", "pbs", {}))
 # on a GPU also the estimators' fused-kernel options (kernels/last_q_scores), opt-in until measured here
 GPU_COST_VARIANTS = (("minference_vs_fused", "minference", {"pattern": "vertical_slash", "scores_kernel": "triton"}),
-                     ("flexprefill_fused", "flexprefill", {"scores_kernel": "triton"}))
+                     ("flexprefill_fused", "flexprefill", {"scores_kernel": "triton"}),
+                     ("pbs_fused", "pbs", {"scores_kernel": "triton"}))
 
 
 class _CaptureQKV:
