@@ -397,5 +397,91 @@ def test_long_select_memory_gpu(shape):
     assert torch.cuda.max_memory_allocated() - base < 8 << 30
 
 
+# ---------------------------------------------------------------------------------------------- selection kernel
+def test_select_kernel_switch(monkeypatch):
+    """The fused selection kernel runs on CUDA (or under the interpreter when asked), never on the plain CPU path
+    or with use_triton=false; a bad switch value is an error."""
+    from sparsebench.methods.xattn import SELECT_KERNEL_ENV
+
+    q = torch.zeros(1, 2, 256, 16)
+    m = XAttention(block_size=64)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.delenv(SELECT_KERNEL_ENV, raising=False)
+    assert not m._select_kernel_for(q, 256)
+    monkeypatch.setenv(SELECT_KERNEL_ENV, "1")
+    assert not m._select_kernel_for(q, 256)  # CPU without the interpreter
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert m._select_kernel_for(q, 256)
+    assert not XAttention(block_size=64, use_triton="false")._select_kernel_for(q, 256)
+    assert not m._select_kernel_for(q, 64 * 8193)  # past MAX_NK: the torch path
+    monkeypatch.setenv(SELECT_KERNEL_ENV, "0")
+    assert not m._select_kernel_for(q, 256)
+    monkeypatch.setenv(SELECT_KERNEL_ENV, "yes")
+    with pytest.raises(ValueError, match="SPARSEBENCH_XATTN_SELECT_KERNEL='yes'"):
+        m._select_kernel_for(q, 256)
+
+
+def _f(B, H, HKV, T, S, D, st, bs, tau, chunk=None):
+    tag = "heads" if isinstance(tau, list) else tau
+    return pytest.param((B, H, HKV, T, S, D, st, bs, tau, chunk),
+                        id=f"fused-B{B}-H{H}-HKV{HKV}-T{T}-S{S}-st{st}-bs{bs}-tau{tag}-chunk{chunk}")
+
+
+FUSED_CASES = [
+    _f(1, 4, 2, 333, 333, 16, 8, 32, 0.9),
+    _f(1, 2, 1, 517, 700, 32, 4, 64, 0.6, chunk=128),  # several chunks: each writes its rows of the lists
+    _f(2, 2, 2, 190, 301, 16, 16, 64, [0.0, 1.0]),
+    _f(1, 4, 1, 640, 640, 16, 8, 64, [0.5, 0.9, 0.95, 0.3], chunk=192),
+]
+
+
+def _fused_vs_torch(case, device="cpu"):
+    """select with the fused kernel vs the torch find_blocks path on the same Triton scores."""
+    import tempfile
+
+    from sparsebench import calibration
+    from sparsebench.methods.xattn import SELECT_KERNEL_ENV
+
+    B, H, HKV, T, S, D, st, bs, tau, chunk = case
+    q, k, _ = _qkv(B, H, HKV, T, S, D)
+    q, k = q.to(device), k.to(device)
+    ctx = _ctx(H, HKV, D)
+    with tempfile.TemporaryDirectory() as tmp:
+        kw = {"threshold": tau}
+        if isinstance(tau, list):
+            kw = {"thresholds_file": str(calibration.save(f"{tmp}/thr.json", {"thresholds": [tau]}))}
+        m = XAttention(stride=st, block_size=bs, chunk_size=chunk, use_triton="true", **kw)
+        sels = {}
+        old = os.environ.get(SELECT_KERNEL_ENV)
+        try:
+            for flag in ("1", "0"):
+                os.environ[SELECT_KERNEL_ENV] = flag
+                assert m._select_kernel_for(q, S) == (flag == "1")
+                sels[flag] = m.select(q, k, ctx)
+        finally:
+            if old is None:
+                os.environ.pop(SELECT_KERNEL_ENV, None)
+            else:
+                os.environ[SELECT_KERNEL_ENV] = old
+    fused, ref = sels["1"], sels["0"]
+    fused.validate()
+    assert torch.equal(fused.kv_counts, ref.kv_counts), "block counts differ"
+    assert torch.equal(fused.kv_indices, ref.kv_indices), "block lists differ"
+
+
+@pytest.mark.parametrize("case", FUSED_CASES)
+def test_fused_selection_equals_torch_path_interpret(case, request, interpret_verdicts):
+    assert_verdict(interpret_verdicts, request)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("case", FUSED_CASES + [_f(1, 8, 2, 8192, 8192, 128, 8, 128, 0.9),
+                                               _f(1, 8, 2, 3000, 9000, 128, 16, 128, [0.9] * 4 + [0.5] * 4)])
+def test_fused_selection_equals_torch_path_gpu(case):
+    _fused_vs_torch(case, device="cuda")
+
+
 if __name__ == "__main__" and sys.argv[1:] == ["--interpret"]:
     report_verdicts(_check_exact, CPU_CASES)
+    report_verdicts(_fused_vs_torch, FUSED_CASES)
