@@ -36,7 +36,28 @@ COST_VARIANTS = (("streaming", "streaming", {}), ("minference_vs", "minference",
 # on a GPU also the estimators' fused-kernel options (kernels/last_q_scores), opt-in until measured here
 GPU_COST_VARIANTS = (("minference_vs_fused", "minference", {"pattern": "vertical_slash", "scores_kernel": "triton"}),
                      ("flexprefill_fused", "flexprefill", {"scores_kernel": "triton"}),
-                     ("pbs_fused", "pbs", {"scores_kernel": "triton"}))
+                     ("pbs_fused", "pbs", {"scores_kernel": "triton"}),
+                     ("xattn_s8_selk", "xattn", {"stride": 8}), ("xattn_s16_selk", "xattn", {"stride": 16}))
+# environment a variant runs under (opt-in switches that are not constructor knobs)
+VARIANT_ENV = {"xattn_s8_selk": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "1"},
+               "xattn_s16_selk": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "1"}}
+
+
+@contextlib.contextmanager
+def _variant_env(label: str):
+    import os
+
+    env = VARIANT_ENV.get(label, {})
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 class _CaptureQKV:
@@ -164,7 +185,7 @@ def graph_part(seq_lens, shape, rows_rows):
             common = dict(part="graph", method=label, seq_len=L, heads=H, kv_heads=HKV, head_dim=D)
             try:
                 m = REGISTRY.get(name)(**knobs)
-                with torch.inference_mode():
+                with torch.inference_mode(), _variant_env(label):
                     ms = _time_ms(cuda_graph(lambda m=m: m.select(q, k, ctx)), "cuda")
             except Exception as e:  # noqa: BLE001
                 rows_rows.append(dict(common, metric="status", value=float("nan"), status=type(e).__name__,
@@ -192,7 +213,7 @@ def profile_part(seq_lens, shape, device, rows_rows, n=3, top=12):
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
         for label, name, knobs in COST_VARIANTS + (GPU_COST_VARIANTS if cuda else ()):
             m = REGISTRY.get(name)(**knobs)
-            with torch.inference_mode():
+            with torch.inference_mode(), _variant_env(label):
                 m.select(q, k, ctx)
                 sync()
                 t0 = time.perf_counter()
@@ -234,7 +255,8 @@ def cost_part(seq_lens, shape, device, rows_rows):
             for label, name, knobs in COST_VARIANTS + (GPU_COST_VARIANTS if device == "cuda" else ()):
                 try:
                     m = REGISTRY.get(name)(**knobs)
-                    est_ms = _time_ms(lambda: m.select(q, k, ctx), device)
+                    with _variant_env(label):
+                        est_ms = _time_ms(lambda: m.select(q, k, ctx), device)
                 except Exception as e:  # noqa: BLE001  (one failing estimator must not cost the other rows)
                     rows_rows.append(dict(part="cost", method=label, seq_len=L, metric="status", value=float("nan"),
                                           status=type(e).__name__, message=str(e)[:200], heads=H, kv_heads=HKV,
