@@ -213,15 +213,22 @@ def profile_part(seq_lens, shape, device, rows_rows, n=3, top=12):
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
         for label, name, knobs in COST_VARIANTS + (GPU_COST_VARIANTS if cuda else ()):
             m = REGISTRY.get(name)(**knobs)
-            with torch.inference_mode(), _variant_env(label):
-                m.select(q, k, ctx)
-                sync()
-                t0 = time.perf_counter()
-                with profile(activities=acts) as prof:
-                    for _ in range(n):
-                        m.select(q, k, ctx)
+            try:
+                with torch.inference_mode(), _variant_env(label):
+                    m.select(q, k, ctx)
                     sync()
-                wall = (time.perf_counter() - t0) * 1e3 / n
+                    t0 = time.perf_counter()
+                    with profile(activities=acts) as prof:
+                        for _ in range(n):
+                            m.select(q, k, ctx)
+                        sync()
+                    wall = (time.perf_counter() - t0) * 1e3 / n
+            except Exception as e:  # noqa: BLE001  (one failing estimator must not cost the others' profiles)
+                rows_rows.append(dict(part="profile", method=label, seq_len=L, metric="status", value=float("nan"),
+                                      status=type(e).__name__, message=str(e)[:200], heads=H, kv_heads=HKV,
+                                      head_dim=D))
+                print(f"profile L={L} {label:<16} FAILED {type(e).__name__}: {str(e)[:120]}")
+                continue
             kern = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
             dev_ms = sum(getattr(e, "device_time", 0.0) for e in kern) / 1e3 / n
             launches = len(kern) / n
