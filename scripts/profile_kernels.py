@@ -292,7 +292,8 @@ def antidiag_candidates(seq_lens, strides=(8, 16), H=32, HKV=8, D=128) -> list[d
 
 def lastq_candidates(seq_lens, last_qs=(64, 128), H=32, HKV=8, D=128) -> list[dict]:
     """The last-query vertical/slash scorer (`kernels/last_q_scores`, MInference's and FlexPrefill's estimation
-    core) per (block_n, num_warps), next to the torch path `methods.minference.vs_scores`, as a share of cuDNN dense
+    core) per (block_n, num_warps), packed (the G query heads of a KV head in one program) and not, next to the torch
+    path `methods.minference.vs_scores`, as a share of cuDNN dense
     causal attention on the same inputs."""
     from sparsebench.kernels.last_q_scores import last_q_scores_triton
     from sparsebench.methods.minference import vs_scores
@@ -311,12 +312,14 @@ def lastq_candidates(seq_lens, last_qs=(64, 128), H=32, HKV=8, D=128) -> list[di
         dense_ms = _median_ms(dense)
         for lq in last_qs:
             ql = q[:, :, L - lq:]
-            cands = [("torch", None)] + [(f"bn{bn}w{w}", (bn, w)) for bn in (64, 128, 256) for w in (4, 8)]
+            cands = ([("torch", None)] + [(f"bn{bn}w{w}", (bn, w, True)) for bn in (64, 128, 256) for w in (4, 8)]
+                     + [(f"bn{bn}w4_nopack", (bn, 4, False)) for bn in (64, 128)])
             for name, cfg in cands:
                 if cfg is None:
                     fn = lambda: vs_scores(q, k, lq, D ** -0.5)  # noqa: E731
                 else:
-                    fn = lambda cfg=cfg: last_q_scores_triton(ql, k, D ** -0.5, block_n=cfg[0], num_warps=cfg[1])
+                    fn = lambda cfg=cfg: last_q_scores_triton(ql, k, D ** -0.5, block_n=cfg[0], num_warps=cfg[1],
+                                                              pack_heads=cfg[2])
                 try:
                     ms = _median_ms(fn)
                 except Exception as e:  # noqa: BLE001
