@@ -86,7 +86,7 @@ def test_block_sparse_attn_tma(D, trim, monkeypatch):
     _check([("bsa", _compile(bt._kernel(False), pos, {**const, **options}))])
 
 
-def test_block_sparse_attn_pointer_loads_and_extra_columns(compiled):
+def test_block_sparse_attn_pointer_loads_and_extra_columns(compiled, monkeypatch):
     """The wrapper's own launch on a non-TMA layout (CPU tensors), with extra columns and a window."""
     from sparsebench.kernels.block_sparse_attn import triton as bt
 
@@ -94,7 +94,7 @@ def test_block_sparse_attn_pointer_loads_and_extra_columns(compiled):
     k = torch.empty(1, 2, 1000, 128, dtype=torch.float16)
     idx, cnt = torch.zeros(1, 8, 8, 3, dtype=torch.int32), torch.ones(1, 8, 8, dtype=torch.int32)
     cols, ccnt = torch.zeros(1, 8, 8, 5, dtype=torch.int32), torch.ones(1, 8, 8, dtype=torch.int32)
-    bt._TUNED.clear()
+    monkeypatch.setattr(bt, "_TUNED", {})  # nothing launched: keep the module's tuned configs untouched
     bt.block_sparse_attn_triton(q, k, k, idx, cnt, 128, 128, extra_cols=cols, extra_counts=ccnt, return_lse=True)
     bt.block_sparse_attn_triton(q, k, k, idx[:, :1], cnt[:, :1], 128, 128, window=256, sink=4)
     _check(compiled, 2)
