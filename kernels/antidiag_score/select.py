@@ -172,19 +172,13 @@ def _select_fwd(SC, TAU, IDX, CNT, MSK, ORD, MASS,
 _KERNELS: dict[bool, object] = {}
 
 
-def _rebind(fn, g):
-    """`fn` with globals `g`, keeping the annotations that mark its `tl.constexpr` arguments."""
-    new = type(fn)(fn.__code__, g, fn.__name__, fn.__defaults__, fn.__closure__)
-    new.__annotations__ = dict(fn.__annotations__)
-    return new
-
-
 def _kernel(interpret: bool):
     # triton.jit decides between compiled and interpreted at decoration time, so decorate per mode on first use; the
     # kernel sees the helper decorated in the same mode through its own globals
     if interpret not in _KERNELS:
-        g = dict(globals(), _sort_rows=triton.jit(_sort_rows), _mass_before=triton.jit(_mass_before))
-        _KERNELS[interpret] = triton.jit(_rebind(_select_fwd, g))
+        from .._jit import jit_with_helpers
+
+        _KERNELS[interpret] = jit_with_helpers((_select_fwd,), (_sort_rows, _mass_before))[0]
     return _KERNELS[interpret]
 
 

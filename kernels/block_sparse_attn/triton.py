@@ -38,6 +38,22 @@ _LOG2E = 1.4426950408889634
 _MAX_PACK = 16
 
 
+def _softmax_step(qk, v, m_i, l_i, acc, qk_scale, INTERPRET: tl.constexpr, PREC: tl.constexpr):
+    """One online-softmax step (FlashAttention-2) over a tile of masked logits `qk` and its values `v`: the new row
+    max, running sum and accumulator, base 2 (scores are pre-multiplied by log2(e) through `qk_scale`)."""
+    m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+    # A row with no key yet has m = -inf; shifting by 0 instead keeps exp2 away from (-inf) - (-inf).
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.math.exp2(qk * qk_scale - m_use[:, None])
+    alpha = tl.math.exp2(m_i - m_use)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    if INTERPRET:
+        pv = tl.dot(p, v, input_precision=PREC)
+    else:
+        pv = tl.dot(p.to(v.dtype), v, input_precision=PREC)
+    return m_new, l_i, acc * alpha[:, None] + pv
+
+
 def _bsa_fwd(Q, K, V, KD, VD, O, LSE, IDX, CNT, XCOL, XCNT,
              sqb, sqh, sqt, skb, skh, sks, svb, svh, svs, sob, soh, sot, slb, slh,
              sib, sih, siq, scb, sch, sxb, sxh, sxq, sxcb, sxch,
@@ -140,18 +156,7 @@ def _bsa_fwd(Q, K, V, KD, VD, O, LSE, IDX, CNT, XCOL, XCNT,
                 keep = keep & ((sub * BLOCK_N + nn) < BK)[None, :]
             qk = tl.where(keep, qk, float("-inf"))
 
-        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-        # A row with no key yet has m = -inf; shifting by 0 instead keeps exp2 away from (-inf) - (-inf).
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.math.exp2(qk * qk_scale - m_use[:, None])
-        alpha = tl.math.exp2(m_i - m_use)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        if INTERPRET:
-            pv = tl.dot(p, v, input_precision=PREC)
-        else:
-            pv = tl.dot(p.to(v.dtype), v, input_precision=PREC)
-        acc = acc * alpha[:, None] + pv
-        m_i = m_new
+        m_i, l_i, acc = _softmax_step(qk, v, m_i, l_i, acc, qk_scale, INTERPRET, PREC)
 
     if HAS_EXTRA:
         # Single key tokens gathered BLOCK_N at a time; always masked (liveness, causality, window).
@@ -171,17 +176,7 @@ def _bsa_fwd(Q, K, V, KD, VD, O, LSE, IDX, CNT, XCOL, XCNT,
             if HAS_WINDOW:
                 keep = keep & (((pos[:, None] - cols[None, :]) < window) | (cols[None, :] < sink))
             qk = tl.where(keep, qk, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.math.exp2(qk * qk_scale - m_use[:, None])
-            alpha = tl.math.exp2(m_i - m_use)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            if INTERPRET:
-                pv = tl.dot(p, v, input_precision=PREC)
-            else:
-                pv = tl.dot(p.to(v.dtype), v, input_precision=PREC)
-            acc = acc * alpha[:, None] + pv
-            m_i = m_new
+            m_i, l_i, acc = _softmax_step(qk, v, m_i, l_i, acc, qk_scale, INTERPRET, PREC)
 
     has = l_i > 0.0
     l_safe = tl.where(has, l_i, 1.0)
@@ -200,7 +195,9 @@ _KERNELS: dict[bool, object] = {}
 def _kernel(interpret: bool):
     # triton.jit decides between compiled and interpreted at decoration time, so decorate per mode on first use.
     if interpret not in _KERNELS:
-        _KERNELS[interpret] = triton.jit(_bsa_fwd)
+        from .._jit import jit_with_helpers
+
+        _KERNELS[interpret] = jit_with_helpers((_bsa_fwd,), (_softmax_step,))[0]
     return _KERNELS[interpret]
 
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 import os
 
 import torch
-import triton
 import triton.language as tl
 
 from .naive import _check
@@ -186,20 +185,10 @@ _KERNELS: dict[bool, tuple] = {}
 def _kernels(interpret: bool):
     # triton.jit decides between compiled and interpreted at decoration time, so decorate per mode on first use
     if interpret not in _KERNELS:
-        tile = triton.jit(_tile_logits)
-        g = dict(globals(), _tile_logits=tile)
-        _KERNELS[interpret] = (triton.jit(_rebind(_lastq_stats, g)), triton.jit(_rebind(_lastq_scores, g)),
-                               triton.jit(_rebind(_lastq_importance, g)))
+        from .._jit import jit_with_helpers
+
+        _KERNELS[interpret] = jit_with_helpers((_lastq_stats, _lastq_scores, _lastq_importance), (_tile_logits,))
     return _KERNELS[interpret]
-
-
-def _rebind(fn, g):
-    """`fn` with globals `g`. The annotations travel too: triton reads `tl.constexpr` from them, and a function
-    rebuilt from its code object alone has none (every constexpr would then be specialised as a runtime value)."""
-    new = type(fn)(fn.__code__, g, fn.__name__, fn.__defaults__, fn.__closure__)
-    new.__annotations__ = dict(fn.__annotations__)
-    new.__kwdefaults__ = fn.__kwdefaults__
-    return new
 
 
 def _pow2ceil(x: int) -> int:

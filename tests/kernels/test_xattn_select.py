@@ -25,8 +25,8 @@ import sys
 
 import pytest
 import torch
-
 from sparsebench.methods.xattn import block_mask_to_selection, find_blocks
+
 from sparsebench.testing import assert_verdict, interpreter_verdicts, report_verdicts
 
 MARGIN = 1e-10
@@ -147,9 +147,8 @@ CASES = [
 def _sort_probe_check(case):
     """The two sort paths of `_sort_rows` (the interpreter's bitonic network and `tl.sort`, which the compiled kernel
     uses) agree with torch.sort on [R, 2**LOG] tiles of unique keys, both directions, int64 and int32."""
-    import triton
     import triton.language as tl
-
+    from sparsebench.kernels._jit import jit_with_helpers
     from sparsebench.kernels.antidiag_score import select
 
     R, LOG, dtype = case
@@ -158,7 +157,7 @@ def _sort_probe_check(case):
         offs = tl.arange(0, R)[:, None] * (1 << LOG) + tl.arange(0, 1 << LOG)[None, :]
         tl.store(Y + offs, _sort_rows(tl.load(X + offs), LOG, DESC, NET))  # noqa: F821 (bound below)
 
-    kern = triton.jit(select._rebind(probe, dict(globals(), _sort_rows=triton.jit(select._sort_rows))))
+    kern = jit_with_helpers((probe,), (select._sort_rows,))[0]
     g = torch.Generator().manual_seed(LOG)
     # unique keys of both signs, spread over the high bits of the type
     mult, lo = (2**41 + 3, -2**62) if dtype == "int64" else (1021, -2**29)

@@ -1,0 +1,26 @@
+"""Decorating a Triton kernel together with its `@triton.jit` helpers, in the mode (compiled or interpreted) in use.
+
+`triton.jit` decides between compiled and interpreted at decoration time, and a kernel calls its helpers through
+its module globals. So a kernel with helpers is decorated on first use, per mode, from a copy of the function whose
+globals hold the helpers decorated in that same mode.
+"""
+from __future__ import annotations
+
+
+def rebind(fn, g: dict):
+    """`fn` with globals `g`. The annotations travel too: triton reads `tl.constexpr` from them, and a function
+    rebuilt from its code object alone has none (every constexpr would then be specialised as a runtime value)."""
+    new = type(fn)(fn.__code__, g, fn.__name__, fn.__defaults__, fn.__closure__)
+    new.__annotations__ = dict(fn.__annotations__)
+    new.__kwdefaults__ = fn.__kwdefaults__
+    return new
+
+
+def jit_with_helpers(kernels, helpers) -> tuple:
+    """`triton.jit` of each function in `kernels`, seeing every function in `helpers` (by name) `triton.jit`-ed in
+    the same mode. All must come from one module (its globals are the base)."""
+    import triton
+
+    g = dict(kernels[0].__globals__)
+    g.update({h.__name__: triton.jit(h) for h in helpers})
+    return tuple(triton.jit(rebind(k, g)) for k in kernels)
