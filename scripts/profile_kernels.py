@@ -238,23 +238,28 @@ def profile_case(T, H, HKV, D, dens, dtype=torch.bfloat16, block=128, breakdown=
     return rows
 
 
+def _qk_and_dense_ms(L, H, HKV, D):
+    """Random bf16 q, k (seed 0) at length L, and cuDNN dense causal attention's median time on them (with v)."""
+    dev = torch.device("cuda")
+    gen = torch.Generator(device=dev).manual_seed(0)
+    q = torch.randn(1, H, L, D, device=dev, dtype=torch.bfloat16, generator=gen)
+    k = torch.randn(1, HKV, L, D, device=dev, dtype=torch.bfloat16, generator=gen)
+    v = torch.randn(1, HKV, L, D, device=dev, dtype=torch.bfloat16, generator=gen)
+
+    def dense():
+        with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.CUDNN_ATTENTION):
+            torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    return q, k, _median_ms(dense)
+
+
 def antidiag_candidates(seq_lens, strides=(8, 16), H=32, HKV=8, D=128) -> list[dict]:
     """XAttention's scoring kernel at each tile candidate, as a share of cuDNN dense causal attention on the same
     inputs (what the estimation target is stated in)."""
     from sparsebench.kernels.antidiag_score import triton as ad
 
     rows = []
-    dev = torch.device("cuda")
     for L in seq_lens:
-        gen = torch.Generator(device=dev).manual_seed(0)
-        q = torch.randn(1, H, L, D, device=dev, dtype=torch.bfloat16, generator=gen)
-        k = torch.randn(1, HKV, L, D, device=dev, dtype=torch.bfloat16, generator=gen)
-        v = torch.randn(1, HKV, L, D, device=dev, dtype=torch.bfloat16, generator=gen)
-
-        def dense():
-            with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.CUDNN_ATTENTION):
-                torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-        dense_ms = _median_ms(dense)
+        q, k, dense_ms = _qk_and_dense_ms(L, H, HKV, D)
         extra = [(128, 128, 8, 3), (128, 128, 8, 4), (128, 64, 4, 4), (64, 128, 4, 4), (128, 128, 4, 4), (128, 256, 8, 3),
                  (256, 128, 8, 3), (128, 128, 8, 5), (128, 128, 4, 5),
                  # 5th entry: head-dim slice per dot (default 64)
@@ -299,17 +304,8 @@ def lastq_candidates(seq_lens, last_qs=(64, 128), H=32, HKV=8, D=128) -> list[di
     from sparsebench.methods.minference import vs_scores
 
     rows = []
-    dev = torch.device("cuda")
     for L in seq_lens:
-        gen = torch.Generator(device=dev).manual_seed(0)
-        q = torch.randn(1, H, L, D, device=dev, dtype=torch.bfloat16, generator=gen)
-        k = torch.randn(1, HKV, L, D, device=dev, dtype=torch.bfloat16, generator=gen)
-        v = torch.randn(1, HKV, L, D, device=dev, dtype=torch.bfloat16, generator=gen)
-
-        def dense():
-            with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.CUDNN_ATTENTION):
-                torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-        dense_ms = _median_ms(dense)
+        q, k, dense_ms = _qk_and_dense_ms(L, H, HKV, D)
         for lq in last_qs:
             ql = q[:, :, L - lq:]
             cands = ([("torch", None)] + [(f"bn{bn}w{w}", (bn, w, True)) for bn in (64, 128, 256) for w in (4, 8)]
