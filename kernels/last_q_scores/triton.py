@@ -25,7 +25,7 @@ slices are loaded again for each row tile (`NG * NCH` times): after the first, f
 `last_q_importance_triton` (PBS-Attn's key importance, `naive.last_q_importance_naive`) runs the same pass 1 with
 no causal mask over the first `n_keys` keys and PBS's logit rounding (`ROUND_DOT`: the fp32 dot rounded to the input
 dtype, then scaled in fp32 and rounded again, as `torch.matmul(...).mul_(scale)` on a 16-bit tensor rounds), then
-`_lastq_importance`: pass 2 without the diagonal gather, each column sum divided by L. Without the gather, both of
+pass 2 with `IMPORTANCE` (no diagonal gather, each column sum divided by L). Without the gather, both of
 its passes stack as many heads per dot as the stats pass does.
 
 K is read at its KV head (`h // G`), never repeated. Under `TRITON_INTERPRET=1` the loads are cast to fp32 before
@@ -106,7 +106,11 @@ def _lastq_stats(Q, K, MT, LT, sqb, sqh, sqt, skb, skh, sks, smb, smt, S, L, H, 
 def _lastq_scores(Q, K, M, LS, V, DG, sqb, sqh, sqt, skb, skh, sks, smb, svb, sdb, sdt, S, L, H, G, HP, scale,
                   D: tl.constexpr, BD: tl.constexpr, RC: tl.constexpr, NCH: tl.constexpr, GP: tl.constexpr,
                   NG: tl.constexpr, BLOCK_N: tl.constexpr, BT: tl.constexpr, INTERPRET: tl.constexpr,
-                  PREC: tl.constexpr):
+                  PREC: tl.constexpr, IMPORTANCE: tl.constexpr):
+    """Pass 2. MInference/FlexPrefill (IMPORTANCE=False): per key column the sum over the L rows of the causal softmax
+    probability (`V`) and the tile's diagonal sums (`DG`). PBS (IMPORTANCE=True, `last_q_importance_triton`): per key
+    column the mean over the L rows of the unmasked probability, PBS's two logit roundings; no diagonals (`DG`, `sdb`,
+    `sdt`, `BT` unused); `S` is then the number of keys scored (n_keys), not K's length."""
     pid_n = tl.program_id(0)
     pid_p = tl.program_id(1)
     b = (pid_p // (H // HP)).to(tl.int64)
@@ -127,56 +131,27 @@ def _lastq_scores(Q, K, M, LS, V, DG, sqb, sqh, sqt, skb, skh, sks, smb, svb, sd
             row = c * RC + r % RC
             row_ok = (hp < HP) & (row < L)
             s = _tile_logits(q_head + row.to(tl.int64) * sqt, k_base, row, row_ok, keys, key_ok, sks, scale, S, L,
-                             D, BD, GP * RC, BLOCK_N, INTERPRET, PREC, True, False)
+                             D, BD, GP * RC, BLOCK_N, INTERPRET, PREC, not IMPORTANCE, IMPORTANCE)
             m = tl.load(M + bh * smb + row, mask=row_ok, other=0.0)
             l = tl.load(LS + bh * smb + row, mask=row_ok, other=1.0)
             p = tl.exp(s - m[:, None]) / l[:, None]  # masked logits (-inf) give exactly 0
             # rows are head-major (RC consecutive rows per head): splitting the row axis separates the heads
             col += tl.sum(tl.reshape(p, [GP, RC, BLOCK_N]), 1)
-            # diagonal t = row - key_in_tile + BN - 1: entry (r, t) of the skewed chunk is p[r, row[r] + BN-1 - t]
-            idx = row[:, None] + (BLOCK_N - 1) - tt[None, :]
-            inside = (idx >= 0) & (idx < BLOCK_N)
-            g = tl.where(inside, tl.gather(p, tl.where(inside, idx, 0), 1), 0.0)
-            diag += tl.sum(tl.reshape(g, [GP, RC, BT]), 1)
+            if not IMPORTANCE:
+                # diagonal t = row - key_in_tile + BN - 1: entry (r, t) of the skewed chunk is p[r, row[r] + BN-1 - t]
+                idx = row[:, None] + (BLOCK_N - 1) - tt[None, :]
+                inside = (idx >= 0) & (idx < BLOCK_N)
+                g = tl.where(inside, tl.gather(p, tl.where(inside, idx, 0), 1), 0.0)
+                diag += tl.sum(tl.reshape(g, [GP, RC, BT]), 1)
         hg = j * GP + gg
         hg_ok = hg < HP
         bhg = b * H + (h0 + hg).to(tl.int64)
-        tl.store(V + bhg[:, None] * svb + keys[None, :], col, mask=hg_ok[:, None] & key_ok[None, :])
-        tl.store(DG + bhg[:, None] * sdb + pid_n.to(tl.int64) * sdt + tt[None, :], diag, mask=hg_ok[:, None])
-
-
-def _lastq_importance(Q, K, M, LS, V, sqb, sqh, sqt, skb, skh, sks, smb, svb, S, L, H, G, HP, scale,
-                      D: tl.constexpr, BD: tl.constexpr, RC: tl.constexpr, NCH: tl.constexpr, GP: tl.constexpr,
-                      NG: tl.constexpr, BLOCK_N: tl.constexpr, INTERPRET: tl.constexpr, PREC: tl.constexpr):
-    """Pass 2 of `last_q_importance_triton`: per key column, the mean over the L rows of its (unmasked) softmax
-    probability. `S` is the number of keys scored (n_keys), not K's length."""
-    pid_n = tl.program_id(0)
-    pid_p = tl.program_id(1)
-    b = (pid_p // (H // HP)).to(tl.int64)
-    h0 = (pid_p % (H // HP)) * HP
-    k_base = K + b * skb + (h0 // G).to(tl.int64) * skh
-    keys = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    key_ok = keys < S
-    r = tl.arange(0, GP * RC)
-    gg = tl.arange(0, GP)
-    for j in range(NG):
-        hp = j * GP + r // RC
-        bh = b * H + (h0 + hp).to(tl.int64)
-        q_head = Q + b * sqb + (h0 + hp).to(tl.int64) * sqh
-        col = tl.zeros([GP, BLOCK_N], dtype=tl.float32)
-        for c in range(NCH):
-            row = c * RC + r % RC
-            row_ok = (hp < HP) & (row < L)
-            s = _tile_logits(q_head + row.to(tl.int64) * sqt, k_base, row, row_ok, keys, key_ok, sks, scale, S, L,
-                             D, BD, GP * RC, BLOCK_N, INTERPRET, PREC, False, True)
-            m = tl.load(M + bh * smb + row, mask=row_ok, other=0.0)
-            l = tl.load(LS + bh * smb + row, mask=row_ok, other=1.0)
-            p = tl.exp(s - m[:, None]) / l[:, None]  # masked rows and keys (-inf) give exactly 0
-            col += tl.sum(tl.reshape(p, [GP, RC, BLOCK_N]), 1)
-        hg = j * GP + gg
-        bhg = b * H + (h0 + hg).to(tl.int64)
-        # a true division, as torch's mean divides the fp32 column sum by L
-        tl.store(V + bhg[:, None] * svb + keys[None, :], col / L, mask=(hg < HP)[:, None] & key_ok[None, :])
+        if IMPORTANCE:
+            # a true division, as torch's mean divides the fp32 column sum by L
+            tl.store(V + bhg[:, None] * svb + keys[None, :], col / L, mask=hg_ok[:, None] & key_ok[None, :])
+        else:
+            tl.store(V + bhg[:, None] * svb + keys[None, :], col, mask=hg_ok[:, None] & key_ok[None, :])
+            tl.store(DG + bhg[:, None] * sdb + pid_n.to(tl.int64) * sdt + tt[None, :], diag, mask=hg_ok[:, None])
 
 
 _KERNELS: dict[bool, tuple] = {}
@@ -187,7 +162,7 @@ def _kernels(interpret: bool):
     if interpret not in _KERNELS:
         from .._jit import jit_with_helpers
 
-        _KERNELS[interpret] = jit_with_helpers((_lastq_stats, _lastq_scores, _lastq_importance), (_tile_logits,))
+        _KERNELS[interpret] = jit_with_helpers((_lastq_stats, _lastq_scores), (_tile_logits,))
     return _KERNELS[interpret]
 
 
@@ -276,7 +251,7 @@ def last_q_scores_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float, bl
     dev = q.device
     mt = torch.empty(B * H, nt, L, dtype=torch.float32, device=dev)
     lt = torch.empty(B * H, nt, L, dtype=torch.float32, device=dev)
-    stats, scores, _ = _kernels(interpret)
+    stats, scores = _kernels(interpret)
     prec = "ieee" if interpret or q.dtype == torch.float32 else "tf32"
     common = {"D": D, "BD": _head_slice(D), "RC": RC, "NCH": NCH, "BLOCK_N": block_n, "INTERPRET": interpret,
               "PREC": prec, "num_warps": num_warps, "num_stages": num_stages}
@@ -292,7 +267,7 @@ def last_q_scores_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float, bl
     dg = torch.empty(B * H, nt, BT, dtype=torch.float32, device=dev)
     scores[grid](q, k, m, l, vertical, dg, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1),
                  k.stride(2), m.stride(0), vertical.stride(0), dg.stride(0), dg.stride(1), S, L, H, G, HP,
-                 float(scale), GP=gp_scores, NG=-(-HP // gp_scores), BT=BT, **common)
+                 float(scale), GP=gp_scores, NG=-(-HP // gp_scores), BT=BT, IMPORTANCE=False, **common)
     slash = _overlap_add(dg, S, L, block_n)
     return vertical.view(B, H, S), slash.reshape(B, H, S)
 
@@ -301,7 +276,7 @@ def last_q_importance_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float
                              block_n: int = 64, num_warps: int = 4, num_stages: int = 2,
                              pack_heads: bool = True) -> torch.Tensor:
     """`importance [B, H, n_keys]` fp32 of `last_q_importance_naive` (arguments as there): pass 1 of the scores
-    kernels without the causal mask, then `_lastq_importance` (column means, no diagonals). Equal to the reference up
+    kernels without the causal mask, then pass 2 with `IMPORTANCE` (column means, no diagonals). Equal to the reference up
     to summation order (the dot's accumulation, the softmax sums over key tiles, the column sums over rows).
 
     Scratch: fp32 `[B*H, n_tiles, L]` twice, n_tiles = ceil(n_keys / block_n).
@@ -329,7 +304,7 @@ def last_q_importance_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float
     dev = q.device
     mt = torch.empty(B * H, nt, L, dtype=torch.float32, device=dev)
     lt = torch.empty(B * H, nt, L, dtype=torch.float32, device=dev)
-    stats, _, importance = _kernels(interpret)
+    stats, pass2 = _kernels(interpret)
     prec = "ieee" if interpret or q.dtype == torch.float32 else "tf32"
     common = {"D": D, "BD": _head_slice(D), "RC": RC, "NCH": NCH, "GP": GP, "NG": -(-HP // GP), "BLOCK_N": block_n,
               "INTERPRET": interpret, "PREC": prec, "num_warps": num_warps, "num_stages": num_stages}
@@ -341,6 +316,7 @@ def last_q_importance_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float
     l = (lt * torch.exp(mt - m[:, None])).sum(1)
     del mt, lt
     imp = torch.empty(B * H, n_keys, dtype=torch.float32, device=dev)
-    importance[grid](q, k, m, l, imp, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-                     m.stride(0), imp.stride(0), n_keys, L, H, G, HP, float(scale), **common)
+    # no diagonals: DG and its strides are placeholders, BT a minimal width
+    pass2[grid](q, k, m, l, imp, imp, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+                m.stride(0), imp.stride(0), 0, 0, n_keys, L, H, G, HP, float(scale), BT=16, IMPORTANCE=True, **common)
     return imp.view(B, H, n_keys)
