@@ -217,6 +217,22 @@ _MAX_ROWS = 128
 _MAX_TILE = 4096
 
 
+def _prepare(q_last, k, block_n: int, pack_heads: bool):
+    """What both wrappers check and derive: dtypes and block_n, the mode, unit-stride q/k, the matmul precision, the
+    group size G, the query heads a program serves (HP), the row chunk RC and the number of chunks NCH."""
+    if q_last.dtype not in (torch.float16, torch.bfloat16, torch.float32) or k.dtype != q_last.dtype:
+        raise ValueError(f"q/k dtypes {q_last.dtype}/{k.dtype}: need one of fp16, bf16, fp32, the same for both")
+    if block_n < 16 or block_n & (block_n - 1):
+        raise ValueError(f"block_n={block_n} must be a power of two >= 16")
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    q = q_last if q_last.stride(-1) == 1 else q_last.contiguous()
+    k = k if k.stride(-1) == 1 else k.contiguous()
+    prec = "ieee" if interpret or q.dtype == torch.float32 else "tf32"
+    G = q.shape[1] // k.shape[1]
+    RC = 16 if q.shape[2] <= 16 else 32
+    return q, k, interpret, prec, G, G if pack_heads else 1, RC, -(-q.shape[2] // RC)
+
+
 def last_q_scores_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float, block_n: int = 64,
                          num_warps: int = 4, num_stages: int = 2,
                          pack_heads: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -232,17 +248,7 @@ def last_q_scores_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float, bl
     why = supports(D, L)
     if why:
         raise ValueError(f"last_q_scores_triton: {why}")
-    if q_last.dtype not in (torch.float16, torch.bfloat16, torch.float32) or k.dtype != q_last.dtype:
-        raise ValueError(f"q/k dtypes {q_last.dtype}/{k.dtype}: need one of fp16, bf16, fp32, the same for both")
-    if block_n < 16 or block_n & (block_n - 1):
-        raise ValueError(f"block_n={block_n} must be a power of two >= 16")
-    interpret = os.environ.get("TRITON_INTERPRET") == "1"
-    q = q_last if q_last.stride(-1) == 1 else q_last.contiguous()
-    k = k if k.stride(-1) == 1 else k.contiguous()
-    G = H // HKV
-    HP = G if pack_heads else 1  # query heads a program serves
-    RC = 16 if L <= 16 else 32
-    NCH = -(-L // RC)
+    q, k, interpret, prec, G, HP, RC, NCH = _prepare(q_last, k, block_n, pack_heads)
     BT = _pow2ceil(block_n + NCH * RC - 1)
     nt = -(-S // block_n)
     # the scores pass also holds the gathered [rows, BT] diagonals, so it may stack fewer heads than the stats pass
@@ -252,7 +258,6 @@ def last_q_scores_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float, bl
     mt = torch.empty(B * H, nt, L, dtype=torch.float32, device=dev)
     lt = torch.empty(B * H, nt, L, dtype=torch.float32, device=dev)
     stats, scores = _kernels(interpret)
-    prec = "ieee" if interpret or q.dtype == torch.float32 else "tf32"
     common = {"D": D, "BD": _head_slice(D), "RC": RC, "NCH": NCH, "BLOCK_N": block_n, "INTERPRET": interpret,
               "PREC": prec, "num_warps": num_warps, "num_stages": num_stages}
     grid = (nt, B * H // HP)
@@ -287,17 +292,7 @@ def last_q_importance_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float
         raise ValueError(f"n_keys={n_keys!r} must be an integer in [1, {S}]")
     if _head_slice(D) < 16:
         raise ValueError(f"last_q_importance_triton: head dim {D} is not a multiple of 16")
-    if q_last.dtype not in (torch.float16, torch.bfloat16, torch.float32) or k.dtype != q_last.dtype:
-        raise ValueError(f"q/k dtypes {q_last.dtype}/{k.dtype}: need one of fp16, bf16, fp32, the same for both")
-    if block_n < 16 or block_n & (block_n - 1):
-        raise ValueError(f"block_n={block_n} must be a power of two >= 16")
-    interpret = os.environ.get("TRITON_INTERPRET") == "1"
-    q = q_last if q_last.stride(-1) == 1 else q_last.contiguous()
-    k = k if k.stride(-1) == 1 else k.contiguous()
-    G = H // HKV
-    HP = G if pack_heads else 1
-    RC = 16 if L <= 16 else 32
-    NCH = -(-L // RC)
+    q, k, interpret, prec, G, HP, RC, NCH = _prepare(q_last, k, block_n, pack_heads)
     # both passes hold [rows, block_n] fp32 tiles (no diagonal gather): the same head stacking in each
     GP = _heads_per_tile(HP, RC, block_n)
     nt = -(-n_keys // block_n)
@@ -305,7 +300,6 @@ def last_q_importance_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float
     mt = torch.empty(B * H, nt, L, dtype=torch.float32, device=dev)
     lt = torch.empty(B * H, nt, L, dtype=torch.float32, device=dev)
     stats, pass2 = _kernels(interpret)
-    prec = "ieee" if interpret or q.dtype == torch.float32 else "tf32"
     common = {"D": D, "BD": _head_slice(D), "RC": RC, "NCH": NCH, "GP": GP, "NG": -(-HP // GP), "BLOCK_N": block_n,
               "INTERPRET": interpret, "PREC": prec, "num_warps": num_warps, "num_stages": num_stages}
     grid = (nt, B * H // HP)
@@ -316,7 +310,7 @@ def last_q_importance_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float
     l = (lt * torch.exp(mt - m[:, None])).sum(1)
     del mt, lt
     imp = torch.empty(B * H, n_keys, dtype=torch.float32, device=dev)
-    # no diagonals: DG and its strides are placeholders, BT a minimal width
+    # no diagonals: the DG pointer and strides go unused (imp and 0 fill their slots), BT a minimal width
     pass2[grid](q, k, m, l, imp, imp, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                 m.stride(0), imp.stride(0), 0, 0, n_keys, L, H, G, HP, float(scale), BT=16, IMPORTANCE=True, **common)
     return imp.view(B, H, n_keys)
