@@ -288,10 +288,11 @@ def _launch_args(q, k, v, out, lse, kv_indices, kv_counts, extra_cols, extra_cou
 
 
 def _launch(*args, cfg, interpret):
-    """Launch through triton's JIT (binding, specialisation, compile cache); returns the compiled kernel."""
+    """Launch through triton's JIT (binding, specialisation, compile cache); returns `(compiled kernel, grid,
+    positional arguments, constexprs)`, what a launch plan is made of."""
     grid, pos, const, options = _launch_args(*args, cfg=cfg, interpret=interpret)
     kernel = _kernel(interpret)[grid](*pos, **const, **options)
-    return kernel.result() if hasattr(kernel, "result") else kernel
+    return (kernel.result() if hasattr(kernel, "result") else kernel), grid, pos, const
 
 
 def _autotune(key, args, D, BQ, BK, pack):
@@ -384,11 +385,11 @@ def block_sparse_attn_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     if cfg is None and os.environ.get("SPARSEBENCH_BSA_AUTOTUNE") == "1":
         cfg = _autotune(tkey, args, D, block_q, block_k, pack)
     if cfg is None:
-        cfg, kernel = _first_fitting(tkey, args, D, block_q, block_k, pack)
+        launched = _first_fitting(tkey, args, D, block_q, block_k, pack)
     else:
-        kernel = _launch(*args, cfg=cfg, interpret=False)
+        launched = _launch(*args, cfg=cfg, interpret=False)
     if key is not None:
-        _remember_plan(key, kernel, args, cfg)
+        _remember_plan(key, launched, args)
     return (out, lse) if return_lse else out
 
 
@@ -404,14 +405,14 @@ def _aligned(*ts) -> bool:
     return all(t.data_ptr() % 16 == 0 for t in ts)
 
 
-def _remember_plan(key, kernel, args, cfg):
+def _remember_plan(key, launched, args):
     """Store the launch of a call that went through triton's JIT, for `_fast_call` to repeat. Only calls whose
     tensors are all 16-byte aligned make a plan (triton specialised the kernel on that alignment), and only those
     reuse one."""
     q, k, v, out, lse, idx, cnt, xc, xn = args[:9]
     if not _aligned(*(t for t in (q, k, v, out, idx, cnt, xc, xn) if t is not None)):
         return
-    grid, pos, const, _ = _launch_args(*args, cfg=cfg, interpret=False)
+    kernel, grid, pos, const = launched
     names = list(inspect.signature(_bsa_fwd).parameters)[len(pos):]
     template = list(pos) + [const[n] for n in names]
     template[:_N_TENSOR_ARGS] = [None] * _N_TENSOR_ARGS  # filled per call; holding these would keep them alive
@@ -452,16 +453,17 @@ def _fast_call(plan, q, k, v, idx, cnt, xc, xn):
 
 def _first_fitting(key, args, D, BQ, BK, pack):
     """Launch the first candidate whose tiles fit this GPU's shared memory (fp32 at head dim 256 needs the smaller
-    ones: 4-byte tiles), remember it for the key, and return it. Only a compile-time resource error moves on."""
+    ones: 4-byte tiles), remember it for the key, and return what `_launch` returned. Only a compile-time resource
+    error moves on."""
     from triton.runtime.errors import OutOfResources
 
     last = None
     for cand in dict.fromkeys(_fit(c, D, BQ, BK, pack) for c in _CANDIDATES[max(D, 64)]):
         try:
-            kernel = _launch(*args, cfg=cand, interpret=False)
+            launched = _launch(*args, cfg=cand, interpret=False)
         except OutOfResources as e:
             last = e
             continue
         _TUNED[key] = cand
-        return cand, kernel
+        return launched
     raise last
