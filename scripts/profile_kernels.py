@@ -192,13 +192,7 @@ def host_steps(q, k, v, sel, n=2000) -> str:
     for name, fn in steps.items():
         for _ in range(50):
             fn()
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        us = (time.perf_counter() - t0) * 1e6 / n
-        torch.cuda.synchronize()
-        lines.append(f"  {name:<32} {us:8.2f} us")
+        lines.append(f"  {name:<32} {_host_ms(fn, n) * 1e3:8.2f} us")
     return "\n".join(lines)
 
 
