@@ -12,8 +12,8 @@ For each case (T, H, HKV, D, executed density) it builds the same random kv_head
 and the same for Triton variants that change only the launch shape: `triton_nopack` (the kv_head lists expanded to
 query_head lists, so each query head gets its own programs and GQA packing is off), `triton_cfg=<BM>x<BN>w<W>s<S>`
 (other tile candidates), `triton_notma` (pointer loads instead of host-side TMA descriptors, which the launcher
-encodes at every call), `triton_trim` (the last listed block's key sub-tiles wholly after the tile's last query
-dropped from the loop), `triton_jit` (the wrapper without its launch plans: every call through triton's argument
+encodes at every call), `triton_notrim` (the last listed block's key sub-tiles wholly after the tile's last query
+kept in the loop's trip count, as before trimming became the default), `triton_jit` (the wrapper without its launch plans: every call through triton's argument
 binding and specialisation, as before the plans) and `triton_launch_only` (the bare `_launch` with preallocated outputs: the wrapper's cost is
 the difference). `--host-breakdown` prints a cProfile of the host path of one triton and one flex call. With a kernel time well below bench_ms, the call is host-bound; with kernel_ms close to
 bench_ms, the kernel itself is the limit, and the variants show whether parallelism or tiling moves it.
@@ -103,13 +103,13 @@ def triton_fns(q, k, v, sel):
             bt._TMA = True
     fns["triton_notma"] = no_tma
 
-    def trim():
-        saved, bt._TRIM_LAST = bt._TRIM_LAST, True
+    def no_trim():
+        saved, bt._TRIM_LAST = bt._TRIM_LAST, False
         try:
             return bt.block_sparse_attn_triton(q, k, v, idx, cnt, sel.block_q, sel.block_k)
         finally:
             bt._TRIM_LAST = saved
-    fns["triton_trim"] = trim
+    fns["triton_notrim"] = no_trim
 
     class _NoPlans(dict):
         def __setitem__(self, key, value):

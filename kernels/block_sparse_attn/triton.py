@@ -221,9 +221,11 @@ _INTERPRET_CONFIG = (64, 32, 4, 1)
 # descriptors are encoded at every launch).
 _TMA = True
 # Drop the trailing key sub-tiles of a list's last block that lie wholly after the tile's last query (see the
-# kernel). Off until measured on a GPU: `scripts/profile_kernels.py` times it as `triton_trim`. (Skipping them with a
-# branch inside the loop instead cost every case 10-30% on an H200: the K/V loads lost their pipelining.)
-_TRIM_LAST = False
+# kernel). On: on an H200 it took the D=256 16K density-0.02 kernel from 60.3 to 56.5 us and was within noise at 32K
+# D=128 (results/tables/profile_kernels.csv, `triton_trim` rows). False keeps the full trip count (the interpreter
+# tests cover both). Skipping those sub-tiles with a branch inside the loop instead cost every case 10-30%: the K/V
+# loads lost their pipelining.
+_TRIM_LAST = True
 _TUNED: dict[tuple, tuple] = {}
 
 

@@ -113,7 +113,7 @@ def _p(B, T, S, H, HKV, D, BQ, BK, gran, density=0.5, **kw):
     tag = "".join(f"-{n}{kw[n]}" for n in ("window", "sink", "extra") if kw.get(n))
     tag += "-empty" if kw.get("empty") else ""
     tag += "-bthd" if kw.get("bthd") else ""
-    tag += "-trim" if kw.get("trim") else ""
+    tag += "-notrim" if kw.get("trim") is False else ""
     tag += f"-{str(kw['dtype']).split('.')[-1]}" if "dtype" in kw else ""
     s = f"-S{S}" if S != T else ""
     return pytest.param((B, T, S, H, HKV, D, BQ, BK, gran, density), kw,
@@ -143,12 +143,12 @@ CPU_CASES = [
     _p(1, 160, 160, 4, 4, 32, 32, 32, "query_head", 0.5, empty=True),
     _p(1, 100, 100, 8, 1, 32, 32, 32, "kv_head", 0.3, extra=3, empty=True),
     _p(1, 90, 120, 4, 2, 32, 32, 32, "kv_head", 0.5, bthd=True),
-    # the kernel's opt-in trimming of the last block's wholly-future key sub-tiles (64-blocks, 32-wide key tiles)
-    _p(1, 200, 200, 4, 1, 32, 64, 64, "kv_head", 0.3, trim=True),
-    _p(1, 150, 300, 4, 2, 64, 64, 64, "kv_head", 1.0, trim=True),
-    _p(1, 100, 130, 3, 1, 32, 24, 40, "kv_head", 0.5, trim=True),
-    _p(1, 200, 256, 4, 1, 32, 64, 64, "shared", window=40, sink=4, trim=True),
-    _p(1, 160, 160, 4, 1, 32, 64, 64, "kv_head", 0.3, extra=6, empty=True, trim=True),
+    # the full trip count (trimming of the last block's wholly-future key sub-tiles off; every other case trims)
+    _p(1, 200, 200, 4, 1, 32, 64, 64, "kv_head", 0.3, trim=False),
+    _p(1, 150, 300, 4, 2, 64, 64, 64, "kv_head", 1.0, trim=False),
+    _p(1, 100, 130, 3, 1, 32, 24, 40, "kv_head", 0.5, trim=False),
+    _p(1, 200, 256, 4, 1, 32, 64, 64, "shared", window=40, sink=4, trim=False),
+    _p(1, 160, 160, 4, 1, 32, 64, 64, "kv_head", 0.3, extra=6, empty=True, trim=False),
 ]
 
 
@@ -157,7 +157,7 @@ def _run_cpu_case(shape, kw):
 
     B, T, S, H, HKV, D, BQ, BK, gran, density = shape
     kw = dict(kw)
-    bt._TRIM_LAST = kw.pop("trim", False)
+    bt._TRIM_LAST = kw.pop("trim", True)
     q, k, v, sel, kwd = make_case(B, T, S, H, HKV, D, BQ, BK, gran, density, **kw)
     check(q, k, v, sel, kwd, 1e-3 if q.dtype == torch.float32 else 2e-3)
 
@@ -285,10 +285,11 @@ def test_block_sparse_attn_gpu_launch_plan(monkeypatch):
 @pytest.mark.parametrize("shape", [(1, 1000, 1000, 8, 2, 128, 128, 128, "kv_head", 0.3),
                                    (1, 700, 900, 4, 1, 256, 128, 128, "kv_head", 1.0),
                                    (1, 1000, 1000, 4, 4, 64, 64, 64, "query_head", 0.5)])
-def test_block_sparse_attn_gpu_trim_last(shape, monkeypatch):
-    """The opt-in trimming of the last block's wholly-future key sub-tiles matches the reference on the GPU."""
+def test_block_sparse_attn_gpu_no_trim(shape, monkeypatch):
+    """Without trimming the last block's wholly-future key sub-tiles (the default trims), the kernel matches the
+    reference on the GPU."""
     from sparsebench.kernels.block_sparse_attn import triton as bsa
 
-    monkeypatch.setattr(bsa, "_TRIM_LAST", True)
+    monkeypatch.setattr(bsa, "_TRIM_LAST", False)
     q, k, v, sel, kwd = make_case(*shape, dtype=torch.bfloat16)
     check(q, k, v, sel, kwd, 2e-2, device="cuda")
