@@ -165,17 +165,28 @@ def supports(head_dim: int, stride: int, block_size: int) -> str | None:
 # first call of each shape key times them all (triton.testing.do_bench) and keeps the fastest for that key.
 # More rows a program (block_m) means fewer passes over the strided K of a head, which bounds this kernel at long T.
 _CANDIDATES = [(64, 128, 4, 2), (128, 128, 8, 2), (128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 4, 3), (64, 256, 8, 2),
-               (256, 64, 8, 2), (128, 128, 8, 4), (128, 128, 4, 4)]
+               (256, 64, 8, 2), (128, 128, 8, 4), (128, 128, 4, 4), (128, 256, 8, 3)]
 _TUNED: dict[tuple, tuple] = {}
-# Defaults with TMA loads, by stride: the fastest measured on an H200 (bf16, H=32, HKV=8, D=128, 32K and 128K
-# tokens; results/tables/profile_antidiag.csv). More stages pay once the tiles arrive by TMA.
-_TMA_DEFAULTS = {8: (128, 128, 8, 4), 16: (128, 128, 4, 3), None: (128, 128, 4, 4)}
+# Defaults with TMA loads, by stride: the fastest measured on an H200 (bf16, H=32, HKV=8, D=128, 128K tokens,
+# session 4; results/tables/profile_antidiag.csv): 256-wide key tiles at 3 stages, 19.9 ms (stride 8) and 9.3 ms
+# (stride 16) against 22.4 and 12.2 ms for the best 128-wide tiles. More stages pay once the tiles arrive by TMA.
+_TMA_DEFAULTS = {8: (128, 256, 8, 3), 16: (128, 256, 8, 3), None: (128, 256, 8, 3)}
+# Shared memory a launch may plan for its pipelined Q/K slices (an H200 SM has 227 KiB; the rest is the kernel's
+# own scratch). Stages left to the defaults drop until (block_m + block_n) * block_d * bytes * stages fits.
+_SMEM_BUDGET = 200 * 1024
 # Q/K tiles by TMA where the layout allows (Hopper+, 16-bit, T and S multiples of the stride, contiguous q/k);
 # False forces the pointer loads (scripts/profile_kernels.py --antidiag compares the two).
 _TMA = True
 # Flatten pass 1's loop nest (key tiles x K chunks) into one pipelined loop (TMA path only). Off until timed on a GPU
 # (scripts/profile_kernels.py --antidiag times both).
 _FLATTEN = False
+
+
+def _fit_stages(block_m: int, block_n: int, block_d: int, elem_bytes: int, stages: int) -> int:
+    """`stages`, lowered until the pipelined Q and K slices fit `_SMEM_BUDGET` (at least 1)."""
+    while stages > 1 and (block_m + block_n) * block_d * elem_bytes * stages > _SMEM_BUDGET:
+        stages -= 1
+    return stages
 
 
 def _tuned_config(key, call) -> tuple:
@@ -243,6 +254,8 @@ def antidiag_block_scores_triton(q: torch.Tensor, k: torch.Tensor, stride: int, 
         raise ValueError(f"block_d={block_d} must be a power of two >= 16 dividing the head dim {D}")
     R = block_size // stride
     block_m, block_n = max(block_m, R), max(block_n, R)
+    if given[3] is None:
+        num_stages = _fit_stages(block_m, block_n, block_d, q.element_size(), num_stages)
     if not (_pow2(block_m) and _pow2(block_n)) or block_m < 16 or block_n < 16:
         raise ValueError(f"block_m={block_m} and block_n={block_n} must be powers of two >= 16")
     q = q if q.stride(-1) == 1 else q.contiguous()
