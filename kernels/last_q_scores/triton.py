@@ -1,9 +1,10 @@
 """Fused Triton kernel for the vertical and slash scores of the last L queries: same output as
 `naive.last_q_scores_naive` (which pins the semantics), without materialising their `[B, H, L, S]` softmax.
 
-The grid is (key tile of `BLOCK_N` keys, pack of query heads). By default (`pack_heads=True`) a pack is the G = H/HKV
+The grid is (key tile of `BLOCK_N` keys, pack of query heads). With `pack_heads=True` a pack is the G = H/HKV
 query heads of one KV head, so each program loads its K tile for all of them instead of G programs loading it once
-each; `pack_heads=False` packs one head (grid (key tiles, B*H)). A program takes its pack `GP` heads at a time
+each; by default (`pack_heads=False`, faster on an H200: the repeat loads hit L2) a pack is one head (grid
+(key tiles, B*H)). A program takes its pack `GP` heads at a time
 (`NG` head groups): the rows of the group's heads, `RC` per head, are stacked into one `[GP*RC, BD] x [BD, BLOCK_N]`
 dot tile, and all L rows are covered `RC` at a time (`NCH` chunks). `GP` is capped (`_heads_per_tile`) so that a dot
 has at most 128 rows and the widest fp32 tile at most 4096 elements; the scores pass also holds the `[rows, BT]`
@@ -217,11 +218,19 @@ _MAX_ROWS = 128
 _MAX_TILE = 4096
 
 
-def _prepare(q_last, k, block_n: int, pack_heads: bool):
-    """What both wrappers check and derive: dtypes and block_n, the mode, unit-stride q/k, the matmul precision, the
+def _default_block_n(L: int) -> int:
+    """Key tile width by the number of last queries: the fastest of 64/128/256 at 4 and 8 warps, packed and not, on
+    an H200 (bf16, H=32, HKV=8, D=128, 64K and 128K keys; results/tables/profile_lastq.csv, session 4): 64 keys
+    unpacked for L=64 (0.98 ms at 64K vs 1.10 packed), 128 keys unpacked for L=128 (2.55 ms at 64K vs 2.71 packed)."""
+    return 64 if L <= 64 else 128
+
+
+def _prepare(q_last, k, block_n: int | None, pack_heads: bool):
+    """What both wrappers check and derive: dtypes and block_n (its default filled in), the mode, unit-stride q/k, the matmul precision, the
     group size G, the query heads a program serves (HP), the row chunk RC and the number of chunks NCH."""
     if q_last.dtype not in (torch.float16, torch.bfloat16, torch.float32) or k.dtype != q_last.dtype:
         raise ValueError(f"q/k dtypes {q_last.dtype}/{k.dtype}: need one of fp16, bf16, fp32, the same for both")
+    block_n = _default_block_n(q_last.shape[2]) if block_n is None else block_n
     if block_n < 16 or block_n & (block_n - 1):
         raise ValueError(f"block_n={block_n} must be a power of two >= 16")
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
@@ -230,16 +239,17 @@ def _prepare(q_last, k, block_n: int, pack_heads: bool):
     prec = "ieee" if interpret or q.dtype == torch.float32 else "tf32"
     G = q.shape[1] // k.shape[1]
     RC = 16 if q.shape[2] <= 16 else 32
-    return q, k, interpret, prec, G, G if pack_heads else 1, RC, -(-q.shape[2] // RC)
+    return q, k, block_n, interpret, prec, G, G if pack_heads else 1, RC, -(-q.shape[2] // RC)
 
 
-def last_q_scores_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float, block_n: int = 64,
+def last_q_scores_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float, block_n: int | None = None,
                          num_warps: int = 4, num_stages: int = 2,
-                         pack_heads: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                         pack_heads: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """`(vertical [B, H, S], slash [B, H, S])` fp32 of `last_q_scores_naive` (arguments as there).
 
-    `pack_heads`: one program per (key tile, KV head) serving its G query heads (default), else one per (key tile,
-    query head). Same outputs either way, up to the dot's summation order.
+    `pack_heads`: one program per (key tile, KV head) serving its G query heads, else one per (key tile, query
+    head) (default: measured faster, see `_default_block_n`). Same outputs either way, up to the dot's summation
+    order. `block_n` None: `_default_block_n(L)`.
 
     Scratch: fp32 `[B*H, n_tiles, L]` twice (pass 1) and `[B*H, n_tiles, BT]` (diagonal partials), n_tiles =
     ceil(S / block_n), BT = next power of two >= block_n + L - 1.
@@ -248,7 +258,7 @@ def last_q_scores_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float, bl
     why = supports(D, L)
     if why:
         raise ValueError(f"last_q_scores_triton: {why}")
-    q, k, interpret, prec, G, HP, RC, NCH = _prepare(q_last, k, block_n, pack_heads)
+    q, k, block_n, interpret, prec, G, HP, RC, NCH = _prepare(q_last, k, block_n, pack_heads)
     BT = _pow2ceil(block_n + NCH * RC - 1)
     nt = -(-S // block_n)
     # the scores pass also holds the gathered [rows, BT] diagonals, so it may stack fewer heads than the stats pass
@@ -278,8 +288,8 @@ def last_q_scores_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float, bl
 
 
 def last_q_importance_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float, n_keys: int | None = None,
-                             block_n: int = 64, num_warps: int = 4, num_stages: int = 2,
-                             pack_heads: bool = True) -> torch.Tensor:
+                             block_n: int | None = None, num_warps: int = 4, num_stages: int = 2,
+                             pack_heads: bool = False) -> torch.Tensor:
     """`importance [B, H, n_keys]` fp32 of `last_q_importance_naive` (arguments as there): pass 1 of the scores
     kernels without the causal mask, then pass 2 with `IMPORTANCE` (column means, no diagonals). Equal to the reference up
     to summation order (the dot's accumulation, the softmax sums over key tiles, the column sums over rows).
@@ -292,7 +302,7 @@ def last_q_importance_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float
         raise ValueError(f"n_keys={n_keys!r} must be an integer in [1, {S}]")
     if _head_slice(D) < 16:
         raise ValueError(f"last_q_importance_triton: head dim {D} is not a multiple of 16")
-    q, k, interpret, prec, G, HP, RC, NCH = _prepare(q_last, k, block_n, pack_heads)
+    q, k, block_n, interpret, prec, G, HP, RC, NCH = _prepare(q_last, k, block_n, pack_heads)
     # both passes hold [rows, block_n] fp32 tiles (no diagonal gather): the same head stacking in each
     GP = _heads_per_tile(HP, RC, block_n)
     nt = -(-n_keys // block_n)
