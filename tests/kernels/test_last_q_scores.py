@@ -447,7 +447,7 @@ def test_importance_gpu_bf16_matches_pbs_torch_path(S):
     torch.testing.assert_close(got.sum(-1), torch.ones(1, 32, device="cuda"), rtol=0, atol=1e-3)
     assert (got - ref).abs().max().item() < 2e-2 * ref.abs().max().item()
     # the ranking that PBS sorts by: nearly every key keeps its rank within its 256-key segment
-    rank = lambda x: x.view(1, 32, -1, 256).argsort(-1, descending=True, stable=True)  # noqa: E731
+    rank = lambda x: torch.argsort(x.view(1, 32, -1, 256), dim=-1, descending=True, stable=True)  # noqa: E731
     assert (rank(got) == rank(ref)).float().mean().item() > 0.9
 
 
