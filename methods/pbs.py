@@ -45,12 +45,14 @@ Deviations from the official code:
 As in the official HF patch (and its LongBench configs), every attention layer is sparse at prefill and decode stays
 dense; on Llama and Qwen that is this harness's default `method.layers=full_attention`.
 
-Option `scores_kernel="triton"` (default `"torch"`): step 1's importance through the fused kernel
+Option `scores_kernel` (default `"auto"`: `"triton"` on CUDA, `"torch"` elsewhere): with `"triton"`, step 1's importance through the fused kernel
 `kernels/last_q_scores` (`last_q_importance_triton`, two passes over the key tiles), which never materialises the
 last queries' `[H, last_q, Sc]` softmax. It rounds the logits as the torch path does (the product to the input
 dtype, then the scaled value again), so its importance equals the torch path's up to summation order (the dot's
 accumulation, the softmax sums, the mean over rows): the last bits, which can reorder two keys of near-equal
-importance and with them a block mean. Opt-in until it is measured on a GPU; the default is the exact path above.
+importance and with them a block mean. On an H200 the whole estimate took 0.148/0.061/0.035 of dense cuDNN attention time
+with it against 0.165/0.092/0.049 with the torch path at 32K/64K/128K (results/tables/bench_methods_cost.csv,
+session 4); `"torch"` keeps the exact official importance on any device.
 """
 from __future__ import annotations
 
@@ -65,7 +67,7 @@ from sparsebench.selection import Selection
 
 # temporary memory one estimator chunk of KV heads may use (bounds memory at 128K; not a result knob)
 _CHUNK_BYTES = 2 << 30
-SCORES_KERNELS = ("torch", "triton")
+SCORES_KERNELS = ("auto", "torch", "triton")
 
 
 # ------------------------------------------------------------------------------------------------ pieces
@@ -207,7 +209,7 @@ def _estimate_heads(q: torch.Tensor, k: torch.Tensor, scale: float, block_size: 
 # ------------------------------------------------------------------------------------------------ estimators
 def pbs_estimate(q: torch.Tensor, k: torch.Tensor, scale: float, block_size: int = 128, segment_size: int = 256,
                  threshold: float = 0.9, force_first_block: bool = True, last_q: int = 128, *,
-                 chunk_bytes: int = _CHUNK_BYTES, scores_kernel: str = "torch") -> tuple[torch.Tensor, torch.Tensor]:
+                 chunk_bytes: int = _CHUNK_BYTES, scores_kernel: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """The estimator for prefill (T == S > segment_size): q `[B, H, T, D]`, k `[B, HKV, S, D]`.
 
     Returns `perm [B, H, S]` int64 and the block mask `[B, H, NQ, NK]` over permuted key blocks (see
@@ -236,7 +238,7 @@ def pbs_estimate(q: torch.Tensor, k: torch.Tensor, scale: float, block_size: int
     a = 8 if q.dtype == torch.float32 else 4
     nbps = segment_size // block_size
     imp = None
-    if scores_kernel == "triton":
+    if scores_kernel == "triton" or (scores_kernel == "auto" and q.is_cuda):
         imp = _importance_triton(q, k, scale, L, S // segment_size * segment_size)
     # the fused kernel has already done step 1 for every head (scratch of a few floats a key): no logits per chunk
     logits = G * L * S * (e + 8) if imp is None else 0
@@ -351,10 +353,11 @@ class PBS(SparseAttention):
         threshold: cumulative block-probability mass each query block keeps, in (0, 1] (1 keeps every block).
         force_first_block: always keep the permuted block that holds token 0.
         last_q: queries (the last ones) whose attention ranks the keys.
-        scores_kernel: `torch` (default: the official importance, exactly) or `triton`: the keys' importance
-            through the fused Triton kernel `kernels/last_q_scores` (`last_q_importance_triton`), which never
-            materialises the last queries' softmax; the same logit rounding, equal up to summation order, so a
-            near-tie of two keys' importance may order them the other way (CUDA; opt-in until measured on a GPU).
+        scores_kernel: `auto` (default: `triton` on CUDA, else `torch`), `torch` (the official importance,
+            exactly) or `triton`: the keys' importance through the fused Triton kernel `kernels/last_q_scores`
+            (`last_q_importance_triton`), which never materialises the last queries' softmax; the same logit
+            rounding, equal up to summation order, so a near-tie of two keys' importance may order them the other
+            way.
         executor: `auto`, `reference` or `triton` (earlier-segment keys run as extra columns: not flex).
     """
 
@@ -366,7 +369,7 @@ class PBS(SparseAttention):
     budget_increases_density = True
 
     def __init__(self, block_size: int = 128, segment_size: int = 256, threshold: float = 0.9,
-                 force_first_block: bool = True, last_q: int = 128, scores_kernel: str = "torch",
+                 force_first_block: bool = True, last_q: int = 128, scores_kernel: str = "auto",
                  executor: str = "auto") -> None:
         if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
             raise ValueError(f"pbs block_size={block_size!r} must be a positive integer")

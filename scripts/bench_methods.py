@@ -33,14 +33,16 @@ METHODS = ("streaming", "minference", "xattn", "flexprefill", "pbs")
 COST_VARIANTS = (("streaming", "streaming", {}), ("minference_vs", "minference", {"pattern": "vertical_slash"}),
                  ("xattn_s8", "xattn", {"stride": 8}), ("xattn_s16", "xattn", {"stride": 16}),
                  ("flexprefill", "flexprefill", {}), ("pbs", "pbs", {}))
-# on a GPU also the estimators' fused-kernel options (kernels/last_q_scores), opt-in until measured here
-GPU_COST_VARIANTS = (("minference_vs_fused", "minference", {"pattern": "vertical_slash", "scores_kernel": "triton"}),
+# on a GPU also the paths the defaults do not take there: the torch scorers MInference and PBS replaced with the fused
+# kernels/last_q_scores on CUDA (scores_kernel=auto), FlexPrefill's fused scorer (opt-in) and XAttention's torch
+# block selection (the fused select kernel is its CUDA default)
+GPU_COST_VARIANTS = (("minference_vs_torch", "minference", {"pattern": "vertical_slash", "scores_kernel": "torch"}),
                      ("flexprefill_fused", "flexprefill", {"scores_kernel": "triton"}),
-                     ("pbs_fused", "pbs", {"scores_kernel": "triton"}),
-                     ("xattn_s8_selk", "xattn", {"stride": 8}), ("xattn_s16_selk", "xattn", {"stride": 16}))
-# environment a variant runs under (opt-in switches that are not constructor knobs)
-VARIANT_ENV = {"xattn_s8_selk": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "1"},
-               "xattn_s16_selk": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "1"}}
+                     ("pbs_torch", "pbs", {"scores_kernel": "torch"}),
+                     ("xattn_s8_torchsel", "xattn", {"stride": 8}), ("xattn_s16_torchsel", "xattn", {"stride": 16}))
+# environment a variant runs under (switches that are not constructor knobs)
+VARIANT_ENV = {"xattn_s8_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"},
+               "xattn_s16_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"}}
 
 
 @contextlib.contextmanager

@@ -64,7 +64,7 @@ class MInferenceConfig(MethodConfig):
     min_slash: int = 50
     budget_scale: float = 1.0
     pattern_file: Optional[str] = None  # pattern=config only: per-head JSON in the calibration store
-    scores_kernel: str = "torch"  # torch | triton (fused kernels/last_q_scores; opt-in until measured on a GPU)
+    scores_kernel: str = "auto"  # auto (triton on CUDA) | torch | triton (fused kernels/last_q_scores)
 
 
 @dataclass
@@ -77,7 +77,7 @@ class FlexPrefillConfig(MethodConfig):
     block_size: int = 128
     variant: str = "official"  # official | sparse_frontier
     approximation_size: Optional[int] = None  # sparse_frontier only (None: 512)
-    scores_kernel: str = "torch"  # torch | triton (fused kernels/last_q_scores; opt-in until measured on a GPU)
+    scores_kernel: str = "torch"  # torch | triton (fused kernels/last_q_scores; not faster on an H200) | auto
 
 
 @dataclass
@@ -88,7 +88,7 @@ class PBSConfig(MethodConfig):
     threshold: float = 0.9  # (0, 1]; 1 keeps every block
     force_first_block: bool = True
     last_q: int = 128
-    scores_kernel: str = "torch"  # torch | triton (fused kernels/last_q_scores importance; opt-in, untimed on a GPU)
+    scores_kernel: str = "auto"  # auto (triton on CUDA) | torch (official, exact) | triton (fused last_q_scores)
 
 
 # ------------------------------------------------------------------------------------------------ tasks

@@ -625,7 +625,7 @@ def test_scores_kernel_choice_is_checked():
 
     from sparsebench.methods.flexprefill import FlexPrefill
 
-    with pytest.raises(ValueError, match="scores_kernel='fused' is not one of torch, triton"):
+    with pytest.raises(ValueError, match="scores_kernel='fused' is not one of auto, torch, triton"):
         FlexPrefill(scores_kernel="fused")
     if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
         g = torch.Generator().manual_seed(0)

@@ -525,12 +525,19 @@ def test_search_script_feeds_prompts_as_the_run(monkeypatch, tmp_path):
 
 
 def test_scores_kernel_choice_is_checked():
-    with pytest.raises(ValueError, match="scores_kernel='cuda' is not one of torch, triton"):
+    with pytest.raises(ValueError, match="scores_kernel='cuda' is not one of auto, torch, triton"):
         MInference(scores_kernel="cuda")
     if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
         q, k, _ = qk(1, 2, 1, 128, 128, 16)
         with pytest.raises(ValueError, match="needs a CUDA device"):
             MInference(scores_kernel="triton", vertical_size=8, slash_size=8).select(q, k, ctx_for(q, k))
+    # auto (the default) is the torch path off CUDA
+    assert MInference().scores_kernel == "auto"
+    if not torch.cuda.is_available():
+        q, k, _ = qk(1, 2, 1, 128, 128, 16)
+        a = MInference(vertical_size=8, slash_size=8).select(q, k, ctx_for(q, k))
+        t = MInference(scores_kernel="torch", vertical_size=8, slash_size=8).select(q, k, ctx_for(q, k))
+        assert torch.equal(a.kv_indices, t.kv_indices) and torch.equal(a.kv_counts, t.kv_counts)
 
 
 @pytest.mark.parametrize("kind", ["random", "ties", "signed_zeros", "tiny"])

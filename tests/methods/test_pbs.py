@@ -396,6 +396,11 @@ def test_triton_scores_kernel_needs_cuda_or_the_interpreter(monkeypatch):
         pbs_estimate(q, k, 32 ** -0.5, 32, 64, scores_kernel="fused")
     # dense paths never estimate, so they run anywhere
     assert _select(PBS(scores_kernel="triton"), q[:, :, :200], k[:, :, :200]).density() == 1.0
+    # auto (the default) takes the exact torch path off CUDA
+    assert PBS().scores_kernel == "auto"
+    a = _select(PBS(block_size=32, segment_size=64), q, k)
+    t = _select(PBS(block_size=32, segment_size=64, scores_kernel="torch"), q, k)
+    assert torch.equal(a.kv_indices, t.kv_indices) and torch.equal(a.kv_counts, t.kv_counts)
 
 
 # ------------------------------------------------------------------------------------------------ GPU

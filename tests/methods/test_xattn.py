@@ -399,8 +399,9 @@ def test_long_select_memory_gpu(shape):
 
 # ---------------------------------------------------------------------------------------------- selection kernel
 def test_select_kernel_switch(monkeypatch):
-    """The fused selection kernel is opt-in (SPARSEBENCH_XATTN_SELECT_KERNEL=1) until timed on a GPU; then it runs
-    on CUDA or under the interpreter, never on the plain CPU path or with use_triton=false; a bad value is an error."""
+    """The fused selection kernel runs by default on CUDA, under the interpreter only with
+    SPARSEBENCH_XATTN_SELECT_KERNEL=1, never on the plain CPU path, with use_triton=false or with the variable at 0;
+    a bad value is an error."""
     from sparsebench.methods.xattn import SELECT_KERNEL_ENV
 
     q = torch.zeros(1, 2, 256, 16)
@@ -413,7 +414,7 @@ def test_select_kernel_switch(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert m._select_kernel_for(q, 256)
     monkeypatch.setenv(SELECT_KERNEL_ENV, "auto")
-    assert not m._select_kernel_for(q, 256)  # the default: off until measured
+    assert not m._select_kernel_for(q, 256)  # the default: CUDA only, not the interpreter
     monkeypatch.setenv(SELECT_KERNEL_ENV, "1")
     assert not XAttention(block_size=64, use_triton="false")._select_kernel_for(q, 256)
     assert not m._select_kernel_for(q, 64 * 8193)  # past MAX_NK: the torch path
