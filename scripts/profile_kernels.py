@@ -291,33 +291,44 @@ def antidiag_candidates(seq_lens, strides=(8, 16), H=32, HKV=8, D=128) -> list[d
 
 def lastq_candidates(seq_lens, last_qs=(64, 128), H=32, HKV=8, D=128) -> list[dict]:
     """The last-query vertical/slash scorer (`kernels/last_q_scores`, MInference's and FlexPrefill's estimation
-    core) per (block_n, num_warps), packed (the G query heads of a KV head in one program) and not, next to the torch
-    path `methods.minference.vs_scores`, as a share of cuDNN dense
+    core): the per-tile kernels unpacked (`bn<BN>w<W>_nopack`, the default) and the row-block kernels
+    (`rows_bn<BN>w<W>t<TPP>`: TPP key tiles a program), next to the torch path `methods.minference.vs_scores`; and
+    PBS's key importance (`imp128_*`, 128 queries, n_keys = L - 256) both ways. Each as a share of cuDNN dense
     causal attention on the same inputs."""
-    from sparsebench.kernels.last_q_scores import last_q_scores_triton
+    from sparsebench.kernels.last_q_scores import last_q_importance_triton, last_q_scores_triton
     from sparsebench.methods.minference import vs_scores
 
+    rows_cands = [(f"rows_bn{bn}w{w}t{t}", (bn, w, True, t)) for bn in (64, 128) for w in (4, 8) for t in (4, 8, 16)]
+    tile_cands = [(f"bn{bn}w4_nopack", (bn, 4, False, None)) for bn in (64, 128)]
     rows = []
+
+    def record(kernel, L, fn, dense_ms, label):
+        try:
+            ms = _median_ms(fn)
+        except Exception as e:  # noqa: BLE001
+            print(f"{label}: {type(e).__name__}: {str(e)[:80]}")
+            return
+        rows.append({"kernel": kernel, "seq_len": L, "heads": H, "kv_heads": HKV, "head_dim": D,
+                     "bench_ms": ms, "dense_ms": dense_ms, "share_of_dense": ms / dense_ms})
+        print(f"{label}: {ms:.3f} ms = {ms / dense_ms:.4f} x dense ({dense_ms:.3f} ms)")
+
     for L in seq_lens:
         q, k, dense_ms = _qk_and_dense_ms(L, H, HKV, D)
         for lq in last_qs:
             ql = q[:, :, L - lq:]
-            cands = ([("torch", None)] + [(f"bn{bn}w{w}", (bn, w, True)) for bn in (64, 128, 256) for w in (4, 8)]
-                     + [(f"bn{bn}w4_nopack", (bn, 4, False)) for bn in (64, 128)])
-            for name, cfg in cands:
-                if cfg is None:
-                    fn = lambda: vs_scores(q, k, lq, D ** -0.5)  # noqa: E731
-                else:
-                    fn = lambda cfg=cfg: last_q_scores_triton(ql, k, D ** -0.5, block_n=cfg[0], num_warps=cfg[1],
-                                                              pack_heads=cfg[2])
-                try:
-                    ms = _median_ms(fn)
-                except Exception as e:  # noqa: BLE001
-                    print(f"lastq L={L} last_q={lq} {name}: {type(e).__name__}: {str(e)[:80]}")
-                    continue
-                rows.append({"kernel": f"lastq{lq}_{name}", "seq_len": L, "heads": H, "kv_heads": HKV, "head_dim": D,
-                             "bench_ms": ms, "dense_ms": dense_ms, "share_of_dense": ms / dense_ms})
-                print(f"lastq L={L} last_q={lq} {name}: {ms:.3f} ms = {ms / dense_ms:.4f} x dense ({dense_ms:.3f} ms)")
+            record(f"lastq{lq}_torch", L, lambda: vs_scores(q, k, lq, D ** -0.5), dense_ms,  # noqa: B023
+                   f"lastq L={L} last_q={lq} torch")
+            for name, (bn, w, use_rows, tpp) in tile_cands + rows_cands:
+                fn = (lambda bn=bn, w=w, use_rows=use_rows, tpp=tpp: last_q_scores_triton(
+                    ql, k, D ** -0.5, block_n=bn, num_warps=w, pack_heads=False, rows=use_rows,  # noqa: B023
+                    tiles_per_program=tpp))
+                record(f"lastq{lq}_{name}", L, fn, dense_ms, f"lastq L={L} last_q={lq} {name}")
+        ql, n_keys = q[:, :, L - 128:], L - 256
+        for name, (bn, w, use_rows, tpp) in [("bn128w4_nopack", (128, 4, False, None))] + rows_cands[:6]:
+            fn = (lambda bn=bn, w=w, use_rows=use_rows, tpp=tpp: last_q_importance_triton(
+                ql, k, D ** -0.5, n_keys, block_n=bn, num_warps=w, pack_heads=False, rows=use_rows,  # noqa: B023
+                tiles_per_program=tpp))
+            record(f"imp128_{name}", L, fn, dense_ms, f"importance L={L} {name}")
     return rows
 
 

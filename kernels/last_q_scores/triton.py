@@ -20,6 +20,13 @@ dim is taken in `BD`-wide slices (head dim 256 fits in shared memory). The logit
   columns) go to a scratch `[B*H, n_tiles, BT]` (BT >= BLOCK_N + L - 1), and torch adds the overlapping partials of
   neighbouring tiles into `slash` by shifted slice adds (deterministic).
 
+Row-block kernels (`rows=True`, or the module default `_ROWS`; unpacked heads, power-of-two head dims): the grid is
+(run of `tiles_per_program` key tiles, query head, block of rows). A program loads its rows' queries once and walks
+its key tiles, one `[rows, D] x [D, BLOCK_N]` dot per tile: pass 1 keeps each row's online (m, l) over its tiles
+(scratch `[B*H, programs, L]`), pass 2 writes each tile's column sums and diagonal sums per row block (`_RB_SCORES`
+rows, which bound the gather's registers), and torch adds the row blocks (the diagonals of row block rb shifted by
+rb * rows). Same values up to summation order.
+
 Both passes write the same scratch, per query head, whether heads are packed or not. Within a program the K tile's
 slices are loaded again for each row tile (`NG * NCH` times): after the first, from L1/L2 rather than DRAM.
 
@@ -155,6 +162,102 @@ def _lastq_scores(Q, K, M, LS, V, DG, sqb, sqh, sqt, skb, skh, sks, smb, svb, sd
             tl.store(DG + bhg[:, None] * sdb + pid_n.to(tl.int64) * sdt + tt[None, :], diag, mask=hg_ok[:, None])
 
 
+def _block_logits(q, k_base, sks, keys, key_ok, row, row_ok, scale, S, L, dt,
+                  D: tl.constexpr, INTERPRET: tl.constexpr, PREC: tl.constexpr, CAUSAL: tl.constexpr,
+                  ROUND_DOT: tl.constexpr):
+    """`_tile_logits` for the row-block kernels: the block's query rows `q [RB, D]` are already loaded (once per
+    program); one `[BLOCK_N, D]` K tile, one dot over the whole head dim, the same roundings and masks."""
+    dd = tl.arange(0, D)
+    kt = tl.load(k_base + keys.to(tl.int64)[:, None] * sks + dd[None, :], mask=key_ok[:, None], other=0.0)
+    if INTERPRET:
+        kt = kt.to(tl.float32)
+    acc = tl.dot(q, tl.trans(kt), input_precision=PREC)
+    if ROUND_DOT:
+        s = (acc.to(dt).to(tl.float32) * scale).to(dt).to(tl.float32)
+    else:
+        s = (acc * scale).to(dt).to(tl.float32)
+    keep = row_ok[:, None] & key_ok[None, :]
+    if CAUSAL:
+        keep = keep & (keys[None, :] <= (S - L + row)[:, None])
+    return tl.where(keep, s, float("-inf"))
+
+
+def _lastq_stats_rows(Q, K, MT, LT, sqb, sqh, sqt, skb, skh, sks, smb, smt, S, L, H, G, scale,
+                      D: tl.constexpr, RB: tl.constexpr, BLOCK_N: tl.constexpr, TPP: tl.constexpr,
+                      INTERPRET: tl.constexpr, PREC: tl.constexpr, CAUSAL: tl.constexpr = True,
+                      ROUND_DOT: tl.constexpr = False):
+    """Row-block pass 1: program (run of TPP key tiles, query head, block of RB rows); the rows' (m, l) over its
+    tiles by the online rule, one (m, l) per row and program."""
+    pid_t = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    h = bh % H
+    row = tl.program_id(2) * RB + tl.arange(0, RB)
+    row_ok = row < L
+    dd = tl.arange(0, D)
+    q = tl.load(Q + b * sqb + h * sqh + row.to(tl.int64)[:, None] * sqt + dd[None, :], mask=row_ok[:, None],
+                other=0.0)
+    dt = q.dtype
+    if INTERPRET:
+        q = q.to(tl.float32)
+    k_base = K + b * skb + (h // G) * skh
+    m = tl.full([RB], float("-inf"), dtype=tl.float32)
+    l = tl.zeros([RB], dtype=tl.float32)
+    for t in range(TPP):
+        keys = (pid_t * TPP + t) * BLOCK_N + tl.arange(0, BLOCK_N)
+        s = _block_logits(q, k_base, sks, keys, keys < S, row, row_ok, scale, S, L, dt, D, INTERPRET, PREC, CAUSAL,
+                          ROUND_DOT)
+        m_new = tl.maximum(m, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no key seen yet: l stays 0
+        l = l * tl.exp(m - m_safe) + tl.sum(tl.exp(s - m_safe[:, None]), 1)
+        m = m_new
+    out = bh * smb + pid_t.to(tl.int64) * smt + row
+    tl.store(MT + out, m, mask=row_ok)
+    tl.store(LT + out, l, mask=row_ok)
+
+
+def _lastq_scores_rows(Q, K, M, LS, V, DG, sqb, sqh, sqt, skb, skh, sks, smb, svr, svb, sdr, sdb, sdt, S, L, H, G,
+                       NT, scale, D: tl.constexpr, RB: tl.constexpr, BLOCK_N: tl.constexpr, BT: tl.constexpr,
+                       TPP: tl.constexpr, INTERPRET: tl.constexpr, PREC: tl.constexpr, IMPORTANCE: tl.constexpr):
+    """Row-block pass 2 (`_lastq_scores`' outputs, per row block): each tile's column sums over the block's rows go
+    to `V[row block]`, its diagonal sums (indexed by the row within the block) to `DG[row block]`; torch adds the
+    row blocks."""
+    pid_t = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    rb = tl.program_id(2)
+    b = bh // H
+    h = bh % H
+    r = tl.arange(0, RB)
+    row = rb * RB + r
+    row_ok = row < L
+    dd = tl.arange(0, D)
+    q = tl.load(Q + b * sqb + h * sqh + row.to(tl.int64)[:, None] * sqt + dd[None, :], mask=row_ok[:, None],
+                other=0.0)
+    dt = q.dtype
+    if INTERPRET:
+        q = q.to(tl.float32)
+    k_base = K + b * skb + (h // G) * skh
+    m = tl.load(M + bh * smb + row, mask=row_ok, other=0.0)
+    inv_l = 1.0 / tl.load(LS + bh * smb + row, mask=row_ok, other=1.0)
+    tt = tl.arange(0, BT)
+    v_base = V + rb.to(tl.int64) * svr + bh * svb
+    d_base = DG + rb.to(tl.int64) * sdr + bh * sdb
+    for t in range(TPP):
+        tile = pid_t * TPP + t
+        keys = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+        key_ok = keys < S
+        s = _block_logits(q, k_base, sks, keys, key_ok, row, row_ok, scale, S, L, dt, D, INTERPRET, PREC,
+                          not IMPORTANCE, IMPORTANCE)
+        p = tl.exp(s - m[:, None]) * inv_l[:, None]
+        tl.store(v_base + keys, tl.sum(p, 0), mask=key_ok)
+        if not IMPORTANCE:
+            # diagonal t = r - key_in_tile + BN - 1 (r: the row within the block): entry (r, t) is p[r, r + BN-1 - t]
+            idx = r[:, None] + (BLOCK_N - 1) - tt[None, :]
+            inside = (idx >= 0) & (idx < BLOCK_N)
+            g = tl.where(inside, tl.gather(p, tl.where(inside, idx, 0), 1), 0.0)
+            tl.store(d_base + tile.to(tl.int64) * sdt + tt, tl.sum(g, 0), mask=(tt < BT) & (tile < NT))
+
+
 _KERNELS: dict[bool, tuple] = {}
 
 
@@ -163,7 +266,8 @@ def _kernels(interpret: bool):
     if interpret not in _KERNELS:
         from .._jit import jit_with_helpers
 
-        _KERNELS[interpret] = jit_with_helpers((_lastq_stats, _lastq_scores), (_tile_logits,))
+        _KERNELS[interpret] = jit_with_helpers((_lastq_stats, _lastq_scores, _lastq_stats_rows, _lastq_scores_rows),
+                                               (_tile_logits, _block_logits))
     return _KERNELS[interpret]
 
 
@@ -242,14 +346,88 @@ def _prepare(q_last, k, block_n: int | None, pack_heads: bool):
     return q, k, block_n, interpret, prec, G, G if pack_heads else 1, RC, -(-q.shape[2] // RC)
 
 
+# Row-block kernels (`_lastq_stats_rows`, `_lastq_scores_rows`): a program loads its block of up to `_RB` query
+# rows once and walks `tiles_per_program` key tiles, one dot over the whole head dim per tile, instead of one
+# program per key tile reloading the rows in 32-row chunks (`_lastq_stats`, `_lastq_scores`). Head dims that are
+# powers of two (16-256). Off until timed on a GPU (`scripts/profile_kernels.py --lastq` times both).
+_ROWS = False
+# rows a program takes in pass 1 (no diagonal gather) and in pass 2 (its [rows, BT] gather bounds the registers)
+_RB_STATS = 128
+_RB_SCORES = 32
+_TPP = 8
+
+
+def _rows_ok(D: int) -> bool:
+    return 16 <= D <= 256 and D & (D - 1) == 0
+
+
+def _use_rows(rows: bool | None, D: int, pack_heads: bool) -> bool:
+    """Whether a call takes the row-block kernels: `rows` if given (an error where they cannot run), else `_ROWS`
+    where they can (unpacked heads, a power-of-two head dim)."""
+    if rows is None:
+        return _ROWS and not pack_heads and _rows_ok(D)
+    if rows and (pack_heads or not _rows_ok(D)):
+        raise ValueError(f"rows=True needs pack_heads=False and a power-of-two head dim in [16, 256]; got "
+                         f"pack_heads={pack_heads}, head dim {D}")
+    return bool(rows)
+
+
+def _rows_path(q, k, scale: float, L: int, S: int, importance: bool, block_n: int, tpp: int, num_warps: int,
+               num_stages: int, interpret: bool, prec: str, G: int):
+    """Both passes through the row-block kernels: `(vertical, slash)` (slash None with `importance`, where `S` is
+    n_keys and vertical holds the column means)."""
+    B, H, _, D = q.shape
+    rb_stats = min(_RB_STATS, max(16, _pow2ceil(L)))
+    RB = min(_RB_SCORES, max(16, _pow2ceil(L)))
+    NRB = -(-L // RB)
+    nt = -(-S // block_n)
+    npg = -(-nt // tpp)
+    dev = q.device
+    mt = torch.empty(B * H, npg, L, dtype=torch.float32, device=dev)
+    lt = torch.empty(B * H, npg, L, dtype=torch.float32, device=dev)
+    kernels = _kernels(interpret)
+    common = {"D": D, "RB": RB, "BLOCK_N": block_n, "TPP": tpp, "INTERPRET": interpret, "PREC": prec,
+              "num_warps": num_warps, "num_stages": num_stages}
+    strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2))
+    kernels[2][(npg, B * H, -(-L // rb_stats))](q, k, mt, lt, *strides, mt.stride(0), mt.stride(1), S, L, H, G,
+                                                 float(scale), CAUSAL=not importance, ROUND_DOT=importance,
+                                                 **{**common, "RB": rb_stats})
+    grid = (npg, B * H, NRB)
+    m = mt.amax(1)
+    l = (lt * torch.exp(mt - m[:, None])).sum(1)
+    del mt, lt
+    v = torch.empty(NRB, B * H, S, dtype=torch.float32, device=dev)
+    if importance:
+        BT, dg = 16, v  # no diagonals: DG's pointer and strides unused
+    else:
+        BT = _pow2ceil(block_n + RB - 1)
+        dg = torch.empty(NRB, B * H, nt, BT, dtype=torch.float32, device=dev)
+    kernels[3][grid](q, k, m, l, v, dg, *strides, m.stride(0), v.stride(0), v.stride(1), dg.stride(0),
+                     dg.stride(1), dg.stride(2) if not importance else 0, S, L, H, G, nt, float(scale), BT=BT,
+                     IMPORTANCE=importance, **common)
+    vertical = v[0] if NRB == 1 else v.sum(0)
+    if importance:
+        return vertical / L, None
+    if NRB == 1:
+        dg_all = dg[0]
+    else:
+        # row block rb's diagonal t is the whole chunk's diagonal t + rb * RB
+        dg_all = torch.zeros(B * H, nt, BT + (NRB - 1) * RB, dtype=torch.float32, device=dev)
+        for rb in range(NRB):
+            dg_all[..., rb * RB:rb * RB + BT] += dg[rb]
+    return vertical, _overlap_add(dg_all, S, L, block_n)
+
+
 def last_q_scores_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float, block_n: int | None = None,
-                         num_warps: int = 4, num_stages: int = 2,
-                         pack_heads: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                         num_warps: int = 4, num_stages: int = 2, pack_heads: bool = False,
+                         rows: bool | None = None, tiles_per_program: int | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """`(vertical [B, H, S], slash [B, H, S])` fp32 of `last_q_scores_naive` (arguments as there).
 
     `pack_heads`: one program per (key tile, KV head) serving its G query heads, else one per (key tile, query
     head) (default: measured faster, see `_default_block_n`). Same outputs either way, up to the dot's summation
-    order. `block_n` None: `_default_block_n(L)`.
+    order. `block_n` None: `_default_block_n(L)`. `rows`: the row-block kernels (module doc) if True, the per-tile
+    ones if False, `_ROWS` where they apply if None; `tiles_per_program` (row-block kernels): default `_TPP`.
 
     Scratch: fp32 `[B*H, n_tiles, L]` twice (pass 1) and `[B*H, n_tiles, BT]` (diagonal partials), n_tiles =
     ceil(S / block_n), BT = next power of two >= block_n + L - 1.
@@ -259,6 +437,10 @@ def last_q_scores_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float, bl
     if why:
         raise ValueError(f"last_q_scores_triton: {why}")
     q, k, block_n, interpret, prec, G, HP, RC, NCH = _prepare(q_last, k, block_n, pack_heads)
+    if _use_rows(rows, D, pack_heads):
+        vertical, slash = _rows_path(q, k, scale, L, S, False, block_n, tiles_per_program or _TPP, num_warps,
+                                     num_stages, interpret, prec, G)
+        return vertical.view(B, H, S), slash.reshape(B, H, S)
     BT = _pow2ceil(block_n + NCH * RC - 1)
     nt = -(-S // block_n)
     # the scores pass also holds the gathered [rows, BT] diagonals, so it may stack fewer heads than the stats pass
@@ -267,7 +449,7 @@ def last_q_scores_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float, bl
     dev = q.device
     mt = torch.empty(B * H, nt, L, dtype=torch.float32, device=dev)
     lt = torch.empty(B * H, nt, L, dtype=torch.float32, device=dev)
-    stats, scores = _kernels(interpret)
+    stats, scores = _kernels(interpret)[:2]
     common = {"D": D, "BD": _head_slice(D), "RC": RC, "NCH": NCH, "BLOCK_N": block_n, "INTERPRET": interpret,
               "PREC": prec, "num_warps": num_warps, "num_stages": num_stages}
     grid = (nt, B * H // HP)
@@ -289,7 +471,8 @@ def last_q_scores_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float, bl
 
 def last_q_importance_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float, n_keys: int | None = None,
                              block_n: int | None = None, num_warps: int = 4, num_stages: int = 2,
-                             pack_heads: bool = False) -> torch.Tensor:
+                             pack_heads: bool = False, rows: bool | None = None,
+                             tiles_per_program: int | None = None) -> torch.Tensor:
     """`importance [B, H, n_keys]` fp32 of `last_q_importance_naive` (arguments as there): pass 1 of the scores
     kernels without the causal mask, then pass 2 with `IMPORTANCE` (column means, no diagonals). Equal to the reference up
     to summation order (the dot's accumulation, the softmax sums over key tiles, the column sums over rows).
@@ -303,13 +486,17 @@ def last_q_importance_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float
     if _head_slice(D) < 16:
         raise ValueError(f"last_q_importance_triton: head dim {D} is not a multiple of 16")
     q, k, block_n, interpret, prec, G, HP, RC, NCH = _prepare(q_last, k, block_n, pack_heads)
+    if _use_rows(rows, D, pack_heads):
+        imp, _ = _rows_path(q, k, scale, L, n_keys, True, block_n, tiles_per_program or _TPP, num_warps, num_stages,
+                            interpret, prec, G)
+        return imp.view(B, H, n_keys)
     # both passes hold [rows, block_n] fp32 tiles (no diagonal gather): the same head stacking in each
     GP = _heads_per_tile(HP, RC, block_n)
     nt = -(-n_keys // block_n)
     dev = q.device
     mt = torch.empty(B * H, nt, L, dtype=torch.float32, device=dev)
     lt = torch.empty(B * H, nt, L, dtype=torch.float32, device=dev)
-    stats, pass2 = _kernels(interpret)
+    stats, pass2 = _kernels(interpret)[:2]
     common = {"D": D, "BD": _head_slice(D), "RC": RC, "NCH": NCH, "GP": GP, "NG": -(-HP // GP), "BLOCK_N": block_n,
               "INTERPRET": interpret, "PREC": prec, "num_warps": num_warps, "num_stages": num_stages}
     grid = (nt, B * H // HP)

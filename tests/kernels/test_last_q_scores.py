@@ -133,14 +133,26 @@ def test_importance_bad_arguments_raise():
 
 
 # ---------------------------------------------------------------------------------------------- Triton
+_MODES = {True: "packed", False: "perhead", "rows": "rows"}
+
+
+def _mode_kw(pack) -> dict:
+    """Kernel arguments of a case's mode: heads packed, one program per query head (tile kernels), or the row-block
+    kernels (3 key tiles a program, so that runs of tiles end inside and past the keys)."""
+    if pack == "rows":
+        return {"pack_heads": False, "rows": True, "tiles_per_program": 3}
+    return {"pack_heads": pack, "rows": False}
+
+
 def _p(B, H, HKV, L, S, D, dtype="float32", block_n=64, pack=True):
     return pytest.param((B, H, HKV, L, S, D, dtype, block_n, pack),
-                        id=f"B{B}-H{H}-HKV{HKV}-L{L}-S{S}-D{D}-{dtype}-bn{block_n}-{'packed' if pack else 'perhead'}")
+                        id=f"B{B}-H{H}-HKV{HKV}-L{L}-S{S}-D{D}-{dtype}-bn{block_n}-{_MODES[pack]}")
 
 
 def _both(*args, **kw):
-    """The case with the heads of a KV head packed into one program, and one program per query head."""
-    return [_p(*args, **kw, pack=True), _p(*args, **kw, pack=False)]
+    """The case with the heads of a KV head packed into one program, one program per (key tile, query head), and
+    the row-block kernels."""
+    return [_p(*args, **kw, pack=m) for m in _MODES]
 
 
 CPU_CASES = [
@@ -176,7 +188,7 @@ def _check_case(case, device="cpu", tol=1e-5):
     if dtype != "float32":
         tol = max(tol, 1e-4)
     vr, sr = last_q_scores_naive(q, k, scale)
-    v, s = last_q_scores_triton(q, k, scale, block_n=block_n, pack_heads=pack)
+    v, s = last_q_scores_triton(q, k, scale, block_n=block_n, **_mode_kw(pack))
     assert v.shape == vr.shape == s.shape and v.dtype == s.dtype == torch.float32
     # relative to the largest score (the sums run up to L)
     for name, a, b in (("vertical", v, vr), ("slash", s, sr)):
@@ -251,12 +263,11 @@ def test_minference_triton_scores_select_like_torch(case, request, interpret_ver
 
 def _p_imp(B, H, HKV, L, S, n_keys, D, dtype="float32", block_n=64, pack=True):
     return pytest.param((B, H, HKV, L, S, n_keys, D, dtype, block_n, pack),
-                        id=f"imp-B{B}-H{H}-HKV{HKV}-L{L}-S{S}-n{n_keys}-D{D}-{dtype}-bn{block_n}-"
-                           f"{'packed' if pack else 'perhead'}")
+                        id=f"imp-B{B}-H{H}-HKV{HKV}-L{L}-S{S}-n{n_keys}-D{D}-{dtype}-bn{block_n}-{_MODES[pack]}")
 
 
 def _imp_both(*args, **kw):
-    return [_p_imp(*args, **kw, pack=True), _p_imp(*args, **kw, pack=False)]
+    return [_p_imp(*args, **kw, pack=m) for m in _MODES]
 
 
 IMP_CASES = [  # (B, H, HKV, L, S, n_keys, D): G = H / HKV
@@ -284,7 +295,7 @@ def _check_importance(case, device="cpu", tol=1e-5):
     if dtype != "float32":
         tol = max(tol, 2e-4)
     ref = last_q_importance_naive(q, k, scale, n_keys)
-    got = last_q_importance_triton(q, k, scale, n_keys, block_n=block_n, pack_heads=pack)
+    got = last_q_importance_triton(q, k, scale, n_keys, block_n=block_n, **_mode_kw(pack))
     assert got.shape == ref.shape == (B, H, n_keys) and got.dtype == torch.float32
     err = (got - ref).abs().max().item() / ref.abs().max().item()
     assert err <= tol, f"importance: max relative error {err:.3e}"
@@ -390,7 +401,7 @@ def test_triton_gpu_matches_reference(case):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("pack", [True, False], ids=["packed", "perhead"])
+@pytest.mark.parametrize("pack", list(_MODES), ids=list(_MODES.values()))
 def test_triton_gpu_128k_bf16_matches_vs_scores(pack):
     """128K keys, llama-like heads, bf16: against MInference's torch path (bf16 logits: one-ulp rounding flips
     between GEMM orders, so a looser bound), and each row's mass sums to 1 on both views."""
@@ -399,7 +410,7 @@ def test_triton_gpu_128k_bf16_matches_vs_scores(pack):
 
     q, k = _qk(1, 32, 8, 64, 131072, 128, torch.bfloat16)
     q, k = q.cuda(), k.cuda()
-    v, s = last_q_scores_triton(q, k, 1 / math.sqrt(128), pack_heads=pack)
+    v, s = last_q_scores_triton(q, k, 1 / math.sqrt(128), **_mode_kw(pack))
     vr, sr = vs_scores(q, k, 64, 1 / math.sqrt(128))
     torch.testing.assert_close(v.sum(-1), torch.full_like(v.sum(-1), 64.0), rtol=0, atol=1e-3)
     torch.testing.assert_close(s.sum(-1), torch.full_like(s.sum(-1), 64.0), rtol=0, atol=1e-3)
@@ -464,8 +475,23 @@ def test_compiled_kernels_keep_their_constexprs():
 
     from sparsebench.kernels.last_q_scores import triton as lq
 
-    stats, scores = lq._kernels(False)
+    stats, scores, stats_rows, scores_rows = lq._kernels(False)
     assert [p.name for p in stats.params if p.is_constexpr] == ["D", "BD", "RC", "NCH", "GP", "NG", "BLOCK_N",
                                                                 "INTERPRET", "PREC", "CAUSAL", "ROUND_DOT"]
     assert [p.name for p in scores.params if p.is_constexpr] == ["D", "BD", "RC", "NCH", "GP", "NG", "BLOCK_N", "BT",
                                                                  "INTERPRET", "PREC", "IMPORTANCE"]
+    assert [p.name for p in stats_rows.params if p.is_constexpr] == ["D", "RB", "BLOCK_N", "TPP", "INTERPRET", "PREC",
+                                                                     "CAUSAL", "ROUND_DOT"]
+    assert [p.name for p in scores_rows.params if p.is_constexpr] == ["D", "RB", "BLOCK_N", "BT", "TPP", "INTERPRET",
+                                                                      "PREC", "IMPORTANCE"]
+
+
+def test_rows_kernel_needs_unpacked_heads_and_a_power_of_two_head_dim():
+    from sparsebench.kernels.last_q_scores import last_q_importance_triton, last_q_scores_triton
+
+    q, k = _qk(1, 4, 1, 16, 100, 64, torch.float32)
+    with pytest.raises(ValueError, match="rows=True needs pack_heads=False"):
+        last_q_scores_triton(q, k, 0.125, rows=True, pack_heads=True)
+    q, k = _qk(1, 4, 1, 16, 100, 48, torch.float32)
+    with pytest.raises(ValueError, match="head dim 48"):
+        last_q_importance_triton(q, k, 0.125, rows=True)

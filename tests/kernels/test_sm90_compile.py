@@ -134,22 +134,25 @@ def test_antidiag_score_pointer_loads(compiled):
     _check(compiled)
 
 
-@pytest.mark.parametrize("L,D,pack", [(64, 128, True), (128, 128, True), (64, 256, True), (64, 128, False)])
+@pytest.mark.parametrize("L,D,pack", [(64, 128, True), (128, 128, True), (64, 256, True), (64, 128, False),
+                                      (64, 128, "rows"), (128, 128, "rows"), (64, 256, "rows")])
 def test_last_q_scores(L, D, pack, compiled):
     from sparsebench.kernels.last_q_scores import triton as lq
 
     q = torch.zeros(1, 8, L, D, dtype=torch.bfloat16)
     k = torch.zeros(1, 2, 4096, D, dtype=torch.bfloat16)
-    lq.last_q_scores_triton(q, k, D ** -0.5, pack_heads=pack)
+    kw = {"rows": True} if pack == "rows" else {"pack_heads": pack, "rows": False}
+    lq.last_q_scores_triton(q, k, D ** -0.5, **kw)
     _check(compiled, 2)
 
 
-def test_last_q_importance(compiled):
+@pytest.mark.parametrize("rows", [False, True])
+def test_last_q_importance(rows, compiled):
     from sparsebench.kernels.last_q_scores import triton as lq
 
     q = torch.zeros(1, 8, 128, 128, dtype=torch.bfloat16)
     k = torch.zeros(1, 2, 4096, 128, dtype=torch.bfloat16)
-    lq.last_q_importance_triton(q, k, 128 ** -0.5, n_keys=4000)
+    lq.last_q_importance_triton(q, k, 128 ** -0.5, n_keys=4000, rows=rows)
     _check(compiled, 2)
 
 
