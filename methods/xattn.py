@@ -405,7 +405,7 @@ class XAttention(SparseAttention):
         chunk = self._chunk(B, H, T, S, triton)
         bs = self.block_size
         if self._select_kernel_for(q, S):
-            from sparsebench.kernels.antidiag_score.select import select_blocks_triton
+            from sparsebench.kernels.antidiag_score import select as select_kernel
 
             NQ, NK = -(-T // bs), -(-S // bs)
             idx = torch.empty(B, H, NQ, NK, dtype=torch.int32, device=q.device)
@@ -415,8 +415,11 @@ class XAttention(SparseAttention):
                 qb0 = r0 // bs
                 n = scores.shape[2]
                 # each chunk's lists go straight into their rows of the whole selection
-                select_blocks_triton(scores, tau, T, S, bs, qb0,
-                                     out=(idx[:, :, qb0:qb0 + n], cnt[:, :, qb0:qb0 + n]))
+                # block scores are softmax sums (>= 0): the sort-free algorithm applies, but it is only asked for
+                # while the kernel module's `_BISECT` switch is on (off until timed on a GPU)
+                select_kernel.select_blocks_triton(scores, tau, T, S, bs, qb0,
+                                                   out=(idx[:, :, qb0:qb0 + n], cnt[:, :, qb0:qb0 + n]),
+                                                   nonneg=select_kernel._BISECT)
             return Selection(idx, cnt, bs, bs, T, S, H, HKV, "query_head")
         masks = []
         for r0 in range(0, T, chunk):

@@ -332,6 +332,40 @@ def lastq_candidates(seq_lens, last_qs=(64, 128), H=32, HKV=8, D=128) -> list[di
     return rows
 
 
+def select_candidates(seq_lens, H=32, HKV=8, D=128, block=128, threshold=0.9) -> list[dict]:
+    """XAttention's fused selection kernel (`kernels/antidiag_score/select.py`) over all NQ query-block rows of
+    `[1, H, NQ, NK]` block scores at block 128, with its sort algorithm (`select_sort`) and with the sort-free
+    bisection (`select_bisect`, `nonneg=True`), as a share of cuDNN dense causal attention (H query heads, HKV KV
+    heads, head dim D). Realistic non-negative rows: a softmax over random logits on each row's causal blocks, 0
+    beyond. Asserts that both algorithms give the same lists and counts."""
+    from sparsebench.kernels.antidiag_score.select import select_blocks_triton
+
+    rows = []
+    for L in seq_lens:
+        _, _, dense_ms = _qk_and_dense_ms(L, H, HKV, D)
+        nq = nk = -(-L // block)
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        logits = torch.randn(1, H, nq, nk, device="cuda", generator=gen) * 3
+        causal = torch.arange(nk, device="cuda")[None, :] <= torch.arange(nq, device="cuda")[:, None]
+        scores = torch.softmax(logits.masked_fill_(~causal, float("-inf")), -1)
+        del logits
+        outs = {}
+        for name, nonneg in (("select_sort", False), ("select_bisect", True)):
+            def fn(scores=scores, L=L, nonneg=nonneg):
+                return select_blocks_triton(scores, threshold, L, L, block, nonneg=nonneg)
+            outs[name] = fn()
+            ms = _median_ms(fn)
+            kept = outs[name][1].sum().item() / (H * causal.sum().item())
+            rows.append({"kernel": name, "seq_len": L, "heads": H, "kv_heads": HKV, "head_dim": D, "nq": nq, "nk": nk,
+                         "threshold": threshold, "kept_of_causal": kept, "bench_ms": ms, "dense_ms": dense_ms,
+                         "share_of_dense": ms / dense_ms})
+            print(f"select L={L} {name}: {ms:.3f} ms = {ms / dense_ms:.4f} x dense ({dense_ms:.3f} ms), "
+                  f"{kept:.3f} of the causal blocks kept")
+        (si, sc), (bi, bc) = outs["select_sort"], outs["select_bisect"]
+        assert torch.equal(sc, bc) and torch.equal(si, bi), f"L={L}: the sort and bisection selections differ"
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", default=DEFAULT_CASES, help="T:H:HKV:D:density,... (default: %(default)s)")
@@ -342,6 +376,8 @@ def main(argv=None) -> int:
                     help="also time XAttention's scoring kernel's tile candidates at these lengths (strides 8, 16)")
     ap.add_argument("--lastq", default=None, metavar="L,L",
                     help="also time the last-query vertical/slash scorer's tile options at these lengths")
+    ap.add_argument("--select", default=None, metavar="L,L",
+                    help="also time XAttention's selection kernel, sort vs bisection, at these lengths (block 128)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("profile_kernels.py needs a CUDA GPU", file=sys.stderr)
@@ -363,6 +399,12 @@ def main(argv=None) -> int:
             p = Path(args.out_dir) / "tables" / "profile_lastq.csv"
             p.parent.mkdir(parents=True, exist_ok=True)
             pd.DataFrame(lq_rows).assign(device=torch.cuda.get_device_name()).to_csv(p, index=False)
+    if args.select:
+        sel_rows = select_candidates([int(x) for x in args.select.split(",")])
+        if args.out_dir and sel_rows:
+            p = Path(args.out_dir) / "tables" / "profile_select.csv"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            pd.DataFrame(sel_rows).assign(device=torch.cuda.get_device_name()).to_csv(p, index=False)
     df = pd.DataFrame(rows)
     flex = df[df.kernel == "flex"].set_index(["seq_len", "heads", "head_dim", "target_density"])["bench_ms"]
     df["flex_over"] = [flex.get((r.seq_len, r.heads, r.head_dim, r.target_density), float("nan")) / r.bench_ms

@@ -6,8 +6,8 @@ XAttention (Xu et al., 2025, arXiv:2503.16428) keeps, per query-block row, the f
 blocks holding the row's own positions) and then the other causal blocks by descending score until the float64
 score mass before a block reaches `threshold * row total`. On an H200 at 128K tokens the torch version of this
 (argsort, gather, float64 cumsum, scatter, then cumsum + scatter for the lists) was measured at about 3.3 ms per
-call; this kernel does the same work in registers (its own time is not measured yet). Written for this repository
-from the reference's definition.
+call; this kernel does the same work in registers (its sort algorithm: about 0.71 ms per launch at 128K tokens,
+32 heads, 1024 rows of 1024 blocks, on an H200). Written for this repository from the reference's definition.
 
 Per row, with the row held as one power-of-two tile of `NKP >= NK` lanes:
 
@@ -29,6 +29,20 @@ Per row, with the row held as one power-of-two tile of `NKP >= NK` lanes:
    `block_mask_to_selection`): a second, int32 sort of `(not kept) * NKP + block` yields them directly; the counts
    are the number of kept blocks. Optionally the bool mask is written too, scattered by block index.
 
+A second algorithm without sorts (`nonneg=True`, the caller's promise that every score is >= 0, as XAttention's
+softmax block sums are; with a negative score its result is undefined) keeps steps 1 and 3's definitions:
+
+2b. With every lane's value v >= 0 (forced and causal: the score; non-causal and padding: 0), the mass before the
+   item of key k, M(k) = sum of v over the lanes of key > k, is non-increasing in k. So the kept non-forced items
+   are the causal lanes of key > t, where t is the largest integer with M(t) >= required: the item whose mass before
+   first reaches the requirement is dropped, the one just before it kept, as in the reference. t is found by
+   bisection over the causal keys' range, bit by bit from the top (31 + IB steps, each one compare and one float64
+   masked row sum in registers); a row where already M(2**(31+IB) - 1) < required (threshold >= 1, say) keeps every
+   causal block.
+3b. The lists come without a sort: the lanes are in block order, so a prefix count of the kept flags gives each
+   kept block's position (its kept-before count) and each dropped real block's (n_kept + its dropped-before count);
+   the block indices are scattered there. The mask is the kept flags in block order.
+
 Exactness. The order, the kept set's structure and every comparison are the reference's; the only float arithmetic
 is the float64 prefix scan and the row total. Under the Triton interpreter (`TRITON_INTERPRET=1`) the scan is a
 sequential left fold, bit-identical to torch's CPU `cumsum` over the same sorted values, and the row total is
@@ -38,11 +52,21 @@ both the scan and the total are Triton's reduction trees; torch's own GPU cumsum
 So a decision can differ from the reference's only when the mass before some block lies within a few units in the
 last place (relative ~1e-16 times the number of blocks) of `threshold * total`: rows of dyadic scores (all sums
 exact) agree bit for bit, and the tests check that their random cases keep a margin far above that. (The tests
-also compare the order, the masses and the totals themselves through a debug output, `_debug_masses`.)
+also compare the order, the masses and the totals themselves through a debug output, `_debug_masses`, which always
+runs the sort algorithm.)
 
-Limits: finite scores (any sign; NaN unsupported), fp32/fp16/bf16 (widened to fp32 exactly), `NK <= MAX_NK`
-(8192 blocks: 1M tokens at block 128; callers fall back to the torch path above). No host synchronisation: the
-threshold travels as a float64 device tensor (a Python float would be passed to Triton as fp32).
+The bisection's M(k) is a float64 row sum in block order (numpy's pairwise sum under the interpreter, Triton's
+reduction tree compiled), not the reference's sequential cumsum in sorted order, so the same caveat applies to it
+(and under the interpreter too): it agrees with the reference bit for bit on rows whose sums are exact (dyadic
+scores, boundaries hit exactly included), and otherwise can differ only within a few units in the last place of
+`threshold * total`. Within itself it is exact: a fixed summation tree over terms >= 0, some replaced by zeros, is
+monotone in each term (rounding is monotone), so the computed M is non-increasing too and the bisection finds its
+crossing exactly.
+
+Limits: finite scores (any sign for the sort algorithm, >= 0 for the bisection; NaN unsupported), fp32/fp16/bf16
+(widened to fp32 exactly), `NK <= MAX_NK` (8192 blocks: 1M tokens at block 128; callers fall back to the torch path
+above). No host synchronisation: the threshold travels as a float64 device tensor (a Python float would be passed to
+Triton as fp32).
 
 Under the interpreter the sorts run as an explicit bitonic network whose partner lanes come from `tl.gather` (fast
 in numpy); compiled, they are `tl.sort`. Both sort the same unique keys, so they give the same permutation. The
@@ -61,6 +85,10 @@ __all__ = ["MAX_NK", "find_blocks_triton", "select_blocks_triton"]
 # widest row (key blocks) one program sorts: a [1, 8192] int64 tile, 32 warps (compile-checked for sm_90: 64
 # registers and a 56-byte spill; 1024 blocks take 4 warps, 118 registers, no spill)
 MAX_NK = 8192
+# Whether XAttention (`methods.xattn`) asks for the sort-free bisection algorithm (`nonneg=True`): off until a GPU
+# timing shows it faster than the sort algorithm (scripts/profile_kernels.py --select); direct callers choose with
+# `nonneg` themselves
+_BISECT = False
 # lanes per program when several short rows share one (compiled); the interpreter takes wider tiles (fewer programs)
 _TILE = 1024
 _TILE_INTERPRET = 16384
@@ -97,7 +125,7 @@ def _select_fwd(SC, TAU, IDX, CNT, MSK, ORD, MASS,
                 s_b, s_h, s_q, i_b, i_h, i_q, c_b, c_h, m_b, m_h, m_q, tau_h,
                 H, NQC, NK, QB0, Q_LEN, OFF, BS,
                 R: tl.constexpr, IB: tl.constexpr, LISTS: tl.constexpr, MASK: tl.constexpr,
-                DEBUG: tl.constexpr, INTERPRET: tl.constexpr):
+                DEBUG: tl.constexpr, INTERPRET: tl.constexpr, NONNEG: tl.constexpr):
     NKP: tl.constexpr = 1 << IB
     pid_r = tl.program_id(0)
     bh = tl.program_id(1)
@@ -127,46 +155,81 @@ def _select_fwd(SC, TAU, IDX, CNT, MSK, ORD, MASS,
     u = tl.where(bits >= 0, bits.to(tl.int64) + 2147483648, (~bits).to(tl.int64))
     u = tl.where(forced | (kb >= NK), 0, u)
     key = (forced.to(tl.int64) << (32 + IB)) | (u << IB) | (NKP - 1 - kb).to(tl.int64)
-    key = _sort_rows(key, IB, True, INTERPRET)
-
-    # 2. sorted order: block index, forced flag and score back from the key
-    idx = (NKP - 1 - (key & (NKP - 1))).to(tl.int32)
-    f_s = (key >> (32 + IB)) != 0
-    u_s = (key >> IB) & 0xFFFFFFFF
-    bits_s = tl.where(u_s >= 2147483648, (u_s - 2147483648).to(tl.int32), ~(u_s.to(tl.int32)))
-    val = bits_s.to(tl.float32, bitcast=True)
-    causal_s = (idx * BS <= p_hi[:, None]) & (idx < NK) & row_ok[:, None]
-    fv = tl.load(row_ptr + idx, mask=f_s & row_ok[:, None], other=0.0).to(tl.float32)  # <= 3 forced blocks a row
-    fv = tl.where(fv == 0.0, 0.0, fv)
-    v = tl.where(f_s, fv, tl.where(causal_s, val, 0.0)).to(tl.float64)
-    # the mass before each item: a scan of (sum, sum before the last item) pairs, so that `before` is the inclusive
-    # sum one item back as the same chain of additions (plus an exact + 0.0), not `incl - v`
-    _, before = tl.associative_scan((v, tl.zeros_like(v)), 1, _mass_before)
-
-    # 3. the reference's rule
     tau = tl.load(TAU + h * tau_h)
     # threshold >= 1 keeps every causal block: an infinite requirement (every prefix mass is finite)
     required = tl.where(tau >= 1.0, float("inf"), total * tau)
-    take = before < required[:, None]
-    kept = causal_s & (f_s | take)
+    if NONNEG:
+        # 2b. no sort (every score >= 0): the mass before the item of key c is M(c) = sum of v over the lanes of
+        # key > c, non-increasing in c, so the kept non-forced items are the causal lanes of key > t, where t is the
+        # largest key value with M(t) >= required. Non-causal lanes and padding have v = 0 and forced lanes, whose
+        # keys exceed every searched value, always count, so v is simply `s`.
+        v = s.to(tl.float64)
+        # Causal non-forced keys lie in [2**(31+IB), 2**(32+IB) - 2] (a score >= +0.0 maps to u >= 2**31, at most
+        # the image of +inf); non-causal ones lie below, forced ones above. Build t bit by bit from BASE, the value
+        # just below that range: add 2**bit whenever M(t + 2**bit) >= required still. If M(BASE) < required
+        # already (e.g. threshold >= 1), t stays BASE and every causal lane is kept, which is right since M only
+        # falls above BASE. Each step is one compare and one float64 row sum; as a fixed summation tree over
+        # non-negative terms with some zeroed, the computed M is itself monotone, so the search is exact with
+        # respect to it (no off-by-one at the crossing item).
+        NB: tl.constexpr = 31 + IB
+        t = tl.full([R], (1 << NB) - 1, tl.int64)
+        for i in range(NB):
+            cand = t + (tl.full([R], 1, tl.int64) << (NB - 1 - i))
+            m = tl.sum(tl.where(key > cand[:, None], v, 0.0), 1)
+            t = tl.where(m >= required, cand, t)
+        kept = causal & (forced | (key > t[:, None]))
+        if MASK:
+            m_ptr = MSK + b * m_b + h * m_h + rr.to(tl.int64)[:, None] * m_q
+            tl.store(m_ptr + kb, kept, mask=real)
+        if LISTS:
+            # 3b. the stable partition without a sort: lanes are in block order, so a kept block goes to its
+            # kept-before count and a dropped real block to n_kept + its dropped-before count (padding lanes,
+            # after every real block, are not stored)
+            k32 = kept.to(tl.int32)
+            n_kept = tl.sum(k32, 1)
+            kept_before = tl.cumsum(k32, 1) - k32
+            pos = tl.where(kept, kept_before, n_kept[:, None] + kb - kept_before)
+            i_ptr = IDX + b * i_b + h * i_h + rr.to(tl.int64)[:, None] * i_q
+            tl.store(i_ptr + pos, kb, mask=real)
+            tl.store(CNT + b * c_b + h * c_h + rr, n_kept, mask=row_ok)
+    else:
+        key = _sort_rows(key, IB, True, INTERPRET)
 
-    if DEBUG:
-        # tests only: the sorted order, the mass before each item and the row total (contiguous rows)
-        d_row = bh.to(tl.int64) * NQC + rr.to(tl.int64)
-        tl.store(ORD + d_row[:, None] * NK + kb, idx, mask=real)
-        tl.store(MASS + d_row[:, None] * (NK + 1) + kb, before, mask=real)
-        tl.store(MASS + d_row * (NK + 1) + NK, total, mask=row_ok)
-    if MASK:
-        m_ptr = MSK + b * m_b + h * m_h + rr.to(tl.int64)[:, None] * m_q
-        tl.store(m_ptr + idx, kept, mask=(idx < NK) & row_ok[:, None])
-    if LISTS:
-        # 4. stable partition by a second sort: kept blocks (key = block) before dropped ones (key = NKP + block);
-        # padding lanes are dropped with block >= NK, so they sort last
-        key2 = tl.where(kept, 0, NKP) + idx
-        key2 = _sort_rows(key2, IB, False, INTERPRET)
-        i_ptr = IDX + b * i_b + h * i_h + rr.to(tl.int64)[:, None] * i_q
-        tl.store(i_ptr + kb, key2 & (NKP - 1), mask=real)
-        tl.store(CNT + b * c_b + h * c_h + rr, tl.sum(kept.to(tl.int32), 1), mask=row_ok)
+        # 2. sorted order: block index, forced flag and score back from the key
+        idx = (NKP - 1 - (key & (NKP - 1))).to(tl.int32)
+        f_s = (key >> (32 + IB)) != 0
+        u_s = (key >> IB) & 0xFFFFFFFF
+        bits_s = tl.where(u_s >= 2147483648, (u_s - 2147483648).to(tl.int32), ~(u_s.to(tl.int32)))
+        val = bits_s.to(tl.float32, bitcast=True)
+        causal_s = (idx * BS <= p_hi[:, None]) & (idx < NK) & row_ok[:, None]
+        fv = tl.load(row_ptr + idx, mask=f_s & row_ok[:, None], other=0.0).to(tl.float32)  # <= 3 forced blocks a row
+        fv = tl.where(fv == 0.0, 0.0, fv)
+        v = tl.where(f_s, fv, tl.where(causal_s, val, 0.0)).to(tl.float64)
+        # the mass before each item: a scan of (sum, sum before the last item) pairs, so that `before` is the inclusive
+        # sum one item back as the same chain of additions (plus an exact + 0.0), not `incl - v`
+        _, before = tl.associative_scan((v, tl.zeros_like(v)), 1, _mass_before)
+
+        # 3. the reference's rule
+        take = before < required[:, None]
+        kept = causal_s & (f_s | take)
+
+        if DEBUG:
+            # tests only: the sorted order, the mass before each item and the row total (contiguous rows)
+            d_row = bh.to(tl.int64) * NQC + rr.to(tl.int64)
+            tl.store(ORD + d_row[:, None] * NK + kb, idx, mask=real)
+            tl.store(MASS + d_row[:, None] * (NK + 1) + kb, before, mask=real)
+            tl.store(MASS + d_row * (NK + 1) + NK, total, mask=row_ok)
+        if MASK:
+            m_ptr = MSK + b * m_b + h * m_h + rr.to(tl.int64)[:, None] * m_q
+            tl.store(m_ptr + idx, kept, mask=(idx < NK) & row_ok[:, None])
+        if LISTS:
+            # 4. stable partition by a second sort: kept blocks (key = block) before dropped ones (key = NKP + block);
+            # padding lanes are dropped with block >= NK, so they sort last
+            key2 = tl.where(kept, 0, NKP) + idx
+            key2 = _sort_rows(key2, IB, False, INTERPRET)
+            i_ptr = IDX + b * i_b + h * i_h + rr.to(tl.int64)[:, None] * i_q
+            tl.store(i_ptr + kb, key2 & (NKP - 1), mask=real)
+            tl.store(CNT + b * c_b + h * c_h + rr, tl.sum(kept.to(tl.int32), 1), mask=row_ok)
 
 
 _KERNELS: dict[bool, object] = {}
@@ -218,7 +281,7 @@ def _check(scores: torch.Tensor, threshold, q_len: int, k_len: int, block_size: 
     return tau
 
 
-def _launch(scores, tau, q_len, k_len, block_size, qb_start, idx, cnt, mask, debug=None):
+def _launch(scores, tau, q_len, k_len, block_size, qb_start, idx, cnt, mask, debug=None, nonneg=False):
     B, H, NQc, NK = scores.shape
     if scores.stride(-1) != 1:
         scores = scores.contiguous()
@@ -238,18 +301,21 @@ def _launch(scores, tau, q_len, k_len, block_size, qb_start, idx, cnt, mask, deb
         scores, tau, idx_t, cnt_t, msk_t, ord_t, mass_t,
         scores.stride(0), scores.stride(1), scores.stride(2), *i_st, *c_st, *m_st, 1 if tau.numel() > 1 else 0,
         H, NQc, NK, qb_start, q_len, k_len - q_len, block_size,
-        R=rows, IB=ib, LISTS=lists, MASK=want_mask, DEBUG=debug is not None, INTERPRET=interpret, num_warps=warps)
+        R=rows, IB=ib, LISTS=lists, MASK=want_mask, DEBUG=debug is not None, INTERPRET=interpret,
+        NONNEG=nonneg and debug is None, num_warps=warps)
 
 
 def select_blocks_triton(scores: torch.Tensor, threshold: float | torch.Tensor, q_len: int, k_len: int,
                          block_size: int, qb_start: int = 0, out: tuple[torch.Tensor, torch.Tensor] | None = None,
-                         return_mask: bool = False):
+                         return_mask: bool = False, nonneg: bool = False):
     """`find_blocks` + `block_mask_to_selection` in one kernel: `[B, H, NQc, NK]` scores (query blocks
     `qb_start ..`) -> `(kv_indices [B, H, NQc, NK] int32, kv_counts [B, H, NQc] int32)`, kept blocks ascending
     first, then the others ascending; plus the `[B, H, NQc, NK]` bool mask when `return_mask`.
 
     Arguments as `find_blocks` (threshold: a float or a per-head `[H]` tensor). `out`: tensors to write the lists
     and counts into (views with those shapes, e.g. the rows of a longer selection; last dim contiguous).
+    `nonneg`: the caller promises every score is >= 0 (XAttention's softmax block sums are), which lets the kernel
+    use the sort-free bisection algorithm; with a negative score its result is undefined (nothing checks).
     """
     tau = _check(scores, threshold, q_len, k_len, block_size, qb_start)
     B, H, NQc, NK = scores.shape
@@ -263,23 +329,25 @@ def select_blocks_triton(scores: torch.Tensor, threshold: float | torch.Tensor, 
             raise ValueError(f"out must be int32 [B, H, NQc, NK] and [B, H, NQc] (last dims contiguous); got "
                              f"{tuple(idx.shape)} {idx.dtype}, {tuple(cnt.shape)} {cnt.dtype}")
     mask = torch.empty(B, H, NQc, NK, dtype=torch.bool, device=scores.device) if return_mask else None
-    _launch(scores, tau, q_len, k_len, block_size, qb_start, idx, cnt, mask)
+    _launch(scores, tau, q_len, k_len, block_size, qb_start, idx, cnt, mask, nonneg=nonneg)
     return (idx, cnt, mask) if return_mask else (idx, cnt)
 
 
 def find_blocks_triton(scores: torch.Tensor, threshold: float | torch.Tensor, q_len: int, k_len: int,
-                       block_size: int, qb_start: int = 0) -> torch.Tensor:
-    """`find_blocks` as a kernel: the `[B, H, NQc, NK]` bool mask only (no lists)."""
+                       block_size: int, qb_start: int = 0, nonneg: bool = False) -> torch.Tensor:
+    """`find_blocks` as a kernel: the `[B, H, NQc, NK]` bool mask only (no lists). `nonneg` as in
+    `select_blocks_triton`."""
     tau = _check(scores, threshold, q_len, k_len, block_size, qb_start)
     mask = torch.empty(scores.shape, dtype=torch.bool, device=scores.device)
-    _launch(scores, tau, q_len, k_len, block_size, qb_start, None, None, mask)
+    _launch(scores, tau, q_len, k_len, block_size, qb_start, None, None, mask, nonneg=nonneg)
     return mask
 
 
 def _debug_masses(scores: torch.Tensor, threshold: float | torch.Tensor, q_len: int, k_len: int, block_size: int,
                   qb_start: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Tests only: the kernel's sorted block order `[B, H, NQc, NK]` int32, float64 mass before each sorted item
-    `[B, H, NQc, NK]` and row total `[B, H, NQc]`, to compare bit for bit with the reference's intermediates."""
+    `[B, H, NQc, NK]` and row total `[B, H, NQc]`, to compare bit for bit with the reference's intermediates.
+    Always the sort algorithm (the bisection has no sorted order or per-item masses to show)."""
     tau = _check(scores, threshold, q_len, k_len, block_size, qb_start)
     B, H, NQc, NK = scores.shape
     order = torch.empty(B, H, NQc, NK, dtype=torch.int32, device=scores.device)

@@ -166,10 +166,39 @@ def test_vertical_slash_extra_columns(T, S, compiled):
     _check(compiled)
 
 
+def _ptxas_usage(kernel) -> dict:
+    """Registers per thread and spill bytes of a compiled kernel, from `ptxas -v` on its PTX for sm_90a (the
+    compiled kernel's own counts come from the driver, which needs a GPU)."""
+    import re
+    import subprocess
+    import tempfile
+
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    with tempfile.TemporaryDirectory() as d:
+        src = os.path.join(d, "k.ptx")
+        with open(src, "w") as f:
+            f.write(kernel.asm["ptx"])
+        log = subprocess.run([get_ptxas(90).path, "-v", "--gpu-name=sm_90a", src, "-o", os.path.join(d, "k.o")],
+                             capture_output=True, text=True, check=True).stderr
+    regs = re.search(r"Used (\d+) registers", log)
+    stores = re.search(r"(\d+) bytes spill stores", log)
+    loads = re.search(r"(\d+) bytes spill loads", log)
+    assert regs and stores and loads, log
+    return {"registers": int(regs[1]), "spill_stores": int(stores[1]), "spill_loads": int(loads[1])}
+
+
 @pytest.mark.parametrize("NK", [64, 1024])
-def test_xattn_select(NK, compiled):
+@pytest.mark.parametrize("nonneg", [False, True], ids=["sort", "bisect"])
+def test_xattn_select(NK, nonneg, compiled):
+    """Both selection algorithms; at NK=1024 (rows of 1024 blocks, 128K tokens at block 128, 4 warps) neither may
+    spill (measured: sort 117 registers, bisection 72)."""
     from sparsebench.kernels.antidiag_score.select import select_blocks_triton
 
     scores = torch.rand(1, 4, NK, NK)
-    select_blocks_triton(scores, 0.9, NK * 128, NK * 128, 128)
+    select_blocks_triton(scores, 0.9, NK * 128, NK * 128, 128, nonneg=nonneg)
     _check(compiled)
+    if NK == 1024:
+        use = _ptxas_usage(compiled[0][1])
+        assert use["spill_stores"] == use["spill_loads"] == 0, use
+        assert use["registers"] <= 128, use  # 128 threads x 128 registers: 4 programs still fit an SM's 64K

@@ -14,11 +14,17 @@ exact (dyadic rows) and within 1e-14 otherwise, so for non-dyadic rows the cases
 lies within 1e-10 (relative) of `tau * total` (`_margin`): there a different last bit of the total cannot flip a
 decision, and an equality failure is a real bug.
 
+The sort-free bisection algorithm (`nonneg=True`, scores >= 0) must give the same masks, lists and counts as the
+reference and as the sort algorithm: on every case above whose scores are >= 0 and on rows built for it (ties at the
+crossing, thresholds landing exactly on a prefix mass with dyadic scores, -0.0, several rows per program). Its row
+sums use another order than the reference's cumsum, so the same margin rule applies to its non-dyadic rows.
+
 The interpreter cases run in one subprocess (this file as a script, TRITON_INTERPRET=1 set before triton is
 imported); each test reads its verdict. The GPU cases repeat them compiled.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import subprocess
 import sys
@@ -230,7 +236,105 @@ def _check(case, device="cpu"):
     assert torch.equal(idx, ref_idx), "lists differ"
 
 
+def _nonneg(case):
+    kind = case.values[0][8]
+    return all(v >= 0 for v in kind) if isinstance(kind, list) else kind != "signed"
+
+
+def _boundary_taus(scores, T, S, bs, qb0):
+    """Thresholds that land exactly on each distinct mass before an item of a one-row dyadic case whose row total is
+    a power of two (so `tau * total` is exact), and halfway between neighbouring ones."""
+    x = torch.tensor(scores).view(1, 1, 1, -1)
+    _, before, total = _ref_intermediates(x, T, S, bs, qb0)
+    assert total.item() == 8.0
+    m = sorted(set(before.flatten().tolist()))
+    on = [b / 8 for b in m]
+    return on + [(a + b) / 16 for a, b in itertools.pairwise(m)]
+
+
+_ROW8 = [0.5, 1.0, 0.25, 2.0, 0.25, 1.0, 0.5, 1.5, 0.5, 0.5]  # dyadic, sums to 8, ties of 0.25, 0.5 and 1.0
+_TIES8 = [2.0, 1.0, 1.0, 1.0, 1.0, 2.0]  # forced 0 and 5 first (mass 4), then four tied blocks
+_TAUS8 = _boundary_taus(_ROW8, 10, 10, 1, 9)
+
+BISECT_CASES = [pytest.param(c.values[0], id="bisect-" + c.id) for c in CASES if _nonneg(c)] + [
+    # every exact boundary of one row (one head each), and between them
+    _p("bisect-boundary-heads", 1, len(_TAUS8), 1, 9, 10, 10, 1, _TAUS8, _ROW8),
+    # the crossing inside a group of ties: required 5 keeps block 1 (before 4), drops block 2 (before 5)
+    _p("bisect-ties-crossing", 1, 4, 1, 5, 6, 6, 1, [0.5, 0.625, 0.7, 0.75], _TIES8),
+    _p("bisect-neg-zero", 1, 2, 1, 5, 6, 6, 1, [0.5, 0.0], [0.5, -0.0, 0.0, 2.0, -0.0, 1.0]),
+    # dyadic rows with exact boundaries hit (checked below), 24 rows of 24 blocks in one program
+    _p("bisect-dyadic-boundary-rows", 1, 3, 24, 0, 1536, 1536, 64, [0.5, 0.25, 0.75], "dyadic", 30),
+    _p("bisect-dyadic-boundary-offset", 2, 2, 12, 3, 1000, 1700, 64, [0.5, 0.25], "dyadic", 31),
+    _p("bisect-softmax-rows-nk13", 1, 2, 13, 0, 832, 832, 64, 0.7, "softmax", 32),
+    _p("bisect-zeros-tau-1", 1, 2, 3, 1, 400, 400, 128, [1.0, 0.0], "zeros", 33),
+    _p("bisect-mask-only-offset", 1, 2, 7, 1, 900, 1300, 128, [0.3, 0.95], "peaked", 34, api="mask"),
+]
+
+
+def _check_bisect(case, device="cpu"):
+    """The bisection path: the reference's mask, lists and counts through the wrapper's lists, mask-only and `out`
+    entry points; and the sort path's, run here too on the cases that CASES does not already hold (those compare the
+    sort path with the same reference)."""
+    from sparsebench.kernels.antidiag_score.select import find_blocks_triton, select_blocks_triton
+
+    B, H, NQc, qb0, T, S, bs, tau, kind, _, _, api = case
+    scores = _case_scores(case)
+    assert scores.shape[-1] == -(-S // bs) and qb0 + NQc <= -(-T // bs), "bad case"
+    # the caller's promise, checked on the host here only (the kernel trusts it)
+    assert (scores >= 0).all(), "the bisection path needs scores >= 0"
+    if kind in ("softmax", "peaked", "estimator"):
+        margin = _margin(scores.float(), tau, T, S, bs, qb0)
+        assert margin > MARGIN, f"case too close to a rounding tie for an exact comparison (margin {margin:.3g})"
+    thr = _tau(tau, H)
+    ref = find_blocks(scores, thr, T, S, bs, qb0)
+    ref_idx, ref_cnt = _ref_lists(ref)
+    scores, thr = scores.to(device), thr.to(device) if isinstance(thr, torch.Tensor) else thr
+    vs_sort = not any(case == c.values[0] for c in CASES)
+    if api == "mask":
+        for nonneg in (False, True) if vs_sort else (True,):
+            mask = find_blocks_triton(scores, thr, T, S, bs, qb0, nonneg=nonneg).cpu()
+            assert torch.equal(mask, ref), f"nonneg={nonneg}: {(mask != ref).sum().item()} blocks differ"
+        return
+    if api == "out":  # the rows of a longer selection, the other rows untouched
+        idx_all = torch.full((B, H, NQc + 5, scores.shape[-1]), -7, dtype=torch.int32, device=device)
+        cnt_all = torch.full((B, H, NQc + 5), -7, dtype=torch.int32, device=device)
+        out = (idx_all[:, :, 2:2 + NQc], cnt_all[:, :, 2:2 + NQc])
+        idx, cnt, mask = select_blocks_triton(scores, thr, T, S, bs, qb0, out=out, return_mask=True, nonneg=True)
+        assert idx.data_ptr() == out[0].data_ptr()
+        rest = torch.cat([idx_all[:, :, :2], idx_all[:, :, 2 + NQc:]], 2)
+        assert (rest == -7).all() and (cnt_all[:, :, :2] == -7).all() and (cnt_all[:, :, 2 + NQc:] == -7).all()
+    else:
+        idx, cnt, mask = select_blocks_triton(scores, thr, T, S, bs, qb0, return_mask=True, nonneg=True)
+    idx, cnt, mask = idx.cpu(), cnt.cpu(), mask.cpu()
+    assert idx.dtype == cnt.dtype == torch.int32
+    assert torch.equal(mask, ref), f"{(mask != ref).sum().item()} blocks differ"
+    assert torch.equal(cnt, ref_cnt), "counts differ"
+    assert torch.equal(idx, ref_idx), "lists differ"
+    if vs_sort:
+        sort_idx, sort_cnt, sort_mask = (t.cpu() for t in select_blocks_triton(scores, thr, T, S, bs, qb0,
+                                                                               return_mask=True))
+        assert torch.equal(sort_mask, mask), "sort path: masks differ"
+        assert torch.equal(sort_cnt, cnt) and torch.equal(sort_idx, idx), "sort path: lists differ"
+
+
 # ---------------------------------------------------------------------------------------------- CPU
+def test_bisect_cases_cover_exact_boundaries():
+    """The boundary cases really put `tau * total` exactly on a mass before some item (margin 0), several times,
+    and the tie case crosses inside its group of ties; every bisection case has scores >= 0."""
+    by_id = {c.id: c.values[0] for c in BISECT_CASES}
+    for cid in ("bisect-boundary-heads", "bisect-dyadic-boundary-rows", "bisect-dyadic-boundary-offset",
+                "bisect-exactly-at-required", "bisect-ties-crossing"):
+        case = by_id[cid]
+        _, H, NQc, qb0, T, S, bs, tau = case[:8]
+        scores = _case_scores(case)
+        _, before, total = _ref_intermediates(scores, T, S, bs, qb0)
+        t = torch.as_tensor(tau, dtype=torch.float64).view(-1, 1, 1).expand(H, 1, 1)
+        hits = ((before == total[..., None] * t) & (t > 0) & (t < 1)).sum().item()
+        assert hits >= (3 if NQc > 1 or H > 4 else 1), f"{cid}: {hits} exact boundaries"
+    for c in BISECT_CASES:
+        assert (_case_scores(c.values[0]) >= 0).all(), c.id
+
+
 def test_cases_are_far_from_rounding_ties():
     """The margin guard itself: the hand-made boundary row has margin 0; the random rows clear MARGIN (checked
     again inside every case)."""
@@ -287,6 +391,11 @@ def test_sort_paths_agree_interpret(case, request, interpret_verdicts):
     assert_verdict(interpret_verdicts, request)
 
 
+@pytest.mark.parametrize("case", BISECT_CASES)
+def test_bisect_kernel_equals_reference_interpret(case, request, interpret_verdicts):
+    assert_verdict(interpret_verdicts, request)
+
+
 # ---------------------------------------------------------------------------------------------- GPU
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -299,10 +408,18 @@ def test_select_kernel_equals_reference_gpu(case):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("case", BISECT_CASES)
+def test_bisect_kernel_equals_reference_gpu(case):
+    """The bisection path compiled: its float64 row sums are GPU reduction trees (margin check as above)."""
+    _check_bisect(case, device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("tau", [0.9, "heads"])
 def test_select_kernel_128k_gpu(tau):
-    """128K tokens, Llama-3.1-8B heads (B=1, H=32, NQ = NK = 1024), realistic estimator-like rows: the kernel equals
-    the torch path on the GPU (lists and counts) and prints both times."""
+    """128K tokens, Llama-3.1-8B heads (B=1, H=32, NQ = NK = 1024), realistic estimator-like rows: the kernel (sort
+    and bisection algorithms) equals the torch path on the GPU (lists and counts) and prints the times."""
     import time
 
     from sparsebench.kernels.antidiag_score.select import select_blocks_triton
@@ -323,8 +440,11 @@ def test_select_kernel_128k_gpu(tau):
     def kernel():
         return select_blocks_triton(scores, thr, N, N, bs)
 
+    def bisect():
+        return select_blocks_triton(scores, thr, N, N, bs, nonneg=True)
+
     times = {}
-    for name, fn in (("torch", torch_path), ("kernel", kernel)):
+    for name, fn in (("torch", torch_path), ("kernel", kernel), ("bisect", bisect)):
         out = fn()
         torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -333,13 +453,16 @@ def test_select_kernel_128k_gpu(tau):
         torch.cuda.synchronize()
         times[name] = (time.perf_counter() - t0) / 10 * 1e3
         times[name + "_out"] = out
-    print(f"select 128K H=32: torch {times['torch']:.2f} ms, kernel {times['kernel']:.2f} ms")
+    print(f"select 128K H=32: torch {times['torch']:.2f} ms, kernel {times['kernel']:.2f} ms, "
+          f"bisect {times['bisect']:.2f} ms")
     ref_idx, ref_cnt = times["torch_out"]
-    idx, cnt = times["kernel_out"]
-    assert torch.equal(cnt, ref_cnt)
-    assert torch.equal(idx, ref_idx)
+    for name in ("kernel", "bisect"):
+        idx, cnt = times[name + "_out"]
+        assert torch.equal(cnt, ref_cnt), name
+        assert torch.equal(idx, ref_idx), name
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--interpret"]:
     report_verdicts(_check, CASES)
     report_verdicts(_sort_probe_check, SORT_CASES)
+    report_verdicts(_check_bisect, BISECT_CASES)
