@@ -298,7 +298,8 @@ def lastq_candidates(seq_lens, last_qs=(64, 128), H=32, HKV=8, D=128) -> list[di
     from sparsebench.kernels.last_q_scores import last_q_importance_triton, last_q_scores_triton
     from sparsebench.methods.minference import vs_scores
 
-    rows_cands = [(f"rows_bn{bn}w{w}t{t}", (bn, w, True, t)) for bn in (64, 128) for w in (4, 8) for t in (4, 8, 16)]
+    rows_cands = ([(f"rows_bn64w{w}t{t}", (64, w, True, t)) for w in (8, 4) for t in (8, 16, 4)]
+                  + [("rows_bn128w8t8", (128, 8, True, 8))])
     tile_cands = [(f"bn{bn}w4_nopack", (bn, 4, False, None)) for bn in (64, 128)]
     rows = []
 
@@ -324,7 +325,7 @@ def lastq_candidates(seq_lens, last_qs=(64, 128), H=32, HKV=8, D=128) -> list[di
                     tiles_per_program=tpp))
                 record(f"lastq{lq}_{name}", L, fn, dense_ms, f"lastq L={L} last_q={lq} {name}")
         ql, n_keys = q[:, :, L - 128:], L - 256
-        for name, (bn, w, use_rows, tpp) in [("bn128w4_nopack", (128, 4, False, None))] + rows_cands[:6]:
+        for name, (bn, w, use_rows, tpp) in [("bn128w4_nopack", (128, 4, False, None))] + rows_cands[:3]:
             fn = (lambda bn=bn, w=w, use_rows=use_rows, tpp=tpp: last_q_importance_triton(
                 ql, k, D ** -0.5, n_keys, block_n=bn, num_warps=w, pack_heads=False, rows=use_rows,  # noqa: B023
                 tiles_per_program=tpp))

@@ -87,8 +87,8 @@ __all__ = ["MAX_NK", "find_blocks_triton", "select_blocks_triton"]
 MAX_NK = 8192
 # Whether XAttention (`methods.xattn`) asks for the sort-free bisection algorithm (`nonneg=True`): off until a GPU
 # timing shows it faster than the sort algorithm (scripts/profile_kernels.py --select); direct callers choose with
-# `nonneg` themselves
-_BISECT = False
+# `nonneg` themselves. SPARSEBENCH_XATTN_BISECT=1 in the environment at import turns it on (bench_methods variants).
+_BISECT = os.environ.get("SPARSEBENCH_XATTN_BISECT") == "1"
 # lanes per program when several short rows share one (compiled); the interpreter takes wider tiles (fewer programs)
 _TILE = 1024
 _TILE_INTERPRET = 16384

@@ -349,8 +349,9 @@ def _prepare(q_last, k, block_n: int | None, pack_heads: bool):
 # Row-block kernels (`_lastq_stats_rows`, `_lastq_scores_rows`): a program loads its block of up to `_RB` query
 # rows once and walks `tiles_per_program` key tiles, one dot over the whole head dim per tile, instead of one
 # program per key tile reloading the rows in 32-row chunks (`_lastq_stats`, `_lastq_scores`). Head dims that are
-# powers of two (16-256). Off until timed on a GPU (`scripts/profile_kernels.py --lastq` times both).
-_ROWS = False
+# powers of two (16-256). Off until timed on a GPU (`scripts/profile_kernels.py --lastq` times both);
+# SPARSEBENCH_LASTQ_ROWS=1 in the environment at import turns it on (bench_methods variants).
+_ROWS = os.environ.get("SPARSEBENCH_LASTQ_ROWS") == "1"
 # rows a program takes in pass 1 (no diagonal gather) and in pass 2 (its [rows, BT] gather bounds the registers)
 _RB_STATS = 128
 _RB_SCORES = 32
