@@ -85,10 +85,11 @@ __all__ = ["MAX_NK", "find_blocks_triton", "select_blocks_triton"]
 # widest row (key blocks) one program sorts: a [1, 8192] int64 tile, 32 warps (compile-checked for sm_90: 64
 # registers and a 56-byte spill; 1024 blocks take 4 warps, 118 registers, no spill)
 MAX_NK = 8192
-# Whether XAttention (`methods.xattn`) asks for the sort-free bisection algorithm (`nonneg=True`): off until a GPU
-# timing shows it faster than the sort algorithm (scripts/profile_kernels.py --select); direct callers choose with
-# `nonneg` themselves. SPARSEBENCH_XATTN_BISECT=1 in the environment at import turns it on (bench_methods variants).
-_BISECT = os.environ.get("SPARSEBENCH_XATTN_BISECT") == "1"
+# Whether XAttention (`methods.xattn`) asks for the sort-free bisection algorithm (`nonneg=True`): on, since on an
+# H200 it took 0.23 ms against the sort's 0.70 ms at 64K tokens and 0.68 against 3.43 ms at 128K (32 heads,
+# block 128; results/tables/profile_select.csv, session 4). SPARSEBENCH_XATTN_BISECT=0 in the environment at import
+# keeps the sort algorithm; direct callers choose with `nonneg` themselves.
+_BISECT = os.environ.get("SPARSEBENCH_XATTN_BISECT", "1") != "0"
 # lanes per program when several short rows share one (compiled); the interpreter takes wider tiles (fewer programs)
 _TILE = 1024
 _TILE_INTERPRET = 16384

@@ -20,8 +20,8 @@ dim is taken in `BD`-wide slices (head dim 256 fits in shared memory). The logit
   columns) go to a scratch `[B*H, n_tiles, BT]` (BT >= BLOCK_N + L - 1), and torch adds the overlapping partials of
   neighbouring tiles into `slash` by shifted slice adds (deterministic).
 
-Row-block kernels (`rows=True`, or the module default `_ROWS`; unpacked heads, power-of-two head dims): the grid is
-(run of `tiles_per_program` key tiles, query head, block of rows). A program loads its rows' queries once and walks
+Row-block kernels (`rows=True`, or by default the scores pass for more than 64 queries; unpacked heads, power-of-two
+head dims): the grid is (run of `tiles_per_program` key tiles, query head, block of rows). A program loads its rows' queries once and walks
 its key tiles, one `[rows, D] x [D, BLOCK_N]` dot per tile: pass 1 keeps each row's online (m, l) over its tiles
 (scratch `[B*H, programs, L]`), pass 2 writes each tile's column sums and diagonal sums per row block (`_RB_SCORES`
 rows, which bound the gather's registers), and torch adds the row blocks (the diagonals of row block rb shifted by
@@ -349,24 +349,30 @@ def _prepare(q_last, k, block_n: int | None, pack_heads: bool):
 # Row-block kernels (`_lastq_stats_rows`, `_lastq_scores_rows`): a program loads its block of up to `_RB` query
 # rows once and walks `tiles_per_program` key tiles, one dot over the whole head dim per tile, instead of one
 # program per key tile reloading the rows in 32-row chunks (`_lastq_stats`, `_lastq_scores`). Head dims that are
-# powers of two (16-256). Off until timed on a GPU (`scripts/profile_kernels.py --lastq` times both);
-# SPARSEBENCH_LASTQ_ROWS=1 in the environment at import turns it on (bench_methods variants).
-_ROWS = os.environ.get("SPARSEBENCH_LASTQ_ROWS") == "1"
+# powers of two (16-256). The scores pass takes them for more than `_ROWS_MIN_L` queries: on an H200 (bf16, H=32,
+# HKV=8, D=128; results/tables/profile_lastq.csv, session 4) 128 queries took 1.95 ms at 64K keys and 3.94 ms at
+# 128K against 2.53 and 4.96 ms with the best per-tile kernels, while 64 queries took 1.03 / 2.07 ms against 0.98 /
+# 1.90. PBS's importance pass measured even (0.93 vs 0.96 ms at 64K) and stays per tile. SPARSEBENCH_LASTQ_ROWS=1
+# (or 0) in the environment at import forces them on (off) for both.
+_ROWS = {"1": True, "0": False}.get(os.environ.get("SPARSEBENCH_LASTQ_ROWS", ""))
+_ROWS_MIN_L = 65
 # rows a program takes in pass 1 (no diagonal gather) and in pass 2 (its [rows, BT] gather bounds the registers)
 _RB_STATS = 128
 _RB_SCORES = 32
-_TPP = 8
+_TPP = 16  # 8-16 measured best (4 warps); 4 a little slower
 
 
 def _rows_ok(D: int) -> bool:
     return 16 <= D <= 256 and D & (D - 1) == 0
 
 
-def _use_rows(rows: bool | None, D: int, pack_heads: bool) -> bool:
-    """Whether a call takes the row-block kernels: `rows` if given (an error where they cannot run), else `_ROWS`
-    where they can (unpacked heads, a power-of-two head dim)."""
+def _use_rows(rows: bool | None, D: int, pack_heads: bool, L: int, importance: bool) -> bool:
+    """Whether a call takes the row-block kernels: `rows` if given (an error where they cannot run), else where they
+    can (unpacked heads, a power-of-two head dim): `_ROWS` if set, else the scores pass for more than `_ROWS_MIN_L`
+    queries."""
     if rows is None:
-        return _ROWS and not pack_heads and _rows_ok(D)
+        auto = (not importance and L >= _ROWS_MIN_L) if _ROWS is None else _ROWS
+        return auto and not pack_heads and _rows_ok(D)
     if rows and (pack_heads or not _rows_ok(D)):
         raise ValueError(f"rows=True needs pack_heads=False and a power-of-two head dim in [16, 256]; got "
                          f"pack_heads={pack_heads}, head dim {D}")
@@ -428,7 +434,7 @@ def last_q_scores_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float, bl
     `pack_heads`: one program per (key tile, KV head) serving its G query heads, else one per (key tile, query
     head) (default: measured faster, see `_default_block_n`). Same outputs either way, up to the dot's summation
     order. `block_n` None: `_default_block_n(L)`. `rows`: the row-block kernels (module doc) if True, the per-tile
-    ones if False, `_ROWS` where they apply if None; `tiles_per_program` (row-block kernels): default `_TPP`.
+    ones if False, if None as `_use_rows` decides (more than 64 queries); `tiles_per_program` (row-block kernels): default `_TPP`.
 
     Scratch: fp32 `[B*H, n_tiles, L]` twice (pass 1) and `[B*H, n_tiles, BT]` (diagonal partials), n_tiles =
     ceil(S / block_n), BT = next power of two >= block_n + L - 1.
@@ -438,7 +444,7 @@ def last_q_scores_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float, bl
     if why:
         raise ValueError(f"last_q_scores_triton: {why}")
     q, k, block_n, interpret, prec, G, HP, RC, NCH = _prepare(q_last, k, block_n, pack_heads)
-    if _use_rows(rows, D, pack_heads):
+    if _use_rows(rows, D, pack_heads, L, False):
         vertical, slash = _rows_path(q, k, scale, L, S, False, block_n, tiles_per_program or _TPP, num_warps,
                                      num_stages, interpret, prec, G)
         return vertical.view(B, H, S), slash.reshape(B, H, S)
@@ -487,7 +493,7 @@ def last_q_importance_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float
     if _head_slice(D) < 16:
         raise ValueError(f"last_q_importance_triton: head dim {D} is not a multiple of 16")
     q, k, block_n, interpret, prec, G, HP, RC, NCH = _prepare(q_last, k, block_n, pack_heads)
-    if _use_rows(rows, D, pack_heads):
+    if _use_rows(rows, D, pack_heads, L, True):
         imp, _ = _rows_path(q, k, scale, L, n_keys, True, block_n, tiles_per_program or _TPP, num_warps, num_stages,
                             interpret, prec, G)
         return imp.view(B, H, n_keys)

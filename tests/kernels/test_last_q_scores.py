@@ -495,3 +495,21 @@ def test_rows_kernel_needs_unpacked_heads_and_a_power_of_two_head_dim():
     q, k = _qk(1, 4, 1, 16, 100, 48, torch.float32)
     with pytest.raises(ValueError, match="head dim 48"):
         last_q_importance_triton(q, k, 0.125, rows=True)
+
+
+def test_rows_kernel_default_choice(monkeypatch):
+    """By default the scores pass takes the row-block kernels for more than 64 queries (faster on an H200), the
+    importance pass and shorter query sets the per-tile ones; `_ROWS` overrides; packing or an odd head dim never
+    takes them."""
+    from sparsebench.kernels.last_q_scores import triton as lq
+
+    monkeypatch.setattr(lq, "_ROWS", None)
+    assert lq._use_rows(None, 128, False, 128, False)
+    assert not lq._use_rows(None, 128, False, 64, False)
+    assert not lq._use_rows(None, 128, False, 128, True)
+    assert not lq._use_rows(None, 128, True, 128, False)
+    assert not lq._use_rows(None, 96, False, 128, False)
+    monkeypatch.setattr(lq, "_ROWS", True)
+    assert lq._use_rows(None, 128, False, 64, True)
+    monkeypatch.setattr(lq, "_ROWS", False)
+    assert not lq._use_rows(None, 128, False, 128, False)
