@@ -254,16 +254,14 @@ def antidiag_candidates(seq_lens, strides=(8, 16), H=32, HKV=8, D=128) -> list[d
     rows = []
     for L in seq_lens:
         q, k, dense_ms = _qk_and_dense_ms(L, H, HKV, D)
-        extra = [(128, 128, 8, 3), (128, 128, 8, 4), (128, 64, 4, 4), (64, 128, 4, 4), (128, 128, 4, 4), (128, 256, 8, 3),
-                 (256, 128, 8, 3), (128, 128, 8, 5), (128, 128, 4, 5),
-                 # 5th entry: head-dim slice per dot (default 64)
-                 (128, 128, 8, 3, 128), (128, 128, 4, 3, 128), (128, 128, 8, 2, 128), (64, 128, 4, 3, 128)]
+        # around the default (128, 256, 8, 3), the fastest of session 4's wider sweep (results/tables/
+        # profile_antidiag.csv); a 5th entry is the head-dim slice per dot (default 64)
+        extra = [(128, 256, 8, 3), (128, 256, 8, 2), (128, 256, 8, 4), (128, 256, 4, 3), (64, 256, 4, 3),
+                 (128, 256, 8, 2, 128)]
         for st in strides:
-            # (TMA?, flattened loop nest?, tiles): every candidate by TMA, the best-known ones flattened too, and the
-            # pointer-load default
-            flat = [(128, 128, 8, 4), (128, 128, 4, 3), (128, 128, 8, 3, 128), (128, 128, 4, 3, 128)]
-            runs = ([(True, False, c) for c in dict.fromkeys(ad._CANDIDATES + extra)]
-                    + [(True, True, c) for c in flat] + [(False, False, ad._CANDIDATES[0])])
+            # (TMA?, flattened loop nest?, tiles): every candidate by TMA, the widest ones flattened too
+            flat = [(128, 256, 8, 3), (128, 256, 8, 2, 128)]
+            runs = [(True, False, c) for c in extra] + [(True, True, c) for c in flat]
             for tma, fl, cand in runs:
                 bm, bn, w, s = cand[:4]
                 bd = cand[4] if len(cand) > 4 else None
@@ -374,7 +372,8 @@ def main(argv=None) -> int:
     ap.add_argument("--host-breakdown", action="store_true",
                     help="also print a cProfile of the host time of triton and flex calls (first case)")
     ap.add_argument("--antidiag", default=None, metavar="L,L",
-                    help="also time XAttention's scoring kernel's tile candidates at these lengths (strides 8, 16)")
+                    help="also time XAttention's scoring kernel's tile candidates around its default (TMA; "
+                         "flattened loop too) at these lengths (strides 8, 16)")
     ap.add_argument("--lastq", default=None, metavar="L,L",
                     help="also time the last-query vertical/slash scorer's tile options at these lengths")
     ap.add_argument("--select", default=None, metavar="L,L",
