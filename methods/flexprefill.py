@@ -79,7 +79,7 @@ from collections.abc import Iterator
 import torch
 
 from sparsebench.attention import AttnContext, AttnShape, SparseAttention
-from sparsebench.selection import Selection
+from sparsebench.selection import Selection, stable_partition
 
 VARIANTS = ("official", "sparse_frontier")
 SCORES_KERNELS = ("auto", "torch", "triton")
@@ -460,8 +460,8 @@ class FlexPrefill(SparseAttention):
                                                     scores_kernel=self.scores_kernel)
             self.last_decision = query_aware
             # every key block as list width: no host synchronisation to size the lists
-            idx = torch.argsort(mask, dim=-1, descending=True, stable=True).to(torch.int32)  # listed blocks first
-            return Selection(idx, mask.sum(-1, dtype=torch.int32), self.block_size, self.block_size, T, S, H, HKV,
+            idx, counts = stable_partition(mask)  # listed blocks first, ascending
+            return Selection(idx, counts, self.block_size, self.block_size, T, S, H, HKV,
                              "query_head")
         from sparsebench.kernels.vertical_slash import vertical_slash_to_blocks
 

@@ -63,7 +63,7 @@ import torch
 import torch.nn.functional as F
 
 from sparsebench.attention import AttnContext, AttnShape, SparseAttention
-from sparsebench.selection import Selection
+from sparsebench.selection import Selection, stable_partition
 
 # temporary memory one estimator chunk of KV heads may use (bounds memory at 128K; not a result knob)
 _CHUNK_BYTES = 2 << 30
@@ -326,18 +326,20 @@ def pbs_selection(perm: torch.Tensor, mask: torch.Tensor, *, q_len: int, k_len: 
         B, H, NQ, nseg, nbps).flatten(-2)
     blocks = whole | own
     partial = earlier & ~whole
-    kv_counts = blocks.sum(-1, dtype=torch.int32)
-    n_partial = partial.sum(-1, dtype=torch.int32)
+    # selected blocks first, each group in ascending order (the stable partition of the bool mask)
+    block_order, kv_counts = stable_partition(blocks)
+    partial_order, n_partial = stable_partition(partial)
     maxk, maxb = torch.stack([kv_counts.max(), n_partial.max()]).tolist()
 
-    # selected blocks first, each group in ascending order (a stable descending sort of the bool mask)
-    kv_indices = torch.argsort(blocks, dim=-1, descending=True, stable=True)[..., :maxk].to(torch.int32)
+    kv_indices = block_order[..., :maxk]
     extra_cols = extra_counts = None
     if maxb:
-        pick = torch.argsort(partial, dim=-1, descending=True, stable=True)[..., :maxb].clamp_max(nkc - 1)
-        perm_blocks = perm[..., :nkc * block_size].to(torch.int32).view(B, H, 1, nkc, block_size)
-        extra_cols = torch.gather(perm_blocks.expand(B, H, NQ, nkc, block_size), 3,
-                                  pick[..., None].expand(B, H, NQ, maxb, block_size)).view(B, H, NQ, -1)
+        pick = partial_order[..., :maxb].clamp_max(nkc - 1).long()
+        # each picked permuted block's BS original key indices, as whole rows of a [B*H*nkc, BS] table (a row
+        # gather: an element-wise gather would take a [B, H, NQ, maxb, BS] int64 index)
+        table = perm[..., :nkc * block_size].to(torch.int32).reshape(B * H * nkc, block_size)
+        rows = (torch.arange(B * H, device=dev)[:, None, None] * nkc + pick.view(B * H, NQ, maxb)).view(-1)
+        extra_cols = table.index_select(0, rows).view(B, H, NQ, maxb * block_size)
         extra_counts = n_partial * block_size
     return Selection(kv_indices.contiguous(), kv_counts, block_size, block_size, q_len, k_len, H, num_kv_heads,
                      "query_head", extra_cols=extra_cols, extra_counts=extra_counts)

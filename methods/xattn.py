@@ -93,7 +93,7 @@ from typing import Any
 import torch
 
 from sparsebench.attention import AttnContext, AttnShape, SparseAttention
-from sparsebench.selection import Selection
+from sparsebench.selection import Selection, stable_partition
 
 USE_TRITON = ("auto", "true", "false")
 # "auto" (default): the fused selection kernel on CUDA; "1": also under TRITON_INTERPRET=1 on the CPU; "0": the torch
@@ -159,14 +159,8 @@ def block_mask_to_selection(mask: torch.Tensor, *, block_size: int, q_len: int, 
     host synchronisation (`Selection.from_block_mask` reads the longest list on the host).
 
     The lists are the stable partition of the block indices (kept ones first, ascending; then the others,
-    ascending), built by one cumsum and one scatter instead of a sort."""
-    NK = mask.shape[-1]
-    pos = torch.cumsum(mask, -1, dtype=torch.int32)  # kept blocks up to and including this one
-    counts = pos[..., -1].contiguous()
-    ar = torch.arange(NK, device=mask.device, dtype=torch.int32)
-    # a kept block goes to pos - 1, a dropped one to counts + (dropped blocks before it) = counts + j - pos
-    dest = torch.where(mask, pos - 1, (counts[..., None] - pos).add_(ar)).long()
-    idx = torch.empty_like(pos).scatter_(-1, dest, ar.expand_as(pos))
+    ascending): `selection.stable_partition`, one cumsum and one scatter instead of a sort."""
+    idx, counts = stable_partition(mask)
     return Selection(idx, counts, block_size, block_size, q_len, k_len, num_heads, num_kv_heads, "query_head")
 
 

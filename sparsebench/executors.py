@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from sparsebench.selection import Selection
+from sparsebench.selection import Selection, stable_partition
 
 EXECUTORS = ("auto", "reference", "flex", "triton")
 
@@ -115,10 +115,10 @@ def to_flex_block_mask(sel: Selection):
 
     def split(flags):
         # flex reads the key-block grid size off the last dim, so the lists are padded to NK columns
-        order = torch.argsort((~flags).to(torch.int8), dim=-1, stable=True)
-        idx = torch.gather(sel_idx, -1, order).to(torch.int32)
+        order, counts = stable_partition(flags)
+        idx = torch.gather(sel_idx, -1, order.long()).to(torch.int32)
         idx = torch.nn.functional.pad(idx, (0, max(0, nk - idx.shape[-1])))[..., :nk]
-        return flags.sum(-1, dtype=torch.int32), idx.contiguous()
+        return counts, idx.contiguous()
 
     p_cnt, p_idx = split(partial)
     f_cnt, f_idx = split(full)

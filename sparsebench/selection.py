@@ -35,6 +35,23 @@ def _sum_clamp(a: torch.Tensor, b: torch.Tensor, L: torch.Tensor) -> torch.Tenso
     return torch.where(b < a, torch.zeros_like(s), s)
 
 
+def stable_partition(flags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(order, counts)` of a bool `[..., N]` tensor, both int32: per row the indices of its True entries in
+    ascending order, then those of its False entries in ascending order (what a stable descending argsort of the
+    flags gives), and the number of True entries. One cumsum and one scatter instead of a sort."""
+    N = flags.shape[-1]
+    if N == 0:
+        return (torch.empty(flags.shape, dtype=torch.int32, device=flags.device),
+                torch.zeros(flags.shape[:-1], dtype=torch.int32, device=flags.device))
+    pos = torch.cumsum(flags, -1, dtype=torch.int32)  # True entries up to and including this one
+    counts = pos[..., -1].contiguous()
+    ar = torch.arange(N, device=flags.device, dtype=torch.int32)
+    # a True entry goes to pos - 1, a False one to counts + (False entries before it) = counts + j - pos
+    dest = torch.where(flags, pos - 1, (counts[..., None] - pos).add_(ar)).long()
+    order = torch.empty_like(pos).scatter_(-1, dest, ar.expand_as(pos))
+    return order, counts
+
+
 def causal_pairs(q_len: int, k_len: int) -> int:
     """Number of (query, key) pairs with key position <= query position (bottom-right aligned)."""
     if k_len < q_len:
@@ -120,10 +137,9 @@ class Selection:
     def from_block_mask(cls, block_mask: torch.Tensor, *, block_q: int, block_k: int, q_len: int, k_len: int,
                         num_heads: int, num_kv_heads: int, granularity: str = "query_head", **kw) -> Selection:
         """Index lists (ascending key-block order) from a boolean `[B, HS, NQ, NK]` block map."""
-        counts = block_mask.sum(-1, dtype=torch.int32)
-        order = torch.argsort((~block_mask).to(torch.int8), dim=-1, stable=True)
+        order, counts = stable_partition(block_mask)
         maxk = max(int(counts.max().item()) if counts.numel() else 0, 1)
-        idx = order[..., :maxk].to(torch.int32)
+        idx = order[..., :maxk]
         return cls(idx.contiguous(), counts, block_q, block_k, q_len, k_len, num_heads, num_kv_heads, granularity, **kw)
 
     @classmethod

@@ -65,3 +65,20 @@ def test_dense_density_is_one_and_errors_name_the_problem():
         Selection(sel.kv_indices, sel.kv_counts, 128, 128, 300, 300, 4, 2, granularity="per_token")
     with pytest.raises(ValueError, match="k_len"):
         Selection.causal(batch=1, q_len=300, k_len=200, num_heads=4, num_kv_heads=2)
+
+
+@pytest.mark.parametrize("shape", [(3, 17), (2, 4, 64), (1, 0), (5, 1)])
+def test_stable_partition_is_the_stable_descending_argsort(shape):
+    """True entries ascending, then False ones ascending, and the True counts: what the sorts it replaced gave,
+    all-True and all-False rows included."""
+    from sparsebench.selection import stable_partition
+
+    g = torch.Generator().manual_seed(sum(shape))
+    flags = torch.rand(shape, generator=g) < 0.4
+    if shape[-1] and flags.dim() == 2 and flags.shape[0] > 2:
+        flags[0] = True
+        flags[1] = False
+    order, counts = stable_partition(flags)
+    assert order.dtype == counts.dtype == torch.int32
+    assert torch.equal(order.long(), torch.argsort(flags, dim=-1, descending=True, stable=True))
+    assert torch.equal(counts, flags.sum(-1, dtype=torch.int32))
