@@ -55,7 +55,7 @@ more than `select.MAX_NK` (8192) key blocks always take it.
 Cost: the estimate is `ceil(T/st)` x `ceil(S/st)` antidiagonal dot products of length `st * D` per query head,
 causal part only (`estimation_flops`), about `1/st` of the causal QK^T work; plus a softmax over the same matrix.
 Memory: the Triton kernel keeps no logits, only one fp32 partial per (strided row, key block) per chunk of query
-rows (`chunk_size=None`: equal chunks of at most 512 MB); the reference keeps `max_scores` (2**26) fp32 logits at a
+rows (`chunk_size=None`: equal chunks of at most 4 GiB); the reference keeps `max_scores` (2**26) fp32 logits at a
 time.
 Block lists are `[B, H, NQ, NK]` int32 (no host synchronisation).
 
@@ -100,8 +100,10 @@ USE_TRITON = ("auto", "true", "false")
 # path everywhere. On an H200 the kernel path took 23.09 vs 23.59 ms per call at 128K (stride 8) and 0.81 vs 1.05 ms
 # at 32K (stride 16), CUDA-graph replays (results/tables/bench_methods_graph.csv, session 4)
 SELECT_KERNEL_ENV = "SPARSEBENCH_XATTN_SELECT_KERNEL"
-# scratch one Triton launch may use when chunk_size is None; the selection does not depend on it
-_TRITON_CHUNK_BYTES = 512 << 20
+# scratch one Triton launch may use when chunk_size is None; the selection does not depend on it. 4 GiB: Llama-3.1-8B's
+# 32 heads at 128K tokens take one launch (2 GiB) instead of five, each launch ending in a partly idle last wave
+# (session 4 measured 21.3 ms a call at 128K, stride 8, with 512 MB; this change is untimed until the next GPU run)
+_TRITON_CHUNK_BYTES = 4 << 30
 
 
 # ------------------------------------------------------------------------------------------------ selection rule
@@ -278,7 +280,7 @@ class XAttention(SparseAttention):
         norm: extra divisor of the estimate's logits (official: 1).
         thresholds_file: calibration artifact with per-layer x per-head thresholds, or None.
         chunk_size: query tokens estimated at once (a multiple of `block_size`); None: the official default on the
-            reference path, as few equal chunks of at most 512 MB of scratch as fit on the Triton path. Memory
+            reference path, as few equal chunks of at most 4 GiB of scratch as fit on the Triton path. Memory
             only.
         use_triton: "auto" (Triton estimator on CUDA where supported, else the reference), "true", "false".
         executor: the sparsebench executor of the selected blocks.
