@@ -162,11 +162,13 @@ def _lastq_scores(Q, K, M, LS, V, DG, sqb, sqh, sqt, skb, skh, sks, smb, svb, sd
             tl.store(DG + bhg[:, None] * sdb + pid_n.to(tl.int64) * sdt + tt[None, :], diag, mask=hg_ok[:, None])
 
 
-def _block_logits(q, k_base, sks, keys, key_ok, row, row_ok, scale, S, L, dt,
+def _block_logits(q, k_base, sks, keys, key_ok, row, row_ok, scale, S, L,
                   D: tl.constexpr, INTERPRET: tl.constexpr, PREC: tl.constexpr, CAUSAL: tl.constexpr,
                   ROUND_DOT: tl.constexpr):
     """`_tile_logits` for the row-block kernels: the block's query rows `q [RB, D]` are already loaded (once per
-    program); one `[BLOCK_N, D]` K tile, one dot over the whole head dim, the same roundings and masks."""
+    program); one `[BLOCK_N, D]` K tile, one dot over the whole head dim, the same roundings and masks (in K's
+    dtype, which is the queries')."""
+    dt = k_base.dtype.element_ty
     dd = tl.arange(0, D)
     kt = tl.load(k_base + keys.to(tl.int64)[:, None] * sks + dd[None, :], mask=key_ok[:, None], other=0.0)
     if INTERPRET:
@@ -182,6 +184,15 @@ def _block_logits(q, k_base, sks, keys, key_ok, row, row_ok, scale, S, L, dt,
     return tl.where(keep, s, float("-inf"))
 
 
+def _block_rows(q_head, row, row_ok, sqt, D: tl.constexpr, INTERPRET: tl.constexpr):
+    """A row block's queries `[RB, D]` (fp32 under the interpreter)."""
+    dd = tl.arange(0, D)
+    q = tl.load(q_head + row.to(tl.int64)[:, None] * sqt + dd[None, :], mask=row_ok[:, None], other=0.0)
+    if INTERPRET:
+        q = q.to(tl.float32)
+    return q
+
+
 def _lastq_stats_rows(Q, K, MT, LT, sqb, sqh, sqt, skb, skh, sks, smb, smt, S, L, H, G, scale,
                       D: tl.constexpr, RB: tl.constexpr, BLOCK_N: tl.constexpr, TPP: tl.constexpr,
                       INTERPRET: tl.constexpr, PREC: tl.constexpr, CAUSAL: tl.constexpr = True,
@@ -194,18 +205,13 @@ def _lastq_stats_rows(Q, K, MT, LT, sqb, sqh, sqt, skb, skh, sks, smb, smt, S, L
     h = bh % H
     row = tl.program_id(2) * RB + tl.arange(0, RB)
     row_ok = row < L
-    dd = tl.arange(0, D)
-    q = tl.load(Q + b * sqb + h * sqh + row.to(tl.int64)[:, None] * sqt + dd[None, :], mask=row_ok[:, None],
-                other=0.0)
-    dt = q.dtype
-    if INTERPRET:
-        q = q.to(tl.float32)
+    q = _block_rows(Q + b * sqb + h * sqh, row, row_ok, sqt, D, INTERPRET)
     k_base = K + b * skb + (h // G) * skh
     m = tl.full([RB], float("-inf"), dtype=tl.float32)
     l = tl.zeros([RB], dtype=tl.float32)
     for t in range(TPP):
         keys = (pid_t * TPP + t) * BLOCK_N + tl.arange(0, BLOCK_N)
-        s = _block_logits(q, k_base, sks, keys, keys < S, row, row_ok, scale, S, L, dt, D, INTERPRET, PREC, CAUSAL,
+        s = _block_logits(q, k_base, sks, keys, keys < S, row, row_ok, scale, S, L, D, INTERPRET, PREC, CAUSAL,
                           ROUND_DOT)
         m_new = tl.maximum(m, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no key seen yet: l stays 0
@@ -230,12 +236,7 @@ def _lastq_scores_rows(Q, K, M, LS, V, DG, sqb, sqh, sqt, skb, skh, sks, smb, sv
     r = tl.arange(0, RB)
     row = rb * RB + r
     row_ok = row < L
-    dd = tl.arange(0, D)
-    q = tl.load(Q + b * sqb + h * sqh + row.to(tl.int64)[:, None] * sqt + dd[None, :], mask=row_ok[:, None],
-                other=0.0)
-    dt = q.dtype
-    if INTERPRET:
-        q = q.to(tl.float32)
+    q = _block_rows(Q + b * sqb + h * sqh, row, row_ok, sqt, D, INTERPRET)
     k_base = K + b * skb + (h // G) * skh
     m = tl.load(M + bh * smb + row, mask=row_ok, other=0.0)
     inv_l = 1.0 / tl.load(LS + bh * smb + row, mask=row_ok, other=1.0)
@@ -246,7 +247,7 @@ def _lastq_scores_rows(Q, K, M, LS, V, DG, sqb, sqh, sqt, skb, skh, sks, smb, sv
         tile = pid_t * TPP + t
         keys = tile * BLOCK_N + tl.arange(0, BLOCK_N)
         key_ok = keys < S
-        s = _block_logits(q, k_base, sks, keys, key_ok, row, row_ok, scale, S, L, dt, D, INTERPRET, PREC,
+        s = _block_logits(q, k_base, sks, keys, key_ok, row, row_ok, scale, S, L, D, INTERPRET, PREC,
                           not IMPORTANCE, IMPORTANCE)
         p = tl.exp(s - m[:, None]) * inv_l[:, None]
         tl.store(v_base + keys, tl.sum(p, 0), mask=key_ok)
@@ -267,7 +268,7 @@ def _kernels(interpret: bool):
         from .._jit import jit_with_helpers
 
         _KERNELS[interpret] = jit_with_helpers((_lastq_stats, _lastq_scores, _lastq_stats_rows, _lastq_scores_rows),
-                                               (_tile_logits, _block_logits))
+                                               (_tile_logits, _block_logits, _block_rows))
     return _KERNELS[interpret]
 
 
