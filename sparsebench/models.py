@@ -194,6 +194,11 @@ def load(cfg, cache_dir: str | Path):
     return _CACHE[key]
 
 
+# Version of the chat-template rendering (`render_prompt`, `TemplatedTokenizer`'s counts). 2: the answer prefix opens
+# the assistant turn and is counted once (1 counted it inside the user turn too). Part of a templated run's identity.
+CHAT_FORMAT_VERSION = 2
+
+
 def uses_chat_template(tokenizer, mode: str) -> bool:
     if mode not in ("auto", "none"):
         raise ValueError(f"model.chat_template={mode!r} is not one of auto, none")

@@ -115,6 +115,11 @@ def prepare(cfg: DictConfig) -> Job:
         "dtype": resolve_dtype(cfg.model.dtype, device), "device_type": device.split(":")[0],
         "diagnostics": cfg.diagnostics, "diag_rows": cfg.diag_rows if cfg.diagnostics else None,
     }
+    if cfg.model.chat_template != "none":
+        # templated prompts depend on the rendering's version; untemplated runs keep their identity
+        from sparsebench.models import CHAT_FORMAT_VERSION
+
+        semantic["chat_format_version"] = CHAT_FORMAT_VERSION
     # calibration artifacts a method reads (knobs named *_file) change results: hash their content
     from sparsebench.calibration import file_sha256, load
 

@@ -125,3 +125,16 @@ def test_hub_model_by_id_checks(compose):
     cfg = compose(["model=hf", "model.hf_id=Qwen/Qwen2.5-0.5B", "model.max_context=32768"])
     assert model_label(cfg.model) == "Qwen/Qwen2.5-0.5B"
     assert len(prepare(cfg).run_id) == 12
+
+
+def test_chat_template_runs_carry_the_rendering_version(compose):
+    """A templated run's identity includes the chat-template rendering version (so a rendering change is not
+    served from cache); an untemplated run's identity does not, and so is unchanged by it."""
+    from sparsebench.models import CHAT_FORMAT_VERSION
+    from sparsebench.run import prepare
+
+    plain = prepare(compose(["model=tiny_llama", "model.device=cpu"]))
+    templated = prepare(compose(["model=tiny_llama", "model.device=cpu", "model.chat_template=auto"]))
+    assert "chat_format_version" not in plain.semantic
+    assert templated.semantic["chat_format_version"] == CHAT_FORMAT_VERSION
+    assert plain.run_id != templated.run_id
