@@ -18,9 +18,11 @@ def rebind(fn, g: dict):
 
 def jit_with_helpers(kernels, helpers) -> tuple:
     """`triton.jit` of each function in `kernels`, seeing every function in `helpers` (by name) `triton.jit`-ed in
-    the same mode. All must come from one module (its globals are the base)."""
+    the same mode; the helpers see each other the same way. All must come from one module (its globals are the
+    base)."""
     import triton
 
     g = dict(kernels[0].__globals__)
-    g.update({h.__name__: triton.jit(h) for h in helpers})
+    # one dict for all: a helper's call to another helper resolves, at compile time, to the jitted one
+    g.update({h.__name__: triton.jit(rebind(h, g)) for h in helpers})
     return tuple(triton.jit(rebind(k, g)) for k in kernels)

@@ -68,7 +68,13 @@ def _tile_logits(q_rows, k_base, row, row_ok, keys, key_ok, sks, scale, S, L,
             qt = qt.to(tl.float32)
             kt = kt.to(tl.float32)
         acc = tl.dot(qt, tl.trans(kt), acc, input_precision=PREC)
-    dt = q_rows.dtype.element_ty
+    return _round_and_mask(acc, q_rows.dtype.element_ty, row, row_ok, keys, key_ok, scale, S, L, CAUSAL, ROUND_DOT)
+
+
+def _round_and_mask(acc, dt, row, row_ok, keys, key_ok, scale, S, L, CAUSAL: tl.constexpr,
+                    ROUND_DOT: tl.constexpr):
+    """fp32 dot products -> the logits of the caller's torch path (rounded as it rounds them, see the module doc),
+    -inf outside the rows, keys and (with `CAUSAL`) each row's causal range."""
     if ROUND_DOT:
         # PBS: `torch.matmul(...).mul_(scale)` rounds the product to the input dtype, then the scaled value again
         s = (acc.to(dt).to(tl.float32) * scale).to(dt).to(tl.float32)
@@ -77,8 +83,7 @@ def _tile_logits(q_rows, k_base, row, row_ok, keys, key_ok, sks, scale, S, L,
         s = (acc * scale).to(dt).to(tl.float32)
     keep = row_ok[:, None] & key_ok[None, :]
     if CAUSAL:
-        pos = S - L + row
-        keep = keep & (keys[None, :] <= pos[:, None])
+        keep = keep & (keys[None, :] <= (S - L + row)[:, None])
     return tl.where(keep, s, float("-inf"))
 
 
@@ -168,20 +173,12 @@ def _block_logits(q, k_base, sks, keys, key_ok, row, row_ok, scale, S, L,
     """`_tile_logits` for the row-block kernels: the block's query rows `q [RB, D]` are already loaded (once per
     program); one `[BLOCK_N, D]` K tile, one dot over the whole head dim, the same roundings and masks (in K's
     dtype, which is the queries')."""
-    dt = k_base.dtype.element_ty
     dd = tl.arange(0, D)
     kt = tl.load(k_base + keys.to(tl.int64)[:, None] * sks + dd[None, :], mask=key_ok[:, None], other=0.0)
     if INTERPRET:
         kt = kt.to(tl.float32)
     acc = tl.dot(q, tl.trans(kt), input_precision=PREC)
-    if ROUND_DOT:
-        s = (acc.to(dt).to(tl.float32) * scale).to(dt).to(tl.float32)
-    else:
-        s = (acc * scale).to(dt).to(tl.float32)
-    keep = row_ok[:, None] & key_ok[None, :]
-    if CAUSAL:
-        keep = keep & (keys[None, :] <= (S - L + row)[:, None])
-    return tl.where(keep, s, float("-inf"))
+    return _round_and_mask(acc, k_base.dtype.element_ty, row, row_ok, keys, key_ok, scale, S, L, CAUSAL, ROUND_DOT)
 
 
 def _block_rows(q_head, row, row_ok, sqt, D: tl.constexpr, INTERPRET: tl.constexpr):
@@ -268,7 +265,7 @@ def _kernels(interpret: bool):
         from .._jit import jit_with_helpers
 
         _KERNELS[interpret] = jit_with_helpers((_lastq_stats, _lastq_scores, _lastq_stats_rows, _lastq_scores_rows),
-                                               (_tile_logits, _block_logits, _block_rows))
+                                               (_tile_logits, _block_logits, _block_rows, _round_and_mask))
     return _KERNELS[interpret]
 
 
