@@ -387,24 +387,17 @@ def main(argv=None) -> int:
     rows = []
     for i, case in enumerate(parse_cases(args.cases)):
         rows += profile_case(*case, breakdown=args.host_breakdown and i == 0)
-    if args.antidiag:
-        ad_rows = antidiag_candidates([int(x) for x in args.antidiag.split(",")])
-        if args.out_dir and ad_rows:
-            p = Path(args.out_dir) / "tables" / "profile_antidiag.csv"
+    # the kernel sweeps: their own tables beside profile_kernels.csv
+    for lengths, sweep, table in ((args.antidiag, antidiag_candidates, "profile_antidiag"),
+                                  (args.lastq, lastq_candidates, "profile_lastq"),
+                                  (args.select, select_candidates, "profile_select")):
+        if not lengths:
+            continue
+        sweep_rows = sweep([int(x) for x in lengths.split(",")])
+        if args.out_dir and sweep_rows:
+            p = Path(args.out_dir) / "tables" / f"{table}.csv"
             p.parent.mkdir(parents=True, exist_ok=True)
-            pd.DataFrame(ad_rows).assign(device=torch.cuda.get_device_name()).to_csv(p, index=False)
-    if args.lastq:
-        lq_rows = lastq_candidates([int(x) for x in args.lastq.split(",")])
-        if args.out_dir and lq_rows:
-            p = Path(args.out_dir) / "tables" / "profile_lastq.csv"
-            p.parent.mkdir(parents=True, exist_ok=True)
-            pd.DataFrame(lq_rows).assign(device=torch.cuda.get_device_name()).to_csv(p, index=False)
-    if args.select:
-        sel_rows = select_candidates([int(x) for x in args.select.split(",")])
-        if args.out_dir and sel_rows:
-            p = Path(args.out_dir) / "tables" / "profile_select.csv"
-            p.parent.mkdir(parents=True, exist_ok=True)
-            pd.DataFrame(sel_rows).assign(device=torch.cuda.get_device_name()).to_csv(p, index=False)
+            pd.DataFrame(sweep_rows).assign(device=torch.cuda.get_device_name()).to_csv(p, index=False)
     df = pd.DataFrame(rows)
     flex = df[df.kernel == "flex"].set_index(["seq_len", "heads", "head_dim", "target_density"])["bench_ms"]
     df["flex_over"] = [flex.get((r.seq_len, r.heads, r.head_dim, r.target_density), float("nan")) / r.bench_ms
