@@ -133,14 +133,17 @@ def test_importance_bad_arguments_raise():
 
 
 # ---------------------------------------------------------------------------------------------- Triton
-_MODES = {True: "packed", False: "perhead", "rows": "rows"}
+_MODES = {True: "packed", False: "perhead", "rows": "rows", "skew": "skew"}
+_IMP_MODES = (True, False, "rows")  # the importance pass has no slash: no skew mode
 
 
 def _mode_kw(pack) -> dict:
     """Kernel arguments of a case's mode: heads packed, one program per query head (tile kernels), or the row-block
-    kernels (3 key tiles a program, so that runs of tiles end inside and past the keys)."""
-    if pack == "rows":
-        return {"pack_heads": False, "rows": True, "tiles_per_program": 3}
+    kernels (3 key tiles a program, so that runs of tiles end inside and past the keys), with the slash from
+    probabilities stored by offset (`skew`) or not."""
+    if pack in ("rows", "skew"):
+        kw = {"skew": True} if pack == "skew" else {}
+        return {"pack_heads": False, "rows": True, "tiles_per_program": 3, **kw}
     return {"pack_heads": pack, "rows": False}
 
 
@@ -151,7 +154,7 @@ def _p(B, H, HKV, L, S, D, dtype="float32", block_n=64, pack=True):
 
 def _both(*args, **kw):
     """The case with the heads of a KV head packed into one program, one program per (key tile, query head), and
-    the row-block kernels."""
+    the row-block kernels (diagonal sums in registers, or by stored offsets)."""
     return [_p(*args, **kw, pack=m) for m in _MODES]
 
 
@@ -267,7 +270,7 @@ def _p_imp(B, H, HKV, L, S, n_keys, D, dtype="float32", block_n=64, pack=True):
 
 
 def _imp_both(*args, **kw):
-    return [_p_imp(*args, **kw, pack=m) for m in _MODES]
+    return [_p_imp(*args, **kw, pack=m) for m in _IMP_MODES]
 
 
 IMP_CASES = [  # (B, H, HKV, L, S, n_keys, D): G = H / HKV
@@ -483,7 +486,7 @@ def test_compiled_kernels_keep_their_constexprs():
     assert [p.name for p in stats_rows.params if p.is_constexpr] == ["D", "RB", "BLOCK_N", "TPP", "INTERPRET", "PREC",
                                                                      "CAUSAL", "ROUND_DOT"]
     assert [p.name for p in scores_rows.params if p.is_constexpr] == ["D", "RB", "BLOCK_N", "BT", "TPP", "INTERPRET",
-                                                                      "PREC", "IMPORTANCE"]
+                                                                      "PREC", "IMPORTANCE", "SKEW"]
 
 
 def test_rows_kernel_needs_unpacked_heads_and_a_power_of_two_head_dim():
