@@ -39,22 +39,40 @@ COST_VARIANTS = (("streaming", "streaming", {}), ("minference_vs", "minference",
 GPU_COST_VARIANTS = (("minference_vs_torch", "minference", {"pattern": "vertical_slash", "scores_kernel": "torch"}),
                      ("flexprefill_fused", "flexprefill", {"scores_kernel": "triton"}),
                      ("pbs_torch", "pbs", {"scores_kernel": "torch"}),
-                     ("xattn_s8_torchsel", "xattn", {"stride": 8}), ("xattn_s16_torchsel", "xattn", {"stride": 16}))
-# environment a variant runs under (switches that are not constructor knobs)
+                     ("xattn_s8_torchsel", "xattn", {"stride": 8}), ("xattn_s16_torchsel", "xattn", {"stride": 16}),
+                     # module switches not yet defaults, and the setting a default replaced (VARIANT_PATCH)
+                     ("minference_vs_rows_skew", "minference", {"pattern": "vertical_slash"}),
+                     ("flexprefill_fused_skew", "flexprefill", {"scores_kernel": "triton"}),
+                     ("xattn_s8_512mb", "xattn", {"stride": 8}))
+# environment a variant runs under (switches that are not constructor knobs, read at call time)
 VARIANT_ENV = {"xattn_s8_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"},
                "xattn_s16_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"}}
+_LASTQ = "sparsebench.kernels.last_q_scores.triton"
+# module attributes a variant runs under (switches read from the module at call time): (module, name, value)
+VARIANT_PATCH = {"minference_vs_rows_skew": [(_LASTQ, "_ROWS", True), (_LASTQ, "_SKEW", True)],
+                 "flexprefill_fused_skew": [(_LASTQ, "_SKEW", True)],
+                 "xattn_s8_512mb": [("sparsebench.methods.xattn", "_TRITON_CHUNK_BYTES", 512 << 20)]}
 
 
 @contextlib.contextmanager
 def _variant_env(label: str):
+    """The variant's environment variables and module switches, restored afterwards."""
+    import importlib
     import os
 
     env = VARIANT_ENV.get(label, {})
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
+    patched = []
     try:
+        for mod_name, attr, value in VARIANT_PATCH.get(label, []):
+            mod = importlib.import_module(mod_name)
+            patched.append((mod, attr, getattr(mod, attr)))
+            setattr(mod, attr, value)
         yield
     finally:
+        for mod, attr, old in reversed(patched):
+            setattr(mod, attr, old)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)

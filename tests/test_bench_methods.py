@@ -4,8 +4,22 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_bench_methods():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_methods_script", ROOT / "scripts" / "bench_methods.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.pop(0)
+    return mod
 
 
 def test_bench_methods_smoke(tmp_path):
@@ -33,3 +47,19 @@ def test_bench_methods_profile_smoke(tmp_path):
     assert set(wall.index) == {"streaming", "minference_vs", "xattn_s8", "xattn_s16", "flexprefill", "pbs"}
     assert (wall > 0).all()
     assert "=== profile L=1024 xattn_s8" in res.stdout and "aten::" in res.stdout  # the per-op table is printed
+
+
+def test_variant_patches_apply_and_restore():
+    """A variant's module switches hold inside its context and are restored after it, even on an error."""
+    import importlib
+
+    bm = _load_bench_methods()
+    for label, patches in bm.VARIANT_PATCH.items():
+        mods = [(importlib.import_module(m), a, v) for m, a, v in patches]
+        before = [getattr(mod, a) for mod, a, _ in mods]
+        with pytest.raises(RuntimeError):
+            with bm._variant_env(label):
+                assert [getattr(mod, a) for mod, a, _ in mods] == [v for _, _, v in mods]
+                raise RuntimeError("inside")
+        assert [getattr(mod, a) for mod, a, _ in mods] == before
+        assert label in {v[0] for v in bm.GPU_COST_VARIANTS}
