@@ -45,14 +45,15 @@ Deviations from the official code:
 As in the official HF patch (and its LongBench configs), every attention layer is sparse at prefill and decode stays
 dense; on Llama and Qwen that is this harness's default `method.layers=full_attention`.
 
-Option `scores_kernel` (default `"auto"`: `"triton"` on CUDA, `"torch"` elsewhere): with `"triton"`, step 1's importance through the fused kernel
-`kernels/last_q_scores` (`last_q_importance_triton`, two passes over the key tiles), which never materialises the
-last queries' `[H, last_q, Sc]` softmax. It rounds the logits as the torch path does (the product to the input
-dtype, then the scaled value again), so its importance equals the torch path's up to summation order (the dot's
-accumulation, the softmax sums, the mean over rows): the last bits, which can reorder two keys of near-equal
-importance and with them a block mean. On an H200 the whole estimate took 0.148/0.061/0.035 of dense cuDNN attention time
-with it against 0.165/0.092/0.049 with the torch path at 32K/64K/128K (results/tables/bench_methods_cost.csv,
-session 4); `"torch"` keeps the exact official importance on any device.
+Option `scores_kernel` (default `"auto"`: `"triton"` on CUDA, `"torch"` elsewhere): with `"triton"`, step 1's
+importance through the fused kernel `kernels/last_q_scores` (`last_q_importance_triton`, two passes over the key
+tiles), which never materialises the last queries' `[H, last_q, Sc]` softmax. It rounds the logits as the torch
+path does (the product to the input dtype, then the scaled value again), so its importance equals the torch path's
+up to summation order (the dot's accumulation, the softmax sums, the mean over rows): the last bits, which can
+reorder two keys of near-equal importance and with them a block mean. On an H200 the whole estimate took
+0.148/0.061/0.035 of dense cuDNN attention time with it against 0.165/0.092/0.049 with the torch path at
+32K/64K/128K (results/tables/bench_methods_cost.csv, session 4); `"torch"` keeps the exact official importance on
+any device.
 """
 from __future__ import annotations
 

@@ -411,8 +411,8 @@ class XAttention(SparseAttention):
                 qb0 = r0 // bs
                 n = scores.shape[2]
                 # each chunk's lists go straight into their rows of the whole selection
-                # block scores are softmax sums (>= 0): the sort-free algorithm applies, but it is only asked for
-                # while the kernel module's `_BISECT` switch is on (off until timed on a GPU)
+                # block scores are softmax sums (>= 0): the sort-free algorithm applies; the kernel module's
+                # `_BISECT` switch (on by default, SPARSEBENCH_XATTN_BISECT=0 at import turns it off) decides
                 select_kernel.select_blocks_triton(scores, tau, T, S, bs, qb0,
                                                    out=(idx[:, :, qb0:qb0 + n], cnt[:, :, qb0:qb0 + n]),
                                                    nonneg=select_kernel._BISECT)

@@ -13,10 +13,12 @@ and the same for Triton variants that change only the launch shape: `triton_nopa
 query_head lists, so each query head gets its own programs and GQA packing is off), `triton_cfg=<BM>x<BN>w<W>s<S>`
 (other tile candidates), `triton_notma` (pointer loads instead of host-side TMA descriptors, which the launcher
 encodes at every call), `triton_notrim` (the last listed block's key sub-tiles wholly after the tile's last query
-kept in the loop's trip count, as before trimming became the default), `triton_jit` (the wrapper without its launch plans: every call through triton's argument
-binding and specialisation, as before the plans) and `triton_launch_only` (the bare `_launch` with preallocated outputs: the wrapper's cost is
-the difference). `--host-breakdown` prints a cProfile of the host path of one triton and one flex call. With a kernel time well below bench_ms, the call is host-bound; with kernel_ms close to
-bench_ms, the kernel itself is the limit, and the variants show whether parallelism or tiling moves it.
+kept in the loop's trip count, as before trimming became the default), `triton_jit` (the wrapper without its launch
+plans: every call through triton's argument binding and specialisation, as before the plans) and `triton_launch_only`
+(the bare `_launch` with preallocated outputs: the wrapper's cost is the difference). `--host-breakdown` prints a
+cProfile of the host path of one triton and one flex call. With a kernel time well below bench_ms, the call is
+host-bound; with kernel_ms close to bench_ms, the kernel itself is the limit, and the variants show whether
+parallelism or tiling moves it.
 
     python scripts/profile_kernels.py --out-dir results        # GPU; the cases of the missed D=256 target
     python scripts/profile_kernels.py --cases 16K:4:1:256:0.02,16K:32:8:128:0.02
@@ -282,8 +284,8 @@ def antidiag_candidates(seq_lens, strides=(8, 16), H=32, HKV=8, D=128) -> list[d
                 rows.append({"kernel": f"antidiag_s{st}_{bm}x{bn}w{w}s{s}{tag}", "seq_len": L, "heads": H,
                              "kv_heads": HKV, "head_dim": D, "bench_ms": ms, "dense_ms": dense_ms,
                              "share_of_dense": ms / dense_ms})
-                print(f"antidiag L={L} stride={st} tma={tma} flat={fl} {cand}: {ms:.3f} ms = {ms / dense_ms:.4f} x dense "
-                      f"({dense_ms:.3f} ms)")
+                print(f"antidiag L={L} stride={st} tma={tma} flat={fl} {cand}: {ms:.3f} ms = "
+                      f"{ms / dense_ms:.4f} x dense ({dense_ms:.3f} ms)")
     return rows
 
 

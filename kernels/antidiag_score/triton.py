@@ -161,8 +161,9 @@ def supports(head_dim: int, stride: int, block_size: int) -> str | None:
     return None
 
 
-# (block_m, block_n, num_warps, num_stages): the first is the default for pointer loads; with SPARSEBENCH_ANTIDIAG_AUTOTUNE=1 the
-# first call of each shape key times them all (triton.testing.do_bench) and keeps the fastest for that key.
+# (block_m, block_n, num_warps, num_stages): the first is the default for pointer loads; with
+# SPARSEBENCH_ANTIDIAG_AUTOTUNE=1 the first call of each shape key times them all (triton.testing.do_bench) and keeps
+# the fastest for that key.
 # More rows a program (block_m) means fewer passes over the strided K of a head, which bounds this kernel at long T.
 _CANDIDATES = [(64, 128, 4, 2), (128, 128, 8, 2), (128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 4, 3), (64, 256, 8, 2),
                (256, 64, 8, 2), (128, 128, 8, 4), (128, 128, 4, 4), (128, 256, 8, 3)]
@@ -207,9 +208,10 @@ def antidiag_block_scores_triton(q: torch.Tensor, k: torch.Tensor, stride: int, 
     arguments and output are those of `antidiag_block_scores_naive`.
 
     Tiles: `block_m` strided rows by `block_n` key tiles (both raised to `block_size / stride` when smaller), head
-    dim in slices of `block_d` (default: the widest power of two up to 64 dividing D). Tile arguments left None take `_TMA_DEFAULTS[stride]` when the tiles arrive by TMA
-    (Hopper or later, fp16/bf16, T and S multiples of the stride; q/k are made contiguous for it), else the first
-    of `_CANDIDATES` (64, 128, 4 warps, 2 stages); with `SPARSEBENCH_ANTIDIAG_AUTOTUNE=1` on a GPU, the fastest
+    dim in slices of `block_d` (default: the widest power of two up to 64 dividing D). Tile arguments left None take
+    `_TMA_DEFAULTS[stride]` when the tiles arrive by TMA (Hopper or later, fp16/bf16, T and S multiples of the
+    stride; q/k are made contiguous for it; stages lowered to fit shared memory, `_fit_stages`), else the first of
+    `_CANDIDATES` (64, 128, 4 warps, 2 stages); with `SPARSEBENCH_ANTIDIAG_AUTOTUNE=1` on a GPU, the fastest
     candidate for the shape, timed once. Scratch: fp32 `[B*H, rows, NKT * block_n / R]` plus `[B*H, rows, NKT]` for
     the launch's strided rows (NKT = key tiles / block_n), freed on return.
     """

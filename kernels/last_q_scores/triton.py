@@ -21,11 +21,12 @@ dim is taken in `BD`-wide slices (head dim 256 fits in shared memory). The logit
   neighbouring tiles into `slash` by shifted slice adds (deterministic).
 
 Row-block kernels (`rows=True`, or by default the scores pass for more than 64 queries; unpacked heads, power-of-two
-head dims): the grid is (run of `tiles_per_program` key tiles, query head, block of rows). A program loads its rows' queries once and walks
-its key tiles, one `[rows, D] x [D, BLOCK_N]` dot per tile: pass 1 keeps each row's online (m, l) over its tiles
-(scratch `[B*H, programs, L]`), pass 2 writes each tile's column sums and diagonal sums per row block (`_RB_SCORES`
-rows, which bound the gather's registers), and torch adds the row blocks (the diagonals of row block rb shifted by
-rb * rows). Same values up to summation order.
+head dims): the grid is (run of `tiles_per_program` key tiles, query head, block of rows). A program loads its rows'
+queries once and walks its key tiles, one `[rows, D] x [D, BLOCK_N]` dot per tile: pass 1 keeps each row's online
+(m, l) over its tiles (scratch `[B*H, programs, L]`), pass 2 writes each tile's column sums and diagonal sums per row
+block (`_RB_SCORES` rows, which bound the gather's registers), and torch adds the row blocks (the diagonals of row
+block rb shifted by rb * rows). With `skew` pass 2 stores the probabilities by (row, offset) instead and torch sums
+the rows. Same values up to summation order.
 
 Both passes write the same scratch, per query head, whether heads are packed or not. Within a program the K tile's
 slices are loaded again for each row tile (`NG * NCH` times): after the first, from L1/L2 rather than DRAM.
@@ -336,8 +337,9 @@ def _default_block_n(L: int) -> int:
 
 
 def _prepare(q_last, k, block_n: int | None, pack_heads: bool):
-    """What both wrappers check and derive: dtypes and block_n (its default filled in), the mode, unit-stride q/k, the matmul precision, the
-    group size G, the query heads a program serves (HP), the row chunk RC and the number of chunks NCH."""
+    """What both wrappers check and derive: dtypes and block_n (its default filled in), the mode, unit-stride q/k, the
+    matmul precision, the group size G, the query heads a program serves (HP), the row chunk RC and the number of
+    chunks NCH."""
     if q_last.dtype not in (torch.float16, torch.bfloat16, torch.float32) or k.dtype != q_last.dtype:
         raise ValueError(f"q/k dtypes {q_last.dtype}/{k.dtype}: need one of fp16, bf16, fp32, the same for both")
     block_n = _default_block_n(q_last.shape[2]) if block_n is None else block_n
@@ -352,14 +354,14 @@ def _prepare(q_last, k, block_n: int | None, pack_heads: bool):
     return q, k, block_n, interpret, prec, G, G if pack_heads else 1, RC, -(-q.shape[2] // RC)
 
 
-# Row-block kernels (`_lastq_stats_rows`, `_lastq_scores_rows`): a program loads its block of up to `_RB` query
-# rows once and walks `tiles_per_program` key tiles, one dot over the whole head dim per tile, instead of one
-# program per key tile reloading the rows in 32-row chunks (`_lastq_stats`, `_lastq_scores`). Head dims that are
-# powers of two (16-256). The scores pass takes them for more than `_ROWS_MIN_L` queries: on an H200 (bf16, H=32,
-# HKV=8, D=128; results/tables/profile_lastq.csv, session 4) 128 queries took 1.95 ms at 64K keys and 3.94 ms at
-# 128K against 2.53 and 4.96 ms with the best per-tile kernels, while 64 queries took 1.03 / 2.07 ms against 0.98 /
-# 1.90. PBS's importance pass measured even (0.93 vs 0.96 ms at 64K) and stays per tile. SPARSEBENCH_LASTQ_ROWS=1
-# (or 0) in the environment at import forces them on (off) for both.
+# Row-block kernels (`_lastq_stats_rows`, `_lastq_scores_rows`): a program loads its block of up to `_RB_STATS`
+# (pass 1) or `_RB_SCORES` (pass 2) query rows once and walks `tiles_per_program` key tiles, one dot over the whole
+# head dim per tile, instead of one program per key tile reloading the rows in 32-row chunks (`_lastq_stats`,
+# `_lastq_scores`). Head dims that are powers of two (16-256). The scores pass takes them for more than `_ROWS_MIN_L`
+# queries: on an H200 (bf16, H=32, HKV=8, D=128; results/tables/profile_lastq_rows.csv, session 4) 128 queries took
+# 1.95 ms at 64K keys and 3.94 ms at 128K against 2.53 and 4.96 ms with the best per-tile kernels, while 64 queries
+# took 1.03 / 2.07 ms against 0.98 / 1.90. PBS's importance pass measured even (0.93 vs 0.96 ms at 64K) and stays per
+# tile. SPARSEBENCH_LASTQ_ROWS=1 (or 0) in the environment at import forces them on (off) for both.
 _ROWS = {"1": True, "0": False}.get(os.environ.get("SPARSEBENCH_LASTQ_ROWS", ""))
 _ROWS_MIN_L = 65
 # Slash sums of the row-block scores pass from the probabilities stored by offset (`[B*H, L, S]` fp32 scratch, summed
@@ -506,8 +508,9 @@ def last_q_importance_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float
                              pack_heads: bool = False, rows: bool | None = None,
                              tiles_per_program: int | None = None) -> torch.Tensor:
     """`importance [B, H, n_keys]` fp32 of `last_q_importance_naive` (arguments as there): pass 1 of the scores
-    kernels without the causal mask, then pass 2 with `IMPORTANCE` (column means, no diagonals). Equal to the reference up
-    to summation order (the dot's accumulation, the softmax sums over key tiles, the column sums over rows).
+    kernels without the causal mask, then pass 2 with `IMPORTANCE` (column means, no diagonals). Equal to the
+    reference up to summation order (the dot's accumulation, the softmax sums over key tiles, the column sums over
+    rows).
 
     Scratch: fp32 `[B*H, n_tiles, L]` twice, n_tiles = ceil(n_keys / block_n).
     """
