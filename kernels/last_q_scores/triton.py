@@ -299,6 +299,13 @@ def supports(head_dim: int, last_q: int) -> str | None:
     return None
 
 
+def _row_stats(mt: torch.Tensor, lt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's final softmax `(m, l)` `[B*H, L]` from pass 1's per-part maxima and sums `[B*H, parts, L]` (parts:
+    key tiles or programs), reduced over the parts in a fixed order (deterministic: no atomics)."""
+    m = mt.amax(1)
+    return m, (lt * torch.exp(mt - m[:, None])).sum(1)
+
+
 def _overlap_add(dg: torch.Tensor, S: int, L: int, block_n: int) -> torch.Tensor:
     """slash `[N, S]` from the per-tile diagonal partials `dg [N, n_tiles, BT]`: tile j's entry t is offset
     o = S - L - j*BN - BN + 1 + t. Tiles reversed, consecutive ones start BN apart: W shifted slice adds."""
@@ -415,8 +422,7 @@ def _rows_path(q, k, scale: float, L: int, S: int, importance: bool, block_n: in
                                                  float(scale), CAUSAL=not importance, ROUND_DOT=importance,
                                                  **{**common, "RB": rb_stats})
     grid = (npg, B * H, NRB)
-    m = mt.amax(1)
-    l = (lt * torch.exp(mt - m[:, None])).sum(1)
+    m, l = _row_stats(mt, lt)
     del mt, lt
     v = torch.empty(NRB, B * H, S, dtype=torch.float32, device=dev)
     if importance:
@@ -490,9 +496,7 @@ def last_q_scores_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float, bl
     stats[grid](q, k, mt, lt, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                 mt.stride(0), mt.stride(1), S, L, H, G, HP, float(scale), GP=gp_stats, NG=-(-HP // gp_stats),
                 **common)
-    # final (m, l) per row, reduced over the key tiles in a fixed order
-    m = mt.amax(1)
-    l = (lt * torch.exp(mt - m[:, None])).sum(1)
+    m, l = _row_stats(mt, lt)
     del mt, lt
     vertical = torch.empty(B * H, S, dtype=torch.float32, device=dev)
     dg = torch.empty(B * H, nt, BT, dtype=torch.float32, device=dev)
@@ -538,8 +542,7 @@ def last_q_importance_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float
     stats[grid](q, k, mt, lt, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                 mt.stride(0), mt.stride(1), n_keys, L, H, G, HP, float(scale), CAUSAL=False, ROUND_DOT=True,
                 **common)
-    m = mt.amax(1)
-    l = (lt * torch.exp(mt - m[:, None])).sum(1)
+    m, l = _row_stats(mt, lt)
     del mt, lt
     imp = torch.empty(B * H, n_keys, dtype=torch.float32, device=dev)
     # no diagonals: the DG pointer and strides go unused (imp and 0 fill their slots), BT a minimal width
