@@ -79,10 +79,10 @@ from collections.abc import Iterator
 import torch
 
 from sparsebench.attention import AttnContext, AttnShape, SparseAttention
+from sparsebench.kernels.last_q_scores import check_scores_kernel, fused_scores
 from sparsebench.selection import Selection, stable_partition
 
 VARIANTS = ("official", "sparse_frontier")
-SCORES_KERNELS = ("auto", "torch", "triton")
 BLOCK_SIZES = (16, 32, 64, 128)
 TOKENS_PER_BUDGET_BLOCK = 128  # the official token-count -> block-count conversion ignores block_size
 SF_SINK_COLUMNS = 4
@@ -155,7 +155,7 @@ def last_query_scores(q: torch.Tensor, k: torch.Tensor, n: int, scale: float,
     HKV, S = k.shape[1], k.shape[2]
     G = H // HKV
     q_last = q[:, :, T - n:] * scale
-    if kernel == "triton" or (kernel == "auto" and q.is_cuda):
+    if fused_scores(kernel, q):
         # the fused kernel (kernels/last_q_scores) with the pre-scaled queries and scale 1: its fp32 dot rounded
         # once to the input dtype is what torch.matmul of q_last returns; its slash is indexed by offset
         if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
@@ -402,8 +402,7 @@ class FlexPrefill(SparseAttention):
                  approximation_size: int | None = None, scores_kernel: str = "torch", executor: str = "auto") -> None:
         if variant not in VARIANTS:
             raise ValueError(f"flexprefill variant={variant!r} is not one of {', '.join(VARIANTS)}")
-        if scores_kernel not in SCORES_KERNELS:
-            raise ValueError(f"flexprefill scores_kernel={scores_kernel!r} is not one of {', '.join(SCORES_KERNELS)}")
+        check_scores_kernel("flexprefill", scores_kernel)
         if not 0.0 < gamma <= 1.0:
             raise ValueError(f"flexprefill gamma={gamma} is outside (0, 1]")
         if not 0.0 <= tau <= 1.0:

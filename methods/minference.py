@@ -92,10 +92,10 @@ from dataclasses import dataclass
 import torch
 
 from sparsebench.attention import AttnContext, AttnShape, SparseAttention
+from sparsebench.kernels.last_q_scores import check_scores_kernel, fused_scores
 from sparsebench.selection import Selection
 
 PATTERNS = ("a_shape", "vertical_slash", "block_sparse", "config")
-SCORES_KERNELS = ("auto", "torch", "triton")
 # official type names in the per-head config files -> the pattern that runs them
 FILE_TYPES = {"vertical_and_slash": "vertical_slash", "stream_llm": "a_shape", "block_sparse": "block_sparse",
               "vertical_slash": "vertical_slash", "a_shape": "a_shape"}
@@ -414,8 +414,7 @@ class MInference(SparseAttention):
                  scores_kernel: str = "auto", executor: str = "auto") -> None:
         if pattern not in PATTERNS:
             raise ValueError(f"minference pattern={pattern!r} is not one of {', '.join(PATTERNS)}")
-        if scores_kernel not in SCORES_KERNELS:
-            raise ValueError(f"minference scores_kernel={scores_kernel!r} is not one of {', '.join(SCORES_KERNELS)}")
+        check_scores_kernel("minference", scores_kernel)
         ints = dict(last_q=(last_q, 1), vertical_size=(vertical_size, 0), slash_size=(slash_size, 0),
                     n_init=(n_init, 0), n_local=(n_local, 1), top_k=(top_k, 1), block_size=(block_size, 1),
                     forced_columns=(forced_columns, 0), forced_diagonals=(forced_diagonals, 0),
@@ -542,7 +541,7 @@ class MInference(SparseAttention):
         if plan.has("vertical_slash"):
             if naive:
                 vert, slash = vs_scores_naive(q, k, self.last_q, scale)
-            elif self.scores_kernel == "triton" or (self.scores_kernel == "auto" and q.is_cuda):
+            elif fused_scores(self.scores_kernel, q):
                 vert, slash = vs_scores_triton(q, k, self.last_q, scale)
             else:
                 vert, slash = vs_scores(q, k, self.last_q, scale)

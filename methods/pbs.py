@@ -64,11 +64,11 @@ import torch
 import torch.nn.functional as F
 
 from sparsebench.attention import AttnContext, AttnShape, SparseAttention
+from sparsebench.kernels.last_q_scores import check_scores_kernel, fused_scores
 from sparsebench.selection import Selection, stable_partition
 
 # temporary memory one estimator chunk of KV heads may use (bounds memory at 128K; not a result knob)
 _CHUNK_BYTES = 2 << 30
-SCORES_KERNELS = ("auto", "torch", "triton")
 
 
 # ------------------------------------------------------------------------------------------------ pieces
@@ -225,8 +225,7 @@ def pbs_estimate(q: torch.Tensor, k: torch.Tensor, scale: float, block_size: int
     if T != S or S <= segment_size:
         raise ValueError(f"pbs estimates prefill longer than one segment: got T={T}, S={S}, "
                          f"segment_size={segment_size}")
-    if scores_kernel not in SCORES_KERNELS:
-        raise ValueError(f"pbs scores_kernel={scores_kernel!r} is not one of {', '.join(SCORES_KERNELS)}")
+    check_scores_kernel("pbs", scores_kernel)
     G = H // HKV
     L = min(last_q, T)
     NQ, NK = -(-T // block_size), -(-S // block_size)
@@ -239,7 +238,7 @@ def pbs_estimate(q: torch.Tensor, k: torch.Tensor, scale: float, block_size: int
     a = 8 if q.dtype == torch.float32 else 4
     nbps = segment_size // block_size
     imp = None
-    if scores_kernel == "triton" or (scores_kernel == "auto" and q.is_cuda):
+    if fused_scores(scores_kernel, q):
         imp = _importance_triton(q, k, scale, L, S // segment_size * segment_size)
     # the fused kernel has already done step 1 for every head (scratch of a few floats a key): no logits per chunk
     logits = G * L * S * (e + 8) if imp is None else 0
@@ -386,8 +385,7 @@ class PBS(SparseAttention):
             raise ValueError(f"pbs force_first_block={force_first_block!r} must be true or false")
         if isinstance(last_q, bool) or not isinstance(last_q, int) or last_q < 1:
             raise ValueError(f"pbs last_q={last_q!r} must be a positive integer")
-        if scores_kernel not in SCORES_KERNELS:
-            raise ValueError(f"pbs scores_kernel={scores_kernel!r} is not one of {', '.join(SCORES_KERNELS)}")
+        check_scores_kernel("pbs", scores_kernel)
         if executor == "flex":
             raise ValueError("pbs executor='flex' cannot run it: pbs executes earlier-segment keys as extra key "
                              "columns, which flex does not take; choose one of auto, reference, triton")

@@ -3,7 +3,22 @@ PBS-Attn's key importance (column means of their unmasked softmax over the first
 semantics, triton.py for the fused GPU kernels."""
 from .naive import last_q_importance_naive, last_q_scores_naive
 
-__all__ = ["last_q_importance_naive", "last_q_importance_triton", "last_q_scores_naive", "last_q_scores_triton"]
+__all__ = ["SCORES_KERNELS", "check_scores_kernel", "fused_scores", "last_q_importance_naive",
+           "last_q_importance_triton", "last_q_scores_naive", "last_q_scores_triton"]
+
+# a method's `scores_kernel` knob: the fused kernels on CUDA (auto), the method's torch path, or the fused kernels
+SCORES_KERNELS = ("auto", "torch", "triton")
+
+
+def check_scores_kernel(method: str, choice: str) -> None:
+    """A clear error naming the method when `choice` is not one of `SCORES_KERNELS`."""
+    if choice not in SCORES_KERNELS:
+        raise ValueError(f"{method} scores_kernel={choice!r} is not one of {', '.join(SCORES_KERNELS)}")
+
+
+def fused_scores(choice: str, x) -> bool:
+    """Whether `scores_kernel=choice` runs the fused kernels for a tensor `x`: `triton` always, `auto` on CUDA."""
+    return choice == "triton" or (choice == "auto" and x.is_cuda)
 
 
 def __getattr__(name):
