@@ -188,10 +188,10 @@ def _case_scores(case):
     return _scores(kind, B, H, NQc, qb0, T, S, bs, seed, dtype)
 
 
-def _check(case, device="cpu"):
-    from sparsebench.kernels.antidiag_score.select import _debug_masses, find_blocks_triton, select_blocks_triton
-
-    B, H, NQc, qb0, T, S, bs, tau, kind, _, _, api = case
+def _reference(case):
+    """A case's scores and threshold, the reference mask and its lists, once the case is checked fit for an exact
+    comparison (shapes; rows far enough from a rounding tie)."""
+    _, H, NQc, qb0, T, S, bs, tau, kind, _, _, _ = case
     scores = _case_scores(case)
     assert scores.shape[-1] == -(-S // bs) and qb0 + NQc <= -(-T // bs), "bad case"
     if kind in ("softmax", "peaked", "estimator"):
@@ -199,7 +199,32 @@ def _check(case, device="cpu"):
         assert margin > MARGIN, f"case too close to a rounding tie for an exact comparison (margin {margin:.3g})"
     thr = _tau(tau, H)
     ref = find_blocks(scores, thr, T, S, bs, qb0)
-    ref_idx, ref_cnt = _ref_lists(ref)
+    return scores, thr, ref, *_ref_lists(ref)
+
+
+def _select(scores, thr, case, device, **kw):
+    """`select_blocks_triton(..., return_mask=True)` for the case; with api "out", into the rows of a longer
+    selection, checking that its other rows stay untouched."""
+    from sparsebench.kernels.antidiag_score.select import select_blocks_triton
+
+    B, H, NQc, qb0, T, S, bs, _, _, _, _, api = case
+    if api != "out":
+        return select_blocks_triton(scores, thr, T, S, bs, qb0, return_mask=True, **kw)
+    idx_all = torch.full((B, H, NQc + 5, scores.shape[-1]), -7, dtype=torch.int32, device=device)
+    cnt_all = torch.full((B, H, NQc + 5), -7, dtype=torch.int32, device=device)
+    out = (idx_all[:, :, 2:2 + NQc], cnt_all[:, :, 2:2 + NQc])
+    idx, cnt, mask = select_blocks_triton(scores, thr, T, S, bs, qb0, out=out, return_mask=True, **kw)
+    assert idx.data_ptr() == out[0].data_ptr()
+    rest = torch.cat([idx_all[:, :, :2], idx_all[:, :, 2 + NQc:]], 2)
+    assert (rest == -7).all() and (cnt_all[:, :, :2] == -7).all() and (cnt_all[:, :, 2 + NQc:] == -7).all()
+    return idx, cnt, mask
+
+
+def _check(case, device="cpu"):
+    from sparsebench.kernels.antidiag_score.select import _debug_masses, find_blocks_triton
+
+    _, H, NQc, qb0, T, S, bs, _, kind, _, _, api = case
+    scores, thr, ref, ref_idx, ref_cnt = _reference(case)
     if qb0 == 0 and NQc == -(-T // bs):  # a whole selection: the method's own list builder
         sel = block_mask_to_selection(ref, block_size=bs, q_len=T, k_len=S, num_heads=H, num_kv_heads=1)
         assert torch.equal(sel.kv_indices, ref_idx) and torch.equal(sel.kv_counts, ref_cnt)
@@ -219,17 +244,7 @@ def _check(case, device="cpu"):
         mask = find_blocks_triton(scores, thr, T, S, bs, qb0).cpu()
         assert torch.equal(mask, ref), f"{(mask != ref).sum().item()} blocks differ"
         return
-    if api == "out":  # write into the rows of a longer selection, leaving the other rows alone
-        idx_all = torch.full((B, H, NQc + 5, scores.shape[-1]), -7, dtype=torch.int32, device=device)
-        cnt_all = torch.full((B, H, NQc + 5), -7, dtype=torch.int32, device=device)
-        out = (idx_all[:, :, 2:2 + NQc], cnt_all[:, :, 2:2 + NQc])
-        idx, cnt, mask = select_blocks_triton(scores, thr, T, S, bs, qb0, out=out, return_mask=True)
-        assert idx.data_ptr() == out[0].data_ptr()
-        rest = torch.cat([idx_all[:, :, :2], idx_all[:, :, 2 + NQc:]], 2)
-        assert (rest == -7).all() and (cnt_all[:, :, :2] == -7).all() and (cnt_all[:, :, 2 + NQc:] == -7).all()
-    else:
-        idx, cnt, mask = select_blocks_triton(scores, thr, T, S, bs, qb0, return_mask=True)
-    idx, cnt, mask = idx.cpu(), cnt.cpu(), mask.cpu()
+    idx, cnt, mask = (t.cpu() for t in _select(scores, thr, case, device))
     assert idx.dtype == cnt.dtype == torch.int32
     assert torch.equal(mask, ref), f"{(mask != ref).sum().item()} blocks differ"
     assert torch.equal(cnt, ref_cnt), "counts differ"
@@ -277,17 +292,10 @@ def _check_bisect(case, device="cpu"):
     sort path with the same reference)."""
     from sparsebench.kernels.antidiag_score.select import find_blocks_triton, select_blocks_triton
 
-    B, H, NQc, qb0, T, S, bs, tau, kind, _, _, api = case
-    scores = _case_scores(case)
-    assert scores.shape[-1] == -(-S // bs) and qb0 + NQc <= -(-T // bs), "bad case"
+    _, _, _, qb0, T, S, bs, _, _, _, _, api = case
+    scores, thr, ref, ref_idx, ref_cnt = _reference(case)
     # the caller's promise, checked on the host here only (the kernel trusts it)
     assert (scores >= 0).all(), "the bisection path needs scores >= 0"
-    if kind in ("softmax", "peaked", "estimator"):
-        margin = _margin(scores.float(), tau, T, S, bs, qb0)
-        assert margin > MARGIN, f"case too close to a rounding tie for an exact comparison (margin {margin:.3g})"
-    thr = _tau(tau, H)
-    ref = find_blocks(scores, thr, T, S, bs, qb0)
-    ref_idx, ref_cnt = _ref_lists(ref)
     scores, thr = scores.to(device), thr.to(device) if isinstance(thr, torch.Tensor) else thr
     vs_sort = not any(case == c.values[0] for c in CASES)
     if api == "mask":
@@ -295,17 +303,7 @@ def _check_bisect(case, device="cpu"):
             mask = find_blocks_triton(scores, thr, T, S, bs, qb0, nonneg=nonneg).cpu()
             assert torch.equal(mask, ref), f"nonneg={nonneg}: {(mask != ref).sum().item()} blocks differ"
         return
-    if api == "out":  # the rows of a longer selection, the other rows untouched
-        idx_all = torch.full((B, H, NQc + 5, scores.shape[-1]), -7, dtype=torch.int32, device=device)
-        cnt_all = torch.full((B, H, NQc + 5), -7, dtype=torch.int32, device=device)
-        out = (idx_all[:, :, 2:2 + NQc], cnt_all[:, :, 2:2 + NQc])
-        idx, cnt, mask = select_blocks_triton(scores, thr, T, S, bs, qb0, out=out, return_mask=True, nonneg=True)
-        assert idx.data_ptr() == out[0].data_ptr()
-        rest = torch.cat([idx_all[:, :, :2], idx_all[:, :, 2 + NQc:]], 2)
-        assert (rest == -7).all() and (cnt_all[:, :, :2] == -7).all() and (cnt_all[:, :, 2 + NQc:] == -7).all()
-    else:
-        idx, cnt, mask = select_blocks_triton(scores, thr, T, S, bs, qb0, return_mask=True, nonneg=True)
-    idx, cnt, mask = idx.cpu(), cnt.cpu(), mask.cpu()
+    idx, cnt, mask = (t.cpu() for t in _select(scores, thr, case, device, nonneg=True))
     assert idx.dtype == cnt.dtype == torch.int32
     assert torch.equal(mask, ref), f"{(mask != ref).sum().item()} blocks differ"
     assert torch.equal(cnt, ref_cnt), "counts differ"
