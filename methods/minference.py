@@ -93,7 +93,7 @@ import torch
 
 from sparsebench.attention import AttnContext, AttnShape, SparseAttention
 from sparsebench.kernels.last_q_scores import check_scores_kernel, fused_scores
-from sparsebench.selection import Selection
+from sparsebench.selection import Selection, stable_partition
 
 PATTERNS = ("a_shape", "vertical_slash", "block_sparse", "config")
 # official type names in the per-head config files -> the pattern that runs them
@@ -286,8 +286,6 @@ def top_ranked(scores: torch.Tensor, sizes: torch.Tensor, width: int, forced: in
         key = (bits.to(torch.int64) << 32) | (N - 1 - torch.arange(N, device=sc.device))
         order = N - 1 - (torch.topk(key, width, dim=-1, largest=True, sorted=True).values & 0xFFFFFFFF)
     elif sc.dtype == torch.float32 and 0 < width <= N // 4:
-        from sparsebench.selection import stable_partition
-
         sc.add_(0.0)  # -0.0 -> +0.0: ties with 0.0 in every comparison and sort below
         v = torch.topk(sc, width, dim=-1, largest=True, sorted=True).values[..., -1:]
         above = sc > v
