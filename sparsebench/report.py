@@ -59,6 +59,20 @@ def summarize(raw_dir, experiment: str, table_dir, figure_dir, figures: bool = T
                 path = Path(table_dir) / f"{experiment}_paired.csv"
                 paired.to_csv(path, index=False)
                 written[f"{experiment}_paired.csv"] = path
+        if len(ok) and ok["device"].astype(str).str.startswith("cuda").all():
+            from sparsebench.stats import timing_summary
+
+            timing = timing_summary(samples)
+            if len(timing):
+                from sparsebench.plots import variant_labels
+
+                timing.insert(0, "variant", variant_labels(timing["method"], timing["method_params"]))
+                cols = ["variant", "seq_len", "n"] + [c for c in timing.columns if c.endswith("_median")]
+                print("\nGPU timings per sample, medians in ms (the _timing table also has means and maxima):")
+                print(timing[cols].to_string(index=False, float_format=lambda x: f"{x:.3g}"))
+                path = Path(table_dir) / f"{experiment}_timing.csv"
+                timing.to_csv(path, index=False)
+                written[f"{experiment}_timing.csv"] = path
         if rows["method"].nunique() > 1 and len(ok):
             from sparsebench.plots import accuracy_vs_density
 

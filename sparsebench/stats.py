@@ -75,3 +75,29 @@ def paired_vs_dense(samples, metric: str = "accuracy", baseline: str = "dense"):
             "diff_hi": float(d.mean() + 1.96 * se), "wins": wins, "losses": losses,
             "mcnemar_p": mcnemar_exact(wins, losses)}))
     return pd.DataFrame(out)
+
+
+TIMING_METRICS = ("estimation_ms", "attention_ms", "prefill_ms", "decode_ms")
+
+
+def timing_summary(samples):
+    """Per (method variant, task, seq_len, seed): the median, mean, max and count of each per-sample timing.
+
+    A sample that meets a shape the run has not compiled for (another token count's divisibility, another list width)
+    pays a one-off Triton compilation inside its timing; the mean carries it, the median does not. Timings are
+    wall-clock speed only where the run had the GPU to itself."""
+    import pandas as pd
+
+    cols = [c for c in TIMING_METRICS if c in samples.columns]
+    if not cols or not len(samples):
+        return pd.DataFrame()
+    keys = ["method", "method_params", "task", "seq_len", "seed"]
+    out = []
+    for key, g in samples.groupby(keys, sort=True, dropna=False):
+        row = dict(zip(keys, key))
+        row["n"] = len(g)
+        for c in cols:
+            v = g[c].astype(float)
+            row.update({f"{c}_median": v.median(), f"{c}_mean": v.mean(), f"{c}_max": v.max()})
+        out.append(row)
+    return pd.DataFrame(out)

@@ -60,3 +60,18 @@ def test_accuracy_vs_density_figure(tmp_path):
     assert pts.set_index(["variant", "seq_len"]).loc[("streaming", 2048), "density"] == 0.15
     path = accuracy_vs_density(rows, tmp_path / "f.png")
     assert path.stat().st_size > 10_000
+
+
+def test_timing_summary_median_ignores_a_compile_outlier():
+    from sparsebench.stats import timing_summary
+
+    rows = _samples("xattn", {"stride": 8}, [1, 1, 1, 1, 1])
+    for r, est in zip(rows, [2.0, 280.0, 2.2, 2.4, 2.1]):
+        r.update(estimation_ms=est, attention_ms=10.0)
+    out = timing_summary(pd.DataFrame(rows))
+    assert len(out) == 1
+    row = out.iloc[0]
+    assert row["n"] == 5 and row["estimation_ms_median"] == pytest.approx(2.2)
+    assert row["estimation_ms_mean"] == pytest.approx(288.7 / 5) and row["estimation_ms_max"] == 280.0
+    assert row["attention_ms_median"] == 10.0 and "prefill_ms_median" not in out.columns
+    assert timing_summary(pd.DataFrame([{"method": "dense"}])).empty
