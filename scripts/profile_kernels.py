@@ -256,36 +256,35 @@ def antidiag_candidates(seq_lens, strides=(8, 16), H=32, HKV=8, D=128) -> list[d
     rows = []
     for L in seq_lens:
         q, k, dense_ms = _qk_and_dense_ms(L, H, HKV, D)
-        # around the default (128, 256, 8, 3), the fastest of session 4's wider sweep (results/tables/
-        # profile_antidiag.csv); a 5th entry is the head-dim slice per dot (default 64)
-        extra = [(128, 256, 8, 3), (128, 256, 8, 2), (128, 256, 8, 4), (128, 256, 4, 3), (64, 256, 4, 3),
-                 (128, 256, 8, 2, 128)]
+        # around the default (128, 256, 8, 3), flattened, whole tiles unmasked: its neighbours (stages, a 128-wide
+        # head-dim slice as a 5th entry), and the default tiles without the flattening and/or the unmasked split
+        base = (128, 256, 8, 3)
+        runs = [(True, True, True, c) for c in (base, (128, 256, 8, 4), (128, 256, 8, 2, 128))]
+        runs += [(True, True, False, base), (True, False, True, base), (True, False, False, base)]
+        saved = ad._TMA, ad._FLATTEN, ad._SPLIT
         for st in strides:
-            # (TMA?, flattened loop nest?, tiles): every candidate by TMA, the widest ones flattened too
-            flat = [(128, 256, 8, 3), (128, 256, 8, 2, 128)]
-            runs = [(True, False, c) for c in extra] + [(True, True, c) for c in flat]
-            for tma, fl, cand in runs:
+            for tma, fl, sp, cand in runs:
                 bm, bn, w, s = cand[:4]
                 bd = cand[4] if len(cand) > 4 else None
-                ad._TMA, ad._FLATTEN = tma, fl
+                ad._TMA, ad._FLATTEN, ad._SPLIT = tma, fl, sp
+                what = f"stride={st} tma={tma} flat={fl} split={sp} {cand}"
                 try:
                     ms = _median_ms(lambda: ad.antidiag_block_scores_triton(q, k, st, 128, D ** -0.5, block_m=bm,
                                                                             block_n=bn, num_warps=w, num_stages=s,
                                                                             block_d=bd))
                 except Exception as e:  # noqa: BLE001
-                    print(f"antidiag L={L} stride={st} tma={tma} flat={fl} {cand}: {type(e).__name__}: "
-                          f"{str(e)[:80]}")
+                    print(f"antidiag L={L} {what}: {type(e).__name__}: {str(e)[:80]}")
                     continue
                 finally:
-                    ad._TMA, ad._FLATTEN = True, False
+                    ad._TMA, ad._FLATTEN, ad._SPLIT = saved
                 tag = "" if tma else "_notma"
                 tag += f"_bd{bd}" if bd else ""
                 tag += "_flat" if fl else ""
+                tag += "" if sp else "_nosplit"
                 rows.append({"kernel": f"antidiag_s{st}_{bm}x{bn}w{w}s{s}{tag}", "seq_len": L, "heads": H,
                              "kv_heads": HKV, "head_dim": D, "bench_ms": ms, "dense_ms": dense_ms,
                              "share_of_dense": ms / dense_ms})
-                print(f"antidiag L={L} stride={st} tma={tma} flat={fl} {cand}: {ms:.3f} ms = "
-                      f"{ms / dense_ms:.4f} x dense ({dense_ms:.3f} ms)")
+                print(f"antidiag L={L} {what}: {ms:.3f} ms = {ms / dense_ms:.4f} x dense ({dense_ms:.3f} ms)")
     return rows
 
 

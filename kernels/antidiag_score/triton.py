@@ -34,12 +34,57 @@ __all__ = ["antidiag_block_scores_triton", "supports"]
 _LOG2E = 1.4426950408889634
 
 
+def _antidiag_tile(QD, KD, q_base, k_base, i, row_ok, j, sqt, sks, q_row0, k_row0, n, T, S,
+                   STRIDE: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, BLOCK_M: tl.constexpr,
+                   BLOCK_N: tl.constexpr, INTERPRET: tl.constexpr, PREC: tl.constexpr, USE_TMA: tl.constexpr):
+    """fp32 `[BLOCK_M, BLOCK_N]` antidiagonal dot products of the program's strided rows `i` with key tile `n`
+    (strided keys `j`), unscaled and unmasked."""
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    if USE_TMA:
+        for c in range(STRIDE * (D // BD)):
+            u = c // (D // BD)
+            d0 = (c % (D // BD)) * BD
+            qt = QD.load([q_row0, (STRIDE - 1 - u) * D + d0])
+            kt = KD.load([k_row0 + n * BLOCK_N, u * D + d0])
+            acc = tl.dot(qt, tl.trans(kt), acc, input_precision=PREC)
+    else:
+        dd = tl.arange(0, BD)
+        for u in range(STRIDE):
+            # row i pairs its query st-1-u with tile j's key u: the antidiagonal of the st x st tile
+            tq = i * STRIDE + (STRIDE - 1 - u)
+            q_ok = row_ok & (tq < T)
+            tk = j * STRIDE + u
+            k_ok = tk < S
+            q_ptr = q_base + tq.to(tl.int64)[:, None] * sqt
+            k_ptr = k_base + tk.to(tl.int64)[:, None] * sks
+            for d0 in tl.static_range(0, D, BD):
+                qt = tl.load(q_ptr + (d0 + dd)[None, :], mask=q_ok[:, None], other=0.0)
+                kt = tl.load(k_ptr + (d0 + dd)[None, :], mask=k_ok[:, None], other=0.0)
+                if INTERPRET:
+                    qt = qt.to(tl.float32)
+                    kt = kt.to(tl.float32)
+                acc = tl.dot(qt, tl.trans(kt), acc, input_precision=PREC)
+    return acc
+
+
+def _antidiag_store(p, m_new, m_i, l_i, cs_base, mu_base, n, kb_loc, row_ok,
+                    BLOCK_M: tl.constexpr, NB_N: tl.constexpr, R: tl.constexpr):
+    """One key tile's online-softmax step: the rows' new running sum (returned), the tile's per-block partial sums
+    `cs` under the running max `m_new`, and `m_new` itself (`mu`), for pass 2 to rescale."""
+    l_i = l_i * tl.math.exp2(m_i - m_new) + tl.sum(p, 1)
+    part = tl.sum(tl.reshape(p, (BLOCK_M, NB_N, R)), 2)
+    tl.store(cs_base + (n * NB_N + kb_loc)[None, :], part, mask=row_ok[:, None])
+    tl.store(mu_base + n, m_new, mask=row_ok)
+    return l_i
+
+
 def _antidiag_fwd(Q, K, QD, KD, OUT, CS, MU,
                   sqb, sqh, sqt, skb, skh, sks, sob, soh, soq, scb, sci, smb, smi,
                   T, S, H, G, I0, NROWS, SR, NK, NQC, C_OFF, scale_log2,
                   STRIDE: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, R: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MAX_TILES: tl.constexpr,
-                  INTERPRET: tl.constexpr, PREC: tl.constexpr, USE_TMA: tl.constexpr, FLATTEN: tl.constexpr):
+                  INTERPRET: tl.constexpr, PREC: tl.constexpr, USE_TMA: tl.constexpr, FLATTEN: tl.constexpr,
+                  SPLIT: tl.constexpr):
     # Later rows see more key tiles: launching them first shortens the tail of the grid.
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -54,9 +99,12 @@ def _antidiag_fwd(Q, K, QD, KD, OUT, CS, MU,
     lim = i + C_OFF  # last allowed key tile of each row
     last_row = tl.minimum(pid_m * BLOCK_M + BLOCK_M, NROWS) - 1 + I0
     n_tiles = tl.minimum(last_row + C_OFF, SR - 1) // BLOCK_N + 1
+    # SPLIT: the key tiles every row of the program sees whole (before the first row's causal limit, inside SR) run
+    # without the causal mask (fewer vector ops a tile: the max taken before scaling, the scale fused into exp2's
+    # argument); only the rest take it
+    n_full = tl.minimum(tl.minimum(I0 + pid_m * BLOCK_M + C_OFF + 1, SR) // BLOCK_N, n_tiles) if SPLIT else 0
 
     nn = tl.arange(0, BLOCK_N)
-    dd = tl.arange(0, BD)
     q_base = Q + b * sqb + h * sqh
     k_base = K + b * skb + kvh * skh
     NB_N: tl.constexpr = BLOCK_N // R
@@ -73,42 +121,27 @@ def _antidiag_fwd(Q, K, QD, KD, OUT, CS, MU,
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     # FLATTEN: one software-pipelined loop over (key tile, K chunk) instead of a drained pipeline per key tile. The
-    # tile guard exists for the interpreter's constexpr bound only; compiled, it folds away (no branch in the nest).
-    for n in tl.range(0, MAX_TILES if INTERPRET else n_tiles, flatten=FLATTEN):
-        if (not INTERPRET) or (n < n_tiles):
+    # tile guards exist for the interpreter's constexpr bound only; compiled, they fold away (no branch in the nest).
+    if SPLIT:
+        for n in tl.range(0, MAX_TILES if INTERPRET else n_full, flatten=FLATTEN):
+            if (not INTERPRET) or (n < n_full):
+                acc = _antidiag_tile(QD, KD, q_base, k_base, i, row_ok, n * BLOCK_N + nn, sqt, sks, q_row0, k_row0,
+                                     n, T, S, STRIDE, D, BD, BLOCK_M, BLOCK_N, INTERPRET, PREC, USE_TMA)
+                # the scale is positive: the max of the scaled row is the scaled max
+                m_new = tl.maximum(m_i, tl.max(acc, 1) * scale_log2)
+                p = tl.math.exp2(acc * scale_log2 - m_new[:, None])
+                l_i = _antidiag_store(p, m_new, m_i, l_i, cs_base, mu_base, n, kb_loc, row_ok, BLOCK_M, NB_N, R)
+                m_i = m_new
+    for n in tl.range(0 if INTERPRET else n_full, MAX_TILES if INTERPRET else n_tiles, flatten=FLATTEN):
+        if (not INTERPRET) or ((n >= n_full) & (n < n_tiles)):
             j = n * BLOCK_N + nn
-            acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-            if USE_TMA:
-                for c in range(STRIDE * (D // BD)):
-                    u = c // (D // BD)
-                    d0 = (c % (D // BD)) * BD
-                    qt = QD.load([q_row0, (STRIDE - 1 - u) * D + d0])
-                    kt = KD.load([k_row0 + n * BLOCK_N, u * D + d0])
-                    acc = tl.dot(qt, tl.trans(kt), acc, input_precision=PREC)
-            else:
-                for u in range(STRIDE):
-                    # row i pairs its query st-1-u with tile j's key u: the antidiagonal of the st x st tile
-                    tq = i * STRIDE + (STRIDE - 1 - u)
-                    q_ok = row_ok & (tq < T)
-                    tk = j * STRIDE + u
-                    k_ok = tk < S
-                    q_ptr = q_base + tq.to(tl.int64)[:, None] * sqt
-                    k_ptr = k_base + tk.to(tl.int64)[:, None] * sks
-                    for d0 in tl.static_range(0, D, BD):
-                        qt = tl.load(q_ptr + (d0 + dd)[None, :], mask=q_ok[:, None], other=0.0)
-                        kt = tl.load(k_ptr + (d0 + dd)[None, :], mask=k_ok[:, None], other=0.0)
-                        if INTERPRET:
-                            qt = qt.to(tl.float32)
-                            kt = kt.to(tl.float32)
-                        acc = tl.dot(qt, tl.trans(kt), acc, input_precision=PREC)
+            acc = _antidiag_tile(QD, KD, q_base, k_base, i, row_ok, j, sqt, sks, q_row0, k_row0, n, T, S,
+                                 STRIDE, D, BD, BLOCK_M, BLOCK_N, INTERPRET, PREC, USE_TMA)
             keep = (j[None, :] <= lim[:, None]) & (j[None, :] < SR)
             s = tl.where(keep, acc * scale_log2, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: tile 0 is allowed for every row
             p = tl.math.exp2(s - m_new[:, None])
-            l_i = l_i * tl.math.exp2(m_i - m_new) + tl.sum(p, 1)
-            part = tl.sum(tl.reshape(p, (BLOCK_M, NB_N, R)), 2)
-            tl.store(cs_base + (n * NB_N + kb_loc)[None, :], part, mask=row_ok[:, None])
-            tl.store(mu_base + n, m_new, mask=row_ok)
+            l_i = _antidiag_store(p, m_new, m_i, l_i, cs_base, mu_base, n, kb_loc, row_ok, BLOCK_M, NB_N, R)
             m_i = m_new
 
     # pass 2 reads what other threads of this program wrote in pass 1
@@ -133,7 +166,9 @@ _KERNELS: dict[bool, object] = {}
 def _kernel(interpret: bool):
     # triton.jit decides between compiled and interpreted at decoration time, so decorate per mode on first use
     if interpret not in _KERNELS:
-        _KERNELS[interpret] = triton.jit(_antidiag_fwd)
+        from .._jit import jit_with_helpers
+
+        _KERNELS[interpret] = jit_with_helpers((_antidiag_fwd,), (_antidiag_tile, _antidiag_store))[0]
     return _KERNELS[interpret]
 
 
@@ -178,9 +213,13 @@ _SMEM_BUDGET = 200 * 1024
 # Q/K tiles by TMA where the layout allows (Hopper+, 16-bit, T and S multiples of the stride, contiguous q/k);
 # False forces the pointer loads (scripts/profile_kernels.py --antidiag compares the two).
 _TMA = True
-# Flatten pass 1's loop nest (key tiles x K chunks) into one pipelined loop (TMA path only). Off until timed on a GPU
-# (scripts/profile_kernels.py --antidiag times both).
-_FLATTEN = False
+# Flatten pass 1's loop nest (key tiles x K chunks) into one pipelined loop (TMA path only): on an H200 (bf16, H=32,
+# HKV=8, D=128, 128x256 tiles, 3 stages; session 5, scripts/profile_kernels.py --antidiag) stride 8 took 4.48 ms at
+# 64K and 19.4 ms at 128K against 4.88 and 21.2 ms unflattened; stride 16 2.38 / 9.95 ms against 2.48 / 9.81 ms.
+_FLATTEN = True
+# Key tiles that every row of a program sees whole run without the causal mask (`SPLIT` in the kernel); False puts
+# every tile through the masked path. Same values up to the exp2 argument's rounding (the scale fused into it).
+_SPLIT = True
 
 
 def _fit_stages(block_m: int, block_n: int, block_d: int, elem_bytes: int, stages: int) -> int:
@@ -289,5 +328,5 @@ def antidiag_block_scores_triton(q: torch.Tensor, k: torch.Tensor, stride: int, 
         # a constexpr: only the interpreter needs it (a per-length value would recompile the GPU kernel)
         MAX_TILES=nkt if interpret else 0,
         INTERPRET=interpret, PREC="ieee" if interpret or q.dtype == torch.float32 else "tf32", USE_TMA=use_tma,
-        FLATTEN=_FLATTEN and use_tma, num_warps=num_warps, num_stages=num_stages)
+        FLATTEN=_FLATTEN and use_tma, SPLIT=_SPLIT, num_warps=num_warps, num_stages=num_stages)
     return out

@@ -177,6 +177,9 @@ CPU_CASES = [
     _p(1, 2, 1, 90, 90, 48, 4, 32),
     _p(1, 2, 1, 200, 200, 128, 8, 64, block_d=128),
     _p(1, 2, 2, 150, 170, 64, 4, 32, block_d=16),
+    # programs whose first rows already see whole key tiles: up to 3 unmasked tiles before the masked ones (_SPLIT)
+    _p(1, 2, 1, 1000, 1000, 16, 2, 32),
+    _p(1, 2, 1, 600, 1100, 16, 2, 32),
 ]
 
 

@@ -100,11 +100,12 @@ def test_block_sparse_attn_pointer_loads_and_extra_columns(compiled, monkeypatch
     _check(compiled, 2)
 
 
-@pytest.mark.parametrize("stride,flatten,block_d", [(8, False, None), (16, False, None), (8, True, None),
-                                                    (16, False, 128)])
-def test_antidiag_score_tma(stride, flatten, block_d, monkeypatch):
-    """XAttention's scorer with Q/K by TMA at its per-stride default tiles (and the opt-in flattened loop / wide
-    head-dim slice)."""
+@pytest.mark.parametrize("stride,flatten,block_d,split", [(8, True, None, True), (16, True, None, True),
+                                                          (8, False, None, True), (8, True, None, False),
+                                                          (16, False, 128, True)])
+def test_antidiag_score_tma(stride, flatten, block_d, split, monkeypatch):
+    """XAttention's scorer with Q/K by TMA at its per-stride default tiles (flattened loop, unmasked whole tiles),
+    and without either, and with the wide head-dim slice."""
     from sparsebench.kernels.antidiag_score import triton as ad
     from triton.tools.tensor_descriptor import TensorDescriptor
 
@@ -121,7 +122,7 @@ def test_antidiag_score_tma(stride, flatten, block_d, monkeypatch):
     args = (q, k, qd, kd, out, cs, mu, *q.stride()[:3], *k.stride()[:3], 1, 1, 1, 1, 1, 1, 1,
             T, T, H, H // HKV, 0, T // stride, T // stride, T // 128, T // 128, 0, 0.1)
     kw = dict(STRIDE=stride, D=D, BD=bd, R=R, BLOCK_M=bm, BLOCK_N=bn, MAX_TILES=0, INTERPRET=False, PREC="tf32",
-              USE_TMA=True, FLATTEN=flatten, num_warps=w, num_stages=s)
+              USE_TMA=True, FLATTEN=flatten, SPLIT=split, num_warps=w, num_stages=s)
     _check([("antidiag", _compile(ad._kernel(False), args, kw))])
 
 
