@@ -25,8 +25,8 @@ head dims): the grid is (run of `tiles_per_program` key tiles, query head, block
 queries once and walks its key tiles, one `[rows, D] x [D, BLOCK_N]` dot per tile: pass 1 keeps each row's online
 (m, l) over its tiles (scratch `[B*H, programs, L]`), pass 2 writes each tile's column sums and diagonal sums per row
 block (`_RB_SCORES` rows, which bound the gather's registers), and torch adds the row blocks (the diagonals of row
-block rb shifted by rb * rows). With `skew` pass 2 stores the probabilities by (row, offset) instead and torch sums
-the rows. Same values up to summation order.
+block rb shifted by rb * rows). With `scratch` pass 2 skews each tile's probabilities through a per-program slot in
+global memory instead of a register gather (`_DIAG_SCRATCH`). Same values up to summation order.
 
 Both passes write the same scratch, per query head, whether heads are packed or not. Within a program the K tile's
 slices are loaded again for each row tile (`NG * NCH` times): after the first, from L1/L2 rather than DRAM.
@@ -223,11 +223,12 @@ def _lastq_stats_rows(Q, K, MT, LT, sqb, sqh, sqt, skb, skh, sks, smb, smt, S, L
 def _lastq_scores_rows(Q, K, M, LS, V, DG, sqb, sqh, sqt, skb, skh, sks, smb, svr, svb, sdr, sdb, sdt, S, L, H, G,
                        NT, scale, D: tl.constexpr, RB: tl.constexpr, BLOCK_N: tl.constexpr, BT: tl.constexpr,
                        TPP: tl.constexpr, INTERPRET: tl.constexpr, PREC: tl.constexpr, IMPORTANCE: tl.constexpr,
-                       SKEW: tl.constexpr = False):
+                       SCR=None, SCRATCH: tl.constexpr = False):
     """Row-block pass 2 (`_lastq_scores`' outputs, per row block): each tile's column sums over the block's rows go
     to `V[row block]`, its diagonal sums (indexed by the row within the block) to `DG[row block]`; torch adds the
-    row blocks. With `SKEW`, no diagonal sums: each probability is stored at its (row, offset) in `DG` seen as
-    `[B*H, L, S]` (row stride `sdt`), and torch sums the rows."""
+    row blocks. The diagonal sums skew the `[RB, BLOCK_N]` probabilities so that diagonals become columns: by
+    `tl.gather` in registers, or with `SCRATCH` through the program's own `RB * BLOCK_N` fp32 slot of `SCR`
+    (stored, then loaded back skewed: each row one contiguous run; the slot stays in L2, reused by its tiles)."""
     pid_t = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     rb = tl.program_id(2)
@@ -251,17 +252,18 @@ def _lastq_scores_rows(Q, K, M, LS, V, DG, sqb, sqh, sqt, skb, skh, sks, smb, sv
                           not IMPORTANCE, IMPORTANCE)
         p = tl.exp(s - m[:, None]) * inv_l[:, None]
         tl.store(v_base + keys, tl.sum(p, 0), mask=key_ok)
-        if SKEW:
-            # offset o = position - key: a row's keys run down its offsets, so each row still writes one contiguous
-            # run; future keys (o < 0) are left out
-            o = (S - L + row)[:, None] - keys[None, :]
-            tl.store(d_base + row.to(tl.int64)[:, None] * sdt + o, p,
-                     mask=row_ok[:, None] & key_ok[None, :] & (o >= 0))
-        elif not IMPORTANCE:
+        if not IMPORTANCE:
             # diagonal t = r - key_in_tile + BN - 1 (r: the row within the block): entry (r, t) is p[r, r + BN-1 - t]
             idx = r[:, None] + (BLOCK_N - 1) - tt[None, :]
             inside = (idx >= 0) & (idx < BLOCK_N)
-            g = tl.where(inside, tl.gather(p, tl.where(inside, idx, 0), 1), 0.0)
+            if SCRATCH:
+                slot = SCR + ((pid_t * tl.num_programs(1) + bh) * tl.num_programs(2) + rb).to(tl.int64) * (RB * BLOCK_N)
+                tl.store(slot + r[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :], p)
+                tl.debug_barrier()  # the skewed load reads what other threads of this program stored
+                g = tl.load(slot + r[:, None] * BLOCK_N + idx, mask=inside, other=0.0)
+                tl.debug_barrier()  # the slot is rewritten by the next tile
+            else:
+                g = tl.where(inside, tl.gather(p, tl.where(inside, idx, 0), 1), 0.0)
             tl.store(d_base + tile.to(tl.int64) * sdt + tt, tl.sum(g, 0), mask=(tt < BT) & (tile < NT))
 
 
@@ -371,10 +373,11 @@ def _prepare(q_last, k, block_n: int | None, pack_heads: bool):
 # tile. SPARSEBENCH_LASTQ_ROWS=1 (or 0) in the environment at import forces them on (off) for both.
 _ROWS = {"1": True, "0": False}.get(os.environ.get("SPARSEBENCH_LASTQ_ROWS", ""))
 _ROWS_MIN_L = 65
-# Slash sums of the row-block scores pass from the probabilities stored by offset (`[B*H, L, S]` fp32 scratch, summed
-# over rows by torch) instead of per-tile diagonal sums through a register gather: off until timed on a GPU
-# (`scripts/profile_kernels.py --lastq`, `rows_skew_*`); SPARSEBENCH_LASTQ_SKEW=1 at import turns it on.
-_SKEW = os.environ.get("SPARSEBENCH_LASTQ_SKEW") == "1"
+# The row-block scores pass's diagonal sums skew each tile through the program's own slot of a global fp32 scratch
+# (`SCRATCH`, `RB * BLOCK_N` floats a program, L2-resident) instead of `tl.gather` in registers: off until timed on a
+# GPU (`scripts/profile_kernels.py --lastq`, `rows_scr_*`); SPARSEBENCH_LASTQ_DIAG=scratch at import turns it on.
+# (Session 5 timed and dropped a mode that stored every probability by (row, offset) for torch to sum: 2.4x slower.)
+_DIAG_SCRATCH = os.environ.get("SPARSEBENCH_LASTQ_DIAG") == "scratch"
 # rows a program takes in pass 1 (no diagonal gather) and in pass 2 (its [rows, BT] gather bounds the registers)
 _RB_STATS = 128
 _RB_SCORES = 32
@@ -399,15 +402,14 @@ def _use_rows(rows: bool | None, D: int, pack_heads: bool, L: int, importance: b
 
 
 def _rows_path(q, k, scale: float, L: int, S: int, importance: bool, block_n: int, tpp: int, num_warps: int,
-               num_stages: int, interpret: bool, prec: str, G: int, skew: bool = False):
+               num_stages: int, interpret: bool, prec: str, G: int, scratch: bool = False):
     """Both passes through the row-block kernels: `(vertical, slash)` (slash None with `importance`, where `S` is
-    n_keys and vertical holds the column means). `skew`: the slash from the stored `[B*H, L, S]` probabilities by
-    offset (`SKEW`) instead of per-tile diagonal sums."""
+    n_keys and vertical holds the column means). `scratch`: the diagonal sums skew through a global scratch slot
+    per program (`SCRATCH`) instead of a register gather."""
     B, H, _, D = q.shape
-    skew = skew and not importance
+    scratch = scratch and not importance
     rb_stats = min(_RB_STATS, max(16, _pow2ceil(L)))
-    # without the diagonal gather, pass 2 holds no more than pass 1 does
-    RB = rb_stats if skew else min(_RB_SCORES, max(16, _pow2ceil(L)))
+    RB = min(_RB_SCORES, max(16, _pow2ceil(L)))
     NRB = -(-L // RB)
     nt = -(-S // block_n)
     npg = -(-nt // tpp)
@@ -427,26 +429,17 @@ def _rows_path(q, k, scale: float, L: int, S: int, importance: bool, block_n: in
     v = torch.empty(NRB, B * H, S, dtype=torch.float32, device=dev)
     if importance:
         BT, dg = 16, v  # no diagonals: DG's pointer and strides unused
-    elif skew:
-        BT = 16
-        dg = torch.empty(1, B * H, L, S, dtype=torch.float32, device=dev)  # every (row, offset <= position) written
     else:
         BT = _pow2ceil(block_n + RB - 1)
         dg = torch.empty(NRB, B * H, nt, BT, dtype=torch.float32, device=dev)
-    kernels[3][grid](q, k, m, l, v, dg, *strides, m.stride(0), v.stride(0), v.stride(1),
-                     0 if skew else dg.stride(0), dg.stride(1), dg.stride(2) if not importance else 0, S, L, H, G, nt,
-                     float(scale), BT=BT, IMPORTANCE=importance, SKEW=skew, **common)
+    scr = torch.empty(npg * B * H * NRB * RB * block_n, dtype=torch.float32, device=dev) if scratch else None
+    kernels[3][grid](q, k, m, l, v, dg, *strides, m.stride(0), v.stride(0), v.stride(1), dg.stride(0), dg.stride(1),
+                     dg.stride(2) if not importance else 0, S, L, H, G, nt, float(scale), BT=BT,
+                     IMPORTANCE=importance, SCR=scr, SCRATCH=scratch, **common)
+    del scr
     vertical = v[0] if NRB == 1 else v.sum(0)
     if importance:
         return vertical / L, None
-    if skew:
-        ps = dg[0]
-        # offsets up to S - L are on every row; past that, row i reaches offset S - L + i only (the rest unwritten)
-        head = ps[:, :, :S - L + 1].sum(1)
-        o = torch.arange(S - L + 1, S, device=dev)
-        reach = o[None, :] <= (S - L + torch.arange(L, device=dev))[:, None]
-        tail = torch.where(reach, ps[:, :, S - L + 1:], 0.0).sum(1)
-        return vertical, torch.cat([head, tail], dim=1)
     if NRB == 1:
         dg_all = dg[0]
     else:
@@ -460,14 +453,15 @@ def _rows_path(q, k, scale: float, L: int, S: int, importance: bool, block_n: in
 def last_q_scores_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float, block_n: int | None = None,
                          num_warps: int = 4, num_stages: int = 2, pack_heads: bool = False,
                          rows: bool | None = None, tiles_per_program: int | None = None,
-                         skew: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                         scratch: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """`(vertical [B, H, S], slash [B, H, S])` fp32 of `last_q_scores_naive` (arguments as there).
 
     `pack_heads`: one program per (key tile, KV head) serving its G query heads, else one per (key tile, query
     head) (default: measured faster, see `_default_block_n`). Same outputs either way, up to the dot's summation
     order. `block_n` None: `_default_block_n(L)`. `rows`: the row-block kernels (module doc) if True, the per-tile
     ones if False, if None as `_use_rows` decides (more than 64 queries); `tiles_per_program` (row-block kernels):
-    default `_TPP`; `skew` (row-block kernels): the slash by stored probabilities (`_SKEW` if None).
+    default `_TPP`; `scratch` (row-block kernels): the diagonal sums skewed through a global scratch slot per program
+    rather than a register gather (`_DIAG_SCRATCH` if None).
 
     Scratch: fp32 `[B*H, n_tiles, L]` twice (pass 1) and `[B*H, n_tiles, BT]` (diagonal partials), n_tiles =
     ceil(S / block_n), BT = next power of two >= block_n + L - 1.
@@ -479,7 +473,7 @@ def last_q_scores_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float, bl
     q, k, block_n, interpret, prec, G, HP, RC, NCH = _prepare(q_last, k, block_n, pack_heads)
     if _use_rows(rows, D, pack_heads, L, False):
         vertical, slash = _rows_path(q, k, scale, L, S, False, block_n, tiles_per_program or _TPP, num_warps,
-                                     num_stages, interpret, prec, G, _SKEW if skew is None else skew)
+                                     num_stages, interpret, prec, G, _DIAG_SCRATCH if scratch is None else scratch)
         return vertical.view(B, H, S), slash.reshape(B, H, S)
     BT = _pow2ceil(block_n + NCH * RC - 1)
     nt = -(-S // block_n)
