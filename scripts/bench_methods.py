@@ -41,8 +41,6 @@ GPU_COST_VARIANTS = (("minference_vs_torch", "minference", {"pattern": "vertical
                      ("pbs_torch", "pbs", {"scores_kernel": "torch"}),
                      ("xattn_s8_torchsel", "xattn", {"stride": 8}), ("xattn_s16_torchsel", "xattn", {"stride": 16}),
                      # module switches not yet defaults, and the setting a default replaced (VARIANT_PATCH)
-                     ("minference_vs_rows_scr", "minference", {"pattern": "vertical_slash"}),
-                     ("flexprefill_fused_scr", "flexprefill", {"scores_kernel": "triton"}),
                      ("minference_vs_topk_thr", "minference", {"pattern": "vertical_slash"}),
                      ("xattn_s8_noflat", "xattn", {"stride": 8}), ("xattn_s16_noflat", "xattn", {"stride": 16}),
                      ("pbs_rowgather", "pbs", {}))
@@ -52,9 +50,7 @@ VARIANT_ENV = {"xattn_s8_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"},
 _LASTQ = "sparsebench.kernels.last_q_scores.triton"
 # module attributes a variant runs under (switches read from the module at call time): (module, name, value)
 _ANTIDIAG = "sparsebench.kernels.antidiag_score.triton"
-VARIANT_PATCH = {"minference_vs_rows_scr": [(_LASTQ, "_ROWS", True), (_LASTQ, "_DIAG_SCRATCH", True)],
-                 "flexprefill_fused_scr": [(_LASTQ, "_DIAG_SCRATCH", True)],
-                 "minference_vs_topk_thr": [("sparsebench.methods.minference", "_TOP_RANKED", "threshold")],
+VARIANT_PATCH = {"minference_vs_topk_thr": [("sparsebench.methods.minference", "_TOP_RANKED", "threshold")],
                  # session 4's scorer: every key tile through the masked, unflattened loop
                  "xattn_s8_noflat": [(_ANTIDIAG, "_FLATTEN", False), (_ANTIDIAG, "_SPLIT", False)],
                  "xattn_s16_noflat": [(_ANTIDIAG, "_FLATTEN", False), (_ANTIDIAG, "_SPLIT", False)],

@@ -291,7 +291,7 @@ def antidiag_candidates(seq_lens, strides=(8, 16), H=32, HKV=8, D=128) -> list[d
 def lastq_candidates(seq_lens, last_qs=(64, 128), H=32, HKV=8, D=128) -> list[dict]:
     """The last-query vertical/slash scorer (`kernels/last_q_scores`, MInference's and FlexPrefill's estimation
     core): the per-tile kernels unpacked (`bn<BN>w<W>_nopack`) and the row-block kernels (`rows_bn<BN>w<W>t<TPP>`:
-    TPP key tiles a program; `rows_scr_*`: diagonal sums skewed through a scratch slot), next to the torch path
+    TPP key tiles a program), next to the torch path
     `methods.minference.vs_scores`; and
     PBS's key importance (`imp128_*`, 128 queries, n_keys = L - 256) both ways. Each as a share of cuDNN dense
     causal attention on the same inputs."""
@@ -300,9 +300,8 @@ def lastq_candidates(seq_lens, last_qs=(64, 128), H=32, HKV=8, D=128) -> list[di
 
     rows_cands = ([(f"rows_bn64w{w}t{t}", (64, w, True, t)) for w in (8, 4) for t in (8, 16, 4)]
                   + [("rows_bn128w8t8", (128, 8, True, 8))])
-    # the row-block scores pass with its diagonal sums skewed through a global scratch slot per program
-    scr_cands = [(f"rows_scr_bn{bn}w{w}t{t}", (bn, w, "scratch", t)) for bn, w, t in ((64, 4, 16), (64, 8, 16),
-                                                                                      (128, 4, 16), (64, 4, 8))]
+    # the row-block kernels at 128-key tiles with 4 warps, the default before session 5 at 128 queries
+    rows_cands += [("rows_bn128w4t16", (128, 4, True, 16))]
     tile_cands = [(f"bn{bn}w4_nopack", (bn, 4, False, None)) for bn in (64, 128)]
     rows = []
 
@@ -322,10 +321,10 @@ def lastq_candidates(seq_lens, last_qs=(64, 128), H=32, HKV=8, D=128) -> list[di
             ql = q[:, :, L - lq:]
             record(f"lastq{lq}_torch", L, lambda: vs_scores(q, k, lq, D ** -0.5), dense_ms,  # noqa: B023
                    f"lastq L={L} last_q={lq} torch")
-            for name, (bn, w, use_rows, tpp) in tile_cands + rows_cands + scr_cands:
+            for name, (bn, w, use_rows, tpp) in tile_cands + rows_cands:
                 fn = (lambda bn=bn, w=w, use_rows=use_rows, tpp=tpp: last_q_scores_triton(
                     ql, k, D ** -0.5, block_n=bn, num_warps=w, pack_heads=False, rows=bool(use_rows),  # noqa: B023
-                    tiles_per_program=tpp, scratch=use_rows == "scratch"))
+                    tiles_per_program=tpp))
                 record(f"lastq{lq}_{name}", L, fn, dense_ms, f"lastq L={L} last_q={lq} {name}")
         ql, n_keys = q[:, :, L - 128:], L - 256
         for name, (bn, w, use_rows, tpp) in [("bn128w4_nopack", (128, 4, False, None))] + rows_cands[:3]:

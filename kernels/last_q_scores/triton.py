@@ -25,8 +25,7 @@ head dims): the grid is (run of `tiles_per_program` key tiles, query head, block
 queries once and walks its key tiles, one `[rows, D] x [D, BLOCK_N]` dot per tile: pass 1 keeps each row's online
 (m, l) over its tiles (scratch `[B*H, programs, L]`), pass 2 writes each tile's column sums and diagonal sums per row
 block (`_RB_SCORES` rows, which bound the gather's registers), and torch adds the row blocks (the diagonals of row
-block rb shifted by rb * rows). With `scratch` pass 2 skews each tile's probabilities through a per-program slot in
-global memory instead of a register gather (`_DIAG_SCRATCH`). Same values up to summation order.
+block rb shifted by rb * rows). Same values up to summation order.
 
 Both passes write the same scratch, per query head, whether heads are packed or not. Within a program the K tile's
 slices are loaded again for each row tile (`NG * NCH` times): after the first, from L1/L2 rather than DRAM.
@@ -222,13 +221,11 @@ def _lastq_stats_rows(Q, K, MT, LT, sqb, sqh, sqt, skb, skh, sks, smb, smt, S, L
 
 def _lastq_scores_rows(Q, K, M, LS, V, DG, sqb, sqh, sqt, skb, skh, sks, smb, svr, svb, sdr, sdb, sdt, S, L, H, G,
                        NT, scale, D: tl.constexpr, RB: tl.constexpr, BLOCK_N: tl.constexpr, BT: tl.constexpr,
-                       TPP: tl.constexpr, INTERPRET: tl.constexpr, PREC: tl.constexpr, IMPORTANCE: tl.constexpr,
-                       SCR=None, SCRATCH: tl.constexpr = False):
+                       TPP: tl.constexpr, INTERPRET: tl.constexpr, PREC: tl.constexpr, IMPORTANCE: tl.constexpr):
     """Row-block pass 2 (`_lastq_scores`' outputs, per row block): each tile's column sums over the block's rows go
     to `V[row block]`, its diagonal sums (indexed by the row within the block) to `DG[row block]`; torch adds the
-    row blocks. The diagonal sums skew the `[RB, BLOCK_N]` probabilities so that diagonals become columns: by
-    `tl.gather` in registers, or with `SCRATCH` through the program's own `RB * BLOCK_N` fp32 slot of `SCR`
-    (stored, then loaded back skewed: each row one contiguous run; the slot stays in L2, reused by its tiles)."""
+    row blocks. The diagonal sums skew the `[RB, BLOCK_N]` probabilities in registers (`tl.gather`) so that
+    diagonals become columns."""
     pid_t = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     rb = tl.program_id(2)
@@ -256,14 +253,7 @@ def _lastq_scores_rows(Q, K, M, LS, V, DG, sqb, sqh, sqt, skb, skh, sks, smb, sv
             # diagonal t = r - key_in_tile + BN - 1 (r: the row within the block): entry (r, t) is p[r, r + BN-1 - t]
             idx = r[:, None] + (BLOCK_N - 1) - tt[None, :]
             inside = (idx >= 0) & (idx < BLOCK_N)
-            if SCRATCH:
-                slot = SCR + ((pid_t * tl.num_programs(1) + bh) * tl.num_programs(2) + rb).to(tl.int64) * (RB * BLOCK_N)
-                tl.store(slot + r[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :], p)
-                tl.debug_barrier()  # the skewed load reads what other threads of this program stored
-                g = tl.load(slot + r[:, None] * BLOCK_N + idx, mask=inside, other=0.0)
-                tl.debug_barrier()  # the slot is rewritten by the next tile
-            else:
-                g = tl.where(inside, tl.gather(p, tl.where(inside, idx, 0), 1), 0.0)
+            g = tl.where(inside, tl.gather(p, tl.where(inside, idx, 0), 1), 0.0)
             tl.store(d_base + tile.to(tl.int64) * sdt + tt, tl.sum(g, 0), mask=(tt < BT) & (tile < NT))
 
 
@@ -373,15 +363,18 @@ def _prepare(q_last, k, block_n: int | None, pack_heads: bool):
 # tile. SPARSEBENCH_LASTQ_ROWS=1 (or 0) in the environment at import forces them on (off) for both.
 _ROWS = {"1": True, "0": False}.get(os.environ.get("SPARSEBENCH_LASTQ_ROWS", ""))
 _ROWS_MIN_L = 65
-# The row-block scores pass's diagonal sums skew each tile through the program's own slot of a global fp32 scratch
-# (`SCRATCH`, `RB * BLOCK_N` floats a program, L2-resident) instead of `tl.gather` in registers: off until timed on a
-# GPU (`scripts/profile_kernels.py --lastq`, `rows_scr_*`); SPARSEBENCH_LASTQ_DIAG=scratch at import turns it on.
-# (Session 5 timed and dropped a mode that stored every probability by (row, offset) for torch to sum: 2.4x slower.)
-_DIAG_SCRATCH = os.environ.get("SPARSEBENCH_LASTQ_DIAG") == "scratch"
+# Two other ways to the diagonal sums were timed on an H200 in session 5 (bf16, H=32, HKV=8, D=128, 64K keys) and
+# dropped: every probability stored by (row, offset) for torch to sum the rows (2.38 vs 0.97 ms at 64 queries), and
+# each tile skewed through a per-program global scratch slot instead of `tl.gather` (1.16 vs 1.03 ms at 64 queries,
+# 2.14 vs 1.94 ms at 128).
 # rows a program takes in pass 1 (no diagonal gather) and in pass 2 (its [rows, BT] gather bounds the registers)
 _RB_STATS = 128
 _RB_SCORES = 32
 _TPP = 16  # 8-16 measured best (4 warps); 4 a little slower
+# key tile of the row-block scores path when block_n is not given: at 128 queries and 64K keys (H200, session 4-5)
+# 64-key tiles took 1.94-1.95 ms for both passes, while FlexPrefill's estimate at 128-key tiles (the per-tile default,
+# `_default_block_n`, which the row-block path took until session 5) profiled 0.33 + 1.96 ms for the two kernels
+_ROWS_BLOCK_N = 64
 
 
 def _rows_ok(D: int) -> bool:
@@ -402,12 +395,10 @@ def _use_rows(rows: bool | None, D: int, pack_heads: bool, L: int, importance: b
 
 
 def _rows_path(q, k, scale: float, L: int, S: int, importance: bool, block_n: int, tpp: int, num_warps: int,
-               num_stages: int, interpret: bool, prec: str, G: int, scratch: bool = False):
+               num_stages: int, interpret: bool, prec: str, G: int):
     """Both passes through the row-block kernels: `(vertical, slash)` (slash None with `importance`, where `S` is
-    n_keys and vertical holds the column means). `scratch`: the diagonal sums skew through a global scratch slot
-    per program (`SCRATCH`) instead of a register gather."""
+    n_keys and vertical holds the column means)."""
     B, H, _, D = q.shape
-    scratch = scratch and not importance
     rb_stats = min(_RB_STATS, max(16, _pow2ceil(L)))
     RB = min(_RB_SCORES, max(16, _pow2ceil(L)))
     NRB = -(-L // RB)
@@ -432,11 +423,9 @@ def _rows_path(q, k, scale: float, L: int, S: int, importance: bool, block_n: in
     else:
         BT = _pow2ceil(block_n + RB - 1)
         dg = torch.empty(NRB, B * H, nt, BT, dtype=torch.float32, device=dev)
-    scr = torch.empty(npg * B * H * NRB * RB * block_n, dtype=torch.float32, device=dev) if scratch else None
     kernels[3][grid](q, k, m, l, v, dg, *strides, m.stride(0), v.stride(0), v.stride(1), dg.stride(0), dg.stride(1),
                      dg.stride(2) if not importance else 0, S, L, H, G, nt, float(scale), BT=BT,
-                     IMPORTANCE=importance, SCR=scr, SCRATCH=scratch, **common)
-    del scr
+                     IMPORTANCE=importance, **common)
     vertical = v[0] if NRB == 1 else v.sum(0)
     if importance:
         return vertical / L, None
@@ -452,16 +441,15 @@ def _rows_path(q, k, scale: float, L: int, S: int, importance: bool, block_n: in
 
 def last_q_scores_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float, block_n: int | None = None,
                          num_warps: int = 4, num_stages: int = 2, pack_heads: bool = False,
-                         rows: bool | None = None, tiles_per_program: int | None = None,
-                         scratch: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                         rows: bool | None = None, tiles_per_program: int | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """`(vertical [B, H, S], slash [B, H, S])` fp32 of `last_q_scores_naive` (arguments as there).
 
     `pack_heads`: one program per (key tile, KV head) serving its G query heads, else one per (key tile, query
     head) (default: measured faster, see `_default_block_n`). Same outputs either way, up to the dot's summation
-    order. `block_n` None: `_default_block_n(L)`. `rows`: the row-block kernels (module doc) if True, the per-tile
-    ones if False, if None as `_use_rows` decides (more than 64 queries); `tiles_per_program` (row-block kernels):
-    default `_TPP`; `scratch` (row-block kernels): the diagonal sums skewed through a global scratch slot per program
-    rather than a register gather (`_DIAG_SCRATCH` if None).
+    order. `rows`: the row-block kernels (module doc) if True, the per-tile ones if False, if None as `_use_rows`
+    decides (more than 64 queries). `block_n` None: `_ROWS_BLOCK_N` for the row-block kernels, `_default_block_n(L)`
+    for the per-tile ones. `tiles_per_program` (row-block kernels): default `_TPP`.
 
     Scratch: fp32 `[B*H, n_tiles, L]` twice (pass 1) and `[B*H, n_tiles, BT]` (diagonal partials), n_tiles =
     ceil(S / block_n), BT = next power of two >= block_n + L - 1.
@@ -470,10 +458,13 @@ def last_q_scores_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float, bl
     why = supports(D, L)
     if why:
         raise ValueError(f"last_q_scores_triton: {why}")
+    use_rows = _use_rows(rows, D, pack_heads, L, False)
+    if use_rows and block_n is None:
+        block_n = _ROWS_BLOCK_N
     q, k, block_n, interpret, prec, G, HP, RC, NCH = _prepare(q_last, k, block_n, pack_heads)
-    if _use_rows(rows, D, pack_heads, L, False):
+    if use_rows:
         vertical, slash = _rows_path(q, k, scale, L, S, False, block_n, tiles_per_program or _TPP, num_warps,
-                                     num_stages, interpret, prec, G, _DIAG_SCRATCH if scratch is None else scratch)
+                                     num_stages, interpret, prec, G)
         return vertical.view(B, H, S), slash.reshape(B, H, S)
     BT = _pow2ceil(block_n + NCH * RC - 1)
     nt = -(-S // block_n)

@@ -133,17 +133,15 @@ def test_importance_bad_arguments_raise():
 
 
 # ---------------------------------------------------------------------------------------------- Triton
-_MODES = {True: "packed", False: "perhead", "rows": "rows", "scratch": "scratch"}
-_IMP_MODES = (True, False, "rows")  # the importance pass has no slash: no scratch mode
+_MODES = {True: "packed", False: "perhead", "rows": "rows"}
+_IMP_MODES = (True, False, "rows")
 
 
 def _mode_kw(pack) -> dict:
     """Kernel arguments of a case's mode: heads packed, one program per query head (tile kernels), or the row-block
-    kernels (3 key tiles a program, so that runs of tiles end inside and past the keys), with the diagonal sums
-    skewed through a global scratch slot (`scratch`) or in registers."""
-    if pack in ("rows", "scratch"):
-        kw = {"scratch": True} if pack == "scratch" else {}
-        return {"pack_heads": False, "rows": True, "tiles_per_program": 3, **kw}
+    kernels (3 key tiles a program, so that runs of tiles end inside and past the keys)."""
+    if pack == "rows":
+        return {"pack_heads": False, "rows": True, "tiles_per_program": 3}
     return {"pack_heads": pack, "rows": False}
 
 
@@ -154,7 +152,7 @@ def _p(B, H, HKV, L, S, D, dtype="float32", block_n=64, pack=True):
 
 def _both(*args, **kw):
     """The case with the heads of a KV head packed into one program, one program per (key tile, query head), and
-    the row-block kernels (diagonal sums skewed in registers, or through a scratch slot)."""
+    the row-block kernels."""
     return [_p(*args, **kw, pack=m) for m in _MODES]
 
 
@@ -486,7 +484,7 @@ def test_compiled_kernels_keep_their_constexprs():
     assert [p.name for p in stats_rows.params if p.is_constexpr] == ["D", "RB", "BLOCK_N", "TPP", "INTERPRET", "PREC",
                                                                      "CAUSAL", "ROUND_DOT"]
     assert [p.name for p in scores_rows.params if p.is_constexpr] == ["D", "RB", "BLOCK_N", "BT", "TPP", "INTERPRET",
-                                                                      "PREC", "IMPORTANCE", "SCRATCH"]
+                                                                      "PREC", "IMPORTANCE"]
 
 
 def test_rows_kernel_needs_unpacked_heads_and_a_power_of_two_head_dim():

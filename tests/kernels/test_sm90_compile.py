@@ -136,14 +136,13 @@ def test_antidiag_score_pointer_loads(compiled):
 
 
 @pytest.mark.parametrize("L,D,pack", [(64, 128, True), (128, 128, True), (64, 256, True), (64, 128, False),
-                                      (64, 128, "rows"), (128, 128, "rows"), (64, 256, "rows"),
-                                      (64, 128, "scratch"), (128, 128, "scratch")])
+                                      (64, 128, "rows"), (128, 128, "rows"), (64, 256, "rows")])
 def test_last_q_scores(L, D, pack, compiled):
     from sparsebench.kernels.last_q_scores import triton as lq
 
     q = torch.zeros(1, 8, L, D, dtype=torch.bfloat16)
     k = torch.zeros(1, 2, 4096, D, dtype=torch.bfloat16)
-    kw = ({"rows": True, "scratch": pack == "scratch"} if pack in ("rows", "scratch")
+    kw = ({"rows": True} if pack == "rows"
           else {"pack_heads": pack, "rows": False})
     lq.last_q_scores_triton(q, k, D ** -0.5, **kw)
     _check(compiled, 2)
