@@ -41,20 +41,17 @@ GPU_COST_VARIANTS = (("minference_vs_torch", "minference", {"pattern": "vertical
                      ("pbs_torch", "pbs", {"scores_kernel": "torch"}),
                      ("xattn_s8_torchsel", "xattn", {"stride": 8}), ("xattn_s16_torchsel", "xattn", {"stride": 16}),
                      # module switches not yet defaults, and the setting a default replaced (VARIANT_PATCH)
-                     ("minference_vs_topk_thr", "minference", {"pattern": "vertical_slash"}),
                      ("xattn_s8_noflat", "xattn", {"stride": 8}), ("xattn_s16_noflat", "xattn", {"stride": 16}),
                      ("pbs_rowgather", "pbs", {}))
 # environment a variant runs under (switches that are not constructor knobs, read at call time)
 VARIANT_ENV = {"xattn_s8_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"},
                "xattn_s16_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"}}
-_LASTQ = "sparsebench.kernels.last_q_scores.triton"
 # module attributes a variant runs under (switches read from the module at call time): (module, name, value)
 _ANTIDIAG = "sparsebench.kernels.antidiag_score.triton"
-VARIANT_PATCH = {"minference_vs_topk_thr": [("sparsebench.methods.minference", "_TOP_RANKED", "threshold")],
-                 # session 4's scorer: every key tile through the masked, unflattened loop
-                 "xattn_s8_noflat": [(_ANTIDIAG, "_FLATTEN", False), (_ANTIDIAG, "_SPLIT", False)],
-                 "xattn_s16_noflat": [(_ANTIDIAG, "_FLATTEN", False), (_ANTIDIAG, "_SPLIT", False)],
-                 "pbs_rowgather": [("sparsebench.methods.pbs", "_ROW_GATHER", True)]}
+VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the masked, unflattened loop
+    "xattn_s8_noflat": [(_ANTIDIAG, "_FLATTEN", False), (_ANTIDIAG, "_SPLIT", False)],
+    "xattn_s16_noflat": [(_ANTIDIAG, "_FLATTEN", False), (_ANTIDIAG, "_SPLIT", False)],
+    "pbs_rowgather": [("sparsebench.methods.pbs", "_ROW_GATHER", True)]}
 
 
 @contextlib.contextmanager
