@@ -72,22 +72,21 @@ _CHUNK_BYTES = 2 << 30
 
 
 # ------------------------------------------------------------------------------------------------ pieces
-def threshold_blocks(probs: torch.Tensor, allowed: torch.Tensor, threshold: float) -> torch.Tensor:
+def threshold_blocks(probs: torch.Tensor, allowed: torch.Tensor, threshold: float,
+                     kernel: bool = False) -> torch.Tensor:
     """Per row, the minimal set of highest-probability blocks whose mass reaches `threshold` (crossing included).
 
     probs `[..., NK]` fp32 (NaN where a row has no allowed block), allowed `[..., NK]` bool -> `[..., NK]` bool.
     Rows that never reach `threshold` keep nothing. Ties go to the lower block index. `threshold >= 1` keeps every
-    allowed block.
+    allowed block. `kernel`: through `kernels/row_rank`'s fused kernel (`mass_prefix_triton`, CUDA, rows of at most
+    4096 blocks) instead of the torch reference (`mass_prefix_naive`); the same rule, its fp32 running sum added in
+    another order.
     """
     if threshold >= 1:
         return allowed.expand(probs.shape).clone()
-    probs = torch.nan_to_num(probs, nan=0.0)
-    srt, order = torch.sort(probs, dim=-1, descending=True, stable=True)
-    reached = srt.cumsum(-1) >= threshold
-    first = reached.int().argmax(-1, keepdim=True)
-    ramp = torch.arange(probs.shape[-1], device=probs.device)
-    keep_sorted = (ramp <= first) & reached.any(-1, keepdim=True)
-    return torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted)
+    from sparsebench.kernels import row_rank
+
+    return (row_rank.mass_prefix_triton if kernel else row_rank.mass_prefix_naive)(probs, threshold)
 
 
 def _block_layout(T: int, S: int, block_size: int, segment_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -163,6 +162,22 @@ def _importance_triton(q: torch.Tensor, k: torch.Tensor, scale: float, L: int, S
     return last_q_importance_triton(q[:, :, q.shape[2] - L:], k, scale, Sc)
 
 
+# The estimator's two sorts (each segment's keys by importance; each query block's key blocks by probability, with
+# the cumulative-mass rule) through `kernels/row_rank`'s fused kernels on CUDA: False (default) keeps torch's stable
+# sorts until the kernels are timed on a GPU (scripts/bench_methods.py, `pbs_sortk`). Same orders; the mass rule's
+# fp32 running sum is added in another order (see `threshold_blocks`).
+_SORT_KERNEL = False
+
+
+def _sort_kernel(q: torch.Tensor, segment_size: int, nk: int) -> bool:
+    """Whether this call sorts through `kernels/row_rank` (`_SORT_KERNEL`, CUDA, rows within the kernel's width)."""
+    if not _SORT_KERNEL or not (q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+        return False
+    from sparsebench.kernels.row_rank.triton import MAX_N
+
+    return max(segment_size, nk) <= MAX_N
+
+
 def _estimate_heads(q: torch.Tensor, k: torch.Tensor, scale: float, block_size: int, segment_size: int,
                     threshold: float, force_first_block: bool, last_q: int,
                     imp: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,7 +198,13 @@ def _estimate_heads(q: torch.Tensor, k: torch.Tensor, scale: float, block_size: 
         imp = _importance_torch(q, k, scale, L, Sc)
 
     # 2) order each segment by importance, descending; the remainder stays in place
-    order = torch.sort(imp.view(B, HC, nseg, segment_size), dim=-1, descending=True, stable=True).indices
+    kernel = _sort_kernel(q, segment_size, -(-S // block_size))
+    if kernel:
+        from sparsebench.kernels.row_rank import desc_order_triton
+
+        order = desc_order_triton(imp.view(B, HC, nseg, segment_size))
+    else:
+        order = torch.sort(imp.view(B, HC, nseg, segment_size), dim=-1, descending=True, stable=True).indices
     seg0 = torch.arange(0, Sc, segment_size, device=q.device)[:, None]
     perm = torch.cat([(order + seg0).view(B, HC, Sc),
                       torch.arange(Sc, S, device=q.device).expand(B, HC, S - Sc)], dim=-1)
@@ -197,7 +218,7 @@ def _estimate_heads(q: torch.Tensor, k: torch.Tensor, scale: float, block_size: 
     scores = torch.einsum("bhqd,bhkd->bhqk", qbar, kbar).mul_(scale)
     probs = torch.softmax(scores.masked_fill_(~allowed, float("-inf")), dim=-1, dtype=torch.float32)
     del scores
-    mask = threshold_blocks(probs, allowed, threshold)
+    mask = threshold_blocks(probs, allowed, threshold, kernel)
     if force_first_block:
         # original token 0 sits in segment 0, wherever the permutation put it
         nbps = segment_size // block_size

@@ -204,3 +204,15 @@ def test_xattn_select(NK, nonneg, compiled):
         use = _ptxas_usage(compiled[0][1])
         assert use["spill_stores"] == use["spill_loads"] == 0, use
         assert use["registers"] <= 128, use  # 128 threads x 128 registers: 4 programs still fit an SM's 64K
+
+
+@pytest.mark.parametrize("N", [256, 512, 1024, 4096])
+def test_row_rank(N, compiled):
+    """kernels/row_rank: both kernels at PBS's row widths (segments of 256 keys, 512-1024 key blocks) and the
+    widest row."""
+    from sparsebench.kernels.row_rank import desc_order_triton, mass_prefix_triton
+
+    x = torch.zeros(64, N)
+    desc_order_triton(x)
+    mass_prefix_triton(x, 0.9)
+    _check(compiled, 2)
