@@ -129,10 +129,17 @@ def _pooled_permuted_keys(k: torch.Tensor, order: torch.Tensor, block_size: int)
     HC, nseg, seg = order.shape[1:]
     G, nbps, Sc = HC // hc, seg // block_size, nseg * seg
     acc = torch.float64 if k.dtype == torch.float32 else torch.float32
-    member = torch.zeros(B, hc, nseg, G, nbps, seg, dtype=acc, device=k.device)
+    # 16-bit keys on CUDA with `_POOL_MM16`: one 16-bit GEMM with fp32 output (exact 0/1 x key products, fp32 sums)
+    # instead of an fp32 copy of the keys
+    mm16 = _POOL_MM16 and k.is_cuda and k.dtype in (torch.float16, torch.bfloat16)
+    member = torch.zeros(B, hc, nseg, G, nbps, seg, dtype=k.dtype if mm16 else acc, device=k.device)
     member.scatter_(-1, order.view(B, hc, G, nseg, nbps, block_size).transpose(2, 3), 1.0)
-    keys = k[:, :, :Sc].to(acc).unflatten(2, (nseg, seg))
-    sums = torch.matmul(member.view(B, hc, nseg, G * nbps, seg), keys)
+    if mm16:
+        keys = k[:, :, :Sc].unflatten(2, (nseg, seg)).reshape(B * hc * nseg, seg, D)
+        sums = torch.bmm(member.view(B * hc * nseg, G * nbps, seg), keys, out_dtype=torch.float32)
+    else:
+        keys = k[:, :, :Sc].to(acc).unflatten(2, (nseg, seg))
+        sums = torch.matmul(member.view(B, hc, nseg, G * nbps, seg), keys)
     means = sums.view(B, hc, nseg, G, nbps, D).transpose(2, 3).reshape(B, HC, nseg * nbps, D)
     means = means.to(torch.float32).div_(block_size).to(k.dtype)
     if Sc == S:
@@ -162,6 +169,9 @@ def _importance_triton(q: torch.Tensor, k: torch.Tensor, scale: float, L: int, S
     return last_q_importance_triton(q[:, :, q.shape[2] - L:], k, scale, Sc)
 
 
+# Pool the permuted keys of 16-bit inputs on CUDA by a 16-bit GEMM with fp32 output (`torch.bmm(..., out_dtype=)`)
+# rather than an fp32 GEMM on an fp32 copy of the keys: False (default) until timed (bench_methods `pbs_poolmm`).
+_POOL_MM16 = False
 # The estimator's two sorts (each segment's keys by importance; each query block's key blocks by probability, with
 # the cumulative-mass rule) through `kernels/row_rank`'s fused kernels on CUDA: False (default) keeps torch's stable
 # sorts until the kernels are timed on a GPU (scripts/bench_methods.py, `pbs_sortk`). Same orders; the mass rule's

@@ -42,7 +42,8 @@ GPU_COST_VARIANTS = (("minference_vs_torch", "minference", {"pattern": "vertical
                      ("xattn_s8_torchsel", "xattn", {"stride": 8}), ("xattn_s16_torchsel", "xattn", {"stride": 16}),
                      # module switches not yet defaults, and the setting a default replaced (VARIANT_PATCH)
                      ("xattn_s8_noflat", "xattn", {"stride": 8}), ("xattn_s16_noflat", "xattn", {"stride": 16}),
-                     ("pbs_rowgather", "pbs", {}), ("pbs_sortk", "pbs", {}))
+                     ("pbs_rowgather", "pbs", {}), ("pbs_sortk", "pbs", {}),
+                     ("pbs_poolmm", "pbs", {}))
 # environment a variant runs under (switches that are not constructor knobs, read at call time)
 VARIANT_ENV = {"xattn_s8_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"},
                "xattn_s16_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"}}
@@ -52,7 +53,8 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
     "xattn_s8_noflat": [(_ANTIDIAG, "_FLATTEN", False), (_ANTIDIAG, "_SPLIT", False)],
     "xattn_s16_noflat": [(_ANTIDIAG, "_FLATTEN", False), (_ANTIDIAG, "_SPLIT", False)],
     "pbs_rowgather": [("sparsebench.methods.pbs", "_ROW_GATHER", True)],
-    "pbs_sortk": [("sparsebench.methods.pbs", "_SORT_KERNEL", True)]}
+    "pbs_sortk": [("sparsebench.methods.pbs", "_SORT_KERNEL", True)],
+    "pbs_poolmm": [("sparsebench.methods.pbs", "_POOL_MM16", True)]}
 
 
 @contextlib.contextmanager

@@ -515,3 +515,21 @@ def test_sort_kernels_gpu_match_torch_sorts(monkeypatch):
     got = pbs.pbs_estimate(q, k, 128 ** -0.5)
     assert torch.equal(ref[0], got[0])
     assert (ref[1] != got[1]).float().mean().item() <= 1e-4
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_pool_mm16_gpu_matches_fp32_pooling(monkeypatch):
+    """`_POOL_MM16` (16-bit GEMM, fp32 output) pools the permuted keys as the fp32 GEMM does: the same bf16 means
+    up to the fp32 sums' order (a last-bit flip allowed on a 1e-3 share)."""
+    import sparsebench.methods.pbs as pbs
+
+    g = torch.Generator(device="cuda").manual_seed(1)
+    k = torch.randn(1, 8, 8192, 128, device="cuda", dtype=torch.bfloat16, generator=g)
+    order = torch.argsort(torch.rand(1, 32, 32, 256, device="cuda", generator=g), dim=-1)
+    ref = pbs._pooled_permuted_keys(k, order, 128)
+    monkeypatch.setattr(pbs, "_POOL_MM16", True)
+    got = pbs._pooled_permuted_keys(k, order, 128)
+    assert got.dtype == ref.dtype and got.shape == ref.shape
+    assert (got != ref).float().mean().item() <= 1e-3
+    torch.testing.assert_close(got.float(), ref.float(), rtol=1e-2, atol=1e-3)
