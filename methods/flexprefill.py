@@ -66,10 +66,12 @@ Deviations from the official code:
   kernel computes); density counts executed causal pairs (Sparse Frontier counts whole 64 x 64 blocks); one host
   synchronisation per call sizes the index lists (Sparse Frontier synchronises per head).
 
-Option `scores_kernel="triton"` (default `"torch"`; `"auto"`: `"triton"` on CUDA): the last queries' vertical and slash
-scores through the fused kernel `kernels/last_q_scores`, which never materialises their `[B, H, n, N]` softmax; the
-same values up to the summation order of the softmax sums. Opt-in: on an H200 it did not beat the torch path
-(2.12/4.25/9.40 ms against 2.02/4.32/9.57 ms at 32K/64K/128K, CUDA-graph replays, session 4).
+Option `scores_kernel` (default `"auto"`: `"triton"` on CUDA, `"torch"` elsewhere): with `"triton"` the last queries'
+vertical and slash scores go through the fused kernel `kernels/last_q_scores`, which never materialises their
+`[B, H, n, N]` softmax; the same values up to the summation order of the softmax sums. On an H200 (bf16, Llama-3.1-8B
+heads; session 5, bench_methods, once its row-block kernels took 64-key tiles) the whole estimate took 3.75 / 8.64 ms
+with it against 4.43 / 9.90 ms with the torch path at 64K / 128K, but 2.97 against 2.32 ms at 32K. `"torch"` keeps
+the official summation (it was the default until session 5).
 """
 from __future__ import annotations
 
@@ -399,7 +401,7 @@ class FlexPrefill(SparseAttention):
 
     def __init__(self, gamma: float = 0.95, tau: float = 0.1, min_budget: int | None = 1024,
                  max_budget: int | None = None, block_size: int = 128, variant: str = "official",
-                 approximation_size: int | None = None, scores_kernel: str = "torch", executor: str = "auto") -> None:
+                 approximation_size: int | None = None, scores_kernel: str = "auto", executor: str = "auto") -> None:
         if variant not in VARIANTS:
             raise ValueError(f"flexprefill variant={variant!r} is not one of {', '.join(VARIANTS)}")
         check_scores_kernel("flexprefill", scores_kernel)

@@ -170,22 +170,28 @@ def _importance_triton(q: torch.Tensor, k: torch.Tensor, scale: float, L: int, S
 
 
 # Pool the permuted keys of 16-bit inputs on CUDA by a 16-bit GEMM with fp32 output (`torch.bmm(..., out_dtype=)`)
-# rather than an fp32 GEMM on an fp32 copy of the keys: False (default) until timed (bench_methods `pbs_poolmm`).
-_POOL_MM16 = False
+# rather than an fp32 GEMM on an fp32 copy of the keys. On an H200 (bf16, Llama-3.1-8B heads; session 5,
+# bench_methods `pbs_poolmm` against `pbs`) the whole estimate took 1.71 / 3.31 / 8.73 ms against 1.86 / 3.57 /
+# 9.20 ms at 32K / 64K / 128K.
+_POOL_MM16 = True
 # The estimator's two sorts (each segment's keys by importance; each query block's key blocks by probability, with
-# the cumulative-mass rule) through `kernels/row_rank`'s fused kernels on CUDA: False (default) keeps torch's stable
-# sorts until the kernels are timed on a GPU (scripts/bench_methods.py, `pbs_sortk`). Same orders; the mass rule's
-# fp32 running sum is added in another order (see `threshold_blocks`).
-_SORT_KERNEL = False
+# the cumulative-mass rule) through `kernels/row_rank`'s fused kernels on CUDA, for rows of at most
+# `_SORT_KERNEL_MAX_BLOCKS` key blocks; torch's stable sorts otherwise (and with `_SORT_KERNEL=False`). Same orders;
+# the mass rule's fp32 running sum is added in another order (see `threshold_blocks`). On an H200 (session 5,
+# bench_methods `pbs_sortk` against `pbs`) the whole estimate took 1.62 / 3.25 ms against 1.86 / 3.57 ms at 32K / 64K
+# (256 / 512 blocks a row), but 9.52 against 9.20 ms at 128K (1024 blocks a row).
+_SORT_KERNEL = True
+_SORT_KERNEL_MAX_BLOCKS = 512
 
 
 def _sort_kernel(q: torch.Tensor, segment_size: int, nk: int) -> bool:
-    """Whether this call sorts through `kernels/row_rank` (`_SORT_KERNEL`, CUDA, rows within the kernel's width)."""
+    """Whether this call sorts through `kernels/row_rank`: `_SORT_KERNEL`, on CUDA (or under the interpreter), rows
+    of at most `_SORT_KERNEL_MAX_BLOCKS` key blocks, segments within the kernel's width."""
     if not _SORT_KERNEL or not (q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
         return False
     from sparsebench.kernels.row_rank.triton import MAX_N
 
-    return max(segment_size, nk) <= MAX_N
+    return segment_size <= MAX_N and nk <= _SORT_KERNEL_MAX_BLOCKS
 
 
 def _estimate_heads(q: torch.Tensor, k: torch.Tensor, scale: float, block_size: int, segment_size: int,
@@ -408,7 +414,9 @@ class PBS(SparseAttention):
     name = "pbs"
     label = "PBS-Attn"
     paper = "arXiv:2510.21270"
-    impl_version = 2  # 2: permuted keys pooled by a membership matmul (fp32 means may move in the last bit)
+    # 2: permuted keys pooled by a membership matmul (fp32 means may move in the last bit); 3: on CUDA, that matmul in
+    # 16 bits with fp32 output, and the sorts (with the mass rule's fp32 running sum) through kernels/row_rank
+    impl_version = 3
     budget_knob = "threshold"
     budget_increases_density = True
 

@@ -33,17 +33,17 @@ METHODS = ("streaming", "minference", "xattn", "flexprefill", "pbs")
 COST_VARIANTS = (("streaming", "streaming", {}), ("minference_vs", "minference", {"pattern": "vertical_slash"}),
                  ("xattn_s8", "xattn", {"stride": 8}), ("xattn_s16", "xattn", {"stride": 16}),
                  ("flexprefill", "flexprefill", {}), ("pbs", "pbs", {}))
-# on a GPU also the paths the defaults do not take there: the torch scorers MInference and PBS replaced with the fused
-# kernels/last_q_scores on CUDA (scores_kernel=auto), FlexPrefill's fused scorer (opt-in) and XAttention's torch
-# block selection (the fused select kernel is its CUDA default)
+# on a GPU also the paths the defaults do not take there: the torch scorers that MInference, PBS and FlexPrefill
+# replaced with the fused kernels/last_q_scores on CUDA (scores_kernel=auto) and XAttention's torch block selection
+# (the fused select kernel is its CUDA default)
 GPU_COST_VARIANTS = (("minference_vs_torch", "minference", {"pattern": "vertical_slash", "scores_kernel": "torch"}),
-                     ("flexprefill_fused", "flexprefill", {"scores_kernel": "triton"}),
+                     ("flexprefill_torch", "flexprefill", {"scores_kernel": "torch"}),
                      ("pbs_torch", "pbs", {"scores_kernel": "torch"}),
                      ("xattn_s8_torchsel", "xattn", {"stride": 8}), ("xattn_s16_torchsel", "xattn", {"stride": 16}),
                      # module switches not yet defaults, and the setting a default replaced (VARIANT_PATCH)
                      ("xattn_s8_noflat", "xattn", {"stride": 8}), ("xattn_s16_noflat", "xattn", {"stride": 16}),
-                     ("pbs_rowgather", "pbs", {}), ("pbs_sortk", "pbs", {}),
-                     ("pbs_poolmm", "pbs", {}))
+                     ("pbs_rowgather", "pbs", {}), ("pbs_torchsort", "pbs", {}),
+                     ("pbs_fp32pool", "pbs", {}))
 # environment a variant runs under (switches that are not constructor knobs, read at call time)
 VARIANT_ENV = {"xattn_s8_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"},
                "xattn_s16_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"}}
@@ -53,8 +53,9 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
     "xattn_s8_noflat": [(_ANTIDIAG, "_FLATTEN", False), (_ANTIDIAG, "_SPLIT", False)],
     "xattn_s16_noflat": [(_ANTIDIAG, "_FLATTEN", False), (_ANTIDIAG, "_SPLIT", False)],
     "pbs_rowgather": [("sparsebench.methods.pbs", "_ROW_GATHER", True)],
-    "pbs_sortk": [("sparsebench.methods.pbs", "_SORT_KERNEL", True)],
-    "pbs_poolmm": [("sparsebench.methods.pbs", "_POOL_MM16", True)]}
+    # PBS's defaults until session 5: torch's sorts, and the permuted keys pooled by an fp32 GEMM
+    "pbs_torchsort": [("sparsebench.methods.pbs", "_SORT_KERNEL", False)],
+    "pbs_fp32pool": [("sparsebench.methods.pbs", "_POOL_MM16", False)]}
 
 
 @contextlib.contextmanager

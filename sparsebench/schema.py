@@ -77,7 +77,7 @@ class FlexPrefillConfig(MethodConfig):
     block_size: int = 128
     variant: str = "official"  # official | sparse_frontier
     approximation_size: Optional[int] = None  # sparse_frontier only (None: 512)
-    scores_kernel: str = "torch"  # torch | triton (fused kernels/last_q_scores; not faster on an H200) | auto
+    scores_kernel: str = "auto"  # auto (triton on CUDA) | torch | triton (fused kernels/last_q_scores)
 
 
 @dataclass

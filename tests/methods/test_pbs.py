@@ -487,6 +487,7 @@ def test_sort_kernels_give_the_same_selection_interpret():
         "g = torch.Generator().manual_seed(5)\n"
         "q = torch.randn(1, 4, 1100, 32, generator=g); k = torch.randn(1, 2, 1100, 32, generator=g)\n"
         "q[..., 700:760, :] += 2 * k[..., 100:160, :].repeat_interleave(2, 1)\n"
+        "pbs._SORT_KERNEL = False\n"
         "ref = pbs.pbs_estimate(q, k, 32 ** -0.5, block_size=64, segment_size=128, threshold=0.9)\n"
         "pbs._SORT_KERNEL = True\n"
         "assert pbs._sort_kernel(q, 128, 18)\n"
@@ -510,8 +511,10 @@ def test_sort_kernels_gpu_match_torch_sorts(monkeypatch):
     g = torch.Generator(device="cuda").manual_seed(0)
     q = torch.randn(1, 32, 16384, 128, device="cuda", dtype=torch.bfloat16, generator=g)
     k = torch.randn(1, 8, 16384, 128, device="cuda", dtype=torch.bfloat16, generator=g)
+    monkeypatch.setattr(pbs, "_SORT_KERNEL", False)
     ref = pbs.pbs_estimate(q, k, 128 ** -0.5)
     monkeypatch.setattr(pbs, "_SORT_KERNEL", True)
+    assert pbs._sort_kernel(q, 256, 128)
     got = pbs.pbs_estimate(q, k, 128 ** -0.5)
     assert torch.equal(ref[0], got[0])
     assert (ref[1] != got[1]).float().mean().item() <= 1e-4
@@ -527,6 +530,7 @@ def test_pool_mm16_gpu_matches_fp32_pooling(monkeypatch):
     g = torch.Generator(device="cuda").manual_seed(1)
     k = torch.randn(1, 8, 8192, 128, device="cuda", dtype=torch.bfloat16, generator=g)
     order = torch.argsort(torch.rand(1, 32, 32, 256, device="cuda", generator=g), dim=-1)
+    monkeypatch.setattr(pbs, "_POOL_MM16", False)
     ref = pbs._pooled_permuted_keys(k, order, 128)
     monkeypatch.setattr(pbs, "_POOL_MM16", True)
     got = pbs._pooled_permuted_keys(k, order, 128)
