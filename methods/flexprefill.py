@@ -157,7 +157,7 @@ def last_query_scores(q: torch.Tensor, k: torch.Tensor, n: int, scale: float,
     HKV, S = k.shape[1], k.shape[2]
     G = H // HKV
     q_last = q[:, :, T - n:] * scale
-    if fused_scores(kernel, q):
+    if fused_scores(kernel, q, D, n):
         # the fused kernel (kernels/last_q_scores) with the pre-scaled queries and scale 1: its fp32 dot rounded
         # once to the input dtype is what torch.matmul of q_last returns; its slash is indexed by offset
         if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":

@@ -523,7 +523,7 @@ class MInference(SparseAttention):
         if plan.has("vertical_slash"):
             if naive:
                 vert, slash = vs_scores_naive(q, k, self.last_q, scale)
-            elif fused_scores(self.scores_kernel, q):
+            elif fused_scores(self.scores_kernel, q, q.shape[-1], min(self.last_q, q.shape[2])):
                 vert, slash = vs_scores_triton(q, k, self.last_q, scale)
             else:
                 vert, slash = vs_scores(q, k, self.last_q, scale)

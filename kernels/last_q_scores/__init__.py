@@ -16,9 +16,19 @@ def check_scores_kernel(method: str, choice: str) -> None:
         raise ValueError(f"{method} scores_kernel={choice!r} is not one of {', '.join(SCORES_KERNELS)}")
 
 
-def fused_scores(choice: str, x) -> bool:
-    """Whether `scores_kernel=choice` runs the fused kernels for a tensor `x`: `triton` always, `auto` on CUDA."""
-    return choice == "triton" or (choice == "auto" and x.is_cuda)
+def fused_scores(choice: str, x, head_dim: int | None = None, last_q: int | None = None) -> bool:
+    """Whether `scores_kernel=choice` runs the fused kernels for a tensor `x`: `triton` always (a shape they do not
+    take is then an error), `auto` on CUDA where they take the shape (given `head_dim` and `last_q`: the vertical /
+    slash kernel's `supports`), else the method's torch path."""
+    if choice == "triton":
+        return True
+    if choice != "auto" or not x.is_cuda:
+        return False
+    if head_dim is None or last_q is None:
+        return True
+    from .triton import supports
+
+    return supports(head_dim, last_q) is None
 
 
 def __getattr__(name):

@@ -514,3 +514,17 @@ def test_rows_kernel_default_choice(monkeypatch):
     assert lq._use_rows(None, 128, False, 64, True)
     monkeypatch.setattr(lq, "_ROWS", False)
     assert not lq._use_rows(None, 128, False, 128, False)
+
+
+def test_auto_takes_the_fused_kernels_only_where_they_fit():
+    """`scores_kernel=auto`: the fused kernels on CUDA for shapes they take, the torch path otherwise (FlexPrefill's
+    Sparse Frontier variant scores 512 last queries, past the kernels' 256); `triton` always; never on the CPU."""
+    from types import SimpleNamespace
+
+    from sparsebench.kernels.last_q_scores import fused_scores
+
+    cuda, cpu = SimpleNamespace(is_cuda=True), SimpleNamespace(is_cuda=False)
+    assert fused_scores("auto", cuda) and fused_scores("auto", cuda, 128, 128) and fused_scores("auto", cuda, 256, 64)
+    assert not fused_scores("auto", cuda, 128, 512) and not fused_scores("auto", cuda, 72, 64)
+    assert fused_scores("triton", cpu) and fused_scores("triton", cuda, 128, 512)
+    assert not fused_scores("auto", cpu, 128, 128) and not fused_scores("torch", cuda, 128, 128)
