@@ -51,9 +51,14 @@ tiles), which never materialises the last queries' `[H, last_q, Sc]` softmax. It
 path does (the product to the input dtype, then the scaled value again), so its importance equals the torch path's
 up to summation order (the dot's accumulation, the softmax sums, the mean over rows): the last bits, which can
 reorder two keys of near-equal importance and with them a block mean. On an H200 the whole estimate took
-0.148/0.061/0.035 of dense cuDNN attention time with it against 0.165/0.092/0.049 with the torch path at
-32K/64K/128K (results/tables/bench_methods_cost.csv, session 4); `"torch"` keeps the exact official importance on
+0.114/0.050/0.033 of dense cuDNN attention time with it against 0.145/0.080/0.047 with the torch path at
+32K/64K/128K (results/tables/bench_methods_cost.csv, session 5); `"torch"` keeps the exact official importance on
 any device.
+
+On CUDA two more steps take faster routes with the same rule (`_POOL_MM16`, `_SORT_KERNEL` below): the permuted keys
+are pooled by a 16-bit GEMM with fp32 output, and both sorts (with the cumulative-mass rule) run through
+`kernels/row_rank` for rows of up to 512 key blocks; the sort orders are torch's stable ones bit for bit, the fp32
+sums are added in other orders (as torch's own GPU reductions are).
 """
 from __future__ import annotations
 
