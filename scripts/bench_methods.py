@@ -265,10 +265,18 @@ def profile_part(seq_lens, shape, device, rows_rows, n=3, top=12):
                                             row_limit=top, max_name_column_width=60))
 
 
-def cost_part(seq_lens, shape, device, rows_rows):
+def cost_part(seq_lens, shape, device, rows_rows, repeats: int = 1):
+    """Each estimator's `select` time against dense attention on the same inputs. With `repeats` > 1 every timing is
+    taken that many times, in rounds (dense, then each estimator, per round, so that drift spreads over all), and the
+    rows give the median (`estimation_ms`, `attention_ms`; the share is median over median) with the spread as
+    `*_min` / `*_max` rows: host-bound estimators vary from run to run."""
+    import statistics
+
     from sparsebench.methods import METHODS as REGISTRY
 
     H, HKV, D = shape
+    variants = COST_VARIANTS + (GPU_COST_VARIANTS if device == "cuda" else ())
+    common = dict(heads=H, kv_heads=HKV, head_dim=D, repeats=repeats)
     for L in seq_lens:
         q, k, v, ctx = _cost_inputs(L, shape, device)
 
@@ -278,29 +286,45 @@ def cost_part(seq_lens, shape, device, rows_rows):
             with ctxm:
                 torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
 
+        dense_runs, est_runs, failed = [], {}, {}
         with torch.inference_mode():
-            dense_ms = _time_ms(dense, device)
-            rows_rows.append(dict(part="cost", method="dense_cudnn" if device == "cuda" else "dense_sdpa",
-                                  seq_len=L, metric="attention_ms", value=dense_ms, heads=H, kv_heads=HKV,
-                                  head_dim=D))
-            for label, name, knobs in COST_VARIANTS + (GPU_COST_VARIANTS if device == "cuda" else ()):
-                try:
-                    m = REGISTRY.get(name)(**knobs)
-                    with _variant_env(label):
-                        est_ms = _time_ms(lambda: m.select(q, k, ctx), device)
-                except Exception as e:  # noqa: BLE001  (one failing estimator must not cost the other rows)
-                    rows_rows.append(dict(part="cost", method=label, seq_len=L, metric="status", value=float("nan"),
-                                          status=type(e).__name__, message=str(e)[:200], heads=H, kv_heads=HKV,
-                                          head_dim=D))
-                    print(f"cost    L={L} {label:<16} FAILED {type(e).__name__}: {str(e)[:120]}")
-                    if device == "cuda":
-                        torch.cuda.empty_cache()
-                    continue
-                for metric, val in (("estimation_ms", est_ms), ("estimation_share", est_ms / dense_ms)):
-                    rows_rows.append(dict(part="cost", method=label, seq_len=L, metric=metric, value=val, heads=H,
-                                          kv_heads=HKV, head_dim=D, status="ok"))
-                print(f"cost    L={L} {label:<16} select {est_ms:.3f} ms = {est_ms / dense_ms:.4f} x dense "
-                      f"({dense_ms:.3f} ms)")
+            for _ in range(repeats):
+                dense_runs.append(_time_ms(dense, device))
+                for label, name, knobs in variants:
+                    if label in failed:
+                        continue
+                    try:
+                        m = REGISTRY.get(name)(**knobs)
+                        with _variant_env(label):
+                            est_runs.setdefault(label, []).append(_time_ms(lambda m=m: m.select(q, k, ctx), device))
+                    except Exception as e:  # noqa: BLE001  (one failing estimator must not cost the other rows)
+                        failed[label] = e
+                        print(f"cost    L={L} {label:<16} FAILED {type(e).__name__}: {str(e)[:120]}")
+                        if device == "cuda":
+                            torch.cuda.empty_cache()
+        dense_ms = statistics.median(dense_runs)
+        kind = "dense_cudnn" if device == "cuda" else "dense_sdpa"
+        rows_rows.append(dict(part="cost", method=kind, seq_len=L, metric="attention_ms", value=dense_ms, **common))
+        if repeats > 1:
+            for metric, val in (("attention_ms_min", min(dense_runs)), ("attention_ms_max", max(dense_runs))):
+                rows_rows.append(dict(part="cost", method=kind, seq_len=L, metric=metric, value=val, **common))
+        for label, _, _ in variants:
+            if label in failed:
+                e = failed[label]
+                rows_rows.append(dict(part="cost", method=label, seq_len=L, metric="status", value=float("nan"),
+                                      status=type(e).__name__, message=str(e)[:200], **common))
+                continue
+            runs = est_runs[label]
+            est_ms = statistics.median(runs)
+            metrics = [("estimation_ms", est_ms), ("estimation_share", est_ms / dense_ms)]
+            if repeats > 1:
+                metrics += [("estimation_ms_min", min(runs)), ("estimation_ms_max", max(runs))]
+            for metric, val in metrics:
+                rows_rows.append(dict(part="cost", method=label, seq_len=L, metric=metric, value=val, status="ok",
+                                      **common))
+            spread = f" (min {min(runs):.3f}, max {max(runs):.3f} over {repeats})" if repeats > 1 else ""
+            print(f"cost    L={L} {label:<16} select {est_ms:.3f} ms = {est_ms / dense_ms:.4f} x dense "
+                  f"({dense_ms:.3f} ms){spread}")
 
 
 def main() -> None:
@@ -314,6 +338,8 @@ def main() -> None:
                     "graphs, at the cost lengths), profile (GPU: torch.profiler breakdown of each estimator at "
                     "--profile-lens), comma-separated")
     ap.add_argument("--profile-lens", default="32768,131072")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="cost part: time everything this many times in rounds and report medians (and the spread)")
     ap.add_argument("--autotune", action="store_true",
                     help="let the Triton kernels time their tile candidates on first use per shape "
                          "(SPARSEBENCH_ANTIDIAG_AUTOTUNE=1, SPARSEBENCH_BSA_AUTOTUNE=1); off: the fixed defaults")
@@ -335,7 +361,9 @@ def main() -> None:
     if "recall" in parts:
         recall_part(recall_lens, targets, 1 if args.smoke else args.prompts, device, rows)
     if "cost" in parts:
-        cost_part(cost_lens, shape, device, rows)
+        if args.repeats < 1:
+            ap.error(f"--repeats {args.repeats}: must be at least 1")
+        cost_part(cost_lens, shape, device, rows, args.repeats)
     if "profile" in parts:
         profile_part(cost_lens if args.smoke else [int(x) for x in args.profile_lens.split(",")], shape, device,
                      rows)

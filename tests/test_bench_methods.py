@@ -63,3 +63,18 @@ def test_variant_patches_apply_and_restore():
                 raise RuntimeError("inside")
         assert [getattr(mod, a) for mod, a, _ in mods] == before
         assert label in {v[0] for v in bm.GPU_COST_VARIANTS}
+
+
+def test_bench_methods_cost_repeats_report_medians_and_spread(tmp_path):
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_methods.py"), "--smoke", "--parts", "cost",
+                          "--repeats", "3", "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    df = pd.read_csv(tmp_path / "tables" / "bench_methods_cost.csv")
+    assert (df.repeats == 3).all()
+    est = df[df.method == "xattn_s8"].set_index("metric")["value"]
+    assert est["estimation_ms_min"] <= est["estimation_ms"] <= est["estimation_ms_max"]
+    dense = df[df.method == "dense_sdpa"].set_index("metric")["value"]
+    assert est["estimation_share"] == pytest.approx(est["estimation_ms"] / dense["attention_ms"])
+    bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_methods.py"), "--smoke", "--parts", "cost",
+                          "--repeats", "0", "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "--repeats 0" in bad.stderr
