@@ -265,6 +265,9 @@ def antidiag_block_scores_triton(q: torch.Tensor, k: torch.Tensor, stride: int, 
         raise ValueError(f"antidiag_block_scores_triton: {why}")
     if q.dtype not in (torch.float16, torch.bfloat16, torch.float32) or k.dtype != q.dtype:
         raise ValueError(f"q/k dtypes {q.dtype}/{k.dtype}: need one of fp16, bf16, fp32, the same for both")
+    if not scale > 0:
+        # the unmasked whole tiles take each row's max before scaling (`SPLIT`): a positive scale keeps it the max
+        raise ValueError(f"scale={scale!r} must be > 0 (a softmax scale)")
     row_end = T if row_end is None else min(row_end, T)
     if row_start % block_size or not 0 <= row_start < row_end or (row_end != T and row_end % block_size):
         raise ValueError(f"row range [{row_start}, {row_end}) must be whole blocks of {block_size} inside [0, {T})")

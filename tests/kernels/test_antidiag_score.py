@@ -257,3 +257,5 @@ def test_bad_block_d_raises():
     q, k = _qk(1, 2, 1, 64, 64, 64, torch.float32)
     with pytest.raises(ValueError, match="block_d=48"):
         antidiag_block_scores_triton(q, k, 8, 64, 0.1, block_d=48)
+    with pytest.raises(ValueError, match="scale=-0.1 must be > 0"):
+        antidiag_block_scores_triton(q, k, 8, 64, -0.1)
