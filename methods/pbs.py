@@ -342,13 +342,6 @@ def pbs_estimate_naive(q: torch.Tensor, k: torch.Tensor, scale: float, block_siz
 
 
 # ------------------------------------------------------------------------------------------------ selection
-# PBS's extra columns: False (default) gathers them element-wise with an expanded (stride-0) block index; True takes
-# whole BS-wide rows of a [B*H*nkc, BS] table by `index_select`. With the row gather the whole estimate took 16-22%
-# longer on an H200 at 64K-128K than in the run before it (session 5, bench_methods, against session 4's), so the
-# element gather is back as the default; `scripts/bench_methods.py` times both (`pbs_rowgather`).
-_ROW_GATHER = False
-
-
 def pbs_selection(perm: torch.Tensor, mask: torch.Tensor, *, q_len: int, k_len: int, num_kv_heads: int,
                   block_size: int, segment_size: int) -> Selection:
     """The `Selection` that computes the same (query, key) pairs as the official permuted kernel.
@@ -384,15 +377,12 @@ def pbs_selection(perm: torch.Tensor, mask: torch.Tensor, *, q_len: int, k_len: 
     extra_cols = extra_counts = None
     if maxb:
         pick = partial_order[..., :maxb].clamp_max(nkc - 1).long()
-        # each picked permuted block's BS original key indices (`_ROW_GATHER`: the same values either way)
-        if _ROW_GATHER:
-            table = perm[..., :nkc * block_size].to(torch.int32).reshape(B * H * nkc, block_size)
-            rows = (torch.arange(B * H, device=dev)[:, None, None] * nkc + pick.view(B * H, NQ, maxb)).view(-1)
-            extra_cols = table.index_select(0, rows).view(B, H, NQ, maxb * block_size)
-        else:
-            perm_blocks = perm[..., :nkc * block_size].to(torch.int32).view(B, H, 1, nkc, block_size)
-            extra_cols = torch.gather(perm_blocks.expand(B, H, NQ, nkc, block_size), 3,
-                                      pick[..., None].expand(B, H, NQ, maxb, block_size)).view(B, H, NQ, -1)
+        # each picked permuted block's BS original key indices, by a gather whose index is an expanded (stride-0)
+        # view. (A row gather, `index_select` of BS-wide rows of a [B*H*nkc, BS] table, was timed on an H200 in
+        # session 5 and dropped: the whole estimate took 3.13-3.90 vs 2.88-3.57 ms at 64K over three runs.)
+        perm_blocks = perm[..., :nkc * block_size].to(torch.int32).view(B, H, 1, nkc, block_size)
+        extra_cols = torch.gather(perm_blocks.expand(B, H, NQ, nkc, block_size), 3,
+                                  pick[..., None].expand(B, H, NQ, maxb, block_size)).view(B, H, NQ, -1)
         extra_counts = n_partial * block_size
     return Selection(kv_indices.contiguous(), kv_counts, block_size, block_size, q_len, k_len, H, num_kv_heads,
                      "query_head", extra_cols=extra_cols, extra_counts=extra_counts)

@@ -42,7 +42,7 @@ GPU_COST_VARIANTS = (("minference_vs_torch", "minference", {"pattern": "vertical
                      ("xattn_s8_torchsel", "xattn", {"stride": 8}), ("xattn_s16_torchsel", "xattn", {"stride": 16}),
                      # module switches not yet defaults, and the setting a default replaced (VARIANT_PATCH)
                      ("xattn_s8_noflat", "xattn", {"stride": 8}), ("xattn_s16_noflat", "xattn", {"stride": 16}),
-                     ("pbs_rowgather", "pbs", {}), ("pbs_torchsort", "pbs", {}),
+                     ("pbs_torchsort", "pbs", {}),
                      ("pbs_fp32pool", "pbs", {}))
 # environment a variant runs under (switches that are not constructor knobs, read at call time)
 VARIANT_ENV = {"xattn_s8_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"},
@@ -52,7 +52,6 @@ _ANTIDIAG = "sparsebench.kernels.antidiag_score.triton"
 VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the masked, unflattened loop
     "xattn_s8_noflat": [(_ANTIDIAG, "_FLATTEN", False), (_ANTIDIAG, "_SPLIT", False)],
     "xattn_s16_noflat": [(_ANTIDIAG, "_FLATTEN", False), (_ANTIDIAG, "_SPLIT", False)],
-    "pbs_rowgather": [("sparsebench.methods.pbs", "_ROW_GATHER", True)],
     # PBS's defaults until session 5: torch's sorts, and the permuted keys pooled by an fp32 GEMM
     "pbs_torchsort": [("sparsebench.methods.pbs", "_SORT_KERNEL", False)],
     "pbs_fp32pool": [("sparsebench.methods.pbs", "_POOL_MM16", False)]}
