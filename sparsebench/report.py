@@ -34,8 +34,8 @@ def summarize(raw_dir, experiment: str, table_dir, figure_dir, figures: bool = T
             print("\nFailed cells:")
             print(failed[["method", "task", "seq_len", "status", "message"]].to_string(index=False))
     samples_key = f"{experiment}_samples.parquet"
-    if figures and samples_key in written:
-        samples = pd.read_parquet(written[samples_key])
+    samples = pd.read_parquet(written[samples_key]) if samples_key in written else None
+    if figures and samples is not None:
         if "depth" in samples.columns and samples["depth"].notna().any():
             from sparsebench.plots import niah_grid, niah_heatmap
 
@@ -46,8 +46,21 @@ def summarize(raw_dir, experiment: str, table_dir, figure_dir, figures: bool = T
             print(grid.pivot_table(index=["method", "depth"], columns="seq_len", values="accuracy").to_string(
                 float_format=lambda x: f"{x:.2f}"))
             written["heatmap"] = path
-    if figures and samples_key in written:
-        samples = pd.read_parquet(written[samples_key])
+    if samples is not None and len(ok) and ok["device"].astype(str).str.startswith("cuda").all():
+        from sparsebench.stats import timing_summary
+
+        timing = timing_summary(samples)
+        if len(timing):
+            from sparsebench.plots import variant_labels
+
+            timing.insert(0, "variant", variant_labels(timing["method"], timing["method_params"]))
+            cols = ["variant", "seq_len", "n"] + [c for c in timing.columns if c.endswith("_median")]
+            print("\nGPU timings per sample, medians in ms (the _timing table also has means and maxima):")
+            print(timing[cols].to_string(index=False, float_format=lambda x: f"{x:.3g}"))
+            path = Path(table_dir) / f"{experiment}_timing.csv"
+            timing.to_csv(path, index=False)
+            written[f"{experiment}_timing.csv"] = path
+    if figures and samples is not None:
         methods = set(samples["method"])
         if "dense" in methods and len(methods) > 1:
             from sparsebench.stats import paired_vs_dense
@@ -59,20 +72,6 @@ def summarize(raw_dir, experiment: str, table_dir, figure_dir, figures: bool = T
                 path = Path(table_dir) / f"{experiment}_paired.csv"
                 paired.to_csv(path, index=False)
                 written[f"{experiment}_paired.csv"] = path
-        if len(ok) and ok["device"].astype(str).str.startswith("cuda").all():
-            from sparsebench.stats import timing_summary
-
-            timing = timing_summary(samples)
-            if len(timing):
-                from sparsebench.plots import variant_labels
-
-                timing.insert(0, "variant", variant_labels(timing["method"], timing["method_params"]))
-                cols = ["variant", "seq_len", "n"] + [c for c in timing.columns if c.endswith("_median")]
-                print("\nGPU timings per sample, medians in ms (the _timing table also has means and maxima):")
-                print(timing[cols].to_string(index=False, float_format=lambda x: f"{x:.3g}"))
-                path = Path(table_dir) / f"{experiment}_timing.csv"
-                timing.to_csv(path, index=False)
-                written[f"{experiment}_timing.csv"] = path
         if rows["method"].nunique() > 1 and len(ok):
             from sparsebench.plots import accuracy_vs_density
 
