@@ -219,13 +219,10 @@ def _estimate_heads(q: torch.Tensor, k: torch.Tensor, scale: float, block_size: 
         imp = _importance_torch(q, k, scale, L, Sc)
 
     # 2) order each segment by importance, descending; the remainder stays in place
-    kernel = _sort_kernel(q, segment_size, -(-S // block_size))
-    if kernel:
-        from sparsebench.kernels.row_rank import desc_order_triton
+    from sparsebench.kernels import row_rank
 
-        order = desc_order_triton(imp.view(B, HC, nseg, segment_size))
-    else:
-        order = torch.sort(imp.view(B, HC, nseg, segment_size), dim=-1, descending=True, stable=True).indices
+    kernel = _sort_kernel(q, segment_size, -(-S // block_size))
+    order = (row_rank.desc_order_triton if kernel else row_rank.desc_order_naive)(imp.view(B, HC, nseg, segment_size))
     seg0 = torch.arange(0, Sc, segment_size, device=q.device)[:, None]
     perm = torch.cat([(order + seg0).view(B, HC, Sc),
                       torch.arange(Sc, S, device=q.device).expand(B, HC, S - Sc)], dim=-1)
@@ -280,7 +277,7 @@ def pbs_estimate(q: torch.Tensor, k: torch.Tensor, scale: float, block_size: int
     a = 8 if q.dtype == torch.float32 else 4
     nbps = segment_size // block_size
     imp = None
-    if fused_scores(scores_kernel, q):
+    if fused_scores(scores_kernel, q, D):
         imp = _importance_triton(q, k, scale, L, S // segment_size * segment_size)
     # the fused kernel has already done step 1 for every head (scratch of a few floats a key): no logits per chunk
     logits = G * L * S * (e + 8) if imp is None else 0

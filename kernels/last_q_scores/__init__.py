@@ -18,17 +18,18 @@ def check_scores_kernel(method: str, choice: str) -> None:
 
 def fused_scores(choice: str, x, head_dim: int | None = None, last_q: int | None = None) -> bool:
     """Whether `scores_kernel=choice` runs the fused kernels for a tensor `x`: `triton` always (a shape they do not
-    take is then an error), `auto` on CUDA where they take the shape (given `head_dim` and `last_q`: the vertical /
-    slash kernel's `supports`), else the method's torch path."""
+    take is then an error), `auto` on CUDA where they take the shape (`supports`: the given `head_dim`, and
+    `last_q` for the vertical / slash kernel; the importance kernel takes any number of rows), else the method's
+    torch path."""
     if choice == "triton":
         return True
     if choice != "auto" or not x.is_cuda:
         return False
-    if head_dim is None or last_q is None:
+    if head_dim is None:
         return True
     from .triton import supports
 
-    return supports(head_dim, last_q) is None
+    return supports(head_dim, 1 if last_q is None else last_q) is None
 
 
 def __getattr__(name):

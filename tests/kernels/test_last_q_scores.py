@@ -526,5 +526,6 @@ def test_auto_takes_the_fused_kernels_only_where_they_fit():
     cuda, cpu = SimpleNamespace(is_cuda=True), SimpleNamespace(is_cuda=False)
     assert fused_scores("auto", cuda) and fused_scores("auto", cuda, 128, 128) and fused_scores("auto", cuda, 256, 64)
     assert not fused_scores("auto", cuda, 128, 512) and not fused_scores("auto", cuda, 72, 64)
+    assert fused_scores("auto", cuda, 128) and not fused_scores("auto", cuda, 72)  # importance: head dim only
     assert fused_scores("triton", cpu) and fused_scores("triton", cuda, 128, 512)
     assert not fused_scores("auto", cpu, 128, 128) and not fused_scores("torch", cuda, 128, 128)
