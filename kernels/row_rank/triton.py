@@ -90,7 +90,7 @@ def desc_order_triton(x: torch.Tensor) -> torch.Tensor:
 def mass_prefix_triton(probs: torch.Tensor, threshold: float) -> torch.Tensor:
     """`mass_prefix_naive(probs, threshold)` for rows of probabilities (>= 0 or NaN), up to the running sum's
     rounding (module doc)."""
-    out = torch.zeros(probs.shape, dtype=torch.int8, device=probs.device)
+    out = torch.empty(probs.shape, dtype=torch.int8, device=probs.device)  # the kernel writes every entry
     if probs.numel():
         _launch(probs, out, threshold, mass=True)
     return out.view(torch.bool)
