@@ -52,9 +52,37 @@ from .naive import _check
 __all__ = ["last_q_importance_triton", "last_q_scores_triton", "supports"]
 
 
+_LOG2E = tl.constexpr(1.4426950408889634)
+
+
+def _ex2(x, INTERPRET: tl.constexpr):
+    """2 ** x by the hardware approximation with denormals flushed to zero: one MUFU.EX2 (tl.exp / tl.exp2 add a
+    range fix-up around it: several more instructions per element in kernels that issue-bound)."""
+    if INTERPRET:
+        return tl.exp2(x)
+    return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True,
+                                     pack=1)
+
+
+def _probs(s, m, inv_l, FAST: tl.constexpr, INTERPRET: tl.constexpr):
+    """exp(s - m) / l per row: with `FAST` as 2 ** (s * log2 e - m * log2 e) (one FMA and one MUFU) times the
+    row's 1 / l; without, tl.exp and the product with 1 / l."""
+    if FAST:
+        return _ex2(s * _LOG2E - (m * _LOG2E)[:, None], INTERPRET) * inv_l[:, None]
+    return tl.exp(s - m[:, None]) * inv_l[:, None]
+
+
+def _exp_sum(s, m_safe, FAST: tl.constexpr, INTERPRET: tl.constexpr):
+    """Row sums of exp(s - m_safe) (pass 1), the exponential as in `_probs`."""
+    if FAST:
+        return tl.sum(_ex2(s * _LOG2E - (m_safe * _LOG2E)[:, None], INTERPRET), 1)
+    return tl.sum(tl.exp(s - m_safe[:, None]), 1)
+
+
 def _tile_logits(q_rows, k_base, row, row_ok, keys, key_ok, sks, scale, S, L,
                  D: tl.constexpr, BD: tl.constexpr, R: tl.constexpr, BLOCK_N: tl.constexpr,
-                 INTERPRET: tl.constexpr, PREC: tl.constexpr, CAUSAL: tl.constexpr, ROUND_DOT: tl.constexpr):
+                 INTERPRET: tl.constexpr, PREC: tl.constexpr, CAUSAL: tl.constexpr, ROUND_DOT: tl.constexpr,
+                 whole=False):
     """Masked logits `[R, BLOCK_N]` of `R` query rows (`q_rows`: each row's pointer, possibly of different heads
     that share this K) against one key tile; `row` is each row's index among the last L (its causal position,
     used only with `CAUSAL`). `ROUND_DOT` picks the rounding of the caller's torch path (see the module doc)."""
@@ -68,29 +96,34 @@ def _tile_logits(q_rows, k_base, row, row_ok, keys, key_ok, sks, scale, S, L,
             qt = qt.to(tl.float32)
             kt = kt.to(tl.float32)
         acc = tl.dot(qt, tl.trans(kt), acc, input_precision=PREC)
-    return _round_and_mask(acc, q_rows.dtype.element_ty, row, row_ok, keys, key_ok, scale, S, L, CAUSAL, ROUND_DOT)
+    return _round_and_mask(acc, q_rows.dtype.element_ty, row, row_ok, keys, key_ok, scale, S, L, CAUSAL, ROUND_DOT,
+                           whole)
 
 
 def _round_and_mask(acc, dt, row, row_ok, keys, key_ok, scale, S, L, CAUSAL: tl.constexpr,
-                    ROUND_DOT: tl.constexpr):
+                    ROUND_DOT: tl.constexpr, whole=False):
     """fp32 dot products -> the logits of the caller's torch path (rounded as it rounds them, see the module doc),
-    -inf outside the rows, keys and (with `CAUSAL`) each row's causal range."""
+    -inf outside the rows, keys and (with `CAUSAL`) each row's causal range. `whole` (a runtime flag, uniform over
+    the program): the caller knows every row and key of the tile to be inside, so no mask is built."""
     if ROUND_DOT:
         # PBS: `torch.matmul(...).mul_(scale)` rounds the product to the input dtype, then the scaled value again
         s = (acc.to(dt).to(tl.float32) * scale).to(dt).to(tl.float32)
     else:
         # `_scaled_logits`: scale in fp32, one rounding to the input dtype
         s = (acc * scale).to(dt).to(tl.float32)
-    keep = row_ok[:, None] & key_ok[None, :]
-    if CAUSAL:
-        keep = keep & (keys[None, :] <= (S - L + row)[:, None])
-    return tl.where(keep, s, float("-inf"))
+    if not whole:
+        keep = row_ok[:, None] & key_ok[None, :]
+        if CAUSAL:
+            keep = keep & (keys[None, :] <= (S - L + row)[:, None])
+        s = tl.where(keep, s, float("-inf"))
+    return s
 
 
 def _lastq_stats(Q, K, MT, LT, sqb, sqh, sqt, skb, skh, sks, smb, smt, S, L, H, G, HP, scale,
                  D: tl.constexpr, BD: tl.constexpr, RC: tl.constexpr, NCH: tl.constexpr, GP: tl.constexpr,
                  NG: tl.constexpr, BLOCK_N: tl.constexpr, INTERPRET: tl.constexpr, PREC: tl.constexpr,
-                 CAUSAL: tl.constexpr = True, ROUND_DOT: tl.constexpr = False):
+                 CAUSAL: tl.constexpr = True, ROUND_DOT: tl.constexpr = False, FAST: tl.constexpr = False,
+                 EVEN: tl.constexpr = False):
     pid_n = tl.program_id(0)
     pid_p = tl.program_id(1)
     b = (pid_p // (H // HP)).to(tl.int64)
@@ -98,6 +131,7 @@ def _lastq_stats(Q, K, MT, LT, sqb, sqh, sqt, skb, skh, sks, smb, smt, S, L, H, 
     k_base = K + b * skb + (h0 // G).to(tl.int64) * skh
     keys = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     key_ok = keys < S
+    whole = _whole_tile(pid_n, S, L, BLOCK_N, CAUSAL, FAST, EVEN)
     r = tl.arange(0, GP * RC)
     for j in range(NG):
         hp = j * GP + r // RC  # head within the pack
@@ -108,10 +142,10 @@ def _lastq_stats(Q, K, MT, LT, sqb, sqh, sqt, skb, skh, sks, smb, smt, S, L, H, 
             row = c * RC + r % RC
             row_ok = (hp < HP) & (row < L)
             s = _tile_logits(q_head + row.to(tl.int64) * sqt, k_base, row, row_ok, keys, key_ok, sks, scale, S, L,
-                             D, BD, GP * RC, BLOCK_N, INTERPRET, PREC, CAUSAL, ROUND_DOT)
+                             D, BD, GP * RC, BLOCK_N, INTERPRET, PREC, CAUSAL, ROUND_DOT, whole)
             m = tl.max(s, 1)
             m_safe = tl.where(m == float("-inf"), 0.0, m)  # a row that sees no key of this tile: l = 0
-            l = tl.sum(tl.exp(s - m_safe[:, None]), 1)
+            l = _exp_sum(s, m_safe, FAST, INTERPRET)
             tl.store(MT + out + row, m, mask=row_ok)
             tl.store(LT + out + row, l, mask=row_ok)
 
@@ -119,7 +153,7 @@ def _lastq_stats(Q, K, MT, LT, sqb, sqh, sqt, skb, skh, sks, smb, smt, S, L, H, 
 def _lastq_scores(Q, K, M, LS, V, DG, sqb, sqh, sqt, skb, skh, sks, smb, svb, sdb, sdt, S, L, H, G, HP, scale,
                   D: tl.constexpr, BD: tl.constexpr, RC: tl.constexpr, NCH: tl.constexpr, GP: tl.constexpr,
                   NG: tl.constexpr, BLOCK_N: tl.constexpr, BT: tl.constexpr, INTERPRET: tl.constexpr,
-                  PREC: tl.constexpr, IMPORTANCE: tl.constexpr):
+                  PREC: tl.constexpr, IMPORTANCE: tl.constexpr, FAST: tl.constexpr = False, EVEN: tl.constexpr = False):
     """Pass 2. MInference/FlexPrefill (IMPORTANCE=False): per key column the sum over the L rows of the causal softmax
     probability (`V`) and the tile's diagonal sums (`DG`). PBS (IMPORTANCE=True, `last_q_importance_triton`): per key
     column the mean over the L rows of the unmasked probability, PBS's two logit roundings; no diagonals (`DG`, `sdb`,
@@ -131,6 +165,7 @@ def _lastq_scores(Q, K, M, LS, V, DG, sqb, sqh, sqt, skb, skh, sks, smb, svb, sd
     k_base = K + b * skb + (h0 // G).to(tl.int64) * skh
     keys = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     key_ok = keys < S
+    whole = _whole_tile(pid_n, S, L, BLOCK_N, not IMPORTANCE, FAST, EVEN)
     tt = tl.arange(0, BT)
     r = tl.arange(0, GP * RC)
     gg = tl.arange(0, GP)
@@ -144,10 +179,13 @@ def _lastq_scores(Q, K, M, LS, V, DG, sqb, sqh, sqt, skb, skh, sks, smb, svb, sd
             row = c * RC + r % RC
             row_ok = (hp < HP) & (row < L)
             s = _tile_logits(q_head + row.to(tl.int64) * sqt, k_base, row, row_ok, keys, key_ok, sks, scale, S, L,
-                             D, BD, GP * RC, BLOCK_N, INTERPRET, PREC, not IMPORTANCE, IMPORTANCE)
+                             D, BD, GP * RC, BLOCK_N, INTERPRET, PREC, not IMPORTANCE, IMPORTANCE, whole)
             m = tl.load(M + bh * smb + row, mask=row_ok, other=0.0)
             l = tl.load(LS + bh * smb + row, mask=row_ok, other=1.0)
-            p = tl.exp(s - m[:, None]) / l[:, None]  # masked logits (-inf) give exactly 0
+            if FAST:
+                p = _probs(s, m, 1.0 / l, FAST, INTERPRET)
+            else:
+                p = tl.exp(s - m[:, None]) / l[:, None]  # masked logits (-inf) give exactly 0
             # rows are head-major (RC consecutive rows per head): splitting the row axis separates the heads
             col += tl.sum(tl.reshape(p, [GP, RC, BLOCK_N]), 1)
             if not IMPORTANCE:
@@ -167,9 +205,19 @@ def _lastq_scores(Q, K, M, LS, V, DG, sqb, sqh, sqt, skb, skh, sks, smb, svb, sd
             tl.store(DG + bhg[:, None] * sdb + pid_n.to(tl.int64) * sdt + tt[None, :], diag, mask=hg_ok[:, None])
 
 
+def _whole_tile(tile, S, L, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, FAST: tl.constexpr, EVEN: tl.constexpr):
+    """Whether key tile `tile` needs no mask (`FAST` only, and only where the caller's row tiles are all inside,
+    `EVEN`): all its keys exist and, with `CAUSAL`, lie at or before the first of the last L positions."""
+    if FAST and EVEN:
+        if CAUSAL:
+            return (tile + 1) * BLOCK_N <= S - L + 1
+        return (tile + 1) * BLOCK_N <= S
+    return False
+
+
 def _block_logits(q, k_base, sks, keys, key_ok, row, row_ok, scale, S, L,
                   D: tl.constexpr, INTERPRET: tl.constexpr, PREC: tl.constexpr, CAUSAL: tl.constexpr,
-                  ROUND_DOT: tl.constexpr):
+                  ROUND_DOT: tl.constexpr, whole=False):
     """`_tile_logits` for the row-block kernels: the block's query rows `q [RB, D]` are already loaded (once per
     program); one `[BLOCK_N, D]` K tile, one dot over the whole head dim, the same roundings and masks (in K's
     dtype, which is the queries')."""
@@ -178,7 +226,8 @@ def _block_logits(q, k_base, sks, keys, key_ok, row, row_ok, scale, S, L,
     if INTERPRET:
         kt = kt.to(tl.float32)
     acc = tl.dot(q, tl.trans(kt), input_precision=PREC)
-    return _round_and_mask(acc, k_base.dtype.element_ty, row, row_ok, keys, key_ok, scale, S, L, CAUSAL, ROUND_DOT)
+    return _round_and_mask(acc, k_base.dtype.element_ty, row, row_ok, keys, key_ok, scale, S, L, CAUSAL, ROUND_DOT,
+                           whole)
 
 
 def _block_rows(q_head, row, row_ok, sqt, D: tl.constexpr, INTERPRET: tl.constexpr):
@@ -193,7 +242,7 @@ def _block_rows(q_head, row, row_ok, sqt, D: tl.constexpr, INTERPRET: tl.constex
 def _lastq_stats_rows(Q, K, MT, LT, sqb, sqh, sqt, skb, skh, sks, smb, smt, S, L, H, G, scale,
                       D: tl.constexpr, RB: tl.constexpr, BLOCK_N: tl.constexpr, TPP: tl.constexpr,
                       INTERPRET: tl.constexpr, PREC: tl.constexpr, CAUSAL: tl.constexpr = True,
-                      ROUND_DOT: tl.constexpr = False):
+                      ROUND_DOT: tl.constexpr = False, FAST: tl.constexpr = False, EVEN: tl.constexpr = False):
     """Row-block pass 1: program (run of TPP key tiles, query head, block of RB rows); the rows' (m, l) over its
     tiles by the online rule, one (m, l) per row and program."""
     pid_t = tl.program_id(0)
@@ -207,12 +256,16 @@ def _lastq_stats_rows(Q, K, MT, LT, sqb, sqh, sqt, skb, skh, sks, smb, smt, S, L
     m = tl.full([RB], float("-inf"), dtype=tl.float32)
     l = tl.zeros([RB], dtype=tl.float32)
     for t in range(TPP):
-        keys = (pid_t * TPP + t) * BLOCK_N + tl.arange(0, BLOCK_N)
+        tile = pid_t * TPP + t
+        keys = tile * BLOCK_N + tl.arange(0, BLOCK_N)
         s = _block_logits(q, k_base, sks, keys, keys < S, row, row_ok, scale, S, L, D, INTERPRET, PREC, CAUSAL,
-                          ROUND_DOT)
+                          ROUND_DOT, _whole_tile(tile, S, L, BLOCK_N, CAUSAL, FAST, EVEN))
         m_new = tl.maximum(m, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no key seen yet: l stays 0
-        l = l * tl.exp(m - m_safe) + tl.sum(tl.exp(s - m_safe[:, None]), 1)
+        if FAST:
+            l = l * _ex2((m - m_safe) * _LOG2E, INTERPRET) + _exp_sum(s, m_safe, FAST, INTERPRET)
+        else:
+            l = l * tl.exp(m - m_safe) + tl.sum(tl.exp(s - m_safe[:, None]), 1)
         m = m_new
     out = bh * smb + pid_t.to(tl.int64) * smt + row
     tl.store(MT + out, m, mask=row_ok)
@@ -221,7 +274,8 @@ def _lastq_stats_rows(Q, K, MT, LT, sqb, sqh, sqt, skb, skh, sks, smb, smt, S, L
 
 def _lastq_scores_rows(Q, K, M, LS, V, DG, sqb, sqh, sqt, skb, skh, sks, smb, svr, svb, sdr, sdb, sdt, S, L, H, G,
                        NT, scale, D: tl.constexpr, RB: tl.constexpr, BLOCK_N: tl.constexpr, BT: tl.constexpr,
-                       TPP: tl.constexpr, INTERPRET: tl.constexpr, PREC: tl.constexpr, IMPORTANCE: tl.constexpr):
+                       TPP: tl.constexpr, INTERPRET: tl.constexpr, PREC: tl.constexpr, IMPORTANCE: tl.constexpr,
+                       FAST: tl.constexpr = False, EVEN: tl.constexpr = False):
     """Row-block pass 2 (`_lastq_scores`' outputs, per row block): each tile's column sums over the block's rows go
     to `V[row block]`, its diagonal sums (indexed by the row within the block) to `DG[row block]`; torch adds the
     row blocks. The diagonal sums skew the `[RB, BLOCK_N]` probabilities in registers (`tl.gather`) so that
@@ -246,8 +300,8 @@ def _lastq_scores_rows(Q, K, M, LS, V, DG, sqb, sqh, sqt, skb, skh, sks, smb, sv
         keys = tile * BLOCK_N + tl.arange(0, BLOCK_N)
         key_ok = keys < S
         s = _block_logits(q, k_base, sks, keys, key_ok, row, row_ok, scale, S, L, D, INTERPRET, PREC,
-                          not IMPORTANCE, IMPORTANCE)
-        p = tl.exp(s - m[:, None]) * inv_l[:, None]
+                          not IMPORTANCE, IMPORTANCE, _whole_tile(tile, S, L, BLOCK_N, not IMPORTANCE, FAST, EVEN))
+        p = _probs(s, m, inv_l, FAST, INTERPRET)
         tl.store(v_base + keys, tl.sum(p, 0), mask=key_ok)
         if not IMPORTANCE:
             # diagonal t = r - key_in_tile + BN - 1 (r: the row within the block): entry (r, t) is p[r, r + BN-1 - t]
@@ -255,6 +309,33 @@ def _lastq_scores_rows(Q, K, M, LS, V, DG, sqb, sqh, sqt, skb, skh, sks, smb, sv
             inside = (idx >= 0) & (idx < BLOCK_N)
             g = tl.where(inside, tl.gather(p, tl.where(inside, idx, 0), 1), 0.0)
             tl.store(d_base + tile.to(tl.int64) * sdt + tt, tl.sum(g, 0), mask=(tt < BT) & (tile < NT))
+
+
+def _combine_parts(DG, V, OUT_S, OUT_V, sdr, sdn, sdt, svr, svn, S, L, NT, RB, NRB: tl.constexpr,
+                   BO: tl.constexpr, BLOCK_N: tl.constexpr, BT: tl.constexpr, W: tl.constexpr, HAS_V: tl.constexpr):
+    """Program (row n, run of BO offsets): slash[n, o] = the sum of every diagonal partial that holds offset o, and
+    with `HAS_V` vertical[n, o] = the sum of the row blocks' column sums. Partial t of key tile j and row block rb is
+    offset o = S - L - BLOCK_N + 1 - j * BLOCK_N + rb * RB + t; for one (o, rb) the tiles holding it are W
+    consecutive ones. Fixed order (row blocks, then tiles in ascending order): deterministic."""
+    n = tl.program_id(0).to(tl.int64)
+    o = tl.program_id(1) * BO + tl.arange(0, BO)
+    o_ok = o < S
+    acc = tl.zeros([BO], dtype=tl.float32)
+    acc_v = tl.zeros([BO], dtype=tl.float32)
+    for rb in tl.static_range(NRB):
+        base = o - (S - L - BLOCK_N + 1) - rb * RB  # t of tile 0
+        # the first tile whose t is >= 0 (a non-negative numerator: integer division is floor division there)
+        j0 = tl.where(base >= 0, 0, (BLOCK_N - 1 - base) // BLOCK_N)
+        for w in tl.static_range(W):
+            j = j0 + w
+            t = base + j * BLOCK_N
+            ok = o_ok & (j < NT) & (t < BT)
+            acc += tl.load(DG + rb * sdr + n * sdn + j.to(tl.int64) * sdt + t, mask=ok, other=0.0)
+        if HAS_V:
+            acc_v += tl.load(V + rb * svr + n * svn + o, mask=o_ok, other=0.0)
+    tl.store(OUT_S + n * S + o, acc, mask=o_ok)
+    if HAS_V:
+        tl.store(OUT_V + n * S + o, acc_v, mask=o_ok)
 
 
 _KERNELS: dict[bool, tuple] = {}
@@ -265,8 +346,10 @@ def _kernels(interpret: bool):
     if interpret not in _KERNELS:
         from .._jit import jit_with_helpers
 
-        _KERNELS[interpret] = jit_with_helpers((_lastq_stats, _lastq_scores, _lastq_stats_rows, _lastq_scores_rows),
-                                               (_tile_logits, _block_logits, _block_rows, _round_and_mask))
+        _KERNELS[interpret] = jit_with_helpers((_lastq_stats, _lastq_scores, _lastq_stats_rows, _lastq_scores_rows,
+                                                _combine_parts),
+                                               (_tile_logits, _block_logits, _block_rows, _round_and_mask, _ex2,
+                                                _probs, _exp_sum, _whole_tile))
     return _KERNELS[interpret]
 
 
@@ -311,6 +394,30 @@ def _overlap_add(dg: torch.Tensor, S: int, L: int, block_n: int) -> torch.Tensor
         acc[:, w:w + nt] += d[:, :, w]
     c0 = S - L - block_n + 1 - (nt - 1) * block_n  # offset of acc's first cell, <= 0
     return acc.view(N, -1)[:, -c0:-c0 + S]
+
+
+def _combine(dg: torch.Tensor, v: torch.Tensor | None, S: int, L: int, block_n: int, RB: int, interpret: bool
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`(slash [N, S], vertical [N, S] or None)` from the diagonal partials `dg [NRB, N, n_tiles, BT]` and (if given)
+    the row blocks' column sums `v [NRB, N, S]`, by one kernel (`_combine_parts`): the same sums as `_overlap_add`
+    after adding the row blocks, in another fixed order."""
+    NRB, N, nt, BT = dg.shape
+    out_s = torch.empty(N, S, dtype=torch.float32, device=dg.device)
+    out_v = torch.empty(N, S, dtype=torch.float32, device=dg.device) if v is not None else out_s
+    vv = v if v is not None else dg
+    BO = 256
+    _kernels(interpret)[4][(N, -(-S // BO))](
+        dg, vv, out_s, out_v, dg.stride(0), dg.stride(1), dg.stride(2), vv.stride(0) if v is not None else 0,
+        vv.stride(1) if v is not None else 0, S, L, nt, RB, NRB=NRB, BO=BO, BLOCK_N=block_n, BT=BT, W=-(-BT // block_n),
+        HAS_V=v is not None, num_warps=4)
+    return out_s, (out_v if v is not None else None)
+
+
+# the partial sums of the scores pass added by `_combine` (one kernel) rather than by torch (`_overlap_add`, and for
+# row blocks an add per block: a few launches and a padded copy of the partials per call). On an H200 (session 6,
+# medians of 3) FlexPrefill's estimate took 3.24 / 7.62 ms with it against 3.38 / 7.90 ms at 64K / 128K;
+# MInference's 3.64 against 3.64 ms at 128K (its 64K times, host-bound, overlapped: 2.23-3.16 ms either way).
+_COMBINE_KERNEL = True
 
 
 def _heads_per_tile(hp: int, rc: int, width: int) -> int:
@@ -377,6 +484,27 @@ _TPP = 16  # 8-16 measured best (4 warps); 4 a little slower
 _ROWS_BLOCK_N = 64
 
 
+# Fast arithmetic (`FAST`): tiles whose keys all lie inside every row's range skip the masks (where the row tiles
+# have no padding rows), and the exponentials are one FMA and one flushed MUFU.EX2 (`_ex2`), with 1 / l as a product.
+# The kernels are issue-bound on an H200 (ncu, session 6: 57-71% of issue slots busy at 12-44% occupancy); offline
+# sm_90 builds count 42% fewer instructions per tile in the row-block stats loop, 31% in the row-block scores loop,
+# 20-26% in the per-tile stats loops and 21% in the importance loop. On the H200 (bench_methods, session 6, medians
+# of 3, two runs) FlexPrefill's whole estimate took 3.42 / 7.94 ms with it against 3.80 / 8.73 ms at 64K / 128K,
+# PBS's (per-tile importance kernels) 2.74-2.75 / 8.45-8.47 against 2.87 / 8.68-8.80 ms. MInference's estimate
+# (the per-tile causal kernels, 64 queries) did not gain: 2.14 vs 2.05 ms at 64K with both of its passes fast (the
+# scores pass then took 154 registers instead of 128), 2.40 vs 2.27 ms with its stats pass fast; so the per-tile
+# causal kernels keep the plain arithmetic unless `_FAST_TILE`. Values differ from the plain arithmetic by the
+# rounding of the exponential (ex2.approx either way; here its argument is one FMA) and by underflow below 2**-126
+# flushed to 0. SPARSEBENCH_LASTQ_FAST=0 in the environment at import turns it off everywhere.
+_FAST = {"1": True, "0": False}.get(os.environ.get("SPARSEBENCH_LASTQ_FAST", ""), True)
+_FAST_TILE = False
+
+
+def _even_rows(L: int, RC: int, HP: int, GP: int) -> bool:
+    """Whether a per-tile kernel's row tiles (GP heads of RC rows) hold no padding rows."""
+    return L % RC == 0 and HP % GP == 0
+
+
 def _rows_ok(D: int) -> bool:
     return 16 <= D <= 256 and D & (D - 1) == 0
 
@@ -409,11 +537,11 @@ def _rows_path(q, k, scale: float, L: int, S: int, importance: bool, block_n: in
     lt = torch.empty(B * H, npg, L, dtype=torch.float32, device=dev)
     kernels = _kernels(interpret)
     common = {"D": D, "RB": RB, "BLOCK_N": block_n, "TPP": tpp, "INTERPRET": interpret, "PREC": prec,
-              "num_warps": num_warps, "num_stages": num_stages}
+              "FAST": _FAST, "num_warps": num_warps, "num_stages": num_stages}
     strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2))
     kernels[2][(npg, B * H, -(-L // rb_stats))](q, k, mt, lt, *strides, mt.stride(0), mt.stride(1), S, L, H, G,
                                                  float(scale), CAUSAL=not importance, ROUND_DOT=importance,
-                                                 **{**common, "RB": rb_stats})
+                                                 EVEN=L % rb_stats == 0, **{**common, "RB": rb_stats})
     grid = (npg, B * H, NRB)
     m, l = _row_stats(mt, lt)
     del mt, lt
@@ -425,10 +553,14 @@ def _rows_path(q, k, scale: float, L: int, S: int, importance: bool, block_n: in
         dg = torch.empty(NRB, B * H, nt, BT, dtype=torch.float32, device=dev)
     kernels[3][grid](q, k, m, l, v, dg, *strides, m.stride(0), v.stride(0), v.stride(1), dg.stride(0), dg.stride(1),
                      dg.stride(2) if not importance else 0, S, L, H, G, nt, float(scale), BT=BT,
-                     IMPORTANCE=importance, **common)
-    vertical = v[0] if NRB == 1 else v.sum(0)
+                     IMPORTANCE=importance, EVEN=L % RB == 0, **common)
     if importance:
+        vertical = v[0] if NRB == 1 else v.sum(0)
         return vertical / L, None
+    if _COMBINE_KERNEL:
+        slash, vertical = _combine(dg, v if NRB > 1 else None, S, L, block_n, RB, interpret)
+        return (v[0] if NRB == 1 else vertical), slash
+    vertical = v[0] if NRB == 1 else v.sum(0)
     if NRB == 1:
         dg_all = dg[0]
     else:
@@ -476,19 +608,21 @@ def last_q_scores_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float, bl
     lt = torch.empty(B * H, nt, L, dtype=torch.float32, device=dev)
     stats, scores = _kernels(interpret)[:2]
     common = {"D": D, "BD": _head_slice(D), "RC": RC, "NCH": NCH, "BLOCK_N": block_n, "INTERPRET": interpret,
-              "PREC": prec, "num_warps": num_warps, "num_stages": num_stages}
+              "PREC": prec, "FAST": _FAST and _FAST_TILE, "num_warps": num_warps, "num_stages": num_stages}
     grid = (nt, B * H // HP)
     stats[grid](q, k, mt, lt, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                 mt.stride(0), mt.stride(1), S, L, H, G, HP, float(scale), GP=gp_stats, NG=-(-HP // gp_stats),
-                **common)
+                EVEN=_even_rows(L, RC, HP, gp_stats), **common)
     m, l = _row_stats(mt, lt)
     del mt, lt
     vertical = torch.empty(B * H, S, dtype=torch.float32, device=dev)
     dg = torch.empty(B * H, nt, BT, dtype=torch.float32, device=dev)
     scores[grid](q, k, m, l, vertical, dg, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1),
                  k.stride(2), m.stride(0), vertical.stride(0), dg.stride(0), dg.stride(1), S, L, H, G, HP,
-                 float(scale), GP=gp_scores, NG=-(-HP // gp_scores), BT=BT, IMPORTANCE=False, **common)
-    slash = _overlap_add(dg, S, L, block_n)
+                 float(scale), GP=gp_scores, NG=-(-HP // gp_scores), BT=BT, IMPORTANCE=False,
+                 EVEN=_even_rows(L, RC, HP, gp_scores), **common)
+    slash = _combine(dg[None], None, S, L, block_n, 0, interpret)[0] if _COMBINE_KERNEL else \
+        _overlap_add(dg, S, L, block_n)
     return vertical.view(B, H, S), slash.reshape(B, H, S)
 
 
@@ -522,7 +656,8 @@ def last_q_importance_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float
     lt = torch.empty(B * H, nt, L, dtype=torch.float32, device=dev)
     stats, pass2 = _kernels(interpret)[:2]
     common = {"D": D, "BD": _head_slice(D), "RC": RC, "NCH": NCH, "GP": GP, "NG": -(-HP // GP), "BLOCK_N": block_n,
-              "INTERPRET": interpret, "PREC": prec, "num_warps": num_warps, "num_stages": num_stages}
+              "INTERPRET": interpret, "PREC": prec, "FAST": _FAST, "EVEN": _even_rows(L, RC, HP, GP),
+              "num_warps": num_warps, "num_stages": num_stages}
     grid = (nt, B * H // HP)
     stats[grid](q, k, mt, lt, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                 mt.stride(0), mt.stride(1), n_keys, L, H, G, HP, float(scale), CAUSAL=False, ROUND_DOT=True,

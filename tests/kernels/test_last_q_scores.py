@@ -463,9 +463,70 @@ def test_importance_gpu_bf16_matches_pbs_torch_path(S):
     assert (rank(got) == rank(ref)).float().mean().item() > 0.9
 
 
+# module switches that are not the defaults: the plain arithmetic (`_FAST` off), the fast arithmetic in the
+# per-tile causal kernels too (`_FAST_TILE`), the partial sums added by torch (`_COMBINE_KERNEL` off); each case
+# against the reference as above. Shapes with whole tiles (no mask) and, in rows mode, runs of tiles past the keys.
+SWITCH_CASES = [pytest.param(case.values[0], sw, id=f"{case.id}-{'-'.join(f'{k}{v}' for k, v in sw.items())}")
+                for sw in ({"_FAST": False}, {"_FAST_TILE": True}, {"_COMBINE_KERNEL": False})
+                for case in (*_both(1, 4, 1, 64, 333, 64, "float16"), *_both(1, 2, 2, 100, 333, 64))]
+IMP_SWITCH_CASES = [pytest.param(case.values[0], {"_FAST": False}, id=f"{case.id}-_FASTFalse")
+                    for case in _imp_both(1, 4, 1, 128, 300, 256, 64)]
+
+
+def _with_switches(check):
+    def run(case, switches):
+        from sparsebench.kernels.last_q_scores import triton as lq
+
+        saved = {k: getattr(lq, k) for k in switches}
+        try:
+            for k, v in switches.items():
+                setattr(lq, k, v)
+            check(case)
+        finally:
+            for k, v in saved.items():
+                setattr(lq, k, v)
+    return run
+
+
+@pytest.mark.parametrize("case,switches", SWITCH_CASES + IMP_SWITCH_CASES)
+def test_triton_interpret_switches_match_reference(case, switches, request, interpret_verdicts):
+    assert_verdict(interpret_verdicts, request)
+
+
+def _check_combine(S, L, block_n, RB, NRB, BT):
+    """The combine kernel adds the same partials as torch's shifted slice adds (`_overlap_add` after the row
+    blocks), on random partials: equal up to the order of the few additions per entry."""
+    from sparsebench.kernels.last_q_scores import triton as lq
+
+    g = torch.Generator().manual_seed(S + L)
+    nt = -(-S // block_n)
+    dg = torch.rand(NRB, 3, nt, BT, generator=g)
+    v = torch.rand(NRB, 3, S, generator=g)
+    dg_all = torch.zeros(3, nt, BT + (NRB - 1) * RB)
+    for rb in range(NRB):
+        dg_all[..., rb * RB:rb * RB + BT] += dg[rb]
+    want = lq._overlap_add(dg_all, S, L, block_n)
+    got_s, got_v = lq._combine(dg, v if NRB > 1 else None, S, L, block_n, RB, True)
+    torch.testing.assert_close(got_s, want, rtol=1e-6, atol=1e-6)
+    if NRB > 1:
+        torch.testing.assert_close(got_v, v.sum(0), rtol=1e-6, atol=1e-6)
+
+
+COMBINE_CASES = [pytest.param(*c, id="S{}-L{}-bn{}-RB{}-NRB{}-BT{}".format(*c))
+                 for c in ((333, 64, 64, 0, 1, 128), (64, 64, 64, 0, 1, 128), (200, 16, 16, 0, 1, 32),
+                           (333, 100, 64, 32, 4, 128), (1000, 128, 64, 32, 4, 128), (77, 50, 32, 16, 4, 64))]
+
+
+@pytest.mark.parametrize("S,L,block_n,RB,NRB,BT", COMBINE_CASES)
+def test_combine_kernel_adds_like_torch(S, L, block_n, RB, NRB, BT, request, interpret_verdicts):
+    assert_verdict(interpret_verdicts, request)
+
+
 if __name__ == "__main__" and sys.argv[1:] == ["--interpret"]:
     for check, cases in ((_check_case, CPU_CASES), (_check_select, SELECT_CASES), (_check_flex, FLEX_CASES),
-                         (_check_importance, IMP_CASES), (_check_rounding, ROUNDING_CASES), (_check_pbs, PBS_CASES)):
+                         (_check_importance, IMP_CASES), (_check_rounding, ROUNDING_CASES), (_check_pbs, PBS_CASES),
+                         (_with_switches(_check_case), SWITCH_CASES),
+                         (_with_switches(_check_importance), IMP_SWITCH_CASES), (_check_combine, COMBINE_CASES)):
         report_verdicts(check, cases)
 
 
@@ -476,15 +537,15 @@ def test_compiled_kernels_keep_their_constexprs():
 
     from sparsebench.kernels.last_q_scores import triton as lq
 
-    stats, scores, stats_rows, scores_rows = lq._kernels(False)
+    stats, scores, stats_rows, scores_rows = lq._kernels(False)[:4]
     assert [p.name for p in stats.params if p.is_constexpr] == ["D", "BD", "RC", "NCH", "GP", "NG", "BLOCK_N",
-                                                                "INTERPRET", "PREC", "CAUSAL", "ROUND_DOT"]
+                                                                "INTERPRET", "PREC", "CAUSAL", "ROUND_DOT", "FAST", "EVEN"]
     assert [p.name for p in scores.params if p.is_constexpr] == ["D", "BD", "RC", "NCH", "GP", "NG", "BLOCK_N", "BT",
-                                                                 "INTERPRET", "PREC", "IMPORTANCE"]
+                                                                 "INTERPRET", "PREC", "IMPORTANCE", "FAST", "EVEN"]
     assert [p.name for p in stats_rows.params if p.is_constexpr] == ["D", "RB", "BLOCK_N", "TPP", "INTERPRET", "PREC",
-                                                                     "CAUSAL", "ROUND_DOT"]
+                                                                     "CAUSAL", "ROUND_DOT", "FAST", "EVEN"]
     assert [p.name for p in scores_rows.params if p.is_constexpr] == ["D", "RB", "BLOCK_N", "BT", "TPP", "INTERPRET",
-                                                                      "PREC", "IMPORTANCE"]
+                                                                      "PREC", "IMPORTANCE", "FAST", "EVEN"]
 
 
 def test_rows_kernel_needs_unpacked_heads_and_a_power_of_two_head_dim():
