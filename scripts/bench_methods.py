@@ -43,18 +43,41 @@ GPU_COST_VARIANTS = (("minference_vs_torch", "minference", {"pattern": "vertical
                      # module switches not yet defaults, and the setting a default replaced (VARIANT_PATCH)
                      ("xattn_s8_noflat", "xattn", {"stride": 8}), ("xattn_s16_noflat", "xattn", {"stride": 16}),
                      ("pbs_torchsort", "pbs", {}),
-                     ("pbs_fp32pool", "pbs", {}))
+                     ("pbs_fp32pool", "pbs", {}),
+                     ("minference_vs_fasttile", "minference", {"pattern": "vertical_slash"}),
+                     ("minference_vs_rows", "minference", {"pattern": "vertical_slash"}),
+                     ("flexprefill_nofast", "flexprefill", {}), ("pbs_nofast", "pbs", {}),
+                     ("minference_vs_torchcombine", "minference", {"pattern": "vertical_slash"}),
+                     ("flexprefill_torchcombine", "flexprefill", {}))
 # environment a variant runs under (switches that are not constructor knobs, read at call time)
 VARIANT_ENV = {"xattn_s8_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"},
                "xattn_s16_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"}}
 # module attributes a variant runs under (switches read from the module at call time): (module, name, value)
 _ANTIDIAG = "sparsebench.kernels.antidiag_score.triton"
+_LASTQ = "sparsebench.kernels.last_q_scores.triton"
 VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the masked, unflattened loop
     "xattn_s8_noflat": [(_ANTIDIAG, "_FLATTEN", False), (_ANTIDIAG, "_SPLIT", False)],
     "xattn_s16_noflat": [(_ANTIDIAG, "_FLATTEN", False), (_ANTIDIAG, "_SPLIT", False)],
     # PBS's defaults until session 5: torch's sorts, and the permuted keys pooled by an fp32 GEMM
     "pbs_torchsort": [("sparsebench.methods.pbs", "_SORT_KERNEL", False)],
-    "pbs_fp32pool": [("sparsebench.methods.pbs", "_POOL_MM16", False)]}
+    "pbs_fp32pool": [("sparsebench.methods.pbs", "_POOL_MM16", False)],
+    # kernels/last_q_scores before its fast arithmetic (session 6), that arithmetic in the per-tile causal kernels
+    # too (MInference's; off by default), MInference's 64 queries through the row-block kernels
+    "minference_vs_fasttile": [(_LASTQ, "_FAST_TILE", True)], "minference_vs_rows": [(_LASTQ, "_ROWS", True)],
+    "flexprefill_nofast": [(_LASTQ, "_FAST", False)], "pbs_nofast": [(_LASTQ, "_FAST", False)],
+    # the scores pass's partial sums added by torch (shifted slice adds), before the combine kernel of session 6
+    "minference_vs_torchcombine": [(_LASTQ, "_COMBINE_KERNEL", False)],
+    "flexprefill_torchcombine": [(_LASTQ, "_COMBINE_KERNEL", False)]}
+
+
+def _variants(cuda: bool) -> tuple:
+    """The estimator rows to time: COST_VARIANTS, plus GPU_COST_VARIANTS on a GPU, those whose label starts with one
+    of `ONLY`'s prefixes if it is set (`--methods`)."""
+    rows = COST_VARIANTS + (GPU_COST_VARIANTS if cuda else ())
+    return tuple(v for v in rows if not ONLY or v[0].startswith(ONLY))
+
+
+ONLY: tuple[str, ...] = ()
 
 
 @contextlib.contextmanager
@@ -204,7 +227,7 @@ def graph_part(seq_lens, shape, rows_rows):
     H, HKV, D = shape
     for L in seq_lens:
         q, k, _, ctx = _cost_inputs(L, shape, "cuda")
-        for label, name, knobs in COST_VARIANTS + GPU_COST_VARIANTS:
+        for label, name, knobs in _variants(True):
             common = dict(part="graph", method=label, seq_len=L, heads=H, kv_heads=HKV, head_dim=D)
             try:
                 m = REGISTRY.get(name)(**knobs)
@@ -234,7 +257,7 @@ def profile_part(seq_lens, shape, device, rows_rows, n=3, top=12):
         cuda = device == "cuda"
         sync = torch.cuda.synchronize if cuda else (lambda: None)
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-        for label, name, knobs in COST_VARIANTS + (GPU_COST_VARIANTS if cuda else ()):
+        for label, name, knobs in _variants(cuda):
             m = REGISTRY.get(name)(**knobs)
             try:
                 with torch.inference_mode(), _variant_env(label):
@@ -274,7 +297,7 @@ def cost_part(seq_lens, shape, device, rows_rows, repeats: int = 1):
     from sparsebench.methods import METHODS as REGISTRY
 
     H, HKV, D = shape
-    variants = COST_VARIANTS + (GPU_COST_VARIANTS if device == "cuda" else ())
+    variants = _variants(device == "cuda")
     common = dict(heads=H, kv_heads=HKV, head_dim=D, repeats=repeats)
     for L in seq_lens:
         q, k, v, ctx = _cost_inputs(L, shape, device)
@@ -342,8 +365,17 @@ def main() -> None:
     ap.add_argument("--autotune", action="store_true",
                     help="let the Triton kernels time their tile candidates on first use per shape "
                          "(SPARSEBENCH_ANTIDIAG_AUTOTUNE=1, SPARSEBENCH_BSA_AUTOTUNE=1); off: the fixed defaults")
+    ap.add_argument("--methods", default="",
+                    help="cost, profile and graph parts: only the estimator rows whose label starts with one of these "
+                         "comma-separated prefixes (e.g. flexprefill,pbs); default all")
     ap.add_argument("--out-dir", default="results")
     args = ap.parse_args()
+    global ONLY
+    ONLY = tuple(x.strip() for x in args.methods.split(",") if x.strip())
+    labels = [v[0] for v in COST_VARIANTS + GPU_COST_VARIANTS]
+    unknown = [x for x in ONLY if not any(lb.startswith(x) for lb in labels)]
+    if unknown:
+        ap.error(f"--methods {unknown}: no estimator row starts with that; rows: {', '.join(labels)}")
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     if args.autotune:
         import os
