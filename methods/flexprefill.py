@@ -68,10 +68,11 @@ Deviations from the official code:
 
 Option `scores_kernel` (default `"auto"`: `"triton"` on CUDA, `"torch"` elsewhere): with `"triton"` the last queries'
 vertical and slash scores go through the fused kernel `kernels/last_q_scores`, which never materialises their
-`[B, H, n, N]` softmax; the same values up to the summation order of the softmax sums. On an H200 (bf16, Llama-3.1-8B
-heads; session 5, bench_methods, once its row-block kernels took 64-key tiles) the whole estimate took 3.75 / 8.64 ms
-with it against 4.43 / 9.90 ms with the torch path at 64K / 128K, but 2.97 against 2.32 ms at 32K. `"torch"` keeps
-the official summation (it was the default until session 5).
+`[B, H, n, N]` softmax; the same values up to rounding (the summation order of the softmax sums, and the kernel's
+fast exponential: `kernels/last_q_scores/triton.py`, `_FAST`). On an H200 (bf16, Llama-3.1-8B heads; session 6,
+bench_methods, medians of 3) the whole estimate took 1.96 / 3.26 / 7.66 ms with it against 2.09 / 4.43 / 9.88 ms
+with the torch path at 32K / 64K / 128K (`results/tables/bench_methods_cost.csv`). `"torch"` keeps the official
+summation (it was the default until session 5).
 """
 from __future__ import annotations
 

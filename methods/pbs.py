@@ -49,11 +49,11 @@ Option `scores_kernel` (default `"auto"`: `"triton"` on CUDA, `"torch"` elsewher
 importance through the fused kernel `kernels/last_q_scores` (`last_q_importance_triton`, two passes over the key
 tiles), which never materialises the last queries' `[H, last_q, Sc]` softmax. It rounds the logits as the torch
 path does (the product to the input dtype, then the scaled value again), so its importance equals the torch path's
-up to summation order (the dot's accumulation, the softmax sums, the mean over rows): the last bits, which can
-reorder two keys of near-equal importance and with them a block mean. On an H200 the whole estimate took
-0.114/0.050/0.033 of dense cuDNN attention time with it against 0.145/0.080/0.047 with the torch path at
-32K/64K/128K (results/tables/bench_methods_cost.csv, session 5); `"torch"` keeps the exact official importance on
-any device.
+up to rounding (the dot's accumulation, the softmax sums, the mean over rows, the kernel's fast exponential): the
+last bits, which can reorder two keys of near-equal importance and with them a block mean. On an H200 the whole
+estimate took 0.111/0.047/0.032 of dense cuDNN attention time with it against 0.136/0.080/0.047 with the torch path
+at 32K/64K/128K (results/tables/bench_methods_cost.csv, session 6, medians of 3); `"torch"` keeps the exact official
+importance on any device.
 
 On CUDA two more steps take faster routes with the same rule (`_POOL_MM16`, `_SORT_KERNEL` below): the permuted keys
 are pooled by a 16-bit GEMM with fp32 output, and both sorts (with the cumulative-mass rule) run through

@@ -17,15 +17,24 @@ dim is taken in `BD`-wide slices (head dim 256 fits in shared memory). The logit
   torch reduces them over the tiles to each row's final `(m, l)` (deterministic: no atomics).
 * pass 2 (`_lastq_scores`): the logits again, `p = exp(s - m) / l`; the tile's column sums (per head) are the
   program's own slices of `vertical`; its diagonal sums (`tl.gather` skews each row chunk so that diagonals become
-  columns) go to a scratch `[B*H, n_tiles, BT]` (BT >= BLOCK_N + L - 1), and torch adds the overlapping partials of
-  neighbouring tiles into `slash` by shifted slice adds (deterministic).
+  columns) go to a scratch `[B*H, n_tiles, BT]` (BT >= BLOCK_N + L - 1), and the overlapping partials of neighbouring
+  tiles are added into `slash` (`_combine_parts`; with `_COMBINE_KERNEL` off, torch's shifted slice adds;
+  deterministic either way).
 
 Row-block kernels (`rows=True`, or by default the scores pass for more than 64 queries; unpacked heads, power-of-two
 head dims): the grid is (run of `tiles_per_program` key tiles, query head, block of rows). A program loads its rows'
 queries once and walks its key tiles, one `[rows, D] x [D, BLOCK_N]` dot per tile: pass 1 keeps each row's online
 (m, l) over its tiles (scratch `[B*H, programs, L]`), pass 2 writes each tile's column sums and diagonal sums per row
-block (`_RB_SCORES` rows, which bound the gather's registers), and torch adds the row blocks (the diagonals of row
-block rb shifted by rb * rows). Same values up to summation order.
+block (`_RB_SCORES` rows, which bound the gather's registers), and the combine kernel adds the row blocks (the
+diagonals of row block rb shifted by rb * rows). Same values up to rounding.
+
+The diagonal partials of either kind of kernel (per key tile, and per row block) are added into `slash` by one
+more kernel (`_combine_parts`, fixed order, deterministic), which also adds the row blocks' column sums.
+
+Fast arithmetic (`_FAST`, on by default for the row-block and importance kernels; the module comment at `_FAST`
+has the measurements): key tiles that every row sees whole skip the masks, and each probability is one FMA and one
+flushed `ex2.approx` (`_ex2`) times the row's 1 / l. Values then differ from the plain arithmetic in the rounding
+of the exponential and in probabilities below 2**-126, which become 0.
 
 Both passes write the same scratch, per query head, whether heads are packed or not. Within a program the K tile's
 slices are loaded again for each row tile (`NG * NCH` times): after the first, from L1/L2 rather than DRAM.

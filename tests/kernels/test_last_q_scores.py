@@ -539,7 +539,8 @@ def test_compiled_kernels_keep_their_constexprs():
 
     stats, scores, stats_rows, scores_rows = lq._kernels(False)[:4]
     assert [p.name for p in stats.params if p.is_constexpr] == ["D", "BD", "RC", "NCH", "GP", "NG", "BLOCK_N",
-                                                                "INTERPRET", "PREC", "CAUSAL", "ROUND_DOT", "FAST", "EVEN"]
+                                                                "INTERPRET", "PREC", "CAUSAL", "ROUND_DOT", "FAST",
+                                                                "EVEN"]
     assert [p.name for p in scores.params if p.is_constexpr] == ["D", "BD", "RC", "NCH", "GP", "NG", "BLOCK_N", "BT",
                                                                  "INTERPRET", "PREC", "IMPORTANCE", "FAST", "EVEN"]
     assert [p.name for p in stats_rows.params if p.is_constexpr] == ["D", "RB", "BLOCK_N", "TPP", "INTERPRET", "PREC",
