@@ -42,8 +42,8 @@ DEFAULT_CASES = "16K:4:1:256:0.02,16K:4:1:256:0.05,32K:4:1:256:0.02,16K:32:8:128
 
 def parse_cases(text: str):
     out = []
-    for c in text.split(","):
-        t, h, hkv, d, dens = c.strip().split(":")
+    for c in filter(None, (x.strip() for x in text.split(","))):
+        t, h, hkv, d, dens = c.split(":")
         t = t.upper()
         out.append((int(t[:-1]) * 1024 if t.endswith("K") else int(t), int(h), int(hkv), int(d), float(dens)))
     return out
@@ -369,9 +369,64 @@ def select_candidates(seq_lens, H=32, HKV=8, D=128, block=128, threshold=0.9) ->
     return rows
 
 
+def vs_exec_candidates(shapes) -> list[dict]:
+    """Execution of MInference's vertical-slash selection (its default knobs, estimated on random bf16 q/k) by the
+    triton kernel, with and without its extra columns, against the same kernel over the dense causal lists in two
+    forms: shared by all heads (`causal_shared`: a KV group's query heads stacked into one program, each K/V tile
+    loaded once for the group) and the same lists given per query head (`causal_per_head`: one program per query
+    head, as every `query_head` selection runs), and against dense sdpa (cuDNN where it takes the shape). Shapes
+    `T:H:HKV:D`. The per-head causal row isolates what `query_head` granularity costs at equal work."""
+    from sparsebench.attention import AttnContext
+    from sparsebench.kernels.block_sparse_attn.triton import block_sparse_attn_triton
+    from sparsebench.methods import METHODS
+    from sparsebench.selection import Selection
+
+    rows = []
+    for shape in shapes:
+        T, H, HKV, D = (int(x) for x in shape.split(":"))
+        dev = torch.device("cuda")
+        gen = torch.Generator(device=dev).manual_seed(0)
+        q, k, v = (torch.randn(1, n, T, D, device=dev, dtype=torch.bfloat16, generator=gen) for n in (H, HKV, HKV))
+        scale = D ** -0.5
+        sel = METHODS.get("minference")(pattern="vertical_slash").select(
+            q, k, AttnContext(layer_idx=0, num_heads=H, num_kv_heads=HKV, head_dim=D, scale=scale))
+        shared = Selection.causal(batch=1, q_len=T, k_len=T, num_heads=H, num_kv_heads=HKV, block_q=sel.block_q,
+                                  block_k=sel.block_k, device=dev)
+        per_head = Selection(shared.kv_indices.expand(1, H, -1, -1).contiguous(),
+                             shared.kv_counts.expand(1, H, -1).contiguous(), shared.block_q, shared.block_k, T, T, H,
+                             HKV, "query_head")
+
+        def run(s, extra=True):
+            return block_sparse_attn_triton(q, k, v, s.kv_indices, s.kv_counts, s.block_q, s.block_k, scale=scale,
+                                            sink=s.sink, window=s.window,
+                                            extra_cols=s.extra_cols if extra else None,
+                                            extra_counts=s.extra_counts if extra else None)
+
+        def sdpa():
+            try:
+                with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.CUDNN_ATTENTION):
+                    return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True,
+                                                                            scale=scale)
+            except RuntimeError:
+                return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True,
+                                                                        scale=scale)
+        dense_ms = _median_ms(sdpa)
+        extra_share = (sel.extra_counts.float().mean().item() / T) if sel.extra_counts is not None else 0.0
+        for name, fn in (("vs", lambda: run(sel)), ("vs_blocks_only", lambda: run(sel, extra=False)),
+                         ("causal_shared", lambda: run(shared)), ("causal_per_head", lambda: run(per_head))):
+            ms = _median_ms(fn)
+            rows.append({"kernel": name, "seq_len": T, "heads": H, "kv_heads": HKV, "head_dim": D,
+                         "vs_density": sel.density(), "vs_extra_cols_share": extra_share, "bench_ms": ms,
+                         "dense_ms": dense_ms, "share_of_dense": ms / dense_ms})
+            print(f"vs-exec T={T} H={H} HKV={HKV} D={D} {name}: {ms:.3f} ms = {ms / dense_ms:.3f} x sdpa dense "
+                  f"({dense_ms:.3f} ms); vs density {sel.density():.3f}")
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cases", default=DEFAULT_CASES, help="T:H:HKV:D:density,... (default: %(default)s)")
+    ap.add_argument("--cases", default=DEFAULT_CASES, help="T:H:HKV:D:density,... (default: %(default)s); an empty "
+                    "string runs only the sweeps asked for")
     ap.add_argument("--out-dir", default=None, help="write tables/profile_kernels.csv under this folder")
     ap.add_argument("--host-breakdown", action="store_true",
                     help="also print a cProfile of the host time of triton and flex calls (first case)")
@@ -382,6 +437,9 @@ def main(argv=None) -> int:
                     help="also time the last-query vertical/slash scorer's tile options at these lengths")
     ap.add_argument("--select", default=None, metavar="L,L",
                     help="also time XAttention's selection kernel, sort vs bisection, at these lengths (block 128)")
+    ap.add_argument("--vs-exec", default=None, metavar="T:H:HKV:D,...",
+                    help="also time the execution of MInference's vertical-slash selection against causal lists "
+                         "shared by a KV group and given per query head, at these shapes")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("profile_kernels.py needs a CUDA GPU", file=sys.stderr)
@@ -394,14 +452,17 @@ def main(argv=None) -> int:
     # the kernel sweeps: their own tables beside profile_kernels.csv
     for lengths, sweep, table in ((args.antidiag, antidiag_candidates, "profile_antidiag"),
                                   (args.lastq, lastq_candidates, "profile_lastq"),
-                                  (args.select, select_candidates, "profile_select")):
+                                  (args.select, select_candidates, "profile_select"),
+                                  (args.vs_exec, vs_exec_candidates, "profile_vs_exec")):
         if not lengths:
             continue
-        sweep_rows = sweep([int(x) for x in lengths.split(",")])
+        sweep_rows = sweep([x if sweep is vs_exec_candidates else int(x) for x in lengths.split(",")])
         if args.out_dir and sweep_rows:
             p = Path(args.out_dir) / "tables" / f"{table}.csv"
             p.parent.mkdir(parents=True, exist_ok=True)
             pd.DataFrame(sweep_rows).assign(device=torch.cuda.get_device_name()).to_csv(p, index=False)
+    if not rows:
+        return 0
     df = pd.DataFrame(rows)
     flex = df[df.kernel == "flex"].set_index(["seq_len", "heads", "head_dim", "target_density"])["bench_ms"]
     df["flex_over"] = [flex.get((r.seq_len, r.heads, r.head_dim, r.target_density), float("nan")) / r.bench_ms

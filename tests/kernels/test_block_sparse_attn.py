@@ -293,3 +293,17 @@ def test_block_sparse_attn_gpu_no_trim(shape, monkeypatch):
     monkeypatch.setattr(bsa, "_TRIM_LAST", False)
     q, k, v, sel, kwd = make_case(*shape, dtype=torch.bfloat16)
     check(q, k, v, sel, kwd, 2e-2, device="cuda")
+
+
+def test_small_row_tiles_take_four_warps(monkeypatch):
+    """A candidate fitted down to a 64-row tile (one query head's 64-block: `query_head` lists) runs 4 warps instead
+    of its 8 (measured faster on an H200, see `_SMALL_TILE_WARPS`); packed heads keep the candidate's warps."""
+    pytest.importorskip("triton")
+    from sparsebench.kernels.block_sparse_attn import triton as bsa
+
+    assert bsa._fit((128, 64, 8, 2), 256, 64, 64, 1) == (64, 64, 4, 2)
+    assert bsa._fit((128, 128, 8, 3), 128, 64, 64, 1) == (64, 64, 4, 3)
+    assert bsa._fit((128, 128, 8, 3), 128, 64, 64, 4) == (128, 64, 8, 3)
+    assert bsa._fit((128, 128, 8, 3), 128, 128, 128, 1) == (128, 128, 8, 3)
+    monkeypatch.setattr(bsa, "_SMALL_TILE_WARPS", 0)
+    assert bsa._fit((128, 64, 8, 2), 256, 64, 64, 1) == (64, 64, 8, 2)
