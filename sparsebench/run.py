@@ -209,6 +209,14 @@ def _generate(model, tokenizer, input_ids, max_new_tokens: int):
     return text, (t1 - t0) * 1e3, (t2 - t1) * 1e3, len(tokens)
 
 
+def _warmup(model, input_ids) -> None:
+    """One untimed prefill of `input_ids` (its kernels compile here, not in a timed sample)."""
+    import torch
+
+    with torch.inference_mode():
+        model(input_ids=input_ids, use_cache=True, logits_to_keep=1)
+
+
 def _sample_factors(job: Job) -> dict:
     """The factors every per-sample record carries, so samples tables need no join with rows."""
     cfg = job.cfg
@@ -260,14 +268,21 @@ def execute(job: Job) -> tuple[list[Row], list[dict], list[dict]]:
         # chat template unless the task marks a prompt that upstream feeds raw (LongBench's few-shot/code sets)
         return encode_sample(tok, sample, cfg.model.chat_template, return_tensors="pt").to(device)
 
+    warmed: set[int] = set()
     if cfg.warmup and samples:
         # compiles flex/triton kernels for this length, so prefill_ms of the first sample measures no compilation
-        with torch.inference_mode():
-            model(input_ids=encode(samples[0]), use_cache=True, logits_to_keep=1)
+        first = encode(samples[0])
+        _warmup(model, first)
+        warmed.add(first.shape[1])
         meter.reset()
     desc = f"{cfg.method.name} {cfg.task.name} L={cfg.seq_len}"
     for s in tqdm(samples, desc=desc, disable=not cfg.progress, leave=False):
         ids = encode(s)
+        if cfg.warmup and cfg.warmup_each_length and ids.shape[1] not in warmed:
+            # Triton specialises kernels on shapes (divisibility of lengths, list widths): a new token count may
+            # compile inside the timed prefill
+            _warmup(model, ids)
+            warmed.add(ids.shape[1])
         meter.reset()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)

@@ -263,6 +263,9 @@ class RunConfig:
     diag_rows: int = 64
     figures: bool = True  # draw the task's figure after a run or sweep
     warmup: bool = True  # one untimed prefill of the first prompt first, so timings exclude compilation
+    # with warmup, also one before the first prompt of every other token count (GPU timing runs: kernels compile
+    # per shape specialisation, and a compile inside a timed sample spoils its estimation_ms / attention_ms)
+    warmup_each_length: bool = False
     progress: bool = True
 
 

@@ -74,3 +74,24 @@ def test_run_id_changes_with_every_hashed_input(compose):
         Dense.impl_version = old
     # provenance-only settings do not change it
     assert prepare(compose(base + ["progress=false", "figures=false"])).run_id == rid
+
+
+@pytest.mark.parametrize("each_length", [False, True])
+def test_warmup_each_length(compose, monkeypatch, each_length):
+    """With `warmup`, one untimed prefill before the first prompt; with `warmup_each_length` too, one before the first
+    prompt of every other token count, and never twice for a count (NIAH prompts at one seq_len differ by a few
+    tokens)."""
+    from sparsebench import run
+
+    seen = []
+    real_warmup = run._warmup
+    monkeypatch.setattr(run, "_warmup", lambda model, ids: (seen.append(ids.shape[1]), real_warmup(model, ids)))
+    cfg = compose(["model=tiny_llama", "task=niah", "seq_len=512", "task.depths=[0,50,100]", "n_samples=2",
+                   f"warmup_each_length={each_length}", "progress=false", "figures=false"])
+    _, samples, _ = run.execute(run.prepare(cfg))
+    lengths = [r["input_tokens"] for r in samples]
+    assert len(set(lengths)) >= 2 and seen[0] == lengths[0]
+    if each_length:
+        assert seen == list(dict.fromkeys(lengths))
+    else:
+        assert seen == [lengths[0]]
