@@ -26,3 +26,23 @@ def jit_with_helpers(kernels, helpers) -> tuple:
     # one dict for all: a helper's call to another helper resolves, at compile time, to the jitted one
     g.update({h.__name__: triton.jit(rebind(h, g)) for h in helpers})
     return tuple(triton.jit(rebind(k, g)) for k in kernels)
+
+
+def per_mode(kernels, helpers=(), one: bool = False):
+    """`get(interpret) -> jitted kernels` for a kernel module: decorates `kernels` (with `helpers`, see
+    `jit_with_helpers`) on first use in each mode, compiled or interpreted, and keeps them. `triton.jit` decides
+    between the two at decoration time, and TRITON_INTERPRET may be set after the module was imported. With `one`,
+    `get` returns the single kernel instead of a tuple."""
+    cache: dict[bool, tuple] = {}
+
+    def get(interpret: bool):
+        if interpret not in cache:
+            if helpers:
+                cache[interpret] = jit_with_helpers(kernels, helpers)
+            else:
+                import triton
+
+                cache[interpret] = tuple(triton.jit(k) for k in kernels)
+        return cache[interpret][0] if one else cache[interpret]
+
+    return get

@@ -80,6 +80,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .._jit import per_mode
+
 __all__ = ["MAX_NK", "find_blocks_triton", "select_blocks_triton"]
 
 # widest row (key blocks) one program sorts: a [1, 8192] int64 tile, 32 warps (compile-checked for sm_90: 64
@@ -233,17 +235,7 @@ def _select_fwd(SC, TAU, IDX, CNT, MSK, ORD, MASS,
             tl.store(CNT + b * c_b + h * c_h + rr, tl.sum(kept.to(tl.int32), 1), mask=row_ok)
 
 
-_KERNELS: dict[bool, object] = {}
-
-
-def _kernel(interpret: bool):
-    # triton.jit decides between compiled and interpreted at decoration time, so decorate per mode on first use; the
-    # kernel sees the helper decorated in the same mode through its own globals
-    if interpret not in _KERNELS:
-        from .._jit import jit_with_helpers
-
-        _KERNELS[interpret] = jit_with_helpers((_select_fwd,), (_sort_rows, _mass_before))[0]
-    return _KERNELS[interpret]
+_kernel = per_mode((_select_fwd,), (_sort_rows, _mass_before), one=True)
 
 
 def _pow2ceil(x: int) -> int:

@@ -29,6 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .._jit import per_mode
+
 __all__ = ["antidiag_block_scores_triton", "supports"]
 
 _LOG2E = 1.4426950408889634
@@ -160,16 +162,7 @@ def _antidiag_fwd(Q, K, QD, KD, OUT, CS, MU,
             tl.store(out_base + kb[None, :], blk, mask=(qb[:, None] < NQC) & (kb[None, :] < NK))
 
 
-_KERNELS: dict[bool, object] = {}
-
-
-def _kernel(interpret: bool):
-    # triton.jit decides between compiled and interpreted at decoration time, so decorate per mode on first use
-    if interpret not in _KERNELS:
-        from .._jit import jit_with_helpers
-
-        _KERNELS[interpret] = jit_with_helpers((_antidiag_fwd,), (_antidiag_tile, _antidiag_store))[0]
-    return _KERNELS[interpret]
+_kernel = per_mode((_antidiag_fwd,), (_antidiag_tile, _antidiag_store), one=True)
 
 
 def _pow2(x: int) -> bool:

@@ -31,6 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .._jit import per_mode
+
 __all__ = ["block_sparse_attn_triton"]
 
 _LOG2E = 1.4426950408889634
@@ -189,16 +191,7 @@ def _bsa_fwd(Q, K, V, KD, VD, O, LSE, IDX, CNT, XCOL, XCNT,
         tl.store(LSE + b * slb + h * slh + t64, lse, mask=row_ok)
 
 
-_KERNELS: dict[bool, object] = {}
-
-
-def _kernel(interpret: bool):
-    # triton.jit decides between compiled and interpreted at decoration time, so decorate per mode on first use.
-    if interpret not in _KERNELS:
-        from .._jit import jit_with_helpers
-
-        _KERNELS[interpret] = jit_with_helpers((_bsa_fwd,), (_softmax_step,))[0]
-    return _KERNELS[interpret]
+_kernel = per_mode((_bsa_fwd,), (_softmax_step,), one=True)
 
 
 def _interpreting() -> bool:

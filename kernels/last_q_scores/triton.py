@@ -56,6 +56,7 @@ import os
 import torch
 import triton.language as tl
 
+from .._jit import per_mode
 from .naive import _check
 
 __all__ = ["last_q_importance_triton", "last_q_scores_triton", "supports"]
@@ -347,19 +348,8 @@ def _combine_parts(DG, V, OUT_S, OUT_V, sdr, sdn, sdt, svr, svn, S, L, NT, RB, N
         tl.store(OUT_V + n * S + o, acc_v, mask=o_ok)
 
 
-_KERNELS: dict[bool, tuple] = {}
-
-
-def _kernels(interpret: bool):
-    # triton.jit decides between compiled and interpreted at decoration time, so decorate per mode on first use
-    if interpret not in _KERNELS:
-        from .._jit import jit_with_helpers
-
-        _KERNELS[interpret] = jit_with_helpers((_lastq_stats, _lastq_scores, _lastq_stats_rows, _lastq_scores_rows,
-                                                _combine_parts),
-                                               (_tile_logits, _block_logits, _block_rows, _round_and_mask, _ex2,
-                                                _probs, _exp_sum, _whole_tile))
-    return _KERNELS[interpret]
+_kernels = per_mode((_lastq_stats, _lastq_scores, _lastq_stats_rows, _lastq_scores_rows, _combine_parts),
+                    (_tile_logits, _block_logits, _block_rows, _round_and_mask, _ex2, _probs, _exp_sum, _whole_tile))
 
 
 def _pow2ceil(x: int) -> int:

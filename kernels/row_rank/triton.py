@@ -22,6 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .._jit import per_mode
+
 __all__ = ["MAX_N", "desc_order_triton", "mass_prefix_triton"]
 
 MAX_N = 4096
@@ -51,14 +53,7 @@ def _row_rank(X, OUT, n_rows, N, sx, so, threshold,
         tl.store(OUT + rows.to(tl.int64)[:, None] * so + cols[None, :], idx, mask=live & (rows < n_rows)[:, None])
 
 
-_KERNELS: dict[bool, object] = {}
-
-
-def _kernel(interpret: bool):
-    # triton.jit decides between compiled and interpreted at decoration time, so decorate per mode on first use
-    if interpret not in _KERNELS:
-        _KERNELS[interpret] = triton.jit(_row_rank)
-    return _KERNELS[interpret]
+_kernel = per_mode((_row_rank,), one=True)
 
 
 def _launch(x: torch.Tensor, out: torch.Tensor, threshold: float, mass: bool) -> None:

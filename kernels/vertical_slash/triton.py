@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 import triton.language as tl
 
+from .._jit import per_mode
 from ..block_sparse_attn.triton import block_sparse_attn_triton
 from .naive import vertical_slash_to_blocks
 
@@ -60,7 +61,7 @@ def _extra_cols_fwd(V, VC, KB, FM, LM, OUT, OUTN, NQ, NK, NF, NV, NL, bs, q_len,
     tl.store(OUTN + r * NQ + qb, count)
 
 
-_EXTRA_KERNELS: dict[bool, object] = {}
+_extra_kernel = per_mode((_extra_cols_fwd,), one=True)
 
 
 def extra_columns_triton(v, v_cmp, kbv, fmap, last_map, base_last: int, q_len: int, k_len: int, bs: int, NQ: int,
@@ -74,8 +75,6 @@ def extra_columns_triton(v, v_cmp, kbv, fmap, last_map, base_last: int, q_len: i
     import triton
 
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
-    if interpret not in _EXTRA_KERNELS:
-        _EXTRA_KERNELS[interpret] = triton.jit(_extra_cols_fwd)
     B, HS, NV = v.shape
     R = B * HS
     dev = v.device
@@ -84,7 +83,7 @@ def extra_columns_triton(v, v_cmp, kbv, fmap, last_map, base_last: int, q_len: i
     out_c = torch.empty(R, NQ, NV, dtype=torch.int32, device=dev)
     out_n = torch.empty(R, NQ, dtype=torch.int32, device=dev)
     block = min(1024, max(16, triton.next_power_of_2(NV)))
-    _EXTRA_KERNELS[interpret][(NQ, R)](
+    _extra_kernel(interpret)[(NQ, R)](
         v.reshape(R, NV).contiguous(), v_cmp.reshape(R, NV).contiguous(), kbv.reshape(R, NV).to(torch.int32)
         .contiguous(), fmap.reshape(R, -1).view(torch.int8).contiguous(), lm, out_c, out_n,
         NQ, NK, fmap.shape[-1], NV, lm.shape[-1], bs, q_len, k_len, base_last,
