@@ -86,6 +86,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -107,6 +108,11 @@ SEARCH_SPACE = (("stream_llm", 100, 800), ("vertical_and_slash", 30, 800), ("ver
 
 SEARCH_KNOBS = ("last_q", "block_size", "forced_columns", "forced_diagonals", "min_vertical", "min_slash")
 _MAX_SCORES = 1 << 27  # fp32 score elements an estimator holds at once (512 MB), before its padded copy
+# Where every head keeps the same numbers of columns and diagonals, pick them with the radix-select kernel
+# (kernels/top_set: the same sets as `top_ranked`, in ascending order, which the list builder does not care about)
+# instead of `top_ranked`'s two int64 topk (0.34 ms of MInference's 1.79 ms of GPU time at 64K on an H200, session
+# 6). Off until it is timed on a GPU (bench_methods variant `minference_vs_topset`).
+_TOP_SET = False
 
 
 # ---------------------------------------------------------------------------------------------- estimators
@@ -530,6 +536,12 @@ class MInference(SparseAttention):
             if naive:
                 v_idx = top_ranked_naive(vert, v_sz, NV, self.forced_columns)
                 s_off = top_ranked_naive(slash, s_sz, NS, self.forced_diagonals)
+            elif _TOP_SET and (q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1") and \
+                    len(set(v_sz)) == len(set(s_sz)) == 1 and NV > 0 and NS > 0:
+                from sparsebench.kernels.top_set import top_set_triton
+
+                v_idx = top_set_triton(vert.reshape(B * H, S), NV, self.forced_columns).view(B, H, NV)
+                s_off = top_set_triton(slash.reshape(B * H, S), NS, self.forced_diagonals).view(B, H, NS)
             else:
                 v_idx = top_ranked(vert, v_sizes, NV, self.forced_columns)
                 s_off = top_ranked(slash, s_sizes, NS, self.forced_diagonals)

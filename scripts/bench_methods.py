@@ -48,7 +48,8 @@ GPU_COST_VARIANTS = (("minference_vs_torch", "minference", {"pattern": "vertical
                      ("minference_vs_rows", "minference", {"pattern": "vertical_slash"}),
                      ("flexprefill_nofast", "flexprefill", {}), ("pbs_nofast", "pbs", {}),
                      ("minference_vs_torchcombine", "minference", {"pattern": "vertical_slash"}),
-                     ("flexprefill_torchcombine", "flexprefill", {}))
+                     ("flexprefill_torchcombine", "flexprefill", {}),
+                     ("minference_vs_topset", "minference", {"pattern": "vertical_slash"}))
 # environment a variant runs under (switches that are not constructor knobs, read at call time)
 VARIANT_ENV = {"xattn_s8_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"},
                "xattn_s16_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"}}
@@ -67,7 +68,9 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
     "flexprefill_nofast": [(_LASTQ, "_FAST", False)], "pbs_nofast": [(_LASTQ, "_FAST", False)],
     # the scores pass's partial sums added by torch (shifted slice adds), before the combine kernel of session 6
     "minference_vs_torchcombine": [(_LASTQ, "_COMBINE_KERNEL", False)],
-    "flexprefill_torchcombine": [(_LASTQ, "_COMBINE_KERNEL", False)]}
+    "flexprefill_torchcombine": [(_LASTQ, "_COMBINE_KERNEL", False)],
+    # MInference's columns and diagonals by the radix-select kernel (kernels/top_set) instead of two int64 topk
+    "minference_vs_topset": [("sparsebench.methods.minference", "_TOP_SET", True)]}
 
 
 def _variants(cuda: bool) -> tuple:

@@ -216,3 +216,13 @@ def test_row_rank(N, compiled):
     desc_order_triton(x)
     mass_prefix_triton(x, 0.9)
     _check(compiled, 2)
+
+
+def test_top_set(compiled):
+    """kernels/top_set: the radix-select kernel at MInference's row length and widths, without spills."""
+    from sparsebench.kernels.top_set import top_set_triton
+
+    x = torch.zeros(32, 65536)
+    top_set_triton(x, 1000, 30)
+    top_set_triton(x, 6096, 100)
+    _check(compiled, 2)
