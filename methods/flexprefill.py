@@ -76,13 +76,12 @@ summation (it was the default until session 5).
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import torch
 
 from sparsebench.attention import AttnContext, AttnShape, SparseAttention
-from sparsebench.kernels.last_q_scores import check_scores_kernel, fused_scores
+from sparsebench.kernels.last_q_scores import check_fused_device, check_scores_kernel, fused_scores
 from sparsebench.selection import Selection, stable_partition
 
 VARIANTS = ("official", "sparse_frontier")
@@ -161,9 +160,7 @@ def last_query_scores(q: torch.Tensor, k: torch.Tensor, n: int, scale: float,
     if fused_scores(kernel, q, D, n):
         # the fused kernel (kernels/last_q_scores) with the pre-scaled queries and scale 1: its fp32 dot rounded
         # once to the input dtype is what torch.matmul of q_last returns; its slash is indexed by offset
-        if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-            raise ValueError(f"flexprefill scores_kernel='triton' needs a CUDA device (or TRITON_INTERPRET=1); q is "
-                             f"on {q.device}: use scores_kernel='torch'")
+        check_fused_device("flexprefill", q)
         from sparsebench.kernels.last_q_scores import last_q_scores_triton
 
         vertical, slash = last_q_scores_triton(q_last, k, 1.0)

@@ -93,7 +93,7 @@ from dataclasses import dataclass
 import torch
 
 from sparsebench.attention import AttnContext, AttnShape, SparseAttention
-from sparsebench.kernels.last_q_scores import check_scores_kernel, fused_scores
+from sparsebench.kernels.last_q_scores import check_fused_device, check_scores_kernel, fused_scores
 from sparsebench.selection import Selection
 
 PATTERNS = ("a_shape", "vertical_slash", "block_sparse", "config")
@@ -174,11 +174,7 @@ def vs_scores(q: torch.Tensor, k: torch.Tensor, last_q: int, scale: float) -> tu
 def vs_scores_triton(q: torch.Tensor, k: torch.Tensor, last_q: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """`vs_scores` through the fused kernel `kernels/last_q_scores` (no materialised `[B, H, last_q, S]` softmax);
     equal to it up to the summation order of the softmax sums (`scores_kernel="triton"`)."""
-    import os
-
-    if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError(f"minference scores_kernel='triton' needs a CUDA device (or TRITON_INTERPRET=1); q is on "
-                         f"{q.device}: use scores_kernel='torch'")
+    check_fused_device("minference", q)
     from sparsebench.kernels.last_q_scores import last_q_scores_triton
 
     L = min(last_q, q.shape[2])

@@ -69,7 +69,7 @@ import torch
 import torch.nn.functional as F
 
 from sparsebench.attention import AttnContext, AttnShape, SparseAttention
-from sparsebench.kernels.last_q_scores import check_scores_kernel, fused_scores
+from sparsebench.kernels.last_q_scores import check_fused_device, check_scores_kernel, fused_scores
 from sparsebench.selection import Selection, stable_partition
 
 # temporary memory one estimator chunk of KV heads may use (bounds memory at 128K; not a result knob)
@@ -166,9 +166,7 @@ def _importance_torch(q: torch.Tensor, k: torch.Tensor, scale: float, L: int, Sc
 
 def _importance_triton(q: torch.Tensor, k: torch.Tensor, scale: float, L: int, Sc: int) -> torch.Tensor:
     """`_importance_torch` through the fused kernel (`scores_kernel="triton"`): no `[HC, L, Sc]` softmax."""
-    if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError(f"pbs scores_kernel='triton' needs a CUDA device (or TRITON_INTERPRET=1); q is on "
-                         f"{q.device}: use scores_kernel='torch'")
+    check_fused_device("pbs", q)
     from sparsebench.kernels.last_q_scores import last_q_importance_triton
 
     return last_q_importance_triton(q[:, :, q.shape[2] - L:], k, scale, Sc)

@@ -3,7 +3,7 @@ PBS-Attn's key importance (column means of their unmasked softmax over the first
 semantics, triton.py for the fused GPU kernels."""
 from .naive import last_q_importance_naive, last_q_scores_naive
 
-__all__ = ["SCORES_KERNELS", "check_scores_kernel", "fused_scores", "last_q_importance_naive",
+__all__ = ["SCORES_KERNELS", "check_fused_device", "check_scores_kernel", "fused_scores", "last_q_importance_naive",
            "last_q_importance_triton", "last_q_scores_naive", "last_q_scores_triton"]
 
 # a method's `scores_kernel` knob: the fused kernels on CUDA (auto), the method's torch path, or the fused kernels
@@ -14,6 +14,16 @@ def check_scores_kernel(method: str, choice: str) -> None:
     """A clear error naming the method when `choice` is not one of `SCORES_KERNELS`."""
     if choice not in SCORES_KERNELS:
         raise ValueError(f"{method} scores_kernel={choice!r} is not one of {', '.join(SCORES_KERNELS)}")
+
+
+def check_fused_device(method: str, x) -> None:
+    """A clear error naming the method when the fused kernels are asked for (`scores_kernel='triton'`) on a tensor
+    they cannot run on: not on CUDA, and no TRITON_INTERPRET=1."""
+    import os
+
+    if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(f"{method} scores_kernel='triton' needs a CUDA device (or TRITON_INTERPRET=1); q is on "
+                         f"{x.device}: use scores_kernel='torch'")
 
 
 def fused_scores(choice: str, x, head_dim: int | None = None, last_q: int | None = None) -> bool:

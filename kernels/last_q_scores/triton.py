@@ -287,8 +287,8 @@ def _lastq_scores_rows(Q, K, M, LS, V, DG, sqb, sqh, sqt, skb, skh, sks, smb, sv
                        TPP: tl.constexpr, INTERPRET: tl.constexpr, PREC: tl.constexpr, IMPORTANCE: tl.constexpr,
                        FAST: tl.constexpr = False, EVEN: tl.constexpr = False):
     """Row-block pass 2 (`_lastq_scores`' outputs, per row block): each tile's column sums over the block's rows go
-    to `V[row block]`, its diagonal sums (indexed by the row within the block) to `DG[row block]`; torch adds the
-    row blocks. The diagonal sums skew the `[RB, BLOCK_N]` probabilities in registers (`tl.gather`) so that
+    to `V[row block]`, its diagonal sums (indexed by the row within the block) to `DG[row block]`; `_combine` adds
+    the row blocks. The diagonal sums skew the `[RB, BLOCK_N]` probabilities in registers (`tl.gather`) so that
     diagonals become columns."""
     pid_t = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -631,8 +631,8 @@ def last_q_importance_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float
                              tiles_per_program: int | None = None) -> torch.Tensor:
     """`importance [B, H, n_keys]` fp32 of `last_q_importance_naive` (arguments as there): pass 1 of the scores
     kernels without the causal mask, then pass 2 with `IMPORTANCE` (column means, no diagonals). Equal to the
-    reference up to summation order (the dot's accumulation, the softmax sums over key tiles, the column sums over
-    rows).
+    reference up to rounding (the dot's accumulation, the softmax sums over key tiles, the column sums over rows,
+    and with `_FAST` the fast exponential).
 
     Scratch: fp32 `[B*H, n_tiles, L]` twice, n_tiles = ceil(n_keys / block_n).
     """
