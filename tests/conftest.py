@@ -52,3 +52,12 @@ def byte_tok():
     from sparsebench.models import byte_tokenizer
 
     return byte_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def interpret_verdicts(request):
+    """{case id: None if it passed, else the failure} from one interpreter subprocess that runs the requesting test
+    file as a script (`sparsebench.testing.interpreter_verdicts`): every file with Triton interpreter cases uses it."""
+    from sparsebench.testing import interpreter_verdicts
+
+    return interpreter_verdicts(request.module.__file__)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from sparsebench.kernels.antidiag_score import antidiag_block_scores_naive, exact_block_scores_naive
-from sparsebench.testing import assert_verdict, interpreter_verdicts, report_verdicts
+from sparsebench.testing import assert_verdict, report_verdicts
 
 
 def brute_scores(q, k, stride, block_size, scale):
@@ -196,12 +196,6 @@ def _check_case(case, device="cpu", tol=2e-5):
     assert out.shape == ref.shape and out.dtype == torch.float32
     err = (out - ref).abs().max().item()
     assert err < tol * (bs // st), f"max error {err:.3e}"
-
-
-@pytest.fixture(scope="module")
-def interpret_verdicts():
-    """{case id: None if it passed, else the failure} from one interpreter subprocess over all CPU cases."""
-    return interpreter_verdicts(__file__)
 
 
 @pytest.mark.parametrize("case", CPU_CASES)

@@ -17,7 +17,7 @@ import torch
 from sparsebench.kernels.block_sparse_attn import block_sparse_attn_naive
 
 from sparsebench.selection import Selection
-from sparsebench.testing import assert_verdict, interpreter_verdicts, report_verdicts
+from sparsebench.testing import assert_verdict, report_verdicts
 
 triton = pytest.importorskip("triton")
 
@@ -160,12 +160,6 @@ def _run_cpu_case(shape, kw):
     bt._TRIM_LAST = kw.pop("trim", True)
     q, k, v, sel, kwd = make_case(B, T, S, H, HKV, D, BQ, BK, gran, density, **kw)
     check(q, k, v, sel, kwd, 1e-3 if q.dtype == torch.float32 else 2e-3)
-
-
-@pytest.fixture(scope="module")
-def interpret_verdicts():
-    """{case id: None if it passed, else the failure} from one interpreter subprocess over all CPU cases."""
-    return interpreter_verdicts(__file__)
 
 
 @pytest.mark.parametrize("shape,kw", CPU_CASES)

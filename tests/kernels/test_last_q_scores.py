@@ -16,7 +16,7 @@ import pytest
 import torch
 from sparsebench.kernels.last_q_scores import last_q_importance_naive, last_q_scores_naive
 
-from sparsebench.testing import assert_verdict, interpreter_verdicts, report_verdicts
+from sparsebench.testing import assert_verdict, report_verdicts
 
 
 def _qk(B, H, HKV, L, S, D, dtype=torch.float32, seed=0):
@@ -195,12 +195,6 @@ def _check_case(case, device="cpu", tol=1e-5):
     for name, a, b in (("vertical", v, vr), ("slash", s, sr)):
         err = (a - b).abs().max().item() / max(1.0, b.abs().max().item())
         assert err <= tol, f"{name}: max relative error {err:.3e}"
-
-
-@pytest.fixture(scope="module")
-def interpret_verdicts():
-    """{case id: None if it passed, else the failure} from one interpreter subprocess over all CPU cases."""
-    return interpreter_verdicts(__file__)
 
 
 @pytest.mark.parametrize("case", CPU_CASES)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sparsebench.kernels.row_rank import desc_order_naive, mass_prefix_naive
-from sparsebench.testing import assert_verdict, interpreter_verdicts, report_verdicts
+from sparsebench.testing import assert_verdict, report_verdicts
 
 
 def _rows(kind: str, shape, seed: int = 0) -> torch.Tensor:
@@ -48,11 +48,6 @@ def _check(case, device="cpu"):
     got, want = mass_prefix_triton(x, threshold), mass_prefix_naive(x, threshold)
     assert got.dtype == torch.bool and got.shape == x.shape
     assert torch.equal(got, want), f"mass prefix differs in {(got != want).any(-1).sum().item()} rows"
-
-
-@pytest.fixture(scope="module")
-def interpret_verdicts():
-    return interpreter_verdicts(__file__)
 
 
 @pytest.mark.parametrize("case", CASES)

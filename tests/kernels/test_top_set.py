@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sparsebench.kernels.top_set import top_set_naive
-from sparsebench.testing import assert_verdict, interpreter_verdicts, report_verdicts
+from sparsebench.testing import assert_verdict, report_verdicts
 
 
 def _rows(kind: str, R: int, N: int, seed: int = 0) -> torch.Tensor:
@@ -68,11 +68,6 @@ def _check_minference(case):
 
 
 MI_CASES = [pytest.param((512, 512, 64, 40, 60), id="mi-512"), pytest.param((300, 700, 16, 100, 33), id="mi-300-700")]
-
-
-@pytest.fixture(scope="module")
-def interpret_verdicts():
-    return interpreter_verdicts(__file__)
 
 
 @pytest.mark.parametrize("case", CASES + MI_CASES)

@@ -15,7 +15,7 @@ from sparsebench.kernels.vertical_slash import vertical_slash_attn_naive, vertic
 
 from sparsebench.executors import execute
 from sparsebench.selection import Selection, causal_pairs
-from sparsebench.testing import assert_verdict, interpreter_verdicts, report_verdicts
+from sparsebench.testing import assert_verdict, report_verdicts
 
 
 def build(v_idx, s_idx, T, S, bs=64, H=None, HKV=None):
@@ -239,15 +239,10 @@ def _check_extra_triton(case):
         assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
 
 
-@pytest.fixture(scope="module")
-def extra_verdicts():
-    return interpreter_verdicts(__file__)
-
-
 @pytest.mark.parametrize("case", EXTRA_CASES)
-def test_triton_extra_columns_equal_torch(case, request, extra_verdicts):
+def test_triton_extra_columns_equal_torch(case, request, interpret_verdicts):
     """The Triton compaction of the extra columns gives the torch build's output bit for bit (interpreter)."""
-    assert_verdict(extra_verdicts, request)
+    assert_verdict(interpret_verdicts, request)
 
 
 def test_bad_extra_mode_raises():
@@ -256,7 +251,7 @@ def test_bad_extra_mode_raises():
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--interpret"]:
-    report_verdicts(_check_extra_triton, EXTRA_CASES)  # interpreter worker for `extra_verdicts`
+    report_verdicts(_check_extra_triton, EXTRA_CASES)  # interpreter worker for `interpret_verdicts`
 
 
 # ---------------------------------------------------------------------------------------------- GPU

@@ -33,7 +33,7 @@ import pytest
 import torch
 from sparsebench.methods.xattn import block_mask_to_selection, find_blocks
 
-from sparsebench.testing import assert_verdict, interpreter_verdicts, report_verdicts
+from sparsebench.testing import assert_verdict, report_verdicts
 
 MARGIN = 1e-10
 
@@ -371,12 +371,6 @@ def test_launch_config():
     assert launch_config(64, 1024) == (6, 16, 4)  # short rows share a program
     assert launch_config(5, 3) == (4, 4, 1)
     assert launch_config(MAX_NK, 8) == (13, 1, 32)
-
-
-@pytest.fixture(scope="module")
-def interpret_verdicts():
-    """{case id: None if it passed, else the failure} from one interpreter subprocess over all cases."""
-    return interpreter_verdicts(__file__)
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -23,7 +23,7 @@ from sparsebench.executors import execute
 from sparsebench.methods.xattn import (XAttention, block_mask_to_selection, find_blocks, profile_thresholds,
                                        thresholds_from_scores)
 from sparsebench.selection import causal_pairs
-from sparsebench.testing import assert_verdict, interpreter_verdicts, report_verdicts
+from sparsebench.testing import assert_verdict, report_verdicts
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -337,12 +337,6 @@ def _check_exact(case):
     fast.validate()
     assert torch.equal(fast.kv_counts, ref.kv_counts), "block counts differ"
     assert torch.equal(fast.kv_indices, ref.kv_indices), "block lists differ"
-
-
-@pytest.fixture(scope="module")
-def interpret_verdicts():
-    """{case id: None if it passed, else the failure} from one interpreter subprocess over all CPU cases."""
-    return interpreter_verdicts(__file__)
 
 
 @pytest.mark.parametrize("case", CPU_CASES)
