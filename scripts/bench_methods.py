@@ -49,13 +49,18 @@ GPU_COST_VARIANTS = (("minference_vs_torch", "minference", {"pattern": "vertical
                      ("flexprefill_nofast", "flexprefill", {}), ("pbs_nofast", "pbs", {}),
                      ("minference_vs_torchcombine", "minference", {"pattern": "vertical_slash"}),
                      ("flexprefill_torchcombine", "flexprefill", {}),
-                     ("minference_vs_topset", "minference", {"pattern": "vertical_slash"}))
+                     ("minference_vs_topset", "minference", {"pattern": "vertical_slash"}),
+                     ("minference_vs_lists", "minference", {"pattern": "vertical_slash"}),
+                     ("minference_vs_rowswrap", "minference", {"pattern": "vertical_slash"}),
+                     ("minference_vs_new", "minference", {"pattern": "vertical_slash"}),
+                     ("flexprefill_wrap", "flexprefill", {}))
 # environment a variant runs under (switches that are not constructor knobs, read at call time)
 VARIANT_ENV = {"xattn_s8_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"},
                "xattn_s16_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"}}
 # module attributes a variant runs under (switches read from the module at call time): (module, name, value)
 _ANTIDIAG = "sparsebench.kernels.antidiag_score.triton"
 _LASTQ = "sparsebench.kernels.last_q_scores.triton"
+_VS = "sparsebench.kernels.vertical_slash.triton"
 VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the masked, unflattened loop
     "xattn_s8_noflat": [(_ANTIDIAG, "_FLATTEN", False), (_ANTIDIAG, "_SPLIT", False)],
     "xattn_s16_noflat": [(_ANTIDIAG, "_FLATTEN", False), (_ANTIDIAG, "_SPLIT", False)],
@@ -70,7 +75,16 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
     "minference_vs_torchcombine": [(_LASTQ, "_COMBINE_KERNEL", False)],
     "flexprefill_torchcombine": [(_LASTQ, "_COMBINE_KERNEL", False)],
     # MInference's columns and diagonals by the radix-select kernel (kernels/top_set) instead of two int64 topk
-    "minference_vs_topset": [("sparsebench.methods.minference", "_TOP_SET", True)]}
+    "minference_vs_topset": [("sparsebench.methods.minference", "_TOP_SET", True)],
+    # MInference's block lists by one Triton pass (kernels/vertical_slash `_LIST_KERNEL`)
+    "minference_vs_lists": [(_VS, "_LIST_KERNEL", True)],
+    # the row-block kernels with the cyclic diagonal skew (`_WRAP_GATHER`), for MInference's 64 queries and for
+    # FlexPrefill's 128 (which already take the row-block kernels)
+    "minference_vs_rowswrap": [(_LASTQ, "_ROWS", True), (_LASTQ, "_WRAP_GATHER", True)],
+    "flexprefill_wrap": [(_LASTQ, "_WRAP_GATHER", True)],
+    # all of this session's MInference switches together
+    "minference_vs_new": [(_LASTQ, "_ROWS", True), (_LASTQ, "_WRAP_GATHER", True),
+                          ("sparsebench.methods.minference", "_TOP_SET", True), (_VS, "_LIST_KERNEL", True)]}
 
 
 def _variants(cuda: bool) -> tuple:

@@ -225,14 +225,17 @@ def _whole_tile(tile, S, L, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, FAST: t
     return False
 
 
-def _block_logits(q, k_base, sks, keys, key_ok, row, row_ok, scale, S, L,
-                  D: tl.constexpr, INTERPRET: tl.constexpr, PREC: tl.constexpr, CAUSAL: tl.constexpr,
-                  ROUND_DOT: tl.constexpr, whole=False):
+def _block_logits(q, k_base, sks, tile, keys, key_ok, row, row_ok, scale, S, L,
+                  D: tl.constexpr, BLOCK_N: tl.constexpr, INTERPRET: tl.constexpr, PREC: tl.constexpr,
+                  CAUSAL: tl.constexpr, ROUND_DOT: tl.constexpr, whole=False):
     """`_tile_logits` for the row-block kernels: the block's query rows `q [RB, D]` are already loaded (once per
-    program); one `[BLOCK_N, D]` K tile, one dot over the whole head dim, the same roundings and masks (in K's
-    dtype, which is the queries')."""
+    program); one `[BLOCK_N, D]` K tile (key tile `tile`, whose keys are `keys`), one dot over the whole head dim,
+    the same roundings and masks (in K's dtype, which is the queries')."""
     dd = tl.arange(0, D)
-    kt = tl.load(k_base + keys.to(tl.int64)[:, None] * sks + dd[None, :], mask=key_ok[:, None], other=0.0)
+    # 64-bit tile start plus 32-bit offsets within the tile (loop invariant; the wrappers check BLOCK_N * sks
+    # fits): a 64-bit multiply per key row and tile made up about a tenth of the scores loop on sm_90
+    koff = tl.arange(0, BLOCK_N)[:, None] * sks + dd[None, :]
+    kt = tl.load(k_base + (tile * BLOCK_N).to(tl.int64) * sks + koff, mask=key_ok[:, None], other=0.0)
     if INTERPRET:
         kt = kt.to(tl.float32)
     acc = tl.dot(q, tl.trans(kt), input_precision=PREC)
@@ -268,8 +271,8 @@ def _lastq_stats_rows(Q, K, MT, LT, sqb, sqh, sqt, skb, skh, sks, smb, smt, S, L
     for t in range(TPP):
         tile = pid_t * TPP + t
         keys = tile * BLOCK_N + tl.arange(0, BLOCK_N)
-        s = _block_logits(q, k_base, sks, keys, keys < S, row, row_ok, scale, S, L, D, INTERPRET, PREC, CAUSAL,
-                          ROUND_DOT, _whole_tile(tile, S, L, BLOCK_N, CAUSAL, FAST, EVEN))
+        s = _block_logits(q, k_base, sks, tile, keys, keys < S, row, row_ok, scale, S, L, D, BLOCK_N, INTERPRET,
+                          PREC, CAUSAL, ROUND_DOT, _whole_tile(tile, S, L, BLOCK_N, CAUSAL, FAST, EVEN))
         m_new = tl.maximum(m, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no key seen yet: l stays 0
         if FAST:
@@ -285,11 +288,13 @@ def _lastq_stats_rows(Q, K, MT, LT, sqb, sqh, sqt, skb, skh, sks, smb, smt, S, L
 def _lastq_scores_rows(Q, K, M, LS, V, DG, sqb, sqh, sqt, skb, skh, sks, smb, svr, svb, sdr, sdb, sdt, S, L, H, G,
                        NT, scale, D: tl.constexpr, RB: tl.constexpr, BLOCK_N: tl.constexpr, BT: tl.constexpr,
                        TPP: tl.constexpr, INTERPRET: tl.constexpr, PREC: tl.constexpr, IMPORTANCE: tl.constexpr,
-                       FAST: tl.constexpr = False, EVEN: tl.constexpr = False):
+                       FAST: tl.constexpr = False, EVEN: tl.constexpr = False, WRAP: tl.constexpr = False):
     """Row-block pass 2 (`_lastq_scores`' outputs, per row block): each tile's column sums over the block's rows go
     to `V[row block]`, its diagonal sums (indexed by the row within the block) to `DG[row block]`; `_combine` adds
     the row blocks. The diagonal sums skew the `[RB, BLOCK_N]` probabilities in registers (`tl.gather`) so that
-    diagonals become columns."""
+    diagonals become columns: into a `[RB, BT]` tile, or with `WRAP` (needs RB <= BLOCK_N and BT == 2 * BLOCK_N)
+    cyclically into a `[RB, BLOCK_N]` tile whose entries that wrapped around are the diagonals BLOCK_N further on,
+    summed apart (half the gathered entries; the same sums)."""
     pid_t = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     rb = tl.program_id(2)
@@ -309,11 +314,24 @@ def _lastq_scores_rows(Q, K, M, LS, V, DG, sqb, sqh, sqt, skb, skh, sks, smb, sv
         tile = pid_t * TPP + t
         keys = tile * BLOCK_N + tl.arange(0, BLOCK_N)
         key_ok = keys < S
-        s = _block_logits(q, k_base, sks, keys, key_ok, row, row_ok, scale, S, L, D, INTERPRET, PREC,
-                          not IMPORTANCE, IMPORTANCE, _whole_tile(tile, S, L, BLOCK_N, not IMPORTANCE, FAST, EVEN))
+        s = _block_logits(q, k_base, sks, tile, keys, key_ok, row, row_ok, scale, S, L, D, BLOCK_N, INTERPRET,
+                          PREC, not IMPORTANCE, IMPORTANCE,
+                          _whole_tile(tile, S, L, BLOCK_N, not IMPORTANCE, FAST, EVEN))
         p = _probs(s, m, inv_l, FAST, INTERPRET)
         tl.store(v_base + keys, tl.sum(p, 0), mask=key_ok)
-        if not IMPORTANCE:
+        if not IMPORTANCE and WRAP:
+            # column u of the cyclic skew holds key (r - 1 - u) mod BN of row r, on diagonal u, or u + BN where the
+            # key lies before the row (r - key >= 1; at most RB - 1 <= BN, so no third wrap)
+            cu = tl.arange(0, BLOCK_N)
+            src = (r[:, None] + (BLOCK_N - 1) - cu[None, :]) & (BLOCK_N - 1)
+            # 0/1 weights (exact products) rather than selects: the compiler kept the select masks as predicate
+            # bits in registers and rebuilt them every tile
+            far = (cu[None, :] < r[:, None]).to(tl.float32)
+            g = tl.gather(p, src, 1)
+            d_tile = d_base + tile.to(tl.int64) * sdt
+            tl.store(d_tile + cu, tl.sum(g * (1.0 - far), 0), mask=tile < NT)
+            tl.store(d_tile + BLOCK_N + cu, tl.sum(g * far, 0), mask=tile < NT)
+        elif not IMPORTANCE:
             # diagonal t = r - key_in_tile + BN - 1 (r: the row within the block): entry (r, t) is p[r, r + BN-1 - t]
             idx = r[:, None] + (BLOCK_N - 1) - tt[None, :]
             inside = (idx >= 0) & (idx < BLOCK_N)
@@ -495,6 +513,9 @@ _ROWS_BLOCK_N = 64
 # causal kernels keep the plain arithmetic unless `_FAST_TILE`. Values differ from the plain arithmetic by the
 # rounding of the exponential (ex2.approx either way; here its argument is one FMA) and by underflow below 2**-126
 # flushed to 0. SPARSEBENCH_LASTQ_FAST=0 in the environment at import turns it off everywhere.
+# The row-block scores pass's diagonal skew cyclic within the key tile (`WRAP` of `_lastq_scores_rows`): a
+# `[RB, BLOCK_N]` gather instead of `[RB, BT]` (BT = 2 * BLOCK_N), the entries that wrapped summed apart.
+_WRAP_GATHER = False
 _FAST = {"1": True, "0": False}.get(os.environ.get("SPARSEBENCH_LASTQ_FAST", ""), True)
 _FAST_TILE = False
 
@@ -552,7 +573,8 @@ def _rows_path(q, k, scale: float, L: int, S: int, importance: bool, block_n: in
         dg = torch.empty(NRB, B * H, nt, BT, dtype=torch.float32, device=dev)
     kernels[3][grid](q, k, m, l, v, dg, *strides, m.stride(0), v.stride(0), v.stride(1), dg.stride(0), dg.stride(1),
                      dg.stride(2) if not importance else 0, S, L, H, G, nt, float(scale), BT=BT,
-                     IMPORTANCE=importance, EVEN=L % RB == 0, **common)
+                     IMPORTANCE=importance, EVEN=L % RB == 0,
+                     WRAP=_WRAP_GATHER and not importance and RB <= block_n and BT == 2 * block_n, **common)
     if importance:
         vertical = v[0] if NRB == 1 else v.sum(0)
         return vertical / L, None

@@ -118,6 +118,14 @@ def vertical_slash_to_blocks(v_idx: torch.Tensor, s_idx: torch.Tensor, q_len: in
     # row qb lists qb + A - e = base - (e + 1), descending along the list: live exactly while >= 0 (a dead slot gives
     # qb + A - NK - 1 < 0, since qb + A <= NK - 1), so the list is a prefix; past it the entries are 0
     base = (qb + A + 1).to(torch.int32)  # [NQ]
+    if extra == "triton":
+        from . import triton as vs_triton
+
+        if vs_triton._LIST_KERNEL:
+            kv_indices, kv_counts = vs_triton.block_lists_triton(e1s[0], e1s[1] if len(e1s) == 2 else None, A + 1,
+                                                                 NQ)
+            return _extra_columns(v_idx, kv_indices, kv_counts, maps, extra, q_len, k_len, bs, qb, base, A, NQ,
+                                  NK)
     kv_indices = torch.empty(B, HS, NQ, maxk, dtype=torch.int32, device=dev)
     torch.sub(base[:, None], e1s[0][:, :, None, :], out=kv_indices)
     kv_counts = torch.searchsorted(e1s[0], base.expand(B, HS, NQ).contiguous(), right=True, out_int32=True)
@@ -126,7 +134,14 @@ def vertical_slash_to_blocks(v_idx: torch.Tensor, s_idx: torch.Tensor, q_len: in
         kv_counts[:, :, -1:] = torch.searchsorted(e1s[1], base[-1:].expand(B, HS, 1).contiguous(), right=True,
                                                   out_int32=True)
     kv_indices.clamp_(min=0)
+    return _extra_columns(v_idx, kv_indices, kv_counts, maps, extra, q_len, k_len, bs, qb, base, A, NQ, NK)
 
+
+def _extra_columns(v_idx, kv_indices, kv_counts, maps, extra, q_len, k_len, bs, qb, base, A, NQ, NK):
+    """`vertical_slash_to_blocks`' second half: the verticals as extra columns where no listed block covers them;
+    returns its four outputs."""
+    B, HS, NV = v_idx.shape
+    dev = v_idx.device
     # ---- verticals -> extra columns where no listed block covers them
     maxc = max(1, NV)
     if NV == 0:

@@ -12,7 +12,7 @@ from .._jit import per_mode
 from ..block_sparse_attn.triton import block_sparse_attn_triton
 from .naive import vertical_slash_to_blocks
 
-__all__ = ["extra_columns_triton", "vertical_slash_attn_triton"]
+__all__ = ["block_lists_triton", "extra_columns_triton", "vertical_slash_attn_triton"]
 
 
 def vertical_slash_attn_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, v_idx: torch.Tensor,
@@ -62,6 +62,59 @@ def _extra_cols_fwd(V, VC, KB, FM, LM, OUT, OUTN, NQ, NK, NF, NV, NL, bs, q_len,
 
 
 _extra_kernel = per_mode((_extra_cols_fwd,), one=True)
+
+
+def _lists_fwd(E1, E1L, OUT, CNT, NQ, MAXK, A1, RAGGED: tl.constexpr, BLOCK: tl.constexpr,
+               INTERPRET: tl.constexpr, I_K: tl.constexpr):
+    # One program per (list head, query block): row qb lists qb + A + 1 - (e + 1) for the head's sorted block
+    # diagonals, clamped at 0 past its live prefix, whose length is the count (naive.py's subtraction, clamp and
+    # searchsorted in one pass: each list entry written once)
+    qb = tl.program_id(0)
+    r = tl.program_id(1).to(tl.int64)
+    base = qb + A1
+    src = E1 + r * MAXK
+    if RAGGED:
+        if qb == NQ - 1:
+            src = E1L + r * MAXK  # the ragged last query block's own set
+    out_row = OUT + (r * NQ + qb) * MAXK
+    count = 0
+    for c0 in range(0, I_K if INTERPRET else MAXK, BLOCK):
+        j = c0 + tl.arange(0, BLOCK)
+        ok = j < MAXK
+        val = base - tl.load(src + j, mask=ok, other=0)
+        tl.store(out_row + j, tl.maximum(val, 0), mask=ok)
+        count += tl.sum((ok & (val >= 0)).to(tl.int32), 0)
+    tl.store(CNT + r * NQ + qb, count)
+
+
+_lists_kernel = per_mode((_lists_fwd,), one=True)
+
+
+def block_lists_triton(e1s, e1s_last, A1: int, NQ: int):
+    """`(kv_indices [B, HS, NQ, MAXK], kv_counts [B, HS, NQ])` int32 of `naive.vertical_slash_to_blocks` from its
+    sorted block-diagonal sets `e1s [B, HS, MAXK]` (int32, e + 1, dead slots past every base) and, for a ragged
+    last query block, that block's own set `e1s_last` (else None); `A1` = (S - T) // bs + 1."""
+    import os
+
+    import triton
+
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    B, HS, maxk = e1s.shape
+    R = B * HS
+    e1 = e1s.reshape(R, maxk).contiguous()
+    e1l = e1s_last.reshape(R, maxk).contiguous() if e1s_last is not None else e1
+    out = torch.empty(R, NQ, maxk, dtype=torch.int32, device=e1.device)
+    cnt = torch.empty(R, NQ, dtype=torch.int32, device=e1.device)
+    block = min(1024, max(16, triton.next_power_of_2(maxk)))
+    _lists_kernel(interpret)[(NQ, R)](e1, e1l, out, cnt, NQ, maxk, A1, RAGGED=e1s_last is not None, BLOCK=block,
+                                      INTERPRET=interpret, I_K=maxk if interpret else 0, num_warps=4)
+    return out.view(B, HS, NQ, maxk), cnt.view(B, HS, NQ)
+
+
+# the block lists of `extra="triton"` by `block_lists_triton` (one pass) instead of torch's subtraction, clamp and
+# searchsorted (at 64K keys, bs 64 and 6096 slashes per head: 134 MB of int32 lists written twice). Off until timed
+# on a GPU (bench_methods variant `minference_vs_lists`).
+_LIST_KERNEL = False
 
 
 def extra_columns_triton(v, v_cmp, kbv, fmap, last_map, base_last: int, q_len: int, k_len: int, bs: int, NQ: int,

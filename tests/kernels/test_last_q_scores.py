@@ -396,6 +396,14 @@ def test_triton_gpu_matches_reference(case):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("case", [c for c in GPU_CASES if c.values[0][-1] == "rows"])
+def test_triton_gpu_wrap_gather_matches_reference(case):
+    """The cyclic diagonal skew (`_WRAP_GATHER`, not yet the default) on the GPU's compiled kernels."""
+    _with_switches(lambda c: _check_case(c, device="cuda", tol=1e-4))(case.values[0], {"_WRAP_GATHER": True})
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("pack", list(_MODES), ids=list(_MODES.values()))
 def test_triton_gpu_128k_bf16_matches_vs_scores(pack):
     """128K keys, llama-like heads, bf16: against MInference's torch path (bf16 logits: one-ulp rounding flips
@@ -458,10 +466,11 @@ def test_importance_gpu_bf16_matches_pbs_torch_path(S):
 
 
 # module switches that are not the defaults: the plain arithmetic (`_FAST` off), the fast arithmetic in the
-# per-tile causal kernels too (`_FAST_TILE`), the partial sums added by torch (`_COMBINE_KERNEL` off); each case
+# per-tile causal kernels too (`_FAST_TILE`), the partial sums added by torch (`_COMBINE_KERNEL` off), the cyclic
+# diagonal skew of the row-block scores pass (`_WRAP_GATHER`; the other modes ignore it); each case
 # against the reference as above. Shapes with whole tiles (no mask) and, in rows mode, runs of tiles past the keys.
 SWITCH_CASES = [pytest.param(case.values[0], sw, id=f"{case.id}-{'-'.join(f'{k}{v}' for k, v in sw.items())}")
-                for sw in ({"_FAST": False}, {"_FAST_TILE": True}, {"_COMBINE_KERNEL": False})
+                for sw in ({"_FAST": False}, {"_FAST_TILE": True}, {"_COMBINE_KERNEL": False}, {"_WRAP_GATHER": True})
                 for case in (*_both(1, 4, 1, 64, 333, 64, "float16"), *_both(1, 2, 2, 100, 333, 64))]
 IMP_SWITCH_CASES = [pytest.param(case.values[0], {"_FAST": False}, id=f"{case.id}-_FASTFalse")
                     for case in _imp_both(1, 4, 1, 128, 300, 256, 64)]

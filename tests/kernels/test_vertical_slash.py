@@ -245,6 +245,27 @@ def test_triton_extra_columns_equal_torch(case, request, interpret_verdicts):
     assert_verdict(interpret_verdicts, request)
 
 
+# the block lists by the Triton list kernel too (`_LIST_KERNEL`, off by default): the same four outputs bit for bit
+LIST_CASES = [pytest.param(*c.values, id=f"lists-{c.id}") for c in EXTRA_CASES]
+
+
+def _check_lists_triton(case):
+    from sparsebench.kernels.vertical_slash import triton as vs_triton
+
+    saved = vs_triton._LIST_KERNEL
+    vs_triton._LIST_KERNEL = True
+    try:
+        _check_extra_triton(case)
+    finally:
+        vs_triton._LIST_KERNEL = saved
+
+
+@pytest.mark.parametrize("case", LIST_CASES)
+def test_triton_block_lists_equal_torch(case, request, interpret_verdicts):
+    """The Triton list kernel (lists, clamp and counts in one pass) gives the torch build's output bit for bit."""
+    assert_verdict(interpret_verdicts, request)
+
+
 def test_bad_extra_mode_raises():
     with pytest.raises(ValueError, match="extra='cuda'"):
         vertical_slash_to_blocks(torch.zeros(1, 1, 1), torch.zeros(1, 1, 1), 8, 8, 4, extra="cuda")
@@ -252,6 +273,7 @@ def test_bad_extra_mode_raises():
 
 if __name__ == "__main__" and sys.argv[1:] == ["--interpret"]:
     report_verdicts(_check_extra_triton, EXTRA_CASES)  # interpreter worker for `interpret_verdicts`
+    report_verdicts(_check_lists_triton, LIST_CASES)
 
 
 # ---------------------------------------------------------------------------------------------- GPU
