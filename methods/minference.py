@@ -111,8 +111,10 @@ _MAX_SCORES = 1 << 27  # fp32 score elements an estimator holds at once (512 MB)
 # Where every head keeps the same numbers of columns and diagonals, pick them with the radix-select kernel
 # (kernels/top_set: the same sets as `top_ranked`, in ascending order, which the list builder does not care about)
 # instead of `top_ranked`'s two int64 topk (0.34 ms of MInference's 1.79 ms of GPU time at 64K on an H200, session
-# 6). Off until it is timed on a GPU (bench_methods variant `minference_vs_topset`).
-_TOP_SET = False
+# 6). On the H200 (session 7, bench_methods) the whole estimate took 1.16 vs 2.06 ms at 32K with it; its first,
+# one-program-per-row version lost at 128K (4.29 vs 3.65 ms), hence the chunked kernel (row `minference_vs_notopset`
+# in results/tables/bench_methods_cost.csv for the final comparison).
+_TOP_SET = True
 
 
 # ---------------------------------------------------------------------------------------------- estimators

@@ -44,16 +44,16 @@ GPU_COST_VARIANTS = (("minference_vs_torch", "minference", {"pattern": "vertical
                      ("xattn_s8_noflat", "xattn", {"stride": 8}), ("xattn_s16_noflat", "xattn", {"stride": 16}),
                      ("pbs_torchsort", "pbs", {}),
                      ("pbs_fp32pool", "pbs", {}),
-                     ("minference_vs_fasttile", "minference", {"pattern": "vertical_slash"}),
-                     ("minference_vs_rows", "minference", {"pattern": "vertical_slash"}),
                      ("flexprefill_nofast", "flexprefill", {}), ("pbs_nofast", "pbs", {}),
                      ("minference_vs_torchcombine", "minference", {"pattern": "vertical_slash"}),
                      ("flexprefill_torchcombine", "flexprefill", {}),
-                     ("minference_vs_topset", "minference", {"pattern": "vertical_slash"}),
-                     ("minference_vs_lists", "minference", {"pattern": "vertical_slash"}),
-                     ("minference_vs_rowswrap", "minference", {"pattern": "vertical_slash"}),
-                     ("minference_vs_new", "minference", {"pattern": "vertical_slash"}),
-                     ("flexprefill_wrap", "flexprefill", {}))
+                     # session 7's defaults, each turned off alone, and all together (session 6's path)
+                     ("minference_vs_s6", "minference", {"pattern": "vertical_slash"}),
+                     ("minference_vs_norows", "minference", {"pattern": "vertical_slash"}),
+                     ("minference_vs_nowrap", "minference", {"pattern": "vertical_slash"}),
+                     ("minference_vs_notopset", "minference", {"pattern": "vertical_slash"}),
+                     ("minference_vs_nolists", "minference", {"pattern": "vertical_slash"}),
+                     ("flexprefill_nowrap", "flexprefill", {}))
 # environment a variant runs under (switches that are not constructor knobs, read at call time)
 VARIANT_ENV = {"xattn_s8_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"},
                "xattn_s16_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"}}
@@ -69,22 +69,20 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
     "pbs_fp32pool": [("sparsebench.methods.pbs", "_POOL_MM16", False)],
     # kernels/last_q_scores before its fast arithmetic (session 6), that arithmetic in the per-tile causal kernels
     # too (MInference's; off by default), MInference's 64 queries through the row-block kernels
-    "minference_vs_fasttile": [(_LASTQ, "_FAST_TILE", True)], "minference_vs_rows": [(_LASTQ, "_ROWS", True)],
     "flexprefill_nofast": [(_LASTQ, "_FAST", False)], "pbs_nofast": [(_LASTQ, "_FAST", False)],
     # the scores pass's partial sums added by torch (shifted slice adds), before the combine kernel of session 6
     "minference_vs_torchcombine": [(_LASTQ, "_COMBINE_KERNEL", False)],
     "flexprefill_torchcombine": [(_LASTQ, "_COMBINE_KERNEL", False)],
-    # MInference's columns and diagonals by the radix-select kernel (kernels/top_set) instead of two int64 topk
-    "minference_vs_topset": [("sparsebench.methods.minference", "_TOP_SET", True)],
-    # MInference's block lists by one Triton pass (kernels/vertical_slash `_LIST_KERNEL`)
-    "minference_vs_lists": [(_VS, "_LIST_KERNEL", True)],
-    # the row-block kernels with the cyclic diagonal skew (`_WRAP_GATHER`), for MInference's 64 queries and for
-    # FlexPrefill's 128 (which already take the row-block kernels)
-    "minference_vs_rowswrap": [(_LASTQ, "_ROWS", True), (_LASTQ, "_WRAP_GATHER", True)],
-    "flexprefill_wrap": [(_LASTQ, "_WRAP_GATHER", True)],
-    # all of this session's MInference switches together
-    "minference_vs_new": [(_LASTQ, "_ROWS", True), (_LASTQ, "_WRAP_GATHER", True),
-                          ("sparsebench.methods.minference", "_TOP_SET", True), (_VS, "_LIST_KERNEL", True)]}
+    # session 7's defaults off: MInference's 64 queries through the per-tile kernels (`_ROWS_MIN_L` 65), the
+    # row-block scores pass's diagonal skew into [rows, 2 * BLOCK_N] (`_WRAP_GATHER` off), the columns and diagonals
+    # by two int64 topk (`_TOP_SET` off), the block lists by torch (`_LIST_KERNEL` off); then all four
+    "minference_vs_norows": [(_LASTQ, "_ROWS_MIN_L", 65)],
+    "minference_vs_nowrap": [(_LASTQ, "_WRAP_GATHER", False)],
+    "minference_vs_notopset": [("sparsebench.methods.minference", "_TOP_SET", False)],
+    "minference_vs_nolists": [(_VS, "_LIST_KERNEL", False)],
+    "minference_vs_s6": [(_LASTQ, "_ROWS_MIN_L", 65), (_LASTQ, "_WRAP_GATHER", False),
+                         ("sparsebench.methods.minference", "_TOP_SET", False), (_VS, "_LIST_KERNEL", False)],
+    "flexprefill_nowrap": [(_LASTQ, "_WRAP_GATHER", False)]}
 
 
 def _variants(cuda: bool) -> tuple:

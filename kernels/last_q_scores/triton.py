@@ -480,13 +480,16 @@ def _prepare(q_last, k, block_n: int | None, pack_heads: bool):
 # Row-block kernels (`_lastq_stats_rows`, `_lastq_scores_rows`): a program loads its block of up to `_RB_STATS`
 # (pass 1) or `_RB_SCORES` (pass 2) query rows once and walks `tiles_per_program` key tiles, one dot over the whole
 # head dim per tile, instead of one program per key tile reloading the rows in 32-row chunks (`_lastq_stats`,
-# `_lastq_scores`). Head dims that are powers of two (16-256). The scores pass takes them for more than `_ROWS_MIN_L`
-# queries: on an H200 (bf16, H=32, HKV=8, D=128; results/tables/profile_lastq_rows.csv, session 4) 128 queries took
+# `_lastq_scores`). Head dims that are powers of two (16-256). The scores pass takes them for at least `_ROWS_MIN_L`
+# queries (65 until session 7): on an H200 (bf16, H=32, HKV=8, D=128; results/tables/profile_lastq_rows.csv, session 4) 128 queries took
 # 1.95 ms at 64K keys and 3.94 ms at 128K against 2.53 and 4.96 ms with the best per-tile kernels, while 64 queries
 # took 1.03 / 2.07 ms against 0.98 / 1.90. PBS's importance pass measured even (0.93 vs 0.96 ms at 64K) and stays per
 # tile. SPARSEBENCH_LASTQ_ROWS=1 (or 0) in the environment at import forces them on (off) for both.
 _ROWS = {"1": True, "0": False}.get(os.environ.get("SPARSEBENCH_LASTQ_ROWS", ""))
-_ROWS_MIN_L = 65
+# Since session 7 also MInference's 64 queries (more than 32) take them: with the cyclic skew (`_WRAP_GATHER`) its
+# estimate's row-block path measured faster than the per-tile kernels on an H200 (bench_methods rows
+# `minference_vs_norows`, results/tables/bench_methods_cost.csv).
+_ROWS_MIN_L = 33
 # Two other ways to the diagonal sums were timed on an H200 in session 5 (bf16, H=32, HKV=8, D=128, 64K keys) and
 # dropped: every probability stored by (row, offset) for torch to sum the rows (2.38 vs 0.97 ms at 64 queries), and
 # each tile skewed through a per-program global scratch slot instead of `tl.gather` (1.16 vs 1.03 ms at 64 queries,
@@ -514,8 +517,12 @@ _ROWS_BLOCK_N = 64
 # rounding of the exponential (ex2.approx either way; here its argument is one FMA) and by underflow below 2**-126
 # flushed to 0. SPARSEBENCH_LASTQ_FAST=0 in the environment at import turns it off everywhere.
 # The row-block scores pass's diagonal skew cyclic within the key tile (`WRAP` of `_lastq_scores_rows`): a
-# `[RB, BLOCK_N]` gather instead of `[RB, BT]` (BT = 2 * BLOCK_N), the entries that wrapped summed apart.
-_WRAP_GATHER = False
+# `[RB, BLOCK_N]` gather instead of `[RB, BT]` (BT = 2 * BLOCK_N), the entries that wrapped summed apart with 0/1
+# weights. Offline sm_90 builds (bf16, 128 queries, D=128, 64-key tiles) count 514 instructions per whole tile in the
+# scores loop against 662 before (with the 32-bit key offsets of `_block_logits`). On an H200 (session 7,
+# bench_methods, medians of 3) FlexPrefill's whole estimate took 3.08 / 7.29 ms with it against 3.32 / 7.75 ms at
+# 64K / 128K.
+_WRAP_GATHER = True
 _FAST = {"1": True, "0": False}.get(os.environ.get("SPARSEBENCH_LASTQ_FAST", ""), True)
 _FAST_TILE = False
 
@@ -531,7 +538,7 @@ def _rows_ok(D: int) -> bool:
 
 def _use_rows(rows: bool | None, D: int, pack_heads: bool, L: int, importance: bool) -> bool:
     """Whether a call takes the row-block kernels: `rows` if given (an error where they cannot run), else where they
-    can (unpacked heads, a power-of-two head dim): `_ROWS` if set, else the scores pass for more than `_ROWS_MIN_L`
+    can (unpacked heads, a power-of-two head dim): `_ROWS` if set, else the scores pass for at least `_ROWS_MIN_L`
     queries."""
     if rows is None:
         auto = (not importance and L >= _ROWS_MIN_L) if _ROWS is None else _ROWS

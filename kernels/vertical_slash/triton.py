@@ -112,9 +112,10 @@ def block_lists_triton(e1s, e1s_last, A1: int, NQ: int):
 
 
 # the block lists of `extra="triton"` by `block_lists_triton` (one pass) instead of torch's subtraction, clamp and
-# searchsorted (at 64K keys, bs 64 and 6096 slashes per head: 134 MB of int32 lists written twice). Off until timed
-# on a GPU (bench_methods variant `minference_vs_lists`).
-_LIST_KERNEL = False
+# searchsorted (at 64K keys, bs 64 and 6096 slashes per head: 134 MB of int32 lists written twice, 0.15 ms on an
+# H200 in session 6; the kernel profiled 0.031 ms per call in session 7). bench_methods row `minference_vs_nolists`
+# is the torch path.
+_LIST_KERNEL = True
 
 
 def extra_columns_triton(v, v_cmp, kbv, fmap, last_map, base_last: int, q_len: int, k_len: int, bs: int, NQ: int,

@@ -398,8 +398,9 @@ def test_triton_gpu_matches_reference(case):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("case", [c for c in GPU_CASES if c.values[0][-1] == "rows"])
 def test_triton_gpu_wrap_gather_matches_reference(case):
-    """The cyclic diagonal skew (`_WRAP_GATHER`, not yet the default) on the GPU's compiled kernels."""
-    _with_switches(lambda c: _check_case(c, device="cuda", tol=1e-4))(case.values[0], {"_WRAP_GATHER": True})
+    """The row-block scores pass without the cyclic diagonal skew (`_WRAP_GATHER` off; the default since session
+    7) on the GPU's compiled kernels."""
+    _with_switches(lambda c: _check_case(c, device="cuda", tol=1e-4))(case, {"_WRAP_GATHER": False})
 
 
 @pytest.mark.gpu
@@ -466,11 +467,11 @@ def test_importance_gpu_bf16_matches_pbs_torch_path(S):
 
 
 # module switches that are not the defaults: the plain arithmetic (`_FAST` off), the fast arithmetic in the
-# per-tile causal kernels too (`_FAST_TILE`), the partial sums added by torch (`_COMBINE_KERNEL` off), the cyclic
-# diagonal skew of the row-block scores pass (`_WRAP_GATHER`; the other modes ignore it); each case
+# per-tile causal kernels too (`_FAST_TILE`), the partial sums added by torch (`_COMBINE_KERNEL` off), the
+# row-block scores pass's plain diagonal skew (`_WRAP_GATHER` off; the other modes ignore it); each case
 # against the reference as above. Shapes with whole tiles (no mask) and, in rows mode, runs of tiles past the keys.
 SWITCH_CASES = [pytest.param(case.values[0], sw, id=f"{case.id}-{'-'.join(f'{k}{v}' for k, v in sw.items())}")
-                for sw in ({"_FAST": False}, {"_FAST_TILE": True}, {"_COMBINE_KERNEL": False}, {"_WRAP_GATHER": True})
+                for sw in ({"_FAST": False}, {"_FAST_TILE": True}, {"_COMBINE_KERNEL": False}, {"_WRAP_GATHER": False})
                 for case in (*_both(1, 4, 1, 64, 333, 64, "float16"), *_both(1, 2, 2, 100, 333, 64))]
 IMP_SWITCH_CASES = [pytest.param(case.values[0], {"_FAST": False}, id=f"{case.id}-_FASTFalse")
                     for case in _imp_both(1, 4, 1, 128, 300, 256, 64)]
@@ -564,14 +565,15 @@ def test_rows_kernel_needs_unpacked_heads_and_a_power_of_two_head_dim():
 
 
 def test_rows_kernel_default_choice(monkeypatch):
-    """By default the scores pass takes the row-block kernels for more than 64 queries (faster on an H200), the
-    importance pass and shorter query sets the per-tile ones; `_ROWS` overrides; packing or an odd head dim never
+    """By default the scores pass takes the row-block kernels for more than 32 queries (MInference's 64 and
+    FlexPrefill's 128: faster on an H200), the importance pass and shorter query sets the per-tile ones; `_ROWS` overrides; packing or an odd head dim never
     takes them."""
     from sparsebench.kernels.last_q_scores import triton as lq
 
     monkeypatch.setattr(lq, "_ROWS", None)
     assert lq._use_rows(None, 128, False, 128, False)
-    assert not lq._use_rows(None, 128, False, 64, False)
+    assert lq._use_rows(None, 128, False, 64, False)
+    assert not lq._use_rows(None, 128, False, 32, False)
     assert not lq._use_rows(None, 128, False, 128, True)
     assert not lq._use_rows(None, 128, True, 128, False)
     assert not lq._use_rows(None, 96, False, 128, False)

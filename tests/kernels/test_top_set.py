@@ -25,20 +25,23 @@ def _rows(kind: str, R: int, N: int, seed: int = 0) -> torch.Tensor:
     return torch.softmax(torch.randn(R, N, generator=g) * 3, -1)
 
 
-def _p(kind, R, N, k, forced=0):
-    return pytest.param((kind, R, N, k, forced), id=f"{kind}-{R}x{N}-k{k}-f{forced}")
+def _p(kind, R, N, k, forced=0, chunk=4096):
+    return pytest.param((kind, R, N, k, forced, chunk), id=f"{kind}-{R}x{N}-k{k}-f{forced}-ch{chunk}")
 
 
 CASES = [_p("soft", 3, 100, 10), _p("ties", 2, 2000, 300, 30), _p("soft", 2, 777, 777, 5), _p("soft", 1, 50, 5, 10),
-         _p("signed", 2, 3000, 64), _p("flat", 2, 513, 1), _p("ties", 4, 1030, 1029, 0), _p("soft", 1, 1, 1)]
+         _p("signed", 2, 3000, 64), _p("flat", 2, 513, 1), _p("ties", 4, 1030, 1029, 0), _p("soft", 1, 1, 1),
+         # rows in several chunks: the picks summed over chunks, the ties and the counts carried across them
+         _p("ties", 2, 2000, 300, 30, 256), _p("soft", 2, 777, 777, 5, 64), _p("ties", 4, 1030, 1029, 0, 128),
+         _p("signed", 2, 3000, 64, 0, 512), _p("flat", 2, 513, 1, 0, 16), _p("ties", 3, 5000, 2500, 7, 128)]
 
 
 def _check(case, device="cpu"):
     from sparsebench.kernels.top_set import top_set_triton
 
-    kind, R, N, k, forced = case
+    kind, R, N, k, forced, chunk = case
     x = _rows(kind, R, N).to(device)
-    got, want = top_set_triton(x, k, forced), top_set_naive(x, k, forced)
+    got, want = top_set_triton(x, k, forced, chunk=chunk), top_set_naive(x, k, forced)
     assert got.dtype == torch.int64 and got.shape == (R, k)
     assert torch.equal(got, want), f"sets differ in {(got != want).any(-1).sum().item()} rows"
 

@@ -241,19 +241,21 @@ def _check_extra_triton(case):
 
 @pytest.mark.parametrize("case", EXTRA_CASES)
 def test_triton_extra_columns_equal_torch(case, request, interpret_verdicts):
-    """The Triton compaction of the extra columns gives the torch build's output bit for bit (interpreter)."""
+    """The Triton compaction of the extra columns and the Triton block lists give the torch build's output bit for
+    bit (interpreter)."""
     assert_verdict(interpret_verdicts, request)
 
 
-# the block lists by the Triton list kernel too (`_LIST_KERNEL`, off by default): the same four outputs bit for bit
-LIST_CASES = [pytest.param(*c.values, id=f"lists-{c.id}") for c in EXTRA_CASES]
+# `extra="triton"` with the block lists by torch (`_LIST_KERNEL` off; the Triton list kernel is the default since
+# session 7, so EXTRA_CASES test it): the same four outputs bit for bit
+LIST_CASES = [pytest.param(*c.values, id=f"torchlists-{c.id}") for c in EXTRA_CASES]
 
 
-def _check_lists_triton(case):
+def _check_torch_lists(case):
     from sparsebench.kernels.vertical_slash import triton as vs_triton
 
     saved = vs_triton._LIST_KERNEL
-    vs_triton._LIST_KERNEL = True
+    vs_triton._LIST_KERNEL = False
     try:
         _check_extra_triton(case)
     finally:
@@ -261,8 +263,8 @@ def _check_lists_triton(case):
 
 
 @pytest.mark.parametrize("case", LIST_CASES)
-def test_triton_block_lists_equal_torch(case, request, interpret_verdicts):
-    """The Triton list kernel (lists, clamp and counts in one pass) gives the torch build's output bit for bit."""
+def test_triton_extra_with_torch_lists_equal_torch(case, request, interpret_verdicts):
+    """The torch lists beside the Triton extra-column compaction give the torch build's output bit for bit."""
     assert_verdict(interpret_verdicts, request)
 
 
@@ -273,7 +275,7 @@ def test_bad_extra_mode_raises():
 
 if __name__ == "__main__" and sys.argv[1:] == ["--interpret"]:
     report_verdicts(_check_extra_triton, EXTRA_CASES)  # interpreter worker for `interpret_verdicts`
-    report_verdicts(_check_lists_triton, LIST_CASES)
+    report_verdicts(_check_torch_lists, LIST_CASES)
 
 
 # ---------------------------------------------------------------------------------------------- GPU
