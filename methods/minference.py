@@ -115,6 +115,9 @@ _MAX_SCORES = 1 << 27  # fp32 score elements an estimator holds at once (512 MB)
 # one-program-per-row version lost at 128K (4.29 vs 3.65 ms), hence the chunked kernel (row `minference_vs_notopset`
 # in results/tables/bench_methods_cost.csv for the final comparison).
 _TOP_SET = True
+# both picks in one set of top_set launches (`top_set_pair_triton`: 5 launches instead of 12 for two calls of the
+# session-7 first chunked version, whose launches dominate the host time of a 32K-64K estimate)
+_TOP_SET_PAIR = True
 
 
 # ---------------------------------------------------------------------------------------------- estimators
@@ -536,10 +539,15 @@ class MInference(SparseAttention):
                 s_off = top_ranked_naive(slash, s_sz, NS, self.forced_diagonals)
             elif _TOP_SET and (q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1") and \
                     len(set(v_sz)) == len(set(s_sz)) == 1 and NV > 0 and NS > 0:
-                from sparsebench.kernels.top_set import top_set_triton
+                from sparsebench.kernels.top_set import top_set_pair_triton, top_set_triton
 
-                v_idx = top_set_triton(vert.reshape(B * H, S), NV, self.forced_columns).view(B, H, NV)
-                s_off = top_set_triton(slash.reshape(B * H, S), NS, self.forced_diagonals).view(B, H, NS)
+                if _TOP_SET_PAIR:
+                    v_idx, s_off = top_set_pair_triton(vert.reshape(B * H, S), NV, self.forced_columns,
+                                                       slash.reshape(B * H, S), NS, self.forced_diagonals)
+                else:
+                    v_idx = top_set_triton(vert.reshape(B * H, S), NV, self.forced_columns)
+                    s_off = top_set_triton(slash.reshape(B * H, S), NS, self.forced_diagonals)
+                v_idx, s_off = v_idx.view(B, H, NV), s_off.view(B, H, NS)
             else:
                 v_idx = top_ranked(vert, v_sizes, NV, self.forced_columns)
                 s_off = top_ranked(slash, s_sizes, NS, self.forced_diagonals)

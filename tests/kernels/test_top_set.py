@@ -46,6 +46,25 @@ def _check(case, device="cpu"):
     assert torch.equal(got, want), f"sets differ in {(got != want).any(-1).sum().item()} rows"
 
 
+def _check_pair(case):
+    """Two matrices of one row length (other k, forced, row counts) in one set of launches: each as alone."""
+    from sparsebench.kernels.top_set import top_set_pair_triton
+
+    kind, R, N, k, forced, chunk = case
+    x, x2 = _rows(kind, R, N), _rows("soft", R + 1, N, seed=1)
+    k2, f2 = max(1, N // 3), min(N, 3)
+    got, got2 = top_set_pair_triton(x, k, forced, x2, k2, f2, chunk=chunk)
+    assert torch.equal(got, top_set_naive(x, k, forced)) and torch.equal(got2, top_set_naive(x2, k2, f2))
+
+
+PAIR_CASES = [pytest.param(c.values[0], id=f"pair-{c.id}") for c in CASES]
+
+
+@pytest.mark.parametrize("case", PAIR_CASES)
+def test_pair_interpret_matches_reference(case, request, interpret_verdicts):
+    assert_verdict(interpret_verdicts, request)
+
+
 def _check_minference(case):
     """MInference's vertical-slash selection with `_TOP_SET` (the kernel picks the columns and diagonals) equals the
     one through `top_ranked`: the list builder orders them itself."""
@@ -84,6 +103,13 @@ def test_triton_interpret_matches_reference(case, request, interpret_verdicts):
                                           _p("ties", 8, 40000, 5000, 0)])
 def test_triton_gpu_matches_reference(case):
     _check(case, device="cuda")
+    kind, R, N, k, forced, chunk = case
+    if N > 1:  # and paired with a second matrix of the row length
+        from sparsebench.kernels.top_set import top_set_pair_triton
+
+        x, x2 = _rows(kind, R, N).cuda(), _rows("soft", 2, N, seed=1).cuda()
+        got, got2 = top_set_pair_triton(x, k, forced, x2, N // 2, 1, chunk=chunk)
+        assert torch.equal(got, top_set_naive(x, k, forced)) and torch.equal(got2, top_set_naive(x2, N // 2, 1))
 
 
 def test_bad_arguments_raise():
@@ -104,4 +130,5 @@ def test_hand_case():
 
 if __name__ == "__main__" and sys.argv[1:] == ["--interpret"]:
     report_verdicts(_check, CASES)
+    report_verdicts(_check_pair, PAIR_CASES)
     report_verdicts(_check_minference, MI_CASES)
