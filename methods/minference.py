@@ -48,7 +48,10 @@ Cost (`estimation_flops` counts the matmuls): vertical-slash 2 * B * H * last_q 
 2 * B * H * NQ * NK * D on pooled blocks; A-shape 0. Memory: the last-query probabilities are held fp32 for as many
 KV heads at once as fit 2**27 elements (plus their logits in the input dtype; K is read in place, the diagonal sums
 read a skewed view, no padded copy), the block scores for as many query-block rows as fit 2**27 elements; ranking
-sorts `[B, H, S]` once; the block lists are `[B, H, NQ, MAXK]` int32 (at 128K, H=32: at most 512 MB).
+on CUDA (where every head keeps the same sizes) is the radix select of `kernels/top_set` (columns and diagonals in
+one set of launches, no sort; the same sets), elsewhere `top_ranked` (an int64 topk or a stable sort of
+`[B, H, S]`); on CUDA the scores come from `kernels/last_q_scores` (row-block kernels) and the block lists from
+`kernels/vertical_slash`'s Triton pass; the block lists are `[B, H, NQ, MAXK]` int32 (at 128K, H=32: at most 512 MB).
 `budget_range` gives a `target_density` resolver the interval of `budget_scale` from the minimum budgets to
 keep-everything.
 

@@ -68,8 +68,7 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
     # PBS's defaults until session 5: torch's sorts, and the permuted keys pooled by an fp32 GEMM
     "pbs_torchsort": [("sparsebench.methods.pbs", "_SORT_KERNEL", False)],
     "pbs_fp32pool": [("sparsebench.methods.pbs", "_POOL_MM16", False)],
-    # kernels/last_q_scores before its fast arithmetic (session 6), that arithmetic in the per-tile causal kernels
-    # too (MInference's; off by default), MInference's 64 queries through the row-block kernels
+    # kernels/last_q_scores before its fast arithmetic (session 6)
     "flexprefill_nofast": [(_LASTQ, "_FAST", False)], "pbs_nofast": [(_LASTQ, "_FAST", False)],
     # the scores pass's partial sums added by torch (shifted slice adds), before the combine kernel of session 6
     "minference_vs_torchcombine": [(_LASTQ, "_COMBINE_KERNEL", False)],

@@ -21,12 +21,14 @@ dim is taken in `BD`-wide slices (head dim 256 fits in shared memory). The logit
   tiles are added into `slash` (`_combine_parts`; with `_COMBINE_KERNEL` off, torch's shifted slice adds;
   deterministic either way).
 
-Row-block kernels (`rows=True`, or by default the scores pass for more than 64 queries; unpacked heads, power-of-two
+Row-block kernels (`rows=True`, or by default the scores pass for more than 32 queries; unpacked heads, power-of-two
 head dims): the grid is (run of `tiles_per_program` key tiles, query head, block of rows). A program loads its rows'
 queries once and walks its key tiles, one `[rows, D] x [D, BLOCK_N]` dot per tile: pass 1 keeps each row's online
 (m, l) over its tiles (scratch `[B*H, programs, L]`), pass 2 writes each tile's column sums and diagonal sums per row
 block (`_RB_SCORES` rows, which bound the gather's registers), and the combine kernel adds the row blocks (the
-diagonals of row block rb shifted by rb * rows). Same values up to rounding.
+diagonals of row block rb shifted by rb * rows). Same values up to rounding. With `_WRAP_GATHER` (the default) the
+pass-2 skew is cyclic within the key tile: a `[rows, BLOCK_N]` gather whose wrapped entries are the diagonals
+BLOCK_N further on, summed apart into the same `[.., 2 * BLOCK_N]` partials.
 
 The diagonal partials of either kind of kernel (per key tile, and per row block) are added into `slash` by one
 more kernel (`_combine_parts`, fixed order, deterministic), which also adds the row blocks' column sums.
@@ -481,8 +483,8 @@ def _prepare(q_last, k, block_n: int | None, pack_heads: bool):
 # (pass 1) or `_RB_SCORES` (pass 2) query rows once and walks `tiles_per_program` key tiles, one dot over the whole
 # head dim per tile, instead of one program per key tile reloading the rows in 32-row chunks (`_lastq_stats`,
 # `_lastq_scores`). Head dims that are powers of two (16-256). The scores pass takes them for at least `_ROWS_MIN_L`
-# queries (65 until session 7): on an H200 (bf16, H=32, HKV=8, D=128; results/tables/profile_lastq_rows.csv, session 4) 128 queries took
-# 1.95 ms at 64K keys and 3.94 ms at 128K against 2.53 and 4.96 ms with the best per-tile kernels, while 64 queries
+# queries (65 until session 7): on an H200 (bf16, H=32, HKV=8, D=128; results/tables/profile_lastq_rows.csv,
+# session 4) 128 queries took 1.95 ms at 64K keys and 3.94 ms at 128K against 2.53 and 4.96 ms with the best per-tile kernels, while 64 queries
 # took 1.03 / 2.07 ms against 0.98 / 1.90. PBS's importance pass measured even (0.93 vs 0.96 ms at 64K) and stays per
 # tile. SPARSEBENCH_LASTQ_ROWS=1 (or 0) in the environment at import forces them on (off) for both.
 _ROWS = {"1": True, "0": False}.get(os.environ.get("SPARSEBENCH_LASTQ_ROWS", ""))
@@ -608,7 +610,7 @@ def last_q_scores_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float, bl
     `pack_heads`: one program per (key tile, KV head) serving its G query heads, else one per (key tile, query
     head) (default: measured faster, see `_default_block_n`). Same outputs either way, up to the dot's summation
     order. `rows`: the row-block kernels (module doc) if True, the per-tile ones if False, if None as `_use_rows`
-    decides (more than 64 queries). `block_n` None: `_ROWS_BLOCK_N` for the row-block kernels, `_default_block_n(L)`
+    decides (more than 32 queries). `block_n` None: `_ROWS_BLOCK_N` for the row-block kernels, `_default_block_n(L)`
     for the per-tile ones. `tiles_per_program` (row-block kernels): default `_TPP`.
 
     Scratch: fp32 `[B*H, n_tiles, L]` twice (pass 1) and `[B*H, n_tiles, BT]` (diagonal partials), n_tiles =

@@ -566,8 +566,8 @@ def test_rows_kernel_needs_unpacked_heads_and_a_power_of_two_head_dim():
 
 def test_rows_kernel_default_choice(monkeypatch):
     """By default the scores pass takes the row-block kernels for more than 32 queries (MInference's 64 and
-    FlexPrefill's 128: faster on an H200), the importance pass and shorter query sets the per-tile ones; `_ROWS` overrides; packing or an odd head dim never
-    takes them."""
+    FlexPrefill's 128: faster on an H200), the importance pass and shorter query sets the per-tile ones; `_ROWS`
+    overrides; packing or an odd head dim never takes them."""
     from sparsebench.kernels.last_q_scores import triton as lq
 
     monkeypatch.setattr(lq, "_ROWS", None)
