@@ -486,7 +486,8 @@ def _prepare(q_last, k, block_n: int | None, pack_heads: bool):
 # queries (65 until session 7): on an H200 (bf16, H=32, HKV=8, D=128; results/tables/profile_lastq_rows.csv,
 # session 4) 128 queries took 1.95 ms at 64K keys and 3.94 ms at 128K against 2.53 and 4.96 ms with the best
 # per-tile kernels, while 64 queries took 1.03 / 2.07 ms against 0.98 / 1.90. PBS's importance pass measured even
-# (0.93 vs 0.96 ms at 64K) and stays per tile. SPARSEBENCH_LASTQ_ROWS=1 (or 0) in the environment at import forces them on (off) for both.
+# (0.93 vs 0.96 ms at 64K) and stays per tile. SPARSEBENCH_LASTQ_ROWS=1 (or 0) in the environment at import forces
+# them on (off) for both.
 _ROWS = {"1": True, "0": False}.get(os.environ.get("SPARSEBENCH_LASTQ_ROWS", ""))
 # Since session 7 also MInference's 64 queries (more than 32) take them: with the cyclic skew (`_WRAP_GATHER`) its
 # estimate's row-block path measured faster than the per-tile kernels on an H200 (bench_methods rows
