@@ -106,21 +106,25 @@ def vertical_slash_to_blocks(v_idx: torch.Tensor, s_idx: torch.Tensor, q_len: in
     qb = torch.arange(NQ, device=dev)
 
     # ---- slashes -> block diagonals E (per head) -> per-row block lists
-    o = s_idx.long()
-    live_o = (o >= 0) & (o < k_len)
-    maps = [_diagonal_map(o, live_o, c, bs, bs, NK)]
-    if last_rows != bs:
-        maps.append(_diagonal_map(o, live_o, c, last_rows, bs, NK))
     maxk = max(1, min(2 * NS, NK))
-    ar = torch.arange(NK + 2, device=dev, dtype=torch.int32)
-    # sorted distinct e + 1 per head, [B, HS, maxk] int32; dead slots hold NK + 2 and sort last
-    e1s = [torch.sort(torch.where(m, ar, NK + 2), dim=-1).values[..., :maxk].contiguous() for m in maps]
+    vs_triton = None
+    if extra == "triton":
+        from . import triton as vs_triton
+    if vs_triton is not None and vs_triton._MAP_KERNEL and NS > 0:
+        maps, e1s = vs_triton.diagonal_maps_triton(s_idx, c, bs, last_rows, NK, maxk, k_len)
+    else:
+        o = s_idx.long()
+        live_o = (o >= 0) & (o < k_len)
+        maps = [_diagonal_map(o, live_o, c, bs, bs, NK)]
+        if last_rows != bs:
+            maps.append(_diagonal_map(o, live_o, c, last_rows, bs, NK))
+        ar = torch.arange(NK + 2, device=dev, dtype=torch.int32)
+        # sorted distinct e + 1 per head, [B, HS, maxk] int32; dead slots hold NK + 2 and sort last
+        e1s = [torch.sort(torch.where(m, ar, NK + 2), dim=-1).values[..., :maxk].contiguous() for m in maps]
     # row qb lists qb + A - e = base - (e + 1), descending along the list: live exactly while >= 0 (a dead slot gives
     # qb + A - NK - 1 < 0, since qb + A <= NK - 1), so the list is a prefix; past it the entries are 0
     base = (qb + A + 1).to(torch.int32)  # [NQ]
-    if extra == "triton":
-        from . import triton as vs_triton
-
+    if vs_triton is not None:
         if vs_triton._LIST_KERNEL:
             kv_indices, kv_counts = vs_triton.block_lists_triton(e1s[0], e1s[1] if len(e1s) == 2 else None, A + 1,
                                                                  NQ)

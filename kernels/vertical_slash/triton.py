@@ -12,7 +12,7 @@ from .._jit import per_mode
 from ..block_sparse_attn.triton import block_sparse_attn_triton
 from .naive import vertical_slash_to_blocks
 
-__all__ = ["block_lists_triton", "extra_columns_triton", "vertical_slash_attn_triton"]
+__all__ = ["block_lists_triton", "diagonal_maps_triton", "extra_columns_triton", "vertical_slash_attn_triton"]
 
 
 def vertical_slash_attn_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, v_idx: torch.Tensor,
@@ -109,6 +109,102 @@ def block_lists_triton(e1s, e1s_last, A1: int, NQ: int):
     _lists_kernel(interpret)[(NQ, R)](e1, e1l, out, cnt, NQ, maxk, A1, RAGGED=e1s_last is not None, BLOCK=block,
                                       INTERPRET=interpret, I_K=maxk if interpret else 0, num_warps=4)
     return out.view(B, HS, NQ, maxk), cnt.view(B, HS, NQ)
+
+
+def _floor_div(a, d):
+    """floor(a / d) for d > 0 (integer `//` on tensors truncates toward zero)."""
+    return tl.where(a >= 0, a // d, -((d - 1 - a) // d))
+
+
+def _maps_fwd(O, EM, EML, E1, E1L, NS, NK, MAXK, c, k_len, bs, last_rows, RAGGED: tl.constexpr, BLOCK: tl.constexpr,
+              INTERPRET: tl.constexpr, I_NS: tl.constexpr, I_W: tl.constexpr, I_K: tl.constexpr):
+    # One program per list head: naive.py's block-diagonal map of the head's slash offsets (each live offset marks
+    # the slots e + 1 of the block diagonals it crosses at a query block's first and last row) and its sorted
+    # distinct slots, for whole query blocks and (RAGGED) for the shorter last one. Zero, mark, compact, each phase
+    # after a barrier: the marks are plain stores of 1 (duplicates write the same value).
+    r = tl.program_id(0).to(tl.int64)
+    W = NK + 3
+    offs = tl.arange(0, BLOCK)
+    for j0 in range(0, I_W if INTERPRET else W, BLOCK):
+        j = j0 + offs
+        tl.store(EM + r * W + j, tl.zeros([BLOCK], dtype=tl.int8), mask=j < W)
+        if RAGGED:
+            tl.store(EML + r * W + j, tl.zeros([BLOCK], dtype=tl.int8), mask=j < W)
+    tl.debug_barrier()
+    trash = NK + 2
+    ones = tl.full([BLOCK], 1, dtype=tl.int8)
+    for j0 in range(0, I_NS if INTERPRET else NS, BLOCK):
+        j = j0 + offs
+        ok = j < NS
+        o = tl.load(O + r * NS + j, mask=ok, other=-1)
+        live = ok & (o >= 0) & (o < k_len)
+        lo = tl.where(live, tl.minimum(tl.maximum(1 - _floor_div(c - o, bs), 0), trash), trash)
+        hi = tl.where(live, tl.minimum(tl.maximum(1 - _floor_div(c + bs - 1 - o, bs), 0), trash), trash)
+        tl.store(EM + r * W + lo, ones, mask=ok)
+        tl.store(EM + r * W + hi, ones, mask=ok)
+        if RAGGED:
+            hi_l = tl.where(live, tl.minimum(tl.maximum(1 - _floor_div(c + last_rows - 1 - o, bs), 0), trash), trash)
+            tl.store(EML + r * W + lo, ones, mask=ok)
+            tl.store(EML + r * W + hi_l, ones, mask=ok)
+    tl.debug_barrier()
+    _compact_slots(EM, E1, r, W, NK, MAXK, BLOCK, INTERPRET, I_W, I_K)
+    if RAGGED:
+        _compact_slots(EML, E1L, r, W, NK, MAXK, BLOCK, INTERPRET, I_W, I_K)
+
+
+def _compact_slots(EM, E1, r, W, NK, MAXK, BLOCK: tl.constexpr, INTERPRET: tl.constexpr, I_W: tl.constexpr,
+                   I_K: tl.constexpr):
+    """The marked slots below NK + 2 in ascending order into `E1[r, :MAXK]`, the rest of the row NK + 2."""
+    offs = tl.arange(0, BLOCK)
+    count = 0
+    for j0 in range(0, I_W if INTERPRET else W, BLOCK):
+        j = j0 + offs
+        f = (tl.load(EM + r * W + j, mask=j < NK + 2, other=0) != 0).to(tl.int32)
+        pos = count + tl.cumsum(f, 0) - f
+        tl.store(E1 + r * MAXK + pos, j, mask=(f != 0) & (pos < MAXK))
+        count += tl.sum(f, 0)
+    for j0 in range(0, I_K if INTERPRET else MAXK, BLOCK):
+        j = j0 + offs
+        tl.store(E1 + r * MAXK + j, tl.zeros([BLOCK], dtype=tl.int32) + NK + 2, mask=(j >= count) & (j < MAXK))
+
+
+_maps_kernel = per_mode((_maps_fwd,), (_floor_div, _compact_slots), one=True)
+
+
+def diagonal_maps_triton(s_idx, c: int, bs: int, last_rows: int, NK: int, maxk: int, k_len: int):
+    """`(maps, e1s)` of `naive.vertical_slash_to_blocks`: the block-diagonal maps `[B, HS, NK + 2]` bool (one for
+    whole query blocks, and one for a ragged last block when `last_rows != bs`) and their sorted distinct slots
+    `[B, HS, maxk]` int32 (padded with NK + 2), from the slash offsets `s_idx [B, HS, NS]` in one launch."""
+    import os
+
+    import triton
+
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    B, HS, NS = s_idx.shape
+    R = B * HS
+    dev = s_idx.device
+    ragged = last_rows != bs
+    W = NK + 3
+    em = torch.empty(R, W, dtype=torch.int8, device=dev)
+    eml = torch.empty(R, W, dtype=torch.int8, device=dev) if ragged else em
+    e1 = torch.empty(R, maxk, dtype=torch.int32, device=dev)
+    e1l = torch.empty(R, maxk, dtype=torch.int32, device=dev) if ragged else e1
+    o = s_idx.reshape(R, NS)
+    o = o if o.is_contiguous() else o.contiguous()
+    block = min(1024, max(16, triton.next_power_of_2(max(NS, W, maxk))))
+    _maps_kernel(interpret)[(R,)](o, em, eml, e1, e1l, NS, NK, maxk, c, k_len, bs, last_rows, RAGGED=ragged,
+                                  BLOCK=block, INTERPRET=interpret, I_NS=NS if interpret else 0,
+                                  I_W=W if interpret else 0, I_K=maxk if interpret else 0, num_warps=4)
+    as_map = lambda t: t.view(torch.bool)[:, :NK + 2].view(B, HS, NK + 2)  # noqa: E731
+    maps = [as_map(em)] + ([as_map(eml)] if ragged else [])
+    e1s = [e1.view(B, HS, maxk)] + ([e1l.view(B, HS, maxk)] if ragged else [])
+    return maps, e1s
+
+
+# the slash offsets' block-diagonal maps and sorted slots of `extra="triton"` by `diagonal_maps_triton` (one launch)
+# instead of naive.py's torch ops (two scatters into zeroed maps, a where and a sort per map, about a dozen launches
+# a call); off until timed on a GPU (bench_methods variant `minference_vs_mapkernel`).
+_MAP_KERNEL = False
 
 
 # the block lists of `extra="triton"` by `block_lists_triton` (one pass) instead of torch's subtraction, clamp and

@@ -262,6 +262,27 @@ def _check_torch_lists(case):
         vs_triton._LIST_KERNEL = saved
 
 
+# the slash maps and their sorted slots by the Triton map kernel (`_MAP_KERNEL`, off until GPU-timed)
+MAP_CASES = [pytest.param(*c.values, id=f"maps-{c.id}") for c in EXTRA_CASES]
+
+
+def _check_map_kernel(case):
+    from sparsebench.kernels.vertical_slash import triton as vs_triton
+
+    saved = vs_triton._MAP_KERNEL
+    vs_triton._MAP_KERNEL = True
+    try:
+        _check_extra_triton(case)
+    finally:
+        vs_triton._MAP_KERNEL = saved
+
+
+@pytest.mark.parametrize("case", MAP_CASES)
+def test_triton_map_kernel_equal_torch(case, request, interpret_verdicts):
+    """The Triton map kernel (maps and sorted slots in one launch) gives the torch build's output bit for bit."""
+    assert_verdict(interpret_verdicts, request)
+
+
 @pytest.mark.parametrize("case", LIST_CASES)
 def test_triton_extra_with_torch_lists_equal_torch(case, request, interpret_verdicts):
     """The torch lists beside the Triton extra-column compaction give the torch build's output bit for bit."""
@@ -276,12 +297,17 @@ def test_bad_extra_mode_raises():
 if __name__ == "__main__" and sys.argv[1:] == ["--interpret"]:
     report_verdicts(_check_extra_triton, EXTRA_CASES)  # interpreter worker for `interpret_verdicts`
     report_verdicts(_check_torch_lists, LIST_CASES)
+    report_verdicts(_check_map_kernel, MAP_CASES)
 
 
 # ---------------------------------------------------------------------------------------------- GPU
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_gpu_build_equals_cpu_and_does_not_sync():
+@pytest.mark.parametrize("map_kernel", [False, True], ids=["torch_maps", "map_kernel"])
+def test_gpu_build_equals_cpu_and_does_not_sync(map_kernel, monkeypatch):
+    from sparsebench.kernels.vertical_slash import triton as vs_triton
+
+    monkeypatch.setattr(vs_triton, "_MAP_KERNEL", map_kernel)
     v, s = random_inputs(1, 8, 2000, 2100, 300, 40, 11)
     want = vertical_slash_to_blocks(v, s, 2000, 2100)
     vc, sc = v.cuda(), s.cuda()
