@@ -290,13 +290,17 @@ def _lastq_stats_rows(Q, K, MT, LT, sqb, sqh, sqt, skb, skh, sks, smb, smt, S, L
 def _lastq_scores_rows(Q, K, M, LS, V, DG, sqb, sqh, sqt, skb, skh, sks, smb, svr, svb, sdr, sdb, sdt, S, L, H, G,
                        NT, scale, D: tl.constexpr, RB: tl.constexpr, BLOCK_N: tl.constexpr, BT: tl.constexpr,
                        TPP: tl.constexpr, INTERPRET: tl.constexpr, PREC: tl.constexpr, IMPORTANCE: tl.constexpr,
-                       FAST: tl.constexpr = False, EVEN: tl.constexpr = False, WRAP: tl.constexpr = False):
+                       FAST: tl.constexpr = False, EVEN: tl.constexpr = False, WRAP: tl.constexpr = False,
+                       NPG=1, smt=0, STATS_IN: tl.constexpr = False, PB: tl.constexpr = 16,
+                       I_NPG: tl.constexpr = 0):
     """Row-block pass 2 (`_lastq_scores`' outputs, per row block): each tile's column sums over the block's rows go
     to `V[row block]`, its diagonal sums (indexed by the row within the block) to `DG[row block]`; `_combine` adds
     the row blocks. The diagonal sums skew the `[RB, BLOCK_N]` probabilities in registers (`tl.gather`) so that
     diagonals become columns: into a `[RB, BT]` tile, or with `WRAP` (needs RB <= BLOCK_N and BT == 2 * BLOCK_N)
     cyclically into a `[RB, BLOCK_N]` tile whose entries that wrapped around are the diagonals BLOCK_N further on,
-    summed apart (half the gathered entries; the same sums)."""
+    summed apart (half the gathered entries; the same sums). With `STATS_IN`, `M` / `LS` are pass 1's per-program
+    partials `[B*H, NPG, L]` (program stride `smt`), reduced here to each row's (m, l) as `_row_stats` reduces them
+    (the same maximum; the sum in another fixed order) instead of by torch between the passes."""
     pid_t = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     rb = tl.program_id(2)
@@ -307,8 +311,24 @@ def _lastq_scores_rows(Q, K, M, LS, V, DG, sqb, sqh, sqt, skb, skh, sks, smb, sv
     row_ok = row < L
     q = _block_rows(Q + b * sqb + h * sqh, row, row_ok, sqt, D, INTERPRET)
     k_base = K + b * skb + (h // G) * skh
-    m = tl.load(M + bh * smb + row, mask=row_ok, other=0.0)
-    inv_l = 1.0 / tl.load(LS + bh * smb + row, mask=row_ok, other=1.0)
+    if STATS_IN:
+        pp = tl.arange(0, PB)
+        m = tl.full([RB], float("-inf"), dtype=tl.float32)
+        for p0 in range(0, I_NPG if INTERPRET else NPG, PB):
+            at = bh * smb + (p0 + pp).to(tl.int64)[:, None] * smt + row[None, :]
+            ok = ((p0 + pp) < NPG)[:, None] & row_ok[None, :]
+            m = tl.maximum(m, tl.max(tl.load(M + at, mask=ok, other=float("-inf")), 0))
+        m = tl.where(row_ok, m, 0.0)
+        l = tl.zeros([RB], dtype=tl.float32)
+        for p0 in range(0, I_NPG if INTERPRET else NPG, PB):
+            at = bh * smb + (p0 + pp).to(tl.int64)[:, None] * smt + row[None, :]
+            ok = ((p0 + pp) < NPG)[:, None] & row_ok[None, :]
+            mt = tl.load(M + at, mask=ok, other=float("-inf"))
+            l += tl.sum(tl.load(LS + at, mask=ok, other=0.0) * tl.exp(mt - m[None, :]), 0)
+        inv_l = 1.0 / tl.where(row_ok, l, 1.0)
+    else:
+        m = tl.load(M + bh * smb + row, mask=row_ok, other=0.0)
+        inv_l = 1.0 / tl.load(LS + bh * smb + row, mask=row_ok, other=1.0)
     tt = tl.arange(0, BT)
     v_base = V + rb.to(tl.int64) * svr + bh * svb
     d_base = DG + rb.to(tl.int64) * sdr + bh * sdb
@@ -526,6 +546,10 @@ _ROWS_BLOCK_N = 64
 # bench_methods, medians of 3) FlexPrefill's whole estimate took 3.08 / 7.29 ms with it against 3.32 / 7.75 ms at
 # 64K / 128K.
 _WRAP_GATHER = True
+# The row-block path's (m, l) reduced from pass 1's partials by the scores kernel (`STATS_IN`) instead of torch's
+# amax / exp / mul / sum between the passes (five launches fewer a call, for host-bound estimates). Off until timed on
+# a GPU (bench_methods rows `minference_vs_fusedstats`, `flexprefill_fusedstats`).
+_FUSED_ROW_STATS = False
 _FAST = {"1": True, "0": False}.get(os.environ.get("SPARSEBENCH_LASTQ_FAST", ""), True)
 _FAST_TILE = False
 
@@ -573,8 +597,13 @@ def _rows_path(q, k, scale: float, L: int, S: int, importance: bool, block_n: in
                                                  float(scale), CAUSAL=not importance, ROUND_DOT=importance,
                                                  EVEN=L % rb_stats == 0, **{**common, "RB": rb_stats})
     grid = (npg, B * H, NRB)
-    m, l = _row_stats(mt, lt)
-    del mt, lt
+    if _FUSED_ROW_STATS:
+        m, l = mt, lt  # reduced by the scores kernel itself (STATS_IN)
+        stats_in = {"NPG": npg, "smt": mt.stride(1), "STATS_IN": True, "I_NPG": npg if interpret else 0}
+    else:
+        m, l = _row_stats(mt, lt)
+        del mt, lt
+        stats_in = {}
     v = torch.empty(NRB, B * H, S, dtype=torch.float32, device=dev)
     if importance:
         BT, dg = 16, v  # no diagonals: DG's pointer and strides unused
@@ -584,7 +613,8 @@ def _rows_path(q, k, scale: float, L: int, S: int, importance: bool, block_n: in
     kernels[3][grid](q, k, m, l, v, dg, *strides, m.stride(0), v.stride(0), v.stride(1), dg.stride(0), dg.stride(1),
                      dg.stride(2) if not importance else 0, S, L, H, G, nt, float(scale), BT=BT,
                      IMPORTANCE=importance, EVEN=L % RB == 0,
-                     WRAP=_WRAP_GATHER and not importance and RB <= block_n and BT == 2 * block_n, **common)
+                     WRAP=_WRAP_GATHER and not importance and RB <= block_n and BT == 2 * block_n, **stats_in,
+                     **common)
     if importance:
         vertical = v[0] if NRB == 1 else v.sum(0)
         return vertical / L, None
