@@ -312,6 +312,27 @@ def profile_part(seq_lens, shape, device, rows_rows, n=3, top=12):
                                             row_limit=top, max_name_column_width=60))
 
 
+def host_op_us(device, n: int = 2000, rounds: int = 3) -> float:
+    """Median over `rounds` of the host time per launch of a tiny in-place torch op (`n` launches, no sync between):
+    how fast this machine's host issues work. Estimates that are host-bound (MInference's at 32K-64K) scale with it,
+    and it varied about twofold between H200 machine instances in session 7."""
+    import statistics
+
+    x = torch.zeros(16, device=device)
+    x.add_(1.0)
+    times = []
+    for _ in range(rounds):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(n):
+            x.add_(1.0)
+        times.append((time.perf_counter() - t) / n * 1e6)
+        if device == "cuda":
+            torch.cuda.synchronize()
+    return statistics.median(times)
+
+
 def cost_part(seq_lens, shape, device, rows_rows, repeats: int = 1):
     """Each estimator's `select` time against dense attention on the same inputs. With `repeats` > 1 every timing is
     taken that many times, in rounds (dense, then each estimator, per round, so that drift spreads over all), and the
@@ -324,6 +345,9 @@ def cost_part(seq_lens, shape, device, rows_rows, repeats: int = 1):
     H, HKV, D = shape
     variants = _variants(device == "cuda")
     common = dict(heads=H, kv_heads=HKV, head_dim=D, repeats=repeats)
+    host_us = host_op_us(device)
+    rows_rows.append(dict(part="cost", method="host", seq_len=0, metric="torch_op_host_us", value=host_us, **common))
+    print(f"cost    host: {host_us:.1f} us a tiny torch op launch (the pace of host-bound estimates)")
     for L in seq_lens:
         q, k, v, ctx = _cost_inputs(L, shape, device)
 

@@ -75,6 +75,9 @@ def test_bench_methods_cost_repeats_report_medians_and_spread(tmp_path):
     assert est["estimation_ms_min"] <= est["estimation_ms"] <= est["estimation_ms_max"]
     dense = df[df.method == "dense_sdpa"].set_index("metric")["value"]
     assert est["estimation_share"] == pytest.approx(est["estimation_ms"] / dense["attention_ms"])
+    # the host's pace, recorded beside the timings (host-bound estimates scale with it)
+    host = df[df.method == "host"]
+    assert list(host.metric) == ["torch_op_host_us"] and (host.value > 0).all()
     bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_methods.py"), "--smoke", "--parts", "cost",
                           "--repeats", "0", "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "--repeats 0" in bad.stderr
