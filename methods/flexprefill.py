@@ -58,7 +58,9 @@ Deviations from the official code:
 - Execution: the Selection runs on sparsebench's executors instead of the official Triton block-wise kernel.
 - Running sums on CUDA: the cover counts and the global cover scan few long rows in two levels (`scan_rows`), whose
   rounding differs from torch.cumsum's (itself not sequential on CUDA): a running sum within rounding of its
-  threshold may fall on the other side. On CPU they are torch.cumsum's sequential sums.
+  threshold may fall on the other side. On CPU they are torch.cumsum's sequential sums. With `_COVER_KERNEL` (off
+  by default) both cuts come from `kernels/cover` instead (a bisection on the values' bit patterns with fp32 block
+  sums, no sort): the same rule, with the same kind of rounding at the threshold.
 - `variant="sparse_frontier"`: ties as above; T < approximation_size runs dense (the Sparse Frontier code fails
   there); nv and ns are capped at T (its `topk` fails beyond); the model's scale as above; execution through
   `kernels/vertical_slash` (each slash band rounded out to the aligned 64 x 64 blocks it crosses, a superset of
@@ -76,6 +78,7 @@ summation (it was the default until session 5).
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import torch
@@ -94,6 +97,10 @@ SF_APPROXIMATION = 512
 MAX_SCORE_ELEMS = 1 << 27  # score elements held at once by the last-queries estimate (512 MB in fp32)
 SCAN_ROW_LOOP_MIN = 1 << 15  # row length from which a CUDA running sum over few rows is scanned in two levels
 SCAN_CHUNK_MIN = 64  # shortest chunk of the two-level scan
+# the cover counts and the global cover by `kernels/cover` (a bisection on the values' bits, one program per row,
+# no sort) instead of torch's sorts and scans (0.71 ms of the 64K estimate's 2.94 ms of GPU time on an H200, session
+# 7, with the global cover's); off until timed on a GPU (bench_methods row `flexprefill_coverkernel`)
+_COVER_KERNEL = False
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -228,8 +235,17 @@ def scan_rows(x: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
     return out.flatten(-2)[..., :N]
 
 
+def _cover_kernel(x: torch.Tensor) -> bool:
+    """Whether the cover rules take `kernels/cover` (`_COVER_KERNEL`, on CUDA or under the Triton interpreter)."""
+    return _COVER_KERNEL and x.dtype == torch.float32 and (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
+
+
 def cover_count(x: torch.Tensor, gamma: float) -> torch.Tensor:
     """Entries of the descending running sum of `x [..., N]` that stay <= gamma, plus one (int64 `[...]`)."""
+    if _cover_kernel(x):
+        from sparsebench.kernels.cover import cover_count_triton
+
+        return cover_count_triton(x.reshape(-1, x.shape[-1]), gamma).view(x.shape[:-1])
     srt = torch.sort(x, dim=-1, descending=True).values
     return (scan_rows(srt) <= gamma).sum(-1) + 1
 
@@ -358,8 +374,13 @@ def official_block_mask(q: torch.Tensor, k: torch.Tensor, *, gamma: float, tau: 
     attn = torch.softmax(logits.masked_fill_(~causal, float("-inf")), dim=-1, dtype=torch.float32)
     del logits
     # only the causal half can be non-zero: sort and scan that half (row-major, as tril_indices lists it)
-    tri = torch.tril_indices(nb, nb, device=q.device)
-    qa_blocks = global_cover_mask(attn, gamma * nb, support=tri[0] * nb + tri[1])
+    if _cover_kernel(attn):
+        from sparsebench.kernels.cover import cover_mask_triton
+
+        qa_blocks = cover_mask_triton(attn.view(B * H, nb * nb), gamma * nb, nb).view(B, H, nb, nb)
+    else:
+        tri = torch.tril_indices(nb, nb, device=q.device)
+        qa_blocks = global_cover_mask(attn, gamma * nb, support=tri[0] * nb + tri[1])
     mask |= qa_blocks & query_aware[..., None, None]
     return mask, query_aware
 

@@ -57,6 +57,7 @@ GPU_COST_VARIANTS = (("minference_vs_torch", "minference", {"pattern": "vertical
                      ("minference_vs_mapkernel", "minference", {"pattern": "vertical_slash"}),
                      ("minference_vs_fusedstats", "minference", {"pattern": "vertical_slash"}),
                      ("flexprefill_fusedstats", "flexprefill", {}),
+                     ("flexprefill_coverkernel", "flexprefill", {}),
                      ("flexprefill_nowrap", "flexprefill", {}))
 # environment a variant runs under (switches that are not constructor knobs, read at call time)
 VARIANT_ENV = {"xattn_s8_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"},
@@ -88,6 +89,8 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
     # not yet a default: the row-block path's (m, l) reduced inside its scores kernel
     "minference_vs_fusedstats": [(_LASTQ, "_FUSED_ROW_STATS", True)],
     "flexprefill_fusedstats": [(_LASTQ, "_FUSED_ROW_STATS", True)],
+    # not yet a default: FlexPrefill's cover counts and global cover by kernels/cover instead of sorts
+    "flexprefill_coverkernel": [("sparsebench.methods.flexprefill", "_COVER_KERNEL", True)],
     # the columns and the diagonals by two top_set calls instead of one paired call
     "minference_vs_topsettwo": [("sparsebench.methods.minference", "_TOP_SET_PAIR", False)],
     "minference_vs_s6": [(_LASTQ, "_ROWS_MIN_L", 65), (_LASTQ, "_WRAP_GATHER", False),

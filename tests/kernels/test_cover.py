@@ -1,0 +1,110 @@
+"""kernels/cover: FlexPrefill's cover counts and global cover by bisection, against the sort-and-scan reference (CPU:
+the interpreter in one subprocess; GPU: compiled), on softmax rows, ties on a binary grid (where every sum is
+exact), rows within the target, and FlexPrefill's block selection through it equal to its selection through torch."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+from sparsebench.kernels.cover import cover_count_naive, cover_mask_naive
+from sparsebench.testing import assert_verdict, report_verdicts
+
+
+def _rows(kind: str, R: int, N: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    if kind == "grid":  # values on a binary grid: every running sum exact, many ties at the cut
+        return torch.randint(0, 5, (R, N), generator=g).float() / 64
+    return torch.softmax(torch.randn(R, N, generator=g) * 3, -1)
+
+
+def _tril_rows(R: int, nb: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    above = torch.ones(nb, nb, dtype=torch.bool).triu(1)
+    return torch.softmax(torch.randn(R, nb, nb, generator=g).masked_fill(above, float("-inf")), -1).view(R, -1)
+
+
+COUNT_CASES = [pytest.param(c, id="count-{}-{}x{}-t{}-b{}".format(*c)) for c in (
+    ("soft", 3, 100, 0.95, 64), ("soft", 2, 1000, 0.5, 256), ("soft", 2, 37, 1.5, 16), ("grid", 3, 300, 0.5, 64),
+    ("grid", 2, 64, 0.25, 16), ("grid", 2, 200, 100.0, 64))]
+MASK_CASES = [pytest.param(c, id="mask-{}-{}x{}-t{}-b{}".format(*c)) for c in (
+    ("soft", 2, 12, 0.95, 32), ("soft", 3, 20, 0.5, 64), ("grid", 2, 12, 3.0, 32), ("grid", 2, 16, 1000.0, 64))]
+
+
+def _check_count(case, device="cpu"):
+    from sparsebench.kernels.cover import cover_count_triton
+
+    kind, R, N, target, block = case
+    x = _rows(kind, R, N).to(device)
+    got = cover_count_triton(x, target, block=block)
+    assert got.dtype == torch.int64 and torch.equal(got.cpu(), cover_count_naive(x.cpu(), target))
+
+
+def _check_mask(case, device="cpu"):
+    from sparsebench.kernels.cover import cover_mask_triton
+
+    kind, R, nb, gamma, block = case
+    x = (_tril_rows(R, nb) if kind == "soft" else _rows("grid", R, nb * nb)).to(device)
+    target = gamma * nb if kind == "soft" else gamma
+    got = cover_mask_triton(x, target, nb, block=block)
+    assert got.dtype == torch.bool and torch.equal(got.cpu(), cover_mask_naive(x.cpu(), target, nb))
+
+
+def _check_flex(case):
+    """FlexPrefill's official block selection with `_COVER_KERNEL` equals its selection through torch's sorts."""
+    import sparsebench.methods.flexprefill as fp
+
+    T, H, HKV, D, seed = case
+    g = torch.Generator().manual_seed(seed)
+    q, k = torch.randn(1, H, T, D, generator=g), torch.randn(1, HKV, T, D, generator=g)
+    kw = dict(gamma=0.9, tau=0.1, minb=2, maxb=10**9, block_size=32, scale=D ** -0.5)
+    saved = fp._COVER_KERNEL
+    try:
+        fp._COVER_KERNEL = False
+        want = fp.official_block_mask(q, k, **kw)
+        fp._COVER_KERNEL = True
+        got = fp.official_block_mask(q, k, **kw)
+    finally:
+        fp._COVER_KERNEL = saved
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+FLEX_CASES = [pytest.param(c, id="flex-T{}-H{}-HKV{}-D{}-s{}".format(*c)) for c in ((640, 4, 2, 32, 0),
+                                                                                      (700, 2, 1, 64, 1))]
+
+
+@pytest.mark.parametrize("case", COUNT_CASES + MASK_CASES + FLEX_CASES)
+def test_triton_interpret_matches_reference(case, request, interpret_verdicts):
+    assert_verdict(interpret_verdicts, request)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("case", COUNT_CASES + [pytest.param(("soft", 64, 65536, 0.95, 2048), id="count-64x64K"),
+                                                pytest.param(("grid", 8, 40000, 0.5, 2048), id="count-grid-8x40K")])
+def test_triton_gpu_count_matches_reference(case):
+    _check_count(case, device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("case", MASK_CASES + [pytest.param(("soft", 32, 256, 0.95, 2048), id="mask-32x256")])
+def test_triton_gpu_mask_matches_reference(case):
+    _check_mask(case, device="cuda")
+
+
+def test_reference_hand_case():
+    x = torch.tensor([[0.5, 0.25, 0.25, 0.0], [0.1, 0.2, 0.3, 0.4]])
+    # row 0 at 0.75: 0.5, then one of the tied 0.25s fits; row 1 at 0.75: 0.4, 0.3 (0.7), not 0.2
+    assert cover_count_naive(x, 0.75).tolist() == [3, 3]
+    m = cover_mask_naive(torch.tensor([[0.5, 0.0, 0.25, 0.25]]), 0.75, 2)  # [[0.5, -], [0.25, 0.25]]
+    assert m.tolist() == [[True, False, True, False]]  # the first tie in index order
+    with pytest.raises(ValueError, match="cols=3 must divide"):
+        cover_mask_naive(torch.zeros(1, 4), 1.0, 3)
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--interpret"]:
+    report_verdicts(_check_count, COUNT_CASES)
+    report_verdicts(_check_mask, MASK_CASES)
+    report_verdicts(_check_flex, FLEX_CASES)
