@@ -148,6 +148,21 @@ def test_last_q_scores(L, D, pack, compiled):
     _check(compiled, 2)
 
 
+@pytest.mark.parametrize("importance", [False, True])
+def test_last_q_fused_row_stats(importance, compiled, monkeypatch):
+    """The row-block scores kernel reducing pass 1's partials itself (`_FUSED_ROW_STATS`, not yet the default)."""
+    from sparsebench.kernels.last_q_scores import triton as lq
+
+    monkeypatch.setattr(lq, "_FUSED_ROW_STATS", True)
+    q = torch.zeros(1, 8, 64, 128, dtype=torch.bfloat16)
+    k = torch.zeros(1, 2, 4096, 128, dtype=torch.bfloat16)
+    if importance:
+        lq.last_q_importance_triton(q, k, 128 ** -0.5, rows=True)
+    else:
+        lq.last_q_scores_triton(q, k, 128 ** -0.5, rows=True)
+    _check(compiled, 2)
+
+
 @pytest.mark.parametrize("rows", [False, True])
 def test_last_q_importance(rows, compiled):
     from sparsebench.kernels.last_q_scores import triton as lq
@@ -158,10 +173,14 @@ def test_last_q_importance(rows, compiled):
     _check(compiled, 2)
 
 
+@pytest.mark.parametrize("map_kernel", [False, True], ids=["torch_maps", "map_kernel"])
 @pytest.mark.parametrize("T,S", [(2000, 2100), (2048, 2048)])
-def test_vertical_slash_extra_columns(T, S, compiled):
+def test_vertical_slash_extra_columns(T, S, map_kernel, compiled, monkeypatch):
+    """The list and extra-column kernels, and the map kernel (`_MAP_KERNEL`, not yet the default)."""
+    from sparsebench.kernels.vertical_slash import triton as vs_triton
     from sparsebench.kernels.vertical_slash import vertical_slash_to_blocks
 
+    monkeypatch.setattr(vs_triton, "_MAP_KERNEL", map_kernel)
     v = torch.randint(0, S, (1, 4, 300))
     s = torch.randint(0, 200, (1, 4, 40))
     vertical_slash_to_blocks(v, s, T, S, 64, extra="triton")
@@ -222,7 +241,19 @@ def test_top_set(compiled):
     """kernels/top_set: the radix-select kernel at MInference's row length and widths, without spills."""
     from sparsebench.kernels.top_set import top_set_triton
 
+    from sparsebench.kernels.top_set import top_set_pair_triton
+
     x = torch.zeros(32, 65536)
     top_set_triton(x, 1000, 30)
     top_set_triton(x, 6096, 100)
+    top_set_pair_triton(x, 1000, 30, x, 6096, 100)
+    _check(compiled, 2)
+
+
+def test_cover(compiled):
+    """kernels/cover: FlexPrefill's cover counts (rows of 64K) and global cover (512 x 512 block scores)."""
+    from sparsebench.kernels.cover import cover_count_triton, cover_mask_triton
+
+    cover_count_triton(torch.zeros(64, 65536), 0.95)
+    cover_mask_triton(torch.zeros(32, 512 * 512), 0.95 * 512, 512)
     _check(compiled, 2)
