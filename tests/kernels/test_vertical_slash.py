@@ -246,35 +246,27 @@ def test_triton_extra_columns_equal_torch(case, request, interpret_verdicts):
     assert_verdict(interpret_verdicts, request)
 
 
+def _extra_with(switch: str, value: bool):
+    """`_check_extra_triton` with a module switch of vertical_slash/triton.py set to `value`."""
+    def check(case):
+        from sparsebench.kernels.vertical_slash import triton as vs_triton
+
+        saved = getattr(vs_triton, switch)
+        setattr(vs_triton, switch, value)
+        try:
+            _check_extra_triton(case)
+        finally:
+            setattr(vs_triton, switch, saved)
+    return check
+
+
 # `extra="triton"` with the block lists by torch (`_LIST_KERNEL` off; the Triton list kernel is the default since
-# session 7, so EXTRA_CASES test it): the same four outputs bit for bit
+# session 7, so EXTRA_CASES test it), and with the slash maps and their sorted slots by the Triton map kernel
+# (`_MAP_KERNEL`, off until GPU-timed): the same four outputs bit for bit
 LIST_CASES = [pytest.param(*c.values, id=f"torchlists-{c.id}") for c in EXTRA_CASES]
-
-
-def _check_torch_lists(case):
-    from sparsebench.kernels.vertical_slash import triton as vs_triton
-
-    saved = vs_triton._LIST_KERNEL
-    vs_triton._LIST_KERNEL = False
-    try:
-        _check_extra_triton(case)
-    finally:
-        vs_triton._LIST_KERNEL = saved
-
-
-# the slash maps and their sorted slots by the Triton map kernel (`_MAP_KERNEL`, off until GPU-timed)
 MAP_CASES = [pytest.param(*c.values, id=f"maps-{c.id}") for c in EXTRA_CASES]
-
-
-def _check_map_kernel(case):
-    from sparsebench.kernels.vertical_slash import triton as vs_triton
-
-    saved = vs_triton._MAP_KERNEL
-    vs_triton._MAP_KERNEL = True
-    try:
-        _check_extra_triton(case)
-    finally:
-        vs_triton._MAP_KERNEL = saved
+_check_torch_lists = _extra_with("_LIST_KERNEL", False)
+_check_map_kernel = _extra_with("_MAP_KERNEL", True)
 
 
 @pytest.mark.parametrize("case", MAP_CASES)
