@@ -1,8 +1,10 @@
 """Vertical-slash attention on the project's Triton kernels: the index build of naive.py (vectorised torch, no host
 synchronisation), with its extra-column compaction done by one Triton program per (head, query block) instead of
 full-size `[heads, query blocks, columns]` torch passes (gather, cumsum, scatter: ~2 ms of a 128K MInference
-estimate on an H200), feeding `block_sparse_attn_triton`, which walks the 64x64 key blocks and then gathers the
-extra columns token by token in the same online softmax."""
+estimate on an H200), its block lists written in one pass (`_LIST_KERNEL`, on) and, optionally, its slash maps
+built in one launch (`_MAP_KERNEL`, off until timed), feeding `block_sparse_attn_triton`, which walks the 64x64 key
+blocks and then gathers the extra columns token by token in the same online softmax. Every kernel here gives
+naive.py's torch build bit for bit."""
 from __future__ import annotations
 
 import torch
