@@ -20,8 +20,10 @@ as they are, and `seq_len` is only the truncation budget. Per sample, meta recor
 "middle"), `truncated_tokens`, `prompt_tokens` (the untruncated prompt's own tokens) and the kept head/tail tokens.
 
 Data: through `datasets.load_dataset` from pinned, configurable ids and revisions (v1/E: the parquet mirror
-`Xnhyacinth/LongBench`, configs `<dataset>` and `<dataset>_e`; v2: `THUDM/LongBench-v2`; both unverified from here,
-the hub being unreachable), or local files through the same call with the json/parquet builders (`data_dir`,
+`Xnhyacinth/LongBench`, configs `<dataset>` and `<dataset>_e`; v2: `THUDM/LongBench-v2`, which the hub also lists as
+`zai-org/LongBench-v2` after the organisation's rename; both unverified from here, the hub being unreachable, but
+public code loads them the same way: `load_dataset("Xnhyacinth/LongBench", task)` and
+`load_dataset("THUDM/LongBench-v2", split="train")`), or local files through the same call with the json/parquet builders (`data_dir`,
 `data_files`).
 
 Deviations from upstream:
