@@ -23,8 +23,8 @@ Data: through `datasets.load_dataset` from pinned, configurable ids and revision
 `Xnhyacinth/LongBench`, configs `<dataset>` and `<dataset>_e`; v2: `THUDM/LongBench-v2`, which the hub also lists as
 `zai-org/LongBench-v2` after the organisation's rename; both unverified from here, the hub being unreachable, but
 public code loads them the same way: `load_dataset("Xnhyacinth/LongBench", task)` and
-`load_dataset("THUDM/LongBench-v2", split="train")`), or local files through the same call with the json/parquet builders (`data_dir`,
-`data_files`).
+`load_dataset("THUDM/LongBench-v2", split="train")`), or local files through the same call with the json/parquet
+builders (`data_dir`, `data_files`).
 
 Deviations from upstream:
 
