@@ -78,12 +78,12 @@ summation (it was the default until session 5).
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import torch
 
 from sparsebench.attention import AttnContext, AttnShape, SparseAttention
+from sparsebench.kernels import runs_triton
 from sparsebench.kernels.last_q_scores import check_fused_device, check_scores_kernel, fused_scores
 from sparsebench.selection import Selection, stable_partition
 
@@ -237,7 +237,7 @@ def scan_rows(x: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
 
 def _cover_kernel(x: torch.Tensor) -> bool:
     """Whether the cover rules take `kernels/cover` (`_COVER_KERNEL`, on CUDA or under the Triton interpreter)."""
-    return _COVER_KERNEL and x.dtype == torch.float32 and (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
+    return _COVER_KERNEL and x.dtype == torch.float32 and runs_triton(x)
 
 
 def cover_count(x: torch.Tensor, gamma: float) -> torch.Tensor:

@@ -89,13 +89,13 @@ from __future__ import annotations
 
 import inspect
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from sparsebench.attention import AttnContext, AttnShape, SparseAttention
+from sparsebench.kernels import runs_triton
 from sparsebench.kernels.last_q_scores import check_fused_device, check_scores_kernel, fused_scores
 from sparsebench.selection import Selection
 
@@ -540,7 +540,7 @@ class MInference(SparseAttention):
             if naive:
                 v_idx = top_ranked_naive(vert, v_sz, NV, self.forced_columns)
                 s_off = top_ranked_naive(slash, s_sz, NS, self.forced_diagonals)
-            elif _TOP_SET and (q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1") and \
+            elif _TOP_SET and runs_triton(q) and \
                     len(set(v_sz)) == len(set(s_sz)) == 1 and NV > 0 and NS > 0:
                 from sparsebench.kernels.top_set import top_set_pair_triton, top_set_triton
 

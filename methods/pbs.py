@@ -63,12 +63,12 @@ sums are added in other orders (as torch's own GPU reductions are).
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import torch.nn.functional as F
 
 from sparsebench.attention import AttnContext, AttnShape, SparseAttention
+from sparsebench.kernels import runs_triton
 from sparsebench.kernels.last_q_scores import check_fused_device, check_scores_kernel, fused_scores
 from sparsebench.selection import Selection, stable_partition
 
@@ -190,7 +190,7 @@ _SORT_KERNEL_MAX_BLOCKS = 512
 def _sort_kernel(q: torch.Tensor, segment_size: int, nk: int) -> bool:
     """Whether this call sorts through `kernels/row_rank`: `_SORT_KERNEL`, on CUDA (or under the interpreter), rows
     of at most `_SORT_KERNEL_MAX_BLOCKS` key blocks, segments within the kernel's width."""
-    if not _SORT_KERNEL or not (q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+    if not _SORT_KERNEL or not runs_triton(q):
         return False
     from sparsebench.kernels.row_rank.triton import MAX_N
 

@@ -19,9 +19,9 @@ def check_scores_kernel(method: str, choice: str) -> None:
 def check_fused_device(method: str, x) -> None:
     """A clear error naming the method when the fused kernels are asked for (`scores_kernel='triton'`) on a tensor
     they cannot run on: not on CUDA, and no TRITON_INTERPRET=1."""
-    import os
+    from .. import runs_triton
 
-    if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+    if not runs_triton(x):
         raise ValueError(f"{method} scores_kernel='triton' needs a CUDA device (or TRITON_INTERPRET=1); q is on "
                          f"{x.device}: use scores_kernel='torch'")
 
