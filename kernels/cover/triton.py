@@ -24,17 +24,10 @@ import triton
 import triton.language as tl
 
 from .._jit import per_mode
+from ..top_set.triton import _monotone
 from .naive import _check
 
 __all__ = ["cover_count_triton", "cover_mask_triton"]
-
-
-def _keys(x):
-    """Unsigned-monotone 32-bit keys of fp32 values (-0.0 as +0.0)."""
-    bits = (x + 0.0).to(tl.uint32, bitcast=True)
-    sign = tl.full([1], 0x80000000, tl.uint32)
-    ones = tl.full([1], 0xFFFFFFFF, tl.uint32)  # xor with it, not `~`: the interpreter's `~` overflows uint32
-    return tl.where((bits & sign) != 0, bits ^ ones, bits | sign)
 
 
 def _entries(x_row, b0, N, COLS, TRIL: tl.constexpr, BLOCK: tl.constexpr):
@@ -45,7 +38,7 @@ def _entries(x_row, b0, N, COLS, TRIL: tl.constexpr, BLOCK: tl.constexpr):
     if TRIL:
         ok = ok & (idx % COLS <= idx // COLS)
     x = tl.load(x_row + idx, mask=ok, other=0.0)
-    return idx, ok, x, _keys(x)
+    return idx, ok, x, _monotone(x)
 
 
 def _mass_from(x_row, t, N, COLS, TRIL: tl.constexpr, BLOCK: tl.constexpr, INTERPRET: tl.constexpr,
@@ -103,7 +96,7 @@ def _cover_fwd(X, OUT, CNT, N, sx, so, target, COLS, MASK: tl.constexpr, TRIL: t
         tl.store(CNT + row, (tl.where(all_in, valid, above + fit) + 1).to(tl.int64))
 
 
-_kernel = per_mode((_cover_fwd,), (_keys, _entries, _mass_from), one=True)
+_kernel = per_mode((_cover_fwd,), (_monotone, _entries, _mass_from), one=True)
 
 
 def _launch(x, target, cols, mask, block):

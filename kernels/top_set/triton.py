@@ -31,14 +31,18 @@ from .naive import _check
 __all__ = ["top_set_pair_triton", "top_set_triton"]
 
 
-def _keys(X, idx, ok, forced):
-    """Unsigned-monotone 32-bit keys of the entries `idx` (module doc); 0 outside the row."""
-    x = tl.load(X + idx, mask=ok, other=0.0) + 0.0  # -0.0 -> +0.0
-    bits = x.to(tl.uint32, bitcast=True)
+def _monotone(x):
+    """Unsigned 32-bit keys of fp32 values that order as the values (-0.0 as +0.0; also `kernels/cover`'s keys)."""
+    bits = (x + 0.0).to(tl.uint32, bitcast=True)
     sign = tl.full([1], 0x80000000, tl.uint32)
     ones = tl.full([1], 0xFFFFFFFF, tl.uint32)  # xor with it, not `~`: the interpreter's `~` overflows uint32
-    key = tl.where((bits & sign) != 0, bits ^ ones, bits | sign)
-    key = tl.where(idx < forced, ones, key)
+    return tl.where((bits & sign) != 0, bits ^ ones, bits | sign)
+
+
+def _keys(X, idx, ok, forced):
+    """Keys of the entries `idx` (module doc): `_monotone`, the largest for the first `forced`; 0 outside the row."""
+    key = _monotone(tl.load(X + idx, mask=ok, other=0.0))
+    key = tl.where(idx < forced, tl.full([1], 0xFFFFFFFF, tl.uint32), key)
     return tl.where(ok, key, key & 0)
 
 
@@ -133,7 +137,7 @@ def _ts_write(X, X2, OUT, OUT2, H, R1, N, CH, sx, sx2, so, so2, R, C, k, k2, for
         ties += tl.sum(eq)
 
 
-_kernels = per_mode((_ts_hist, _ts_write), (_keys, _pick, _row_args))
+_kernels = per_mode((_ts_hist, _ts_write), (_monotone, _keys, _pick, _row_args))
 
 
 def top_set_triton(x: torch.Tensor, k: int, forced: int = 0, chunk: int = 16384, block: int = 2048,
