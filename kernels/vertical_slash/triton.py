@@ -113,9 +113,13 @@ def block_lists_triton(e1s, e1s_last, A1: int, NQ: int):
     return out.view(B, HS, NQ, maxk), cnt.view(B, HS, NQ)
 
 
-def _floor_div(a, d):
-    """floor(a / d) for d > 0 (integer `//` on tensors truncates toward zero)."""
-    return tl.where(a >= 0, a // d, -((d - 1 - a) // d))
+def _slot(pos, o, live, bs, trash):
+    """naive.py's `_diagonal_map` slot e + 1 of the block diagonal that offset `o` crosses at in-block row position
+    `pos` (c for a query block's first row, c + rows - 1 for its last), clamped to [0, trash]; `trash` where the
+    offset is dead. floor((pos - o) / bs) by hand: integer `//` on tensors truncates toward zero."""
+    a = pos - o
+    fl = tl.where(a >= 0, a // bs, -((bs - 1 - a) // bs))
+    return tl.where(live, tl.minimum(tl.maximum(1 - fl, 0), trash), trash)
 
 
 def _maps_fwd(O, EM, EML, E1, E1L, NS, NK, MAXK, c, k_len, bs, last_rows, RAGGED: tl.constexpr, BLOCK: tl.constexpr,
@@ -140,14 +144,12 @@ def _maps_fwd(O, EM, EML, E1, E1L, NS, NK, MAXK, c, k_len, bs, last_rows, RAGGED
         ok = j < NS
         o = tl.load(O + r * NS + j, mask=ok, other=-1)
         live = ok & (o >= 0) & (o < k_len)
-        lo = tl.where(live, tl.minimum(tl.maximum(1 - _floor_div(c - o, bs), 0), trash), trash)
-        hi = tl.where(live, tl.minimum(tl.maximum(1 - _floor_div(c + bs - 1 - o, bs), 0), trash), trash)
+        lo = _slot(c, o, live, bs, trash)
         tl.store(EM + r * W + lo, ones, mask=ok)
-        tl.store(EM + r * W + hi, ones, mask=ok)
+        tl.store(EM + r * W + _slot(c + bs - 1, o, live, bs, trash), ones, mask=ok)
         if RAGGED:
-            hi_l = tl.where(live, tl.minimum(tl.maximum(1 - _floor_div(c + last_rows - 1 - o, bs), 0), trash), trash)
             tl.store(EML + r * W + lo, ones, mask=ok)
-            tl.store(EML + r * W + hi_l, ones, mask=ok)
+            tl.store(EML + r * W + _slot(c + last_rows - 1, o, live, bs, trash), ones, mask=ok)
     tl.debug_barrier()
     _compact_slots(EM, E1, r, W, NK, MAXK, BLOCK, INTERPRET, I_W, I_K)
     if RAGGED:
@@ -170,7 +172,7 @@ def _compact_slots(EM, E1, r, W, NK, MAXK, BLOCK: tl.constexpr, INTERPRET: tl.co
         tl.store(E1 + r * MAXK + j, tl.zeros([BLOCK], dtype=tl.int32) + NK + 2, mask=(j >= count) & (j < MAXK))
 
 
-_maps_kernel = per_mode((_maps_fwd,), (_floor_div, _compact_slots), one=True)
+_maps_kernel = per_mode((_maps_fwd,), (_slot, _compact_slots), one=True)
 
 
 def diagonal_maps_triton(s_idx, c: int, bs: int, last_rows: int, NK: int, maxk: int, k_len: int):
