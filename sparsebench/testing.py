@@ -1,6 +1,7 @@
 """Test helpers shared by the test suite (shipped, so downstream method packages can test the same way)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -48,3 +49,17 @@ def assert_verdict(verdicts: dict, request) -> None:
     cid = request.node.callspec.id
     assert cid in verdicts, f"case {cid} did not report"
     assert verdicts[cid] is None, verdicts[cid]
+
+
+@contextlib.contextmanager
+def switched(module, **values):
+    """Module attributes (a kernel's or method's switches) set to `values` inside the block, restored after it, also
+    on failure: the interpreter children cannot use pytest's monkeypatch."""
+    saved = {name: getattr(module, name) for name in values}
+    try:
+        for name, value in values.items():
+            setattr(module, name, value)
+        yield module
+    finally:
+        for name, value in saved.items():
+            setattr(module, name, value)

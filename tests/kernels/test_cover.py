@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sparsebench.kernels.cover import cover_count_naive, cover_mask_naive
-from sparsebench.testing import assert_verdict, report_verdicts
+from sparsebench.testing import assert_verdict, report_verdicts, switched
 
 
 def _rows(kind: str, R: int, N: int, seed: int = 0) -> torch.Tensor:
@@ -59,14 +59,10 @@ def _check_flex(case):
     g = torch.Generator().manual_seed(seed)
     q, k = torch.randn(1, H, T, D, generator=g), torch.randn(1, HKV, T, D, generator=g)
     kw = dict(gamma=0.9, tau=0.1, minb=2, maxb=10**9, block_size=32, scale=D ** -0.5)
-    saved = fp._COVER_KERNEL
-    try:
-        fp._COVER_KERNEL = False
+    with switched(fp, _COVER_KERNEL=False):
         want = fp.official_block_mask(q, k, **kw)
-        fp._COVER_KERNEL = True
+    with switched(fp, _COVER_KERNEL=True):
         got = fp.official_block_mask(q, k, **kw)
-    finally:
-        fp._COVER_KERNEL = saved
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 from sparsebench.kernels.last_q_scores import last_q_importance_naive, last_q_scores_naive
 
-from sparsebench.testing import assert_verdict, report_verdicts
+from sparsebench.testing import assert_verdict, report_verdicts, switched
 
 
 def _qk(B, H, HKV, L, S, D, dtype=torch.float32, seed=0):
@@ -484,14 +484,8 @@ def _with_switches(check):
     def run(case, switches):
         from sparsebench.kernels.last_q_scores import triton as lq
 
-        saved = {k: getattr(lq, k) for k in switches}
-        try:
-            for k, v in switches.items():
-                setattr(lq, k, v)
+        with switched(lq, **switches):
             check(case)
-        finally:
-            for k, v in saved.items():
-                setattr(lq, k, v)
     return run
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sparsebench.kernels.top_set import top_set_naive
-from sparsebench.testing import assert_verdict, report_verdicts
+from sparsebench.testing import assert_verdict, report_verdicts, switched
 
 
 def _rows(kind: str, R: int, N: int, seed: int = 0) -> torch.Tensor:
@@ -77,14 +77,10 @@ def _check_minference(case):
     k = torch.randn(1, 2, S, 32, generator=g)
     ctx = AttnContext(layer_idx=0, num_heads=4, num_kv_heads=2, head_dim=32, scale=32 ** -0.5)
     m = mi.MInference(pattern="vertical_slash", last_q=last_q, vertical_size=v, slash_size=s, scores_kernel="torch")
-    saved = mi._TOP_SET
-    try:
-        mi._TOP_SET = False
+    with switched(mi, _TOP_SET=False):
         want = m.select(q, k, ctx)
-        mi._TOP_SET = True
+    with switched(mi, _TOP_SET=True):
         got = m.select(q, k, ctx)
-    finally:
-        mi._TOP_SET = saved
     for name in ("kv_indices", "kv_counts", "extra_cols", "extra_counts"):
         assert torch.equal(getattr(got, name), getattr(want, name)), name
 

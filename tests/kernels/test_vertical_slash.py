@@ -15,7 +15,7 @@ from sparsebench.kernels.vertical_slash import vertical_slash_attn_naive, vertic
 
 from sparsebench.executors import execute
 from sparsebench.selection import Selection, causal_pairs
-from sparsebench.testing import assert_verdict, report_verdicts
+from sparsebench.testing import assert_verdict, report_verdicts, switched
 
 
 def build(v_idx, s_idx, T, S, bs=64, H=None, HKV=None):
@@ -251,12 +251,8 @@ def _extra_with(switch: str, value: bool):
     def check(case):
         from sparsebench.kernels.vertical_slash import triton as vs_triton
 
-        saved = getattr(vs_triton, switch)
-        setattr(vs_triton, switch, value)
-        try:
+        with switched(vs_triton, **{switch: value}):
             _check_extra_triton(case)
-        finally:
-            setattr(vs_triton, switch, saved)
     return check
 
 
