@@ -58,7 +58,9 @@ GPU_COST_VARIANTS = (("minference_vs_torch", "minference", {"pattern": "vertical
                      ("minference_vs_fusedstats", "minference", {"pattern": "vertical_slash"}),
                      ("flexprefill_fusedstats", "flexprefill", {}),
                      ("flexprefill_coverkernel", "flexprefill", {}),
-                     ("flexprefill_nowrap", "flexprefill", {}))
+                     ("flexprefill_nowrap", "flexprefill", {}),
+                     ("minference_vs_allnew", "minference", {"pattern": "vertical_slash"}),
+                     ("flexprefill_allnew", "flexprefill", {}))
 # environment a variant runs under (switches that are not constructor knobs, read at call time)
 VARIANT_ENV = {"xattn_s8_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"},
                "xattn_s16_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"}}
@@ -95,7 +97,11 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
     "minference_vs_topsettwo": [("sparsebench.methods.minference", "_TOP_SET_PAIR", False)],
     "minference_vs_s6": [(_LASTQ, "_ROWS_MIN_L", 65), (_LASTQ, "_WRAP_GATHER", False),
                          ("sparsebench.methods.minference", "_TOP_SET", False), (_VS, "_LIST_KERNEL", False)],
-    "flexprefill_nowrap": [(_LASTQ, "_WRAP_GATHER", False)]}
+    "flexprefill_nowrap": [(_LASTQ, "_WRAP_GATHER", False)],
+    # the switches not yet defaults, all on together
+    "minference_vs_allnew": [(_VS, "_MAP_KERNEL", True), (_LASTQ, "_FUSED_ROW_STATS", True)],
+    "flexprefill_allnew": [(_LASTQ, "_FUSED_ROW_STATS", True),
+                           ("sparsebench.methods.flexprefill", "_COVER_KERNEL", True)]}
 
 
 def _variants(cuda: bool) -> tuple:
