@@ -54,12 +54,11 @@ GPU_COST_VARIANTS = (("minference_vs_torch", "minference", {"pattern": "vertical
                      ("minference_vs_notopset", "minference", {"pattern": "vertical_slash"}),
                      ("minference_vs_nolists", "minference", {"pattern": "vertical_slash"}),
                      ("minference_vs_topsettwo", "minference", {"pattern": "vertical_slash"}),
-                     ("minference_vs_mapkernel", "minference", {"pattern": "vertical_slash"}),
+                     ("minference_vs_nomaps", "minference", {"pattern": "vertical_slash"}),
                      ("minference_vs_fusedstats", "minference", {"pattern": "vertical_slash"}),
                      ("flexprefill_fusedstats", "flexprefill", {}),
                      ("flexprefill_coverkernel", "flexprefill", {}),
                      ("flexprefill_nowrap", "flexprefill", {}),
-                     ("minference_vs_allnew", "minference", {"pattern": "vertical_slash"}),
                      ("flexprefill_allnew", "flexprefill", {}))
 # environment a variant runs under (switches that are not constructor knobs, read at call time)
 VARIANT_ENV = {"xattn_s8_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"},
@@ -81,13 +80,14 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
     "flexprefill_torchcombine": [(_LASTQ, "_COMBINE_KERNEL", False)],
     # session 7's defaults off: MInference's 64 queries through the per-tile kernels (`_ROWS_MIN_L` 65), the
     # row-block scores pass's diagonal skew into [rows, 2 * BLOCK_N] (`_WRAP_GATHER` off), the columns and diagonals
-    # by two int64 topk (`_TOP_SET` off), the block lists by torch (`_LIST_KERNEL` off); then all four
+    # by two int64 topk (`_TOP_SET` off), the block lists by torch (`_LIST_KERNEL` off); then all four and session
+    # 8's map kernel (`minference_vs_nomaps`) off together: session 6's path
     "minference_vs_norows": [(_LASTQ, "_ROWS_MIN_L", 65)],
     "minference_vs_nowrap": [(_LASTQ, "_WRAP_GATHER", False)],
     "minference_vs_notopset": [("sparsebench.methods.minference", "_TOP_SET", False)],
     "minference_vs_nolists": [(_VS, "_LIST_KERNEL", False)],
-    # not yet a default: the slash maps and their sorted slots by one Triton launch (kernels/vertical_slash)
-    "minference_vs_mapkernel": [(_VS, "_MAP_KERNEL", True)],
+    # the slash maps and their sorted slots by torch instead of one Triton launch (kernels/vertical_slash)
+    "minference_vs_nomaps": [(_VS, "_MAP_KERNEL", False)],
     # not yet a default: the row-block path's (m, l) reduced inside its scores kernel
     "minference_vs_fusedstats": [(_LASTQ, "_FUSED_ROW_STATS", True)],
     "flexprefill_fusedstats": [(_LASTQ, "_FUSED_ROW_STATS", True)],
@@ -96,10 +96,10 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
     # the columns and the diagonals by two top_set calls instead of one paired call
     "minference_vs_topsettwo": [("sparsebench.methods.minference", "_TOP_SET_PAIR", False)],
     "minference_vs_s6": [(_LASTQ, "_ROWS_MIN_L", 65), (_LASTQ, "_WRAP_GATHER", False),
-                         ("sparsebench.methods.minference", "_TOP_SET", False), (_VS, "_LIST_KERNEL", False)],
+                         ("sparsebench.methods.minference", "_TOP_SET", False), (_VS, "_LIST_KERNEL", False),
+                         (_VS, "_MAP_KERNEL", False)],
     "flexprefill_nowrap": [(_LASTQ, "_WRAP_GATHER", False)],
     # the switches not yet defaults, all on together
-    "minference_vs_allnew": [(_VS, "_MAP_KERNEL", True), (_LASTQ, "_FUSED_ROW_STATS", True)],
     "flexprefill_allnew": [(_LASTQ, "_FUSED_ROW_STATS", True),
                            ("sparsebench.methods.flexprefill", "_COVER_KERNEL", True)]}
 
@@ -344,9 +344,9 @@ def host_op_us(device, n: int = 2000, rounds: int = 3) -> float:
 
 def cost_part(seq_lens, shape, device, rows_rows, repeats: int = 1):
     """Each estimator's `select` time against dense attention on the same inputs. With `repeats` > 1 every timing is
-    taken that many times, in rounds (dense, then each estimator, per round, so that drift spreads over all), and the
-    rows give the median (`estimation_ms`, `attention_ms`; the share is median over median) with the spread as
-    `*_min` / `*_max` rows: host-bound estimators vary from run to run."""
+    taken that many times, in rounds (dense, then each estimator, per round, so that drift spreads over all; each round
+    starts one estimator later), and the rows give the median (`estimation_ms`, `attention_ms`; the share is median
+    over median) with the spread as `*_min` / `*_max` rows: host-bound estimators vary from run to run."""
     import statistics
 
     from sparsebench.methods import METHODS as REGISTRY
@@ -368,9 +368,10 @@ def cost_part(seq_lens, shape, device, rows_rows, repeats: int = 1):
 
         dense_runs, est_runs, failed = [], {}, {}
         with torch.inference_mode():
-            for _ in range(repeats):
+            for r in range(repeats):
                 dense_runs.append(_time_ms(dense, device))
-                for label, name, knobs in variants:
+                # each round starts one row later, so that no row is always the one timed right after dense
+                for label, name, knobs in variants[r % len(variants):] + variants[:r % len(variants)]:
                     if label in failed:
                         continue
                     try:

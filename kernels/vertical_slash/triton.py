@@ -1,8 +1,8 @@
 """Vertical-slash attention on the project's Triton kernels: the index build of naive.py (vectorised torch, no host
 synchronisation), with its extra-column compaction done by one Triton program per (head, query block) instead of
 full-size `[heads, query blocks, columns]` torch passes (gather, cumsum, scatter: ~2 ms of a 128K MInference
-estimate on an H200), its block lists written in one pass (`_LIST_KERNEL`, on) and, optionally, its slash maps
-built in one launch (`_MAP_KERNEL`, off until timed), feeding `block_sparse_attn_triton`, which walks the 64x64 key
+estimate on an H200), its block lists written in one pass (`_LIST_KERNEL`, on) and its slash maps built in one
+launch (`_MAP_KERNEL`, on), feeding `block_sparse_attn_triton`, which walks the 64x64 key
 blocks and then gathers the extra columns token by token in the same online softmax. Every kernel here gives
 naive.py's torch build bit for bit."""
 from __future__ import annotations
@@ -207,8 +207,11 @@ def diagonal_maps_triton(s_idx, c: int, bs: int, last_rows: int, NK: int, maxk: 
 
 # the slash offsets' block-diagonal maps and sorted slots of `extra="triton"` by `diagonal_maps_triton` (one launch)
 # instead of naive.py's torch ops (two scatters into zeroed maps, a where and a sort per map, about a dozen launches
-# a call); off until timed on a GPU (bench_methods variant `minference_vs_mapkernel`).
-_MAP_KERNEL = False
+# a call). On an H200 (session 8, bench_methods, medians of 3, Llama-3.1-8B shape) MInference's whole estimate took
+# 1.60 / 1.16 / 2.13 ms with it against 2.06 / 2.11 / 2.21 ms without at 32K / 64K / 128K (the 64K row without it
+# spread 1.48-2.22 ms; `results/tables/bench_methods_cost_s8.csv`). bench_methods row `minference_vs_nomaps` is the
+# torch path.
+_MAP_KERNEL = True
 
 
 # the block lists of `extra="triton"` by `block_lists_triton` (one pass) instead of torch's subtraction, clamp and

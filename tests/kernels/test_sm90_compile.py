@@ -176,7 +176,7 @@ def test_last_q_importance(rows, compiled):
 @pytest.mark.parametrize("map_kernel", [False, True], ids=["torch_maps", "map_kernel"])
 @pytest.mark.parametrize("T,S", [(2000, 2100), (2048, 2048)])
 def test_vertical_slash_extra_columns(T, S, map_kernel, compiled, monkeypatch):
-    """The list and extra-column kernels, and the map kernel (`_MAP_KERNEL`, not yet the default)."""
+    """The list, map and extra-column kernels (the map kernel only with `_MAP_KERNEL` on, the default)."""
     from sparsebench.kernels.vertical_slash import triton as vs_triton
     from sparsebench.kernels.vertical_slash import vertical_slash_to_blocks
 

@@ -257,17 +257,18 @@ def _extra_with(switch: str, value: bool):
 
 
 # `extra="triton"` with the block lists by torch (`_LIST_KERNEL` off; the Triton list kernel is the default since
-# session 7, so EXTRA_CASES test it), and with the slash maps and their sorted slots by the Triton map kernel
-# (`_MAP_KERNEL`, off until GPU-timed): the same four outputs bit for bit
+# session 7, so EXTRA_CASES test it), and with the slash maps and their sorted slots by torch (`_MAP_KERNEL` off; the
+# Triton map kernel is the default since session 8): the same four outputs bit for bit
 LIST_CASES = [pytest.param(*c.values, id=f"torchlists-{c.id}") for c in EXTRA_CASES]
-MAP_CASES = [pytest.param(*c.values, id=f"maps-{c.id}") for c in EXTRA_CASES]
+TORCH_MAP_CASES = [pytest.param(*c.values, id=f"torchmaps-{c.id}") for c in EXTRA_CASES]
 _check_torch_lists = _extra_with("_LIST_KERNEL", False)
-_check_map_kernel = _extra_with("_MAP_KERNEL", True)
+_check_torch_maps = _extra_with("_MAP_KERNEL", False)
 
 
-@pytest.mark.parametrize("case", MAP_CASES)
-def test_triton_map_kernel_equal_torch(case, request, interpret_verdicts):
-    """The Triton map kernel (maps and sorted slots in one launch) gives the torch build's output bit for bit."""
+@pytest.mark.parametrize("case", TORCH_MAP_CASES)
+def test_triton_extra_with_torch_maps_equal_torch(case, request, interpret_verdicts):
+    """The torch slash maps beside the Triton lists and extra-column compaction give the torch build's output bit for
+    bit (the map kernel, the default, is what EXTRA_CASES test)."""
     assert_verdict(interpret_verdicts, request)
 
 
@@ -285,7 +286,7 @@ def test_bad_extra_mode_raises():
 if __name__ == "__main__" and sys.argv[1:] == ["--interpret"]:
     report_verdicts(_check_extra_triton, EXTRA_CASES)  # interpreter worker for `interpret_verdicts`
     report_verdicts(_check_torch_lists, LIST_CASES)
-    report_verdicts(_check_map_kernel, MAP_CASES)
+    report_verdicts(_check_torch_maps, TORCH_MAP_CASES)
 
 
 # ---------------------------------------------------------------------------------------------- GPU
