@@ -490,10 +490,11 @@ class MInference(SparseAttention):
                                    sink=plan.v[0], block_q=bs, block_k=bs, device=q.device)
         kv_idx = kv_cnt = cols = ccnt = None
         if plan.has("vertical_slash") or plan.has("a_shape"):
-            v_idx, s_off = self._vs_indices(q, k, ctx.scale, plan, naive)
+            v_idx, s_off, v_sorted = self._vs_indices(q, k, ctx.scale, plan, naive)
             # on a GPU the extra-column compaction runs as one Triton kernel (same output bit for bit)
             extra = "triton" if q.is_cuda and not naive else "torch"
-            kv_idx, kv_cnt, cols, ccnt = vertical_slash_to_blocks(v_idx, s_off, T, S, bs, extra=extra)
+            kv_idx, kv_cnt, cols, ccnt = vertical_slash_to_blocks(v_idx, s_off, T, S, bs, extra=extra,
+                                                                  v_sorted=v_sorted)
         if plan.has("block_sparse"):
             top_k = max(1, int(self.top_k * self.budget_scale))
             lists = block_sparse_lists_naive if naive else block_sparse_lists
@@ -510,9 +511,11 @@ class MInference(SparseAttention):
         return Selection(kv_idx.contiguous(), kv_cnt.contiguous(), bs, bs, T, S, H, HKV, "query_head",
                          extra_cols=cols, extra_counts=ccnt)
 
-    def _vs_indices(self, q, k, scale: float, plan: _Plan, naive: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """`(v_idx [B, H, NV], s_off [B, H, NS])`, -1 padded: picked columns and offsets for vertical-slash heads,
-        sinks and window offsets for A-shape heads in vertical-slash form, nothing for block-sparse heads."""
+    def _vs_indices(self, q, k, scale: float, plan: _Plan, naive: bool) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """`(v_idx [B, H, NV], s_off [B, H, NS], v_sorted)`, -1 padded: picked columns and offsets for vertical-slash
+        heads, sinks and window offsets for A-shape heads in vertical-slash form, nothing for block-sparse heads;
+        `v_sorted` when every row of `v_idx` is ascending, distinct and live (top_set's sets, every head
+        vertical-slash), which spares `vertical_slash_to_blocks` its sort."""
         B, H = q.shape[:2]
         S = k.shape[2]
         dev = q.device
@@ -528,6 +531,7 @@ class MInference(SparseAttention):
                 v_sz.append(0)
                 s_sz.append(0)
         NV, NS = max(v_sz), max(s_sz)
+        v_sorted = False
         v_sizes = self._head_tensor(tuple(v_sz), None, dev)
         s_sizes = self._head_tensor(tuple(s_sz), None, dev)
         if plan.has("vertical_slash"):
@@ -551,6 +555,7 @@ class MInference(SparseAttention):
                     v_idx = top_set_triton(vert.reshape(B * H, S), NV, self.forced_columns)
                     s_off = top_set_triton(slash.reshape(B * H, S), NS, self.forced_diagonals)
                 v_idx, s_off = v_idx.view(B, H, NV), s_off.view(B, H, NS)
+                v_sorted = not plan.has("a_shape") and not plan.has("block_sparse")
             else:
                 v_idx = top_ranked(vert, v_sizes, NV, self.forced_columns)
                 s_off = top_ranked(slash, s_sizes, NS, self.forced_diagonals)
@@ -562,7 +567,7 @@ class MInference(SparseAttention):
             ar_v, ar_s = torch.arange(NV, device=dev), torch.arange(NS, device=dev)
             v_idx = torch.where(is_as, torch.where(ar_v < v_sizes[:, None], ar_v, -1), v_idx)
             s_off = torch.where(is_as, torch.where(ar_s < s_sizes[:, None], ar_s, -1), s_off)
-        return v_idx, s_off
+        return v_idx, s_off, v_sorted
 
     def _head_tensor(self, values: tuple, equal_to, device) -> torch.Tensor:
         """Per-head values (or `values == equal_to` flags) as a device tensor, made once: a fresh host-to-device copy

@@ -72,7 +72,7 @@ def _diagonal_map(o: torch.Tensor, live: torch.Tensor, c: int, rows: int, bs: in
 
 
 def vertical_slash_to_blocks(v_idx: torch.Tensor, s_idx: torch.Tensor, q_len: int, k_len: int,
-                             block_size: int = 64, extra: str = "torch"):
+                             block_size: int = 64, extra: str = "torch", v_sorted: bool = False):
     """Block lists and extra columns for vertical columns `v_idx` and slash offsets `s_idx` (module docstring).
 
     Args:
@@ -83,6 +83,10 @@ def vertical_slash_to_blocks(v_idx: torch.Tensor, s_idx: torch.Tensor, q_len: in
         extra: how the extra columns are compacted: `torch` (this module's vectorised gather/cumsum/scatter) or
             `triton` (one program per (head, query block) in `triton.py`; CUDA or `TRITON_INTERPRET=1`). Same
             output, bit for bit.
+        v_sorted: the caller's promise that every row of `v_idx` is ascending, distinct and inside [0, k_len)
+            (`kernels/top_set`'s output): the columns are then used as given, without the sort, the duplicate and
+            range checks and, with `extra="triton"`, the per-column keys (the kernel derives them). The same output
+            as without it for such input.
 
     Returns:
         `(kv_indices [B, HS, NQ, MAXK], kv_counts [B, HS, NQ], extra_cols [B, HS, NQ, MAXC], extra_counts
@@ -129,7 +133,7 @@ def vertical_slash_to_blocks(v_idx: torch.Tensor, s_idx: torch.Tensor, q_len: in
             kv_indices, kv_counts = vs_triton.block_lists_triton(e1s[0], e1s[1] if len(e1s) == 2 else None, A + 1,
                                                                  NQ)
             return _extra_columns(v_idx, kv_indices, kv_counts, maps, extra, q_len, k_len, bs, qb, base, A, NQ,
-                                  NK)
+                                  NK, v_sorted)
     kv_indices = torch.empty(B, HS, NQ, maxk, dtype=torch.int32, device=dev)
     torch.sub(base[:, None], e1s[0][:, :, None, :], out=kv_indices)
     kv_counts = torch.searchsorted(e1s[0], base.expand(B, HS, NQ).contiguous(), right=True, out_int32=True)
@@ -138,10 +142,12 @@ def vertical_slash_to_blocks(v_idx: torch.Tensor, s_idx: torch.Tensor, q_len: in
         kv_counts[:, :, -1:] = torch.searchsorted(e1s[1], base[-1:].expand(B, HS, 1).contiguous(), right=True,
                                                   out_int32=True)
     kv_indices.clamp_(min=0)
-    return _extra_columns(v_idx, kv_indices, kv_counts, maps, extra, q_len, k_len, bs, qb, base, A, NQ, NK)
+    return _extra_columns(v_idx, kv_indices, kv_counts, maps, extra, q_len, k_len, bs, qb, base, A, NQ, NK,
+                          v_sorted)
 
 
-def _extra_columns(v_idx, kv_indices, kv_counts, maps, extra, q_len, k_len, bs, qb, base, A, NQ, NK):
+def _extra_columns(v_idx, kv_indices, kv_counts, maps, extra, q_len, k_len, bs, qb, base, A, NQ, NK,
+                   v_sorted=False):
     """`vertical_slash_to_blocks`' second half: the verticals as extra columns where no listed block covers them;
     returns its four outputs."""
     B, HS, NV = v_idx.shape
@@ -151,13 +157,21 @@ def _extra_columns(v_idx, kv_indices, kv_counts, maps, extra, q_len, k_len, bs, 
     if NV == 0:
         zeros = torch.zeros(B, HS, NQ, dtype=torch.int32, device=dev)
         return kv_indices, kv_counts, zeros[..., None].clone(), zeros
-    v = torch.sort(v_idx.to(torch.int32), dim=-1).values
-    dup = torch.zeros_like(v, dtype=torch.bool)
-    dup[..., 1:] = v[..., 1:] == v[..., :-1]
-    live_v = (v >= 0) & (v < k_len) & ~dup
-    # a dead column is never causal: it compares as the largest int32
-    v_cmp = torch.where(live_v, v, torch.iinfo(torch.int32).max)
-    kbv = _floor_div(v.clamp(0, k_len - 1), bs)  # [B, HS, NV], in [0, NK - 1]
+    if v_sorted:
+        # every column live: its causal key is itself and its key block a plain division (the Triton kernel derives
+        # both from the column)
+        v = v_idx.to(torch.int32)
+        v_cmp = kbv = None if extra == "triton" else v
+        if kbv is not None:
+            kbv = torch.div(v, bs, rounding_mode="floor")
+    else:
+        v = torch.sort(v_idx.to(torch.int32), dim=-1).values
+        dup = torch.zeros_like(v, dtype=torch.bool)
+        dup[..., 1:] = v[..., 1:] == v[..., :-1]
+        live_v = (v >= 0) & (v < k_len) & ~dup
+        # a dead column is never causal: it compares as the largest int32
+        v_cmp = torch.where(live_v, v, torch.iinfo(torch.int32).max)
+        kbv = _floor_div(v.clamp(0, k_len - 1), bs)  # [B, HS, NV], in [0, NK - 1]
     p_hi = (torch.clamp((qb + 1) * bs, max=q_len) - 1 + (k_len - q_len)).to(torch.int32)  # [NQ]
     # covered(qb, v) = emap[qb + A + 1 - kb(v)] = F[qb + y] with y = NK - 1 - kb(v) in [0, NK - 1] and
     # F[x] = emap[x + d], d = A + 2 - NK (False outside the map): F seen with strides (1, 1) is the [NQ, NK] table

@@ -28,7 +28,8 @@ def vertical_slash_attn_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 
 
 def _extra_cols_fwd(V, VC, KB, FM, LM, OUT, OUTN, NQ, NK, NF, NV, NL, bs, q_len, k_len, base_last,
-                    RAGGED: tl.constexpr, BLOCK: tl.constexpr, INTERPRET: tl.constexpr, I_NV: tl.constexpr):
+                    RAGGED: tl.constexpr, SORTED: tl.constexpr, BLOCK: tl.constexpr, INTERPRET: tl.constexpr,
+                    I_NV: tl.constexpr):
     # One program per (list head, query block): the head's sorted vertical columns, kept where no listed block
     # covers them and causality allows, compacted in order by a prefix sum; the rest of the row is zeroed.
     qb = tl.program_id(0)
@@ -42,8 +43,13 @@ def _extra_cols_fwd(V, VC, KB, FM, LM, OUT, OUTN, NQ, NK, NF, NV, NL, bs, q_len,
         j = c0 + tl.arange(0, BLOCK)
         ok = j < NV
         vv = tl.load(V + r * NV + j, mask=ok, other=0)
-        vc = tl.load(VC + r * NV + j, mask=ok, other=0)
-        kb = tl.load(KB + r * NV + j, mask=ok, other=0)
+        if SORTED:
+            # columns known live (`v_sorted`): the causal key is the column, its key block a division
+            vc = vv
+            kb = vv // bs
+        else:
+            vc = tl.load(VC + r * NV + j, mask=ok, other=0)
+            kb = tl.load(KB + r * NV + j, mask=ok, other=0)
         # covered(qb, v) = F[qb + NK - 1 - kb(v)], the Toeplitz table of naive.py
         cov = tl.load(FM + r * NF + qb + (NK - 1 - kb), mask=ok, other=0) != 0
         if RAGGED:
@@ -225,7 +231,8 @@ def extra_columns_triton(v, v_cmp, kbv, fmap, last_map, base_last: int, q_len: i
                          NK: int):
     """The extra-column compaction of `naive.vertical_slash_to_blocks` (its `extra="triton"`): `(extra_cols
     [B, HS, NQ, NV], extra_counts [B, HS, NQ])` int32 from its sorted columns `v`, their causal keys `v_cmp`, key
-    blocks `kbv` (all `[B, HS, NV]` int32), the block-diagonal table `fmap [B, HS, NQ + NK - 1]` and, for a ragged
+    blocks `kbv` (all `[B, HS, NV]` int32; `v_cmp` and `kbv` None when every column is live, `v_sorted`: the kernel
+    derives them), the block-diagonal table `fmap [B, HS, NQ + NK - 1]` and, for a ragged
     last query block, its own map `last_map [B, HS, NK + 2]` (bool)."""
     import os
 
@@ -240,9 +247,12 @@ def extra_columns_triton(v, v_cmp, kbv, fmap, last_map, base_last: int, q_len: i
     out_c = torch.empty(R, NQ, NV, dtype=torch.int32, device=dev)
     out_n = torch.empty(R, NQ, dtype=torch.int32, device=dev)
     block = min(1024, max(16, triton.next_power_of_2(NV)))
+    sorted_v = v_cmp is None
+    vr = v.reshape(R, NV).contiguous()
+    vcr = vr if sorted_v else v_cmp.reshape(R, NV).contiguous()
+    kbr = vr if sorted_v else kbv.reshape(R, NV).to(torch.int32).contiguous()
     _extra_kernel(interpret)[(NQ, R)](
-        v.reshape(R, NV).contiguous(), v_cmp.reshape(R, NV).contiguous(), kbv.reshape(R, NV).to(torch.int32)
-        .contiguous(), fmap.reshape(R, -1).view(torch.int8).contiguous(), lm, out_c, out_n,
+        vr, vcr, kbr, fmap.reshape(R, -1).view(torch.int8).contiguous(), lm, out_c, out_n,
         NQ, NK, fmap.shape[-1], NV, lm.shape[-1], bs, q_len, k_len, base_last,
-        RAGGED=ragged, BLOCK=block, INTERPRET=interpret, I_NV=NV if interpret else 0, num_warps=4)
+        RAGGED=ragged, SORTED=sorted_v, BLOCK=block, INTERPRET=interpret, I_NV=NV if interpret else 0, num_warps=4)
     return out_c.view(B, HS, NQ, NV), out_n.view(B, HS, NQ)

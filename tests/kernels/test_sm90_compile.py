@@ -173,17 +173,19 @@ def test_last_q_importance(rows, compiled):
     _check(compiled, 2)
 
 
+@pytest.mark.parametrize("v_sorted", [False, True], ids=["columns", "sorted_columns"])
 @pytest.mark.parametrize("map_kernel", [False, True], ids=["torch_maps", "map_kernel"])
 @pytest.mark.parametrize("T,S", [(2000, 2100), (2048, 2048)])
-def test_vertical_slash_extra_columns(T, S, map_kernel, compiled, monkeypatch):
-    """The list, map and extra-column kernels (the map kernel only with `_MAP_KERNEL` on, the default)."""
+def test_vertical_slash_extra_columns(T, S, map_kernel, v_sorted, compiled, monkeypatch):
+    """The list, map and extra-column kernels (the map kernel only with `_MAP_KERNEL` on, the default; the
+    compaction also in its `v_sorted` form, MInference's with top_set)."""
     from sparsebench.kernels.vertical_slash import triton as vs_triton
     from sparsebench.kernels.vertical_slash import vertical_slash_to_blocks
 
     monkeypatch.setattr(vs_triton, "_MAP_KERNEL", map_kernel)
-    v = torch.randint(0, S, (1, 4, 300))
+    v = torch.randperm(S)[:4 * 300].view(1, 4, 300).sort(-1).values
     s = torch.randint(0, 200, (1, 4, 40))
-    vertical_slash_to_blocks(v, s, T, S, 64, extra="triton")
+    vertical_slash_to_blocks(v, s, T, S, 64, extra="triton", v_sorted=v_sorted)
     _check(compiled)
 
 

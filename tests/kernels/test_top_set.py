@@ -67,7 +67,7 @@ def test_pair_interpret_matches_reference(case, request, interpret_verdicts):
 
 def _check_minference(case):
     """MInference's vertical-slash selection with `_TOP_SET` (the kernel picks the columns and diagonals) equals the
-    one through `top_ranked`: the list builder orders them itself."""
+    one through `top_ranked` (there the list builder sorts the columns; here it takes them as sorted, `v_sorted`)."""
     from sparsebench.attention import AttnContext
     from sparsebench.methods import minference as mi
 

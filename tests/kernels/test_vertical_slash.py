@@ -246,6 +246,42 @@ def test_triton_extra_columns_equal_torch(case, request, interpret_verdicts):
     assert_verdict(interpret_verdicts, request)
 
 
+def sorted_inputs(B, HS, T, S, NV, NS, seed):
+    """`random_inputs` with the columns as `kernels/top_set` returns them: per row NV distinct live positions,
+    ascending (NV <= S)."""
+    _, s = random_inputs(B, HS, T, S, NV, NS, seed)
+    g = torch.Generator().manual_seed(seed + 100)
+    v = torch.stack([torch.randperm(S, generator=g)[:NV].sort().values for _ in range(B * HS)]).view(B, HS, NV)
+    return v, s
+
+
+# the cases of EXTRA_CASES whose NV fits in S
+SORTED_CASES = [pytest.param(*c.values, id=f"sorted-{c.id}") for c in EXTRA_CASES if c.values[0][5] <= c.values[0][3]]
+
+
+def _check_v_sorted(case, extra="triton"):
+    B, HS, T, S, bs, NV, NS, seed = case
+    v, s = sorted_inputs(B, HS, T, S, NV, NS, seed)
+    want = vertical_slash_to_blocks(v, s, T, S, bs)
+    got = vertical_slash_to_blocks(v, s, T, S, bs, extra=extra, v_sorted=True)
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("case", SORTED_CASES)
+def test_v_sorted_torch_equals_unsorted_path(case):
+    """`v_sorted=True` (no sort or liveness checks; top_set's columns) gives the general path's output bit for bit
+    on such columns (torch build)."""
+    _check_v_sorted(case, extra="torch")
+
+
+@pytest.mark.parametrize("case", SORTED_CASES)
+def test_v_sorted_triton_equals_unsorted_path(case, request, interpret_verdicts):
+    """The same with the Triton compaction, which then derives each column's causal key and key block itself
+    (interpreter)."""
+    assert_verdict(interpret_verdicts, request)
+
+
 def _extra_with(switch: str, value: bool):
     """`_check_extra_triton` with a module switch of vertical_slash/triton.py set to `value`."""
     def check(case):
@@ -287,6 +323,7 @@ if __name__ == "__main__" and sys.argv[1:] == ["--interpret"]:
     report_verdicts(_check_extra_triton, EXTRA_CASES)  # interpreter worker for `interpret_verdicts`
     report_verdicts(_check_torch_lists, LIST_CASES)
     report_verdicts(_check_torch_maps, TORCH_MAP_CASES)
+    report_verdicts(_check_v_sorted, SORTED_CASES)
 
 
 # ---------------------------------------------------------------------------------------------- GPU
