@@ -519,21 +519,11 @@ class MInference(SparseAttention):
         B, H = q.shape[:2]
         S = k.shape[2]
         dev = q.device
-        v_sz, s_sz = [], []
-        for kind, v, s in zip(plan.kinds, plan.v, plan.s):
-            if kind == "vertical_slash":
-                v_sz.append(min(S, max(v, self.min_vertical)))
-                s_sz.append(min(S, max(s, self.min_slash)))
-            elif kind == "a_shape":
-                v_sz.append(min(S, v))
-                s_sz.append(min(S, s))
-            else:
-                v_sz.append(0)
-                s_sz.append(0)
+        v_sz, s_sz = self._sizes(plan, S)
         NV, NS = max(v_sz), max(s_sz)
         v_sorted = False
-        v_sizes = self._head_tensor(tuple(v_sz), None, dev)
-        s_sizes = self._head_tensor(tuple(s_sz), None, dev)
+        v_sizes = self._head_tensor(v_sz, None, dev)
+        s_sizes = self._head_tensor(s_sz, None, dev)
         if plan.has("vertical_slash"):
             if naive:
                 vert, slash = vs_scores_naive(q, k, self.last_q, scale)
@@ -568,6 +558,25 @@ class MInference(SparseAttention):
             v_idx = torch.where(is_as, torch.where(ar_v < v_sizes[:, None], ar_v, -1), v_idx)
             s_off = torch.where(is_as, torch.where(ar_s < s_sizes[:, None], ar_s, -1), s_off)
         return v_idx, s_off, v_sorted
+
+    def _sizes(self, plan: _Plan, S: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Per head: (vertical, slash) sizes at S keys (the minimums applied, capped at S; 0 for block-sparse heads),
+        made once per (plan, S): a per-head Python loop on every call costs host time the GPU waits for."""
+        key = (plan, S, self.min_vertical, self.min_slash)
+        if key not in self._tensors:
+            v_sz, s_sz = [], []
+            for kind, v, s in zip(plan.kinds, plan.v, plan.s):
+                if kind == "vertical_slash":
+                    v_sz.append(min(S, max(v, self.min_vertical)))
+                    s_sz.append(min(S, max(s, self.min_slash)))
+                elif kind == "a_shape":
+                    v_sz.append(min(S, v))
+                    s_sz.append(min(S, s))
+                else:
+                    v_sz.append(0)
+                    s_sz.append(0)
+            self._tensors[key] = (tuple(v_sz), tuple(s_sz))
+        return self._tensors[key]
 
     def _head_tensor(self, values: tuple, equal_to, device) -> torch.Tensor:
         """Per-head values (or `values == equal_to` flags) as a device tensor, made once: a fresh host-to-device copy

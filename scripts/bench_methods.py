@@ -56,6 +56,7 @@ GPU_COST_VARIANTS = (("minference_vs_torch", "minference", {"pattern": "vertical
                      ("minference_vs_topsettwo", "minference", {"pattern": "vertical_slash"}),
                      ("minference_vs_nomaps", "minference", {"pattern": "vertical_slash"}),
                      ("minference_vs_fusedstats", "minference", {"pattern": "vertical_slash"}),
+                     ("minference_vs_nofusedstats", "minference", {"pattern": "vertical_slash"}),
                      ("flexprefill_fusedstats", "flexprefill", {}),
                      ("flexprefill_coverkernel", "flexprefill", {}),
                      ("flexprefill_nowrap", "flexprefill", {}),
@@ -88,8 +89,10 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
     "minference_vs_nolists": [(_VS, "_LIST_KERNEL", False)],
     # the slash maps and their sorted slots by torch instead of one Triton launch (kernels/vertical_slash)
     "minference_vs_nomaps": [(_VS, "_MAP_KERNEL", False)],
-    # not yet a default: the row-block path's (m, l) reduced inside its scores kernel
+    # the row-block path's (m, l) reduced inside its scores kernel, forced on and off (by default: for at most two row
+    # blocks, 64 queries, and 64K keys)
     "minference_vs_fusedstats": [(_LASTQ, "_FUSED_ROW_STATS", True)],
+    "minference_vs_nofusedstats": [(_LASTQ, "_FUSED_ROW_STATS", False)],
     "flexprefill_fusedstats": [(_LASTQ, "_FUSED_ROW_STATS", True)],
     # not yet a default: FlexPrefill's cover counts and global cover by kernels/cover instead of sorts
     "flexprefill_coverkernel": [("sparsebench.methods.flexprefill", "_COVER_KERNEL", True)],

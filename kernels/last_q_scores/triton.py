@@ -547,9 +547,17 @@ _ROWS_BLOCK_N = 64
 # 64K / 128K.
 _WRAP_GATHER = True
 # The row-block path's (m, l) reduced from pass 1's partials by the scores kernel (`STATS_IN`) instead of torch's
-# amax / exp / mul / sum between the passes (five launches fewer a call, for host-bound estimates). Off until timed on
-# a GPU (bench_methods rows `minference_vs_fusedstats`, `flexprefill_fusedstats`).
-_FUSED_ROW_STATS = False
+# amax / exp / mul / sum between the passes: five launches fewer a call, which pays where the estimate is bound by
+# its host, but every program of the scores pass re-reduces its rows' partials, which costs GPU time growing with
+# the key count and the row blocks. True / False force it; None (the default) takes it for at most
+# `_FUSED_STATS_MAX_RB` row blocks of `_RB_SCORES` queries (MInference's 64 queries: 2; FlexPrefill's 128: 4) and at
+# most `_FUSED_STATS_MAX_S` keys. On an H200 (session 8,
+# bench_methods, medians of 3) MInference's estimate took 1.26 / 2.23 ms with it against 1.39 / 2.04 ms without at
+# 64K / 128K (and 1.30 against ~1.40 at 64K in an earlier run), and FlexPrefill's 3.22 / 7.78 ms
+# against 3.11 / 7.38 ms. bench_methods rows `minference_vs_fusedstats` / `_nofusedstats` force it.
+_FUSED_ROW_STATS: bool | None = None
+_FUSED_STATS_MAX_S = 1 << 16
+_FUSED_STATS_MAX_RB = 2
 _FAST = {"1": True, "0": False}.get(os.environ.get("SPARSEBENCH_LASTQ_FAST", ""), True)
 _FAST_TILE = False
 
@@ -597,7 +605,8 @@ def _rows_path(q, k, scale: float, L: int, S: int, importance: bool, block_n: in
                                                  float(scale), CAUSAL=not importance, ROUND_DOT=importance,
                                                  EVEN=L % rb_stats == 0, **{**common, "RB": rb_stats})
     grid = (npg, B * H, NRB)
-    if _FUSED_ROW_STATS:
+    fused = _FUSED_ROW_STATS if _FUSED_ROW_STATS is not None else NRB <= _FUSED_STATS_MAX_RB and S <= _FUSED_STATS_MAX_S
+    if fused:
         m, l = mt, lt  # reduced by the scores kernel itself (STATS_IN)
         stats_in = {"NPG": npg, "smt": mt.stride(1), "STATS_IN": True, "I_NPG": npg if interpret else 0}
     else:

@@ -107,7 +107,6 @@ def vertical_slash_to_blocks(v_idx: torch.Tensor, s_idx: torch.Tensor, q_len: in
     NQ, NK = -(-q_len // bs), -(-k_len // bs)
     A, c = divmod(k_len - q_len, bs)
     last_rows = q_len - (NQ - 1) * bs
-    qb = torch.arange(NQ, device=dev)
 
     # ---- slashes -> block diagonals E (per head) -> per-row block lists
     maxk = max(1, min(2 * NS, NK))
@@ -127,13 +126,10 @@ def vertical_slash_to_blocks(v_idx: torch.Tensor, s_idx: torch.Tensor, q_len: in
         e1s = [torch.sort(torch.where(m, ar, NK + 2), dim=-1).values[..., :maxk].contiguous() for m in maps]
     # row qb lists qb + A - e = base - (e + 1), descending along the list: live exactly while >= 0 (a dead slot gives
     # qb + A - NK - 1 < 0, since qb + A <= NK - 1), so the list is a prefix; past it the entries are 0
-    base = (qb + A + 1).to(torch.int32)  # [NQ]
-    if vs_triton is not None:
-        if vs_triton._LIST_KERNEL:
-            kv_indices, kv_counts = vs_triton.block_lists_triton(e1s[0], e1s[1] if len(e1s) == 2 else None, A + 1,
-                                                                 NQ)
-            return _extra_columns(v_idx, kv_indices, kv_counts, maps, extra, q_len, k_len, bs, qb, base, A, NQ,
-                                  NK, v_sorted)
+    if vs_triton is not None and vs_triton._LIST_KERNEL:
+        kv_indices, kv_counts = vs_triton.block_lists_triton(e1s[0], e1s[1] if len(e1s) == 2 else None, A + 1, NQ)
+        return _extra_columns(v_idx, kv_indices, kv_counts, maps, extra, q_len, k_len, bs, A, NQ, NK, v_sorted)
+    base = (torch.arange(NQ, device=dev) + A + 1).to(torch.int32)  # [NQ]
     kv_indices = torch.empty(B, HS, NQ, maxk, dtype=torch.int32, device=dev)
     torch.sub(base[:, None], e1s[0][:, :, None, :], out=kv_indices)
     kv_counts = torch.searchsorted(e1s[0], base.expand(B, HS, NQ).contiguous(), right=True, out_int32=True)
@@ -142,12 +138,10 @@ def vertical_slash_to_blocks(v_idx: torch.Tensor, s_idx: torch.Tensor, q_len: in
         kv_counts[:, :, -1:] = torch.searchsorted(e1s[1], base[-1:].expand(B, HS, 1).contiguous(), right=True,
                                                   out_int32=True)
     kv_indices.clamp_(min=0)
-    return _extra_columns(v_idx, kv_indices, kv_counts, maps, extra, q_len, k_len, bs, qb, base, A, NQ, NK,
-                          v_sorted)
+    return _extra_columns(v_idx, kv_indices, kv_counts, maps, extra, q_len, k_len, bs, A, NQ, NK, v_sorted)
 
 
-def _extra_columns(v_idx, kv_indices, kv_counts, maps, extra, q_len, k_len, bs, qb, base, A, NQ, NK,
-                   v_sorted=False):
+def _extra_columns(v_idx, kv_indices, kv_counts, maps, extra, q_len, k_len, bs, A, NQ, NK, v_sorted=False):
     """`vertical_slash_to_blocks`' second half: the verticals as extra columns where no listed block covers them;
     returns its four outputs."""
     B, HS, NV = v_idx.shape
@@ -172,21 +166,25 @@ def _extra_columns(v_idx, kv_indices, kv_counts, maps, extra, q_len, k_len, bs, 
         # a dead column is never causal: it compares as the largest int32
         v_cmp = torch.where(live_v, v, torch.iinfo(torch.int32).max)
         kbv = _floor_div(v.clamp(0, k_len - 1), bs)  # [B, HS, NV], in [0, NK - 1]
-    p_hi = (torch.clamp((qb + 1) * bs, max=q_len) - 1 + (k_len - q_len)).to(torch.int32)  # [NQ]
     # covered(qb, v) = emap[qb + A + 1 - kb(v)] = F[qb + y] with y = NK - 1 - kb(v) in [0, NK - 1] and
     # F[x] = emap[x + d], d = A + 2 - NK (False outside the map): F seen with strides (1, 1) is the [NQ, NK] table
     # the gather reads, so no [rows, NQ, NV] index is ever built
     nf, d = NQ + NK - 1, A + 2 - NK
     x_lo, x_hi = max(0, -d), min(nf, NK + 2 - d)
-    fmap = torch.zeros(B, HS, nf, dtype=torch.bool, device=dev)
-    if x_hi > x_lo:
-        fmap[..., x_lo:x_hi] = maps[0][..., x_lo + d:x_hi + d]
     if extra == "triton":
         from .triton import extra_columns_triton
 
-        out_c, out_n = extra_columns_triton(v, v_cmp, kbv, fmap, maps[-1] if len(maps) == 2 else None,
-                                            NQ + A, q_len, k_len, bs, NQ, NK)  # NQ + A == base[-1]
+        # the kernel reads F straight from the map (x + d for x in [x_lo, x_hi)): no zeroed copy
+        out_c, out_n = extra_columns_triton(v, v_cmp, kbv, maps[0], d, x_lo, x_hi,
+                                            maps[-1] if len(maps) == 2 else None, NQ + A, q_len, k_len, bs, NQ, NK)
         return kv_indices, kv_counts, out_c, out_n
+    if kbv is None or v_cmp is None:
+        raise AssertionError("unreachable: v_sorted leaves the keys to the Triton kernel only")
+    qb = torch.arange(NQ, device=dev)
+    p_hi = (torch.clamp((qb + 1) * bs, max=q_len) - 1 + (k_len - q_len)).to(torch.int32)  # [NQ]
+    fmap = torch.zeros(B, HS, nf, dtype=torch.bool, device=dev)
+    if x_hi > x_lo:
+        fmap[..., x_lo:x_hi] = maps[0][..., x_lo + d:x_hi + d]
     y = (NK - 1 - kbv).long()
     ragged = len(maps) == 2
     rows_per_chunk = max(1, _MAX_ELEMS // max(1, NQ * NV))
@@ -200,7 +198,7 @@ def _extra_columns(v_idx, kv_indices, kv_counts, maps, extra, q_len, k_len, bs, 
         table = fc.as_strided((R, NQ, NK), (fc.stride(0), 1, 1))  # table[qb, y] = F[qb + y]
         keep = torch.gather(table, -1, yc[:, None, :].expand(R, NQ, NV)).logical_not_()
         if ragged:  # the last query block's own diagonal set
-            slot = (base[-1] - kbc).long()
+            slot = (NQ + A - kbc).long()
             slot = torch.where((slot < 0) | (slot > NK + 1), NK + 2, slot)  # slot NK + 2: never a diagonal
             keep[:, -1] = ~torch.gather(torch.nn.functional.pad(lastc, (0, 1)), -1, slot)
         keep &= vcmp[:, None, :] <= p_hi[None, :, None]

@@ -27,8 +27,8 @@ def vertical_slash_attn_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
                                     extra_counts=ccnt, return_lse=return_lse)
 
 
-def _extra_cols_fwd(V, VC, KB, FM, LM, OUT, OUTN, NQ, NK, NF, NV, NL, bs, q_len, k_len, base_last,
-                    RAGGED: tl.constexpr, SORTED: tl.constexpr, BLOCK: tl.constexpr, INTERPRET: tl.constexpr,
+def _extra_cols_fwd(V, VC, KB, EM, LM, OUT, OUTN, NQ, NK, NE, NV, NL, SL, bs, q_len, k_len, base_last, d, x_lo,
+                    x_hi, RAGGED: tl.constexpr, SORTED: tl.constexpr, BLOCK: tl.constexpr, INTERPRET: tl.constexpr,
                     I_NV: tl.constexpr):
     # One program per (list head, query block): the head's sorted vertical columns, kept where no listed block
     # covers them and causality allows, compacted in order by a prefix sum; the rest of the row is zeroed.
@@ -50,13 +50,15 @@ def _extra_cols_fwd(V, VC, KB, FM, LM, OUT, OUTN, NQ, NK, NF, NV, NL, bs, q_len,
         else:
             vc = tl.load(VC + r * NV + j, mask=ok, other=0)
             kb = tl.load(KB + r * NV + j, mask=ok, other=0)
-        # covered(qb, v) = F[qb + NK - 1 - kb(v)], the Toeplitz table of naive.py
-        cov = tl.load(FM + r * NF + qb + (NK - 1 - kb), mask=ok, other=0) != 0
+        # covered(qb, v) = F[x], x = qb + NK - 1 - kb(v), the Toeplitz table of naive.py: the map's entry x + d,
+        # False outside [x_lo, x_hi)
+        x = qb + (NK - 1 - kb)
+        cov = tl.load(EM + r * NE + x + d, mask=ok & (x >= x_lo) & (x < x_hi), other=0) != 0
         if RAGGED:
             # the ragged last query block has its own diagonal set; a slot outside it is no diagonal
             slot = base_last - kb
             slot_ok = ok & (slot >= 0) & (slot < NL)
-            cov_last = tl.load(LM + r * NL + slot, mask=slot_ok, other=0) != 0
+            cov_last = tl.load(LM + r * SL + slot, mask=slot_ok, other=0) != 0
             cov = tl.where(qb == NQ - 1, cov_last, cov)
         keep = ok & (~cov) & (vc <= p_hi)
         k32 = keep.to(tl.int32)
@@ -227,13 +229,14 @@ _MAP_KERNEL = True
 _LIST_KERNEL = True
 
 
-def extra_columns_triton(v, v_cmp, kbv, fmap, last_map, base_last: int, q_len: int, k_len: int, bs: int, NQ: int,
-                         NK: int):
+def extra_columns_triton(v, v_cmp, kbv, emap, d: int, x_lo: int, x_hi: int, last_map, base_last: int, q_len: int,
+                         k_len: int, bs: int, NQ: int, NK: int):
     """The extra-column compaction of `naive.vertical_slash_to_blocks` (its `extra="triton"`): `(extra_cols
     [B, HS, NQ, NV], extra_counts [B, HS, NQ])` int32 from its sorted columns `v`, their causal keys `v_cmp`, key
     blocks `kbv` (all `[B, HS, NV]` int32; `v_cmp` and `kbv` None when every column is live, `v_sorted`: the kernel
-    derives them), the block-diagonal table `fmap [B, HS, NQ + NK - 1]` and, for a ragged
-    last query block, its own map `last_map [B, HS, NK + 2]` (bool)."""
+    derives them), the block-diagonal map `emap [B, HS, NK + 2]` (bool; naive.py's Toeplitz table F[x] is its entry
+    x + d for x in [x_lo, x_hi), False elsewhere) and, for a ragged last query block, its own map
+    `last_map [B, HS, NK + 2]` (bool)."""
     import os
 
     import triton
@@ -243,7 +246,9 @@ def extra_columns_triton(v, v_cmp, kbv, fmap, last_map, base_last: int, q_len: i
     R = B * HS
     dev = v.device
     ragged = last_map is not None
-    lm = last_map.reshape(R, -1).view(torch.int8).contiguous() if ragged else fmap.reshape(R, -1).view(torch.int8)
+    # the maps are row views of wider buffers: read in place through their row strides
+    em = emap.reshape(R, -1).view(torch.int8)
+    lm = last_map.reshape(R, -1).view(torch.int8) if ragged else em
     out_c = torch.empty(R, NQ, NV, dtype=torch.int32, device=dev)
     out_n = torch.empty(R, NQ, dtype=torch.int32, device=dev)
     block = min(1024, max(16, triton.next_power_of_2(NV)))
@@ -252,7 +257,7 @@ def extra_columns_triton(v, v_cmp, kbv, fmap, last_map, base_last: int, q_len: i
     vcr = vr if sorted_v else v_cmp.reshape(R, NV).contiguous()
     kbr = vr if sorted_v else kbv.reshape(R, NV).to(torch.int32).contiguous()
     _extra_kernel(interpret)[(NQ, R)](
-        vr, vcr, kbr, fmap.reshape(R, -1).view(torch.int8).contiguous(), lm, out_c, out_n,
-        NQ, NK, fmap.shape[-1], NV, lm.shape[-1], bs, q_len, k_len, base_last,
+        vr, vcr, kbr, em, lm, out_c, out_n, NQ, NK, em.stride(0), NV, lm.shape[-1], lm.stride(0), bs, q_len, k_len,
+        base_last, d, x_lo, x_hi,
         RAGGED=ragged, SORTED=sorted_v, BLOCK=block, INTERPRET=interpret, I_NV=NV if interpret else 0, num_warps=4)
     return out_c.view(B, HS, NQ, NV), out_n.view(B, HS, NQ)

@@ -402,6 +402,7 @@ def test_triton_gpu_wrap_gather_matches_reference(case):
     7) on the GPU's compiled kernels."""
     _with_switches(lambda c: _check_case(c, device="cuda", tol=1e-4))(case, {"_WRAP_GATHER": False})
     _with_switches(lambda c: _check_case(c, device="cuda", tol=1e-4))(case, {"_FUSED_ROW_STATS": True})
+    _with_switches(lambda c: _check_case(c, device="cuda", tol=1e-4))(case, {"_FUSED_ROW_STATS": False})
 
 
 @pytest.mark.gpu
@@ -470,11 +471,12 @@ def test_importance_gpu_bf16_matches_pbs_torch_path(S):
 # module switches that are not the defaults: the plain arithmetic (`_FAST` off), the fast arithmetic in the
 # per-tile causal kernels too (`_FAST_TILE`), the partial sums added by torch (`_COMBINE_KERNEL` off), the
 # row-block scores pass's plain diagonal skew (`_WRAP_GATHER` off; the other modes ignore it), the row-block path's
-# (m, l) reduced inside its scores kernel (`_FUSED_ROW_STATS`, not yet the default); each case
+# (m, l) reduced inside its scores kernel or by torch whatever the shape (`_FUSED_ROW_STATS` True / False; by
+# default it depends on the shape, so the defaults' cases take both); each case
 # against the reference as above. Shapes with whole tiles (no mask) and, in rows mode, runs of tiles past the keys.
 SWITCH_CASES = [pytest.param(case.values[0], sw, id=f"{case.id}-{'-'.join(f'{k}{v}' for k, v in sw.items())}")
                 for sw in ({"_FAST": False}, {"_FAST_TILE": True}, {"_COMBINE_KERNEL": False}, {"_WRAP_GATHER": False},
-                           {"_FUSED_ROW_STATS": True})
+                           {"_FUSED_ROW_STATS": True}, {"_FUSED_ROW_STATS": False})
                 for case in (*_both(1, 4, 1, 64, 333, 64, "float16"), *_both(1, 2, 2, 100, 333, 64))]
 IMP_SWITCH_CASES = [pytest.param(case.values[0], {"_FAST": False}, id=f"{case.id}-_FASTFalse")
                     for case in _imp_both(1, 4, 1, 128, 300, 256, 64)]

@@ -150,7 +150,8 @@ def test_last_q_scores(L, D, pack, compiled):
 
 @pytest.mark.parametrize("importance", [False, True])
 def test_last_q_fused_row_stats(importance, compiled, monkeypatch):
-    """The row-block scores kernel reducing pass 1's partials itself (`_FUSED_ROW_STATS`, not yet the default)."""
+    """The row-block scores kernel reducing pass 1's partials itself (`_FUSED_ROW_STATS` forced on; by default it
+    depends on the shape)."""
     from sparsebench.kernels.last_q_scores import triton as lq
 
     monkeypatch.setattr(lq, "_FUSED_ROW_STATS", True)
