@@ -90,7 +90,7 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
     # the slash maps and their sorted slots by torch instead of one Triton launch (kernels/vertical_slash)
     "minference_vs_nomaps": [(_VS, "_MAP_KERNEL", False)],
     # the row-block path's (m, l) reduced inside its scores kernel, forced on and off (by default: for at most two row
-    # blocks, 64 queries, and 64K keys)
+    # blocks, 64 queries, and 32K keys)
     "minference_vs_fusedstats": [(_LASTQ, "_FUSED_ROW_STATS", True)],
     "minference_vs_nofusedstats": [(_LASTQ, "_FUSED_ROW_STATS", False)],
     "flexprefill_fusedstats": [(_LASTQ, "_FUSED_ROW_STATS", True)],
@@ -236,6 +236,22 @@ def _time_ms(fn, device):
     return (time.perf_counter() - t) * 1e3
 
 
+def _issue_ms(fn, device, n: int = 5) -> float:
+    """Median host time for `fn` to return, the device idle before each call and not waited for after: the time the
+    host takes to issue an estimate. Where it is close to the estimate's time, the estimate is bound by its host."""
+    import statistics
+
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    runs = []
+    for _ in range(n):
+        sync()
+        t = time.perf_counter()
+        fn()
+        runs.append((time.perf_counter() - t) * 1e3)
+    sync()
+    return statistics.median(runs)
+
+
 def _cost_inputs(L, shape, device):
     """Random q, k, v (bf16 on a GPU, fp32 on a CPU; seed 0) and the attention context for one cost length."""
     from sparsebench.attention import AttnContext
@@ -369,7 +385,7 @@ def cost_part(seq_lens, shape, device, rows_rows, repeats: int = 1):
             with ctxm:
                 torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
 
-        dense_runs, est_runs, failed = [], {}, {}
+        dense_runs, est_runs, issue_runs, failed = [], {}, {}, {}
         with torch.inference_mode():
             for r in range(repeats):
                 dense_runs.append(_time_ms(dense, device))
@@ -381,6 +397,7 @@ def cost_part(seq_lens, shape, device, rows_rows, repeats: int = 1):
                         m = REGISTRY.get(name)(**knobs)
                         with _variant_env(label):
                             est_runs.setdefault(label, []).append(_time_ms(lambda m=m: m.select(q, k, ctx), device))
+                            issue_runs.setdefault(label, []).append(_issue_ms(lambda m=m: m.select(q, k, ctx), device))
                     except Exception as e:  # noqa: BLE001  (one failing estimator must not cost the other rows)
                         failed[label] = e
                         print(f"cost    L={L} {label:<16} FAILED {type(e).__name__}: {str(e)[:120]}")
@@ -400,7 +417,8 @@ def cost_part(seq_lens, shape, device, rows_rows, repeats: int = 1):
                 continue
             runs = est_runs[label]
             est_ms = statistics.median(runs)
-            metrics = [("estimation_ms", est_ms), ("estimation_share", est_ms / dense_ms)]
+            metrics = [("estimation_ms", est_ms), ("estimation_share", est_ms / dense_ms),
+                       ("host_issue_ms", statistics.median(issue_runs[label]))]
             if repeats > 1:
                 metrics += [("estimation_ms_min", min(runs)), ("estimation_ms_max", max(runs))]
             for metric, val in metrics:
@@ -408,7 +426,7 @@ def cost_part(seq_lens, shape, device, rows_rows, repeats: int = 1):
                                       **common))
             spread = f" (min {min(runs):.3f}, max {max(runs):.3f} over {repeats})" if repeats > 1 else ""
             print(f"cost    L={L} {label:<16} select {est_ms:.3f} ms = {est_ms / dense_ms:.4f} x dense "
-                  f"({dense_ms:.3f} ms){spread}")
+                  f"({dense_ms:.3f} ms){spread}; host issue {statistics.median(issue_runs[label]):.3f} ms")
 
 
 def main() -> None:

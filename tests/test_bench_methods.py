@@ -75,6 +75,8 @@ def test_bench_methods_cost_repeats_report_medians_and_spread(tmp_path):
     assert est["estimation_ms_min"] <= est["estimation_ms"] <= est["estimation_ms_max"]
     dense = df[df.method == "dense_sdpa"].set_index("metric")["value"]
     assert est["estimation_share"] == pytest.approx(est["estimation_ms"] / dense["attention_ms"])
+    # the host's issue time per call, beside each estimate (on a CPU the whole call)
+    assert 0 < est["host_issue_ms"]
     # the host's pace, recorded beside the timings (host-bound estimates scale with it)
     host = df[df.method == "host"]
     assert list(host.metric) == ["torch_op_host_us"] and (host.value > 0).all()

@@ -551,12 +551,12 @@ _WRAP_GATHER = True
 # its host, but every program of the scores pass re-reduces its rows' partials, which costs GPU time growing with
 # the key count and the row blocks. True / False force it; None (the default) takes it for at most
 # `_FUSED_STATS_MAX_RB` row blocks of `_RB_SCORES` queries (MInference's 64 queries: 2; FlexPrefill's 128: 4) and at
-# most `_FUSED_STATS_MAX_S` keys. On an H200 (session 8,
-# bench_methods, medians of 3) MInference's estimate took 1.26 / 2.23 ms with it against 1.39 / 2.04 ms without at
-# 64K / 128K (and 1.30 against ~1.40 at 64K in an earlier run), and FlexPrefill's 3.22 / 7.78 ms
-# against 3.11 / 7.38 ms. bench_methods rows `minference_vs_fusedstats` / `_nofusedstats` force it.
+# most `_FUSED_STATS_MAX_S` keys. On an H200 (session 8, bench_methods, medians of 5, after MInference's host path
+# was trimmed; `results/tables/bench_methods_cost_s8b.csv`) MInference's estimate took 0.585 / 1.064 / 2.216 ms
+# with it against 0.601 / 1.018 / 2.025 ms without at 32K / 64K / 128K; FlexPrefill's took 3.22 / 7.78 ms against
+# 3.11 / 7.38 ms at 64K / 128K (`_s8.csv`). bench_methods rows `minference_vs_fusedstats` / `_nofusedstats` force it.
 _FUSED_ROW_STATS: bool | None = None
-_FUSED_STATS_MAX_S = 1 << 16
+_FUSED_STATS_MAX_S = 1 << 15
 _FUSED_STATS_MAX_RB = 2
 _FAST = {"1": True, "0": False}.get(os.environ.get("SPARSEBENCH_LASTQ_FAST", ""), True)
 _FAST_TILE = False
