@@ -59,8 +59,8 @@ Deviations from the official code:
 - Running sums on CUDA: the cover counts and the global cover scan few long rows in two levels (`scan_rows`), whose
   rounding differs from torch.cumsum's (itself not sequential on CUDA): a running sum within rounding of its
   threshold may fall on the other side. On CPU they are torch.cumsum's sequential sums. With `_COVER_KERNEL` (off
-  by default) both cuts come from `kernels/cover` instead (a bisection on the values' bit patterns with fp32 block
-  sums, no sort): the same rule, with the same kind of rounding at the threshold.
+  by default) both cuts come from `kernels/cover` instead (a radix descent on the values' bit patterns with fp32
+  sums per chunk and digit, no sort): the same rule, with the same kind of rounding at the threshold.
 - `variant="sparse_frontier"`: ties as above; T < approximation_size runs dense (the Sparse Frontier code fails
   there); nv and ns are capped at T (its `topk` fails beyond); the model's scale as above; execution through
   `kernels/vertical_slash` (each slash band rounded out to the aligned 64 x 64 blocks it crosses, a superset of
@@ -97,7 +97,7 @@ SF_APPROXIMATION = 512
 MAX_SCORE_ELEMS = 1 << 27  # score elements held at once by the last-queries estimate (512 MB in fp32)
 SCAN_ROW_LOOP_MIN = 1 << 15  # row length from which a CUDA running sum over few rows is scanned in two levels
 SCAN_CHUNK_MIN = 64  # shortest chunk of the two-level scan
-# the cover counts and the global cover by `kernels/cover` (a bisection on the values' bits, one program per row,
+# the cover counts and the global cover by `kernels/cover` (a radix descent on the values' bits over chunked rows,
 # no sort) instead of torch's sorts and scans (0.71 ms of the 64K estimate's 2.94 ms of GPU time on an H200, session
 # 7, with the global cover's); off until timed on a GPU (bench_methods row `flexprefill_coverkernel`)
 _COVER_KERNEL = False

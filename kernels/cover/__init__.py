@@ -1,6 +1,6 @@
 """Cumulative-coverage cuts of long rows (FlexPrefill's cover counts and global cover) without sorting the row:
-naive.py pins the semantics by a stable sort and a sequential running sum; triton.py finds the cut by bisection on
-the values' bit patterns."""
+naive.py pins the semantics by a stable sort and a sequential running sum; triton.py finds the cut by a radix descent
+on the values' bit patterns, each row cut into chunks."""
 from .naive import cover_count_naive, cover_mask_naive
 
 __all__ = ["cover_count_naive", "cover_count_triton", "cover_mask_naive", "cover_mask_triton"]

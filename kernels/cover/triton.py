@@ -1,19 +1,32 @@
-"""Triton kernels for `kernels/cover` (semantics in naive.py): the cumulative-coverage cut of a row found by bisection
-on the values' bit patterns instead of a sort.
+"""Triton kernels for `kernels/cover` (semantics in naive.py): the cumulative-coverage cut of a row found by a radix
+descent on the values' bit patterns, with the row cut into chunks, instead of a sort.
 
-One program per row. Each value gets an unsigned key that orders as the value (the fp32 bit pattern made monotone;
--0.0 folded to +0.0). With f(t) the row's mass at keys >= t (non-increasing in t), 32 passes fix, from the top bit
-down, the largest key t' with f(t') > target: the entries with keys above t' all fit under the target, the value v*
-of key t' is the one whose ties cross it, and j = floor((target - f(t' + 1)) / v*) of those ties still fit (each
-adds v*). The count is #(keys > t') + min(j, #ties) + 1, or the whole row + 1 when the row's mass is within the
-target; the mask keeps the keys above t' and the first min(j, #ties) ties in index order (the stable rule). A last
-pass counts or writes. No sort, no atomics; the row is read 34 times (from L2 after the first).
+Each value gets an unsigned key that orders as the value (the fp32 bit pattern made monotone; -0.0 folded to +0.0).
+With f(t) the row's mass at keys >= t (non-increasing in t), the cut is the largest key t' with f(t') > target:
+the entries with keys above t' all fit under the target, the value v* of key t' is the one whose ties cross it, and
+j = floor((target - f(t' + 1)) / v*) of those ties still fit (each adds v*). The count is #(keys > t') +
+min(j, #ties) + 1, or the whole row + 1 when the row's mass is within the target; the mask keeps the keys above t'
+and the first min(j, #ties) ties in index order (the stable rule).
 
-Rounding: the masses are fp32 sums in block order, where the reference adds the sorted values one by one; a running
-sum within rounding of the target may fall on the other side (so may the reference's own CUDA scan, which is not
-sequential either). Exact where the sums are (e.g. values on a binary grid).
+t' is fixed four bits at a time from the top, in eight launches. Each row is cut into chunks of `chunk` entries, one
+program per (chunk, row). Launch d stores, per chunk, the count and the fp32 mass of the entries in each of the 16
+values of key digit d among those matching the digits fixed so far. Every program of a row first derives those
+digits itself from the earlier launches' tables (summed over chunks and bins in a fixed order, so all of them agree
+bit for bit): at each digit, the highest bin b whose mass, with everything above the prefix, exceeds the target.
+A ninth launch writes the counts (one program per row) or the mask (per chunk; the ties in earlier chunks come from
+the last digit's counts). No sort, no atomics; the row is read nine times (from L2 after the first).
 
-Under `TRITON_INTERPRET=1` (set before triton is imported) the loops over the row take the constexpr length `I_N`.
+Rounding: the masses are fp32 sums per chunk and bin, where the reference adds the sorted values one by one; a
+running sum within rounding of the target may fall on the other side (so may the reference's own CUDA scan, which
+is not sequential either). Where the regrouped sums leave no bin above the target at a deeper digit, the descent
+takes the lowest occupied bin (all of the previous digit's bin fits but its smallest key). Exact where the sums are
+(e.g. values on a binary grid).
+
+(The first version, one program per row bisecting the key bit by bit in 34 passes over the row, took 6.5 ms of
+FlexPrefill's 64K estimate on an H200 (session 8, bench_methods `flexprefill_coverkernel`) against 3.1 ms for the
+whole estimate through torch's sorts.)
+
+Under `TRITON_INTERPRET=1` (set before triton is imported) the loops take the constexpr lengths `I_CH`, `I_C`.
 """
 from __future__ import annotations
 
@@ -29,97 +42,173 @@ from .naive import _check
 
 __all__ = ["cover_count_triton", "cover_mask_triton"]
 
+DIGITS = 8  # of 4 bits: 16 bins a launch
 
-def _entries(x_row, b0, N, COLS, TRIL: tl.constexpr, BLOCK: tl.constexpr):
-    """A block's indices, which of them take part (inside the row and, with `TRIL`, on the lower triangle of the
-    row read as `[N / COLS, COLS]`), their values (0 elsewhere) and keys."""
-    idx = b0 + tl.arange(0, BLOCK)
-    ok = idx < N
+
+def _entries(x_row, idx, ok, COLS, TRIL: tl.constexpr):
+    """Which of the indices `idx` take part (`ok`, and with `TRIL` on the lower triangle of the row read as
+    `[N / COLS, COLS]`), their values (0 elsewhere) and keys."""
     if TRIL:
         ok = ok & (idx % COLS <= idx // COLS)
     x = tl.load(x_row + idx, mask=ok, other=0.0)
-    return idx, ok, x, _monotone(x)
+    return ok, x, _monotone(x)
 
 
-def _mass_from(x_row, t, N, COLS, TRIL: tl.constexpr, BLOCK: tl.constexpr, INTERPRET: tl.constexpr,
-               I_N: tl.constexpr):
-    """The row's mass at keys >= t (fp32, block order)."""
-    acc = tl.zeros([], dtype=tl.float32)
-    for b0 in range(0, I_N if INTERPRET else N, BLOCK):
-        idx, ok, x, key = _entries(x_row, b0, N, COLS, TRIL, BLOCK)
-        acc += tl.sum(tl.where(ok & (key >= t), x, 0.0))
-    return acc
-
-
-def _cover_fwd(X, OUT, CNT, N, sx, so, target, COLS, MASK: tl.constexpr, TRIL: tl.constexpr, BLOCK: tl.constexpr,
-               INTERPRET: tl.constexpr, I_N: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
-    x_row = X + row * sx
-    zero = tl.zeros([], dtype=tl.uint32)
-    all_in = _mass_from(x_row, zero, N, COLS, TRIL, BLOCK, INTERPRET, I_N) <= target
-    # the largest key t' whose mass f(t') exceeds the target, one bit at a time from the top
-    tp = zero
-    bit = tl.full([], 0x80000000, tl.uint32)
-    for _ in range(32):
-        cand = tp | bit
-        if _mass_from(x_row, cand, N, COLS, TRIL, BLOCK, INTERPRET, I_N) > target:
-            tp = cand
-        bit = bit >> 1
-    above = tl.zeros([], dtype=tl.int32)
+def _state(HC, HM, row, R, C, target, D: tl.constexpr, CB: tl.constexpr, I_C: tl.constexpr,
+           INTERPRET: tl.constexpr):
+    """After digits < D: `(prefix, mass_above, cnt_above, all_in, b_last, ties, valid)`: the key digits fixed, the
+    mass and count of the entries above them, whether the row's mass is within the target (from digit 0), the bin
+    taken at the last digit, the entries equal to the prefix in it (when D == DIGITS: the ties of t') and the row's
+    entries (digit 0's total)."""
+    bins = tl.arange(0, 16)
+    cc = tl.arange(0, CB)
+    prefix = tl.zeros([], dtype=tl.uint32)
+    mass_above = tl.zeros([], dtype=tl.float32)
+    cnt_above = tl.zeros([], dtype=tl.int32)
+    all_in = tl.zeros([], dtype=tl.int1)
+    b_star = tl.zeros([], dtype=tl.int32)
     ties = tl.zeros([], dtype=tl.int32)
     valid = tl.zeros([], dtype=tl.int32)
-    mass = tl.zeros([], dtype=tl.float32)
-    v_star = tl.zeros([], dtype=tl.float32)
-    for b0 in range(0, I_N if INTERPRET else N, BLOCK):
-        idx, ok, x, key = _entries(x_row, b0, N, COLS, TRIL, BLOCK)
-        gt = ok & (key > tp)
-        eq = ok & (key == tp)
-        above += tl.sum(gt.to(tl.int32))
-        ties += tl.sum(eq.to(tl.int32))
-        valid += tl.sum(ok.to(tl.int32))
-        mass += tl.sum(tl.where(gt, x, 0.0))
-        v_star = tl.maximum(v_star, tl.max(tl.where(eq, x, 0.0)))
-    # how many of the ties of v* still fit; v* > 0 whenever the row's mass exceeds the target
-    fit = tl.floor((target - mass) / tl.where(v_star > 0, v_star, 1.0))
-    fit = tl.minimum(tl.maximum(fit, 0.0), ties.to(tl.float32)).to(tl.int32)
-    if MASK:
-        seen = tl.zeros([], dtype=tl.int32)
-        out_row = OUT + row * so
-        for b0 in range(0, I_N if INTERPRET else N, BLOCK):
-            idx, ok, x, key = _entries(x_row, b0, N, COLS, TRIL, BLOCK)
-            eq = (ok & (key == tp)).to(tl.int32)
-            rank = seen + tl.cumsum(eq, 0) - eq  # ties before this entry, in index order
-            keep = tl.where(all_in, ok, ok & ((key > tp) | ((eq != 0) & (rank < fit))))
-            tl.store(out_row + idx, keep.to(tl.int8), mask=idx < N)
-            seen += tl.sum(eq)
-    else:
-        tl.store(CNT + row, (tl.where(all_in, valid, above + fit) + 1).to(tl.int64))
+    for d in tl.static_range(D):
+        cnt = tl.zeros([16], dtype=tl.int32)
+        mass = tl.zeros([16], dtype=tl.float32)
+        base = ((d * R + row) * C) * 16
+        for c0 in range(0, I_C if INTERPRET else C, CB):
+            off = base + (c0 + cc)[:, None] * 16 + bins[None, :]
+            live = (c0 + cc < C)[:, None]
+            cnt += tl.sum(tl.load(HC + off, mask=live, other=0), 0)
+            mass += tl.sum(tl.load(HM + off, mask=live, other=0.0), 0)
+        # the mass of bins >= b, for every b; the cut lies in the highest bin where it exceeds the target
+        suffix = tl.cumsum(mass, 0, reverse=True)
+        b_cross = tl.max(tl.where(mass_above + suffix > target, bins, -1))
+        if d == 0:
+            all_in = b_cross < 0
+            valid = tl.sum(cnt)
+        # regrouped sums may leave no bin over the target below digit 0: the lowest occupied one then
+        lowest = tl.min(tl.where(cnt > 0, bins, 15))
+        b_star = tl.where(b_cross >= 0, b_cross, lowest)
+        mass_above += tl.sum(tl.where(bins > b_star, mass, 0.0))
+        cnt_above += tl.sum(tl.where(bins > b_star, cnt, 0))
+        ties = tl.sum(tl.where(bins == b_star, cnt, 0))
+        prefix = prefix | (b_star.to(tl.uint32) << (28 - 4 * d))
+    return prefix, mass_above, cnt_above, all_in, b_star, ties, valid
 
 
-_kernel = per_mode((_cover_fwd,), (_monotone, _entries, _mass_from), one=True)
+def _fit(prefix, mass_above, ties, target):
+    """How many ties of v* (the value of key `prefix`) still fit under the target, in [0, ties]."""
+    sign = tl.full([], 0x80000000, tl.uint32)
+    ones = tl.full([], 0xFFFFFFFF, tl.uint32)
+    v_star = tl.where((prefix & sign) != 0, prefix ^ sign, prefix ^ ones).to(tl.float32, bitcast=True)
+    fit = tl.floor((target - mass_above) / tl.where(v_star > 0, v_star, 1.0))
+    return tl.minimum(tl.maximum(fit, 0.0), ties.to(tl.float32)).to(tl.int32)
 
 
-def _launch(x, target, cols, mask, block):
+def _cover_hist(X, HC, HM, N, CH, sx, R, C, target, COLS, D: tl.constexpr, TRIL: tl.constexpr,
+                BLOCK: tl.constexpr, CB: tl.constexpr, I_CH: tl.constexpr, I_C: tl.constexpr,
+                INTERPRET: tl.constexpr):
+    """Program (chunk, row): count and mass of key digit `D` over the chunk's entries that match the digits fixed so
+    far -> `HC / HM[D, row, chunk]`."""
+    c = tl.program_id(0)
+    row = tl.program_id(1).to(tl.int64)
+    x_row = X + row * sx
+    prefix, _, _, _, _, _, _ = _state(HC, HM, row, R, C, target, D, CB, I_C, INTERPRET)
+    bins = tl.arange(0, 16)
+    offs = tl.arange(0, BLOCK)
+    cnt = tl.zeros([16], dtype=tl.int32)
+    mass = tl.zeros([16], dtype=tl.float32)
+    for b0 in range(0, I_CH if INTERPRET else CH, BLOCK):
+        idx = c * CH + b0 + offs
+        ok, x, key = _entries(x_row, idx, (idx < N) & (b0 + offs < CH), COLS, TRIL)
+        if D > 0:
+            ok = ok & ((key >> (32 - 4 * D)) == (prefix >> (32 - 4 * D)))
+        hit = ok[:, None] & (((key >> (28 - 4 * D)) & 15).to(tl.int32)[:, None] == bins[None, :])
+        cnt += tl.sum(hit.to(tl.int32), 0)
+        mass += tl.sum(tl.where(hit, x[:, None], 0.0), 0)
+    out = ((D * R + row) * C + c) * 16 + bins
+    tl.store(HC + out, cnt)
+    tl.store(HM + out, mass)
+
+
+def _cover_count(HC, HM, CNT, R, C, target, NDIG: tl.constexpr, CB: tl.constexpr, I_C: tl.constexpr,
+                 INTERPRET: tl.constexpr):
+    """Program (row): the cover count from the `NDIG` (eight) digits' tables."""
+    row = tl.program_id(0).to(tl.int64)
+    prefix, mass_above, cnt_above, all_in, _, ties, valid = _state(HC, HM, row, R, C, target, NDIG, CB, I_C,
+                                                                    INTERPRET)
+    fit = _fit(prefix, mass_above, ties, target)
+    tl.store(CNT + row, (tl.where(all_in, valid, cnt_above + fit) + 1).to(tl.int64))
+
+
+def _cover_mask(X, HC, HM, OUT, N, CH, sx, so, R, C, target, COLS, NDIG: tl.constexpr, TRIL: tl.constexpr,
+                BLOCK: tl.constexpr, CB: tl.constexpr, I_CH: tl.constexpr, I_C: tl.constexpr, INTERPRET: tl.constexpr):
+    """Program (chunk, row): the mask over the chunk: keys above t', and the ties of t' whose rank in the row (index
+    order; the ties in earlier chunks from the last digit's counts) is below the number that fit."""
+    c = tl.program_id(0)
+    row = tl.program_id(1).to(tl.int64)
+    x_row = X + row * sx
+    prefix, mass_above, _, all_in, b_last, ties, _ = _state(HC, HM, row, R, C, target, NDIG, CB, I_C, INTERPRET)
+    fit = _fit(prefix, mass_above, ties, target)
+    cc = tl.arange(0, CB)
+    seen = tl.zeros([], dtype=tl.int32)
+    base = (((NDIG - 1) * R + row) * C) * 16 + b_last
+    for c0 in range(0, I_C if INTERPRET else C, CB):
+        seen += tl.sum(tl.load(HC + base + (c0 + cc) * 16, mask=c0 + cc < c, other=0))
+    offs = tl.arange(0, BLOCK)
+    out_row = OUT + row * so
+    for b0 in range(0, I_CH if INTERPRET else CH, BLOCK):
+        idx = c * CH + b0 + offs
+        inside = (idx < N) & (b0 + offs < CH)
+        ok, x, key = _entries(x_row, idx, inside, COLS, TRIL)
+        eq = (ok & (key == prefix)).to(tl.int32)
+        rank = seen + tl.cumsum(eq, 0) - eq  # ties of t' before this entry, in index order
+        keep = tl.where(all_in, ok, ok & ((key > prefix) | ((eq != 0) & (rank < fit))))
+        tl.store(out_row + idx, keep.to(tl.int8), mask=inside)
+        seen += tl.sum(eq)
+
+
+_kernels = per_mode((_cover_hist, _cover_count, _cover_mask), (_monotone, _entries, _state, _fit))
+
+
+def _launch(x, target, cols, mask, chunk, block, num_warps):
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    if chunk < 16 or chunk & (chunk - 1):
+        raise ValueError(f"chunk={chunk} must be a power of two >= 16")
     x = x if x.stride(-1) == 1 else x.contiguous()
     R, N = x.shape
-    out = torch.empty(R, N, dtype=torch.int8, device=x.device) if mask else x
-    cnt = torch.empty(R, dtype=torch.int64, device=x.device)
-    block = min(block, max(16, triton.next_power_of_2(N)))
-    _kernel(interpret)[(R,)](x, out, cnt, N, x.stride(0), out.stride(0), float(target), cols, MASK=mask,
-                             TRIL=mask, BLOCK=block, INTERPRET=interpret, I_N=N if interpret else 0, num_warps=8)
-    return out.view(torch.bool) if mask else cnt
+    chunk = min(chunk, max(16, triton.next_power_of_2(N)))
+    block = min(block, chunk)
+    C = -(-N // chunk)
+    hc = torch.empty(DIGITS, R, C, 16, dtype=torch.int32, device=x.device)
+    hm = torch.empty(DIGITS, R, C, 16, dtype=torch.float32, device=x.device)
+    hist_k, count_k, mask_k = _kernels(interpret)
+    target = float(target)
+    loops = {"CB": 8, "I_C": C if interpret else 0, "INTERPRET": interpret}
+    for d in range(DIGITS):
+        hist_k[(C, R)](x, hc, hm, N, chunk, x.stride(0), R, C, target, cols, D=d, TRIL=mask, BLOCK=block,
+                       I_CH=chunk if interpret else 0, num_warps=num_warps, **loops)
+    if not mask:
+        cnt = torch.empty(R, dtype=torch.int64, device=x.device)
+        count_k[(R,)](hc, hm, cnt, R, C, target, NDIG=DIGITS, num_warps=1, **loops)
+        return cnt
+    out = torch.empty(R, N, dtype=torch.int8, device=x.device)
+    mask_k[(C, R)](x, hc, hm, out, N, chunk, x.stride(0), out.stride(0), R, C, target, cols, NDIG=DIGITS, TRIL=True,
+                   BLOCK=block,
+                   I_CH=chunk if interpret else 0, num_warps=num_warps, **loops)
+    return out.view(torch.bool)
 
 
-def cover_count_triton(x: torch.Tensor, target: float, block: int = 2048) -> torch.Tensor:
-    """int64 `[R]` of `cover_count_naive` (arguments as there), up to the rounding in the module docstring."""
+def cover_count_triton(x: torch.Tensor, target: float, chunk: int = 16384, block: int = 512,
+                       num_warps: int = 4) -> torch.Tensor:
+    """int64 `[R]` of `cover_count_naive` (arguments as there), up to the rounding in the module docstring; rows cut
+    into chunks of `chunk` entries (a power of two), each program walking its chunk `block` entries at a time."""
     _check(x, target)
-    return _launch(x, target, 1, False, block)
+    return _launch(x, target, 1, False, chunk, block, num_warps)
 
 
-def cover_mask_triton(x: torch.Tensor, target: float, cols: int, block: int = 2048) -> torch.Tensor:
+def cover_mask_triton(x: torch.Tensor, target: float, cols: int, chunk: int = 16384, block: int = 512,
+                      num_warps: int = 4) -> torch.Tensor:
     """bool like `x` of `cover_mask_naive` (arguments as there), up to the rounding in the module docstring."""
     _check(x, target)
     if cols < 1 or x.shape[1] % cols:
         raise ValueError(f"cols={cols} must divide the row length {x.shape[1]}")
-    return _launch(x, target, cols, True, block)
+    return _launch(x, target, cols, True, chunk, block, num_warps)

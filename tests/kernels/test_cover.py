@@ -37,7 +37,7 @@ def _check_count(case, device="cpu"):
 
     kind, R, N, target, block = case
     x = _rows(kind, R, N).to(device)
-    got = cover_count_triton(x, target, block=block)
+    got = cover_count_triton(x, target, chunk=2 * block, block=block)  # several chunks a row
     assert got.dtype == torch.int64 and torch.equal(got.cpu(), cover_count_naive(x.cpu(), target))
 
 
@@ -47,7 +47,7 @@ def _check_mask(case, device="cpu"):
     kind, R, nb, gamma, block = case
     x = (_tril_rows(R, nb) if kind == "soft" else _rows("grid", R, nb * nb)).to(device)
     target = gamma * nb if kind == "soft" else gamma
-    got = cover_mask_triton(x, target, nb, block=block)
+    got = cover_mask_triton(x, target, nb, chunk=2 * block, block=block)
     assert got.dtype == torch.bool and torch.equal(got.cpu(), cover_mask_naive(x.cpu(), target, nb))
 
 
@@ -77,17 +77,30 @@ def test_triton_interpret_matches_reference(case, request, interpret_verdicts):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("case", COUNT_CASES + [pytest.param(("soft", 64, 65536, 0.95, 2048), id="count-64x64K"),
-                                                pytest.param(("grid", 8, 40000, 0.5, 2048), id="count-grid-8x40K")])
+@pytest.mark.parametrize("case", COUNT_CASES + [pytest.param(("soft", 64, 65536, 0.95, 512), id="count-64x64K"),
+                                                pytest.param(("grid", 8, 40000, 0.5, 512), id="count-grid-8x40K")])
 def test_triton_gpu_count_matches_reference(case):
     _check_count(case, device="cuda")
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("case", MASK_CASES + [pytest.param(("soft", 32, 256, 0.95, 2048), id="mask-32x256")])
+@pytest.mark.parametrize("case", MASK_CASES + [pytest.param(("soft", 32, 256, 0.95, 512), id="mask-32x256")])
 def test_triton_gpu_mask_matches_reference(case):
     _check_mask(case, device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_triton_gpu_default_chunks_match_reference():
+    """FlexPrefill's shapes at the kernels' default chunk and block: cover counts over 64 rows of 64K softmax scores,
+    the global cover over 32 causal 512 x 512 block-score matrices."""
+    from sparsebench.kernels.cover import cover_count_triton, cover_mask_triton
+
+    x = _rows("soft", 64, 65536).cuda()
+    assert torch.equal(cover_count_triton(x, 0.95).cpu(), cover_count_naive(x.cpu(), 0.95))
+    a = _tril_rows(32, 512).cuda()
+    assert torch.equal(cover_mask_triton(a, 0.95 * 512, 512).cpu(), cover_mask_naive(a.cpu(), 0.95 * 512, 512))
 
 
 def test_reference_hand_case():
