@@ -114,19 +114,23 @@ def _cover_hist(X, HC, HM, N, CH, sx, R, C, target, COLS, D: tl.constexpr, TRIL:
     prefix, _, _, _, _, _, _ = _state(HC, HM, row, R, C, target, D, CB, I_C, INTERPRET)
     bins = tl.arange(0, 16)
     offs = tl.arange(0, BLOCK)
-    cnt = tl.zeros([16], dtype=tl.int32)
-    mass = tl.zeros([16], dtype=tl.float32)
+    # [BLOCK, 16] running sums in registers, reduced over the block once at the end (a reduction per block costs
+    # cross-thread traffic every iteration)
+    cnt = tl.zeros([BLOCK, 16], dtype=tl.int32)
+    mass = tl.zeros([BLOCK, 16], dtype=tl.float32)
     for b0 in range(0, I_CH if INTERPRET else CH, BLOCK):
         idx = c * CH + b0 + offs
         ok, x, key = _entries(x_row, idx, (idx < N) & (b0 + offs < CH), COLS, TRIL)
         if D > 0:
             ok = ok & ((key >> (32 - 4 * D)) == (prefix >> (32 - 4 * D)))
-        hit = ok[:, None] & (((key >> (28 - 4 * D)) & 15).to(tl.int32)[:, None] == bins[None, :])
-        cnt += tl.sum(hit.to(tl.int32), 0)
-        mass += tl.sum(tl.where(hit, x[:, None], 0.0), 0)
+        # past the first digits few entries still match the prefix: skip the [BLOCK, 16] work of blocks without any
+        if tl.max(ok.to(tl.int32)) > 0:
+            hit = ok[:, None] & (((key >> (28 - 4 * D)) & 15).to(tl.int32)[:, None] == bins[None, :])
+            cnt += hit.to(tl.int32)
+            mass += tl.where(hit, x[:, None], 0.0)
     out = ((D * R + row) * C + c) * 16 + bins
-    tl.store(HC + out, cnt)
-    tl.store(HM + out, mass)
+    tl.store(HC + out, tl.sum(cnt, 0))
+    tl.store(HM + out, tl.sum(mass, 0))
 
 
 def _cover_count(HC, HM, CNT, R, C, target, NDIG: tl.constexpr, CB: tl.constexpr, I_C: tl.constexpr,
@@ -191,13 +195,14 @@ def _launch(x, target, cols, mask, chunk, block, num_warps):
         count_k[(R,)](hc, hm, cnt, R, C, target, NDIG=DIGITS, num_warps=1, **loops)
         return cnt
     out = torch.empty(R, N, dtype=torch.int8, device=x.device)
+    # the write pass holds no [BLOCK, 16] sums: longer blocks (at 256 its scan spills on sm_90)
     mask_k[(C, R)](x, hc, hm, out, N, chunk, x.stride(0), out.stride(0), R, C, target, cols, NDIG=DIGITS, TRIL=True,
-                   BLOCK=block,
+                   BLOCK=min(4 * block, chunk),
                    I_CH=chunk if interpret else 0, num_warps=num_warps, **loops)
     return out.view(torch.bool)
 
 
-def cover_count_triton(x: torch.Tensor, target: float, chunk: int = 16384, block: int = 512,
+def cover_count_triton(x: torch.Tensor, target: float, chunk: int = 16384, block: int = 256,
                        num_warps: int = 4) -> torch.Tensor:
     """int64 `[R]` of `cover_count_naive` (arguments as there), up to the rounding in the module docstring; rows cut
     into chunks of `chunk` entries (a power of two), each program walking its chunk `block` entries at a time."""
@@ -205,7 +210,7 @@ def cover_count_triton(x: torch.Tensor, target: float, chunk: int = 16384, block
     return _launch(x, target, 1, False, chunk, block, num_warps)
 
 
-def cover_mask_triton(x: torch.Tensor, target: float, cols: int, chunk: int = 16384, block: int = 512,
+def cover_mask_triton(x: torch.Tensor, target: float, cols: int, chunk: int = 16384, block: int = 256,
                       num_warps: int = 4) -> torch.Tensor:
     """bool like `x` of `cover_mask_naive` (arguments as there), up to the rounding in the module docstring."""
     _check(x, target)
