@@ -50,8 +50,9 @@ KV heads at once as fit 2**27 elements (plus their logits in the input dtype; K 
 read a skewed view, no padded copy), the block scores for as many query-block rows as fit 2**27 elements; ranking
 on CUDA (where every head keeps the same sizes) is the radix select of `kernels/top_set` (columns and diagonals in
 one set of launches, no sort; the same sets), elsewhere `top_ranked` (an int64 topk or a stable sort of
-`[B, H, S]`); on CUDA the scores come from `kernels/last_q_scores` (row-block kernels) and the block lists from
-`kernels/vertical_slash`'s Triton pass; the block lists are `[B, H, NQ, MAXK]` int32 (at 128K, H=32: at most 512 MB).
+`[B, H, S]`); on CUDA the scores come from `kernels/last_q_scores` (row-block kernels) and the slash maps, block
+lists and extra columns from `kernels/vertical_slash`'s Triton passes (which take top_set's columns as sorted,
+`v_sorted`, with no sort of their own); the block lists are `[B, H, NQ, MAXK]` int32 (at 128K, H=32: at most 512 MB).
 `budget_range` gives a `target_density` resolver the interval of `budget_scale` from the minimum budgets to
 keep-everything.
 
@@ -112,7 +113,7 @@ SEARCH_SPACE = (("stream_llm", 100, 800), ("vertical_and_slash", 30, 800), ("ver
 SEARCH_KNOBS = ("last_q", "block_size", "forced_columns", "forced_diagonals", "min_vertical", "min_slash")
 _MAX_SCORES = 1 << 27  # fp32 score elements an estimator holds at once (512 MB), before its padded copy
 # Where every head keeps the same numbers of columns and diagonals, pick them with the radix-select kernel
-# (kernels/top_set: the same sets as `top_ranked`, in ascending order, which the list builder does not care about)
+# (kernels/top_set: the same sets as `top_ranked`, in ascending order, so the list builder skips its sort)
 # instead of `top_ranked`'s two int64 topk (0.34 ms of MInference's 1.79 ms of GPU time at 64K on an H200, session
 # 6). On the H200 (session 7, bench_methods) the whole estimate took 1.16 vs 2.06 ms at 32K with it; its first,
 # one-program-per-row version lost at 128K (4.29 vs 3.65 ms), hence the chunked kernel (row `minference_vs_notopset`
