@@ -153,11 +153,11 @@ def _extra_columns(v_idx, kv_indices, kv_counts, maps, extra, q_len, k_len, bs, 
         return kv_indices, kv_counts, zeros[..., None].clone(), zeros
     if v_sorted:
         # every column live: its causal key is itself and its key block a plain division (the Triton kernel derives
-        # both from the column)
+        # both from the column, given None)
         v = v_idx.to(torch.int32)
-        v_cmp = kbv = None if extra == "triton" else v
-        if kbv is not None:
-            kbv = torch.div(v, bs, rounding_mode="floor")
+        v_cmp = kbv = None
+        if extra != "triton":
+            v_cmp, kbv = v, _floor_div(v, bs)
     else:
         v = torch.sort(v_idx.to(torch.int32), dim=-1).values
         dup = torch.zeros_like(v, dtype=torch.bool)
@@ -178,8 +178,6 @@ def _extra_columns(v_idx, kv_indices, kv_counts, maps, extra, q_len, k_len, bs, 
         out_c, out_n = extra_columns_triton(v, v_cmp, kbv, maps[0], d, x_lo, x_hi,
                                             maps[-1] if len(maps) == 2 else None, NQ + A, q_len, k_len, bs, NQ, NK)
         return kv_indices, kv_counts, out_c, out_n
-    if kbv is None or v_cmp is None:
-        raise AssertionError("unreachable: v_sorted leaves the keys to the Triton kernel only")
     qb = torch.arange(NQ, device=dev)
     p_hi = (torch.clamp((qb + 1) * bs, max=q_len) - 1 + (k_len - q_len)).to(torch.int32)  # [NQ]
     fmap = torch.zeros(B, HS, nf, dtype=torch.bool, device=dev)
