@@ -84,6 +84,7 @@ import torch
 
 from sparsebench.attention import AttnContext, AttnShape, SparseAttention
 from sparsebench.kernels import runs_triton
+from sparsebench.kernels.flex_blocks.naive import block_tables, flex_blocks_mask, stable_rank  # noqa: F401
 from sparsebench.kernels.last_q_scores import check_fused_device, check_scores_kernel, fused_scores
 from sparsebench.selection import Selection, stable_partition
 
@@ -101,6 +102,11 @@ SCAN_CHUNK_MIN = 64  # shortest chunk of the two-level scan
 # no sort) instead of torch's sorts and scans (0.71 ms of the 64K estimate's 2.94 ms of GPU time on an H200, session
 # 7, with the global cover's); off until timed on a GPU (bench_methods row `flexprefill_coverkernel`)
 _COVER_KERNEL = False
+# the block lists from the block scores, budgets and query-aware cover by `kernels/flex_blocks` (two launches: ranks
+# by counting, then each row's lists) instead of a stable sort, the mask and `stable_partition` (about twenty torch
+# ops, for an estimate bound by its host below 128K); off until timed on a GPU (bench_methods row
+# `flexprefill_blockskernel`)
+_BLOCKS_KERNEL = False
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -307,13 +313,6 @@ def js_distance(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(0.5 * kl_p + 0.5 * kl_q)
 
 
-def stable_rank(score: torch.Tensor) -> torch.Tensor:
-    """Rank of every entry in a stable descending sort over the last dim (ties: lower index first)."""
-    order = torch.sort(score, dim=-1, descending=True, stable=True).indices
-    ar = torch.arange(score.shape[-1], device=score.device).expand_as(order)
-    return torch.empty_like(order).scatter_(-1, order, ar)
-
-
 def global_cover_mask(attn: torch.Tensor, target: float, support: torch.Tensor | None = None) -> torch.Tensor:
     """bool like `attn [..., R, C]`: entries kept by the global rule (sorted descending over all R * C entries with
     ties in row-major order, kept while the running sum stays <= target).
@@ -335,14 +334,13 @@ def global_cover_mask(attn: torch.Tensor, target: float, support: torch.Tensor |
 
 
 # ------------------------------------------------------------------------------------------------ patterns
-def official_block_mask(q: torch.Tensor, k: torch.Tensor, *, gamma: float, tau: float, minb: int, maxb: int,
-                        block_size: int, scale: float, max_elems: int = MAX_SCORE_ELEMS, scores_kernel: str = "torch"
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Official FlexPrefill block selection (module docstring, steps 2-7) for q `[B, H, N, D]`, k `[B, HKV, N, D]`.
-
-    `maxb` is the block cap before it is cut to nb. Returns `(mask [B, H, nb, nb]` bool over causal blocks,
-    `query_aware [B, H]` bool).
-    """
+def official_parts(q: torch.Tensor, k: torch.Tensor, *, gamma: float, tau: float, minb: int, maxb: int,
+                   block_size: int, scale: float, max_elems: int = MAX_SCORE_ELEMS, scores_kernel: str = "torch"
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The inputs of the official block rule (module docstring, steps 2-5 and 7's cover) for q `[B, H, N, D]`,
+    k `[B, HKV, N, D]`: `(pooled [2, B, H, nb]` fp32 block scores, `budget [2, B, H]` (query-aware heads at minb),
+    `qa_blocks [B, H, nb, nb]` the global cover of the block scores (causal blocks only), `query_aware [B, H])`;
+    `kernels/flex_blocks` turns them into blocks. `maxb` is the block cap before it is cut to nb."""
     B, H, N, D = q.shape
     HKV = k.shape[1]
     G = H // HKV
@@ -360,15 +358,7 @@ def official_block_mask(q: torch.Tensor, k: torch.Tensor, *, gamma: float, tau: 
     query_aware = js_distance(a.view(B, H, nb), pooled[0]) < tau
     budget = budget.masked_fill(query_aware, minb)
 
-    pooled[0, ..., 0] = float("inf")
-    pooled[1, ..., -1] = float("inf")
-    keep_v, keep_s = stable_rank(pooled) < budget[..., None]
-    r = torch.arange(nb, device=q.device)[:, None]
-    c = torch.arange(nb, device=q.device)[None, :]
-    causal = c <= r
-    diag = (nb - 1 - (r - c)).clamp(0, nb - 1)  # pooled slash entry of block (r, c)
-    mask = causal & (keep_v[..., None, :] | keep_s[..., diag])
-
+    causal, _ = block_tables(nb, q.device)
     q_mean = (block_mean(q, bs).to(q.dtype) * scale).view(B, HKV, G * nb, D)
     logits = torch.matmul(q_mean, k_mean.transpose(-1, -2)).view(B, H, nb, nb)
     attn = torch.softmax(logits.masked_fill_(~causal, float("-inf")), dim=-1, dtype=torch.float32)
@@ -381,8 +371,14 @@ def official_block_mask(q: torch.Tensor, k: torch.Tensor, *, gamma: float, tau: 
     else:
         tri = torch.tril_indices(nb, nb, device=q.device)
         qa_blocks = global_cover_mask(attn, gamma * nb, support=tri[0] * nb + tri[1])
-    mask |= qa_blocks & query_aware[..., None, None]
-    return mask, query_aware
+    return pooled, budget, qa_blocks, query_aware
+
+
+def official_block_mask(q: torch.Tensor, k: torch.Tensor, **kw) -> tuple[torch.Tensor, torch.Tensor]:
+    """Official FlexPrefill block selection (module docstring, steps 2-7; arguments of `official_parts`).
+    Returns `(mask [B, H, nb, nb]` bool over causal blocks, `query_aware [B, H]` bool)."""
+    pooled, budget, qa_blocks, query_aware = official_parts(q, k, **kw)
+    return flex_blocks_mask(pooled, budget, qa_blocks, query_aware, overwrite=True), query_aware
 
 
 def sparse_frontier_indices(q: torch.Tensor, k: torch.Tensor, *, gamma: float, min_budget: int, n: int,
@@ -475,12 +471,18 @@ class FlexPrefill(SparseAttention):
             return Selection.causal(batch=B, q_len=T, k_len=S, num_heads=H, num_kv_heads=HKV, block_q=bs,
                                     block_k=bs, device=q.device)
         if self.variant == "official":
-            mask, query_aware = official_block_mask(q, k, gamma=self.gamma, tau=self.tau, minb=self.minb,
-                                                    maxb=self.maxb, block_size=self.block_size, scale=ctx.scale,
-                                                    scores_kernel=self.scores_kernel)
+            parts = official_parts(q, k, gamma=self.gamma, tau=self.tau, minb=self.minb, maxb=self.maxb,
+                                   block_size=self.block_size, scale=ctx.scale, scores_kernel=self.scores_kernel)
+            query_aware = parts[3]
             self.last_decision = query_aware
-            # every key block as list width: no host synchronisation to size the lists
-            idx, counts = stable_partition(mask)  # listed blocks first, ascending
+            # every key block as list width: no host synchronisation to size the lists; listed blocks first,
+            # ascending
+            if _BLOCKS_KERNEL and runs_triton(q):
+                from sparsebench.kernels.flex_blocks import flex_blocks_triton
+
+                idx, counts = flex_blocks_triton(*parts)
+            else:
+                idx, counts = stable_partition(flex_blocks_mask(*parts, overwrite=True))
             return Selection(idx, counts, self.block_size, self.block_size, T, S, H, HKV,
                              "query_head")
         from sparsebench.kernels.vertical_slash import vertical_slash_to_blocks

@@ -60,6 +60,7 @@ GPU_COST_VARIANTS = (("minference_vs_torch", "minference", {"pattern": "vertical
                      ("flexprefill_fusedstats", "flexprefill", {}),
                      ("flexprefill_coverkernel", "flexprefill", {}),
                      ("flexprefill_nowrap", "flexprefill", {}),
+                     ("flexprefill_blockskernel", "flexprefill", {}),
                      ("flexprefill_allnew", "flexprefill", {}))
 # environment a variant runs under (switches that are not constructor knobs, read at call time)
 VARIANT_ENV = {"xattn_s8_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"},
@@ -103,8 +104,12 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
                          (_VS, "_MAP_KERNEL", False)],
     "flexprefill_nowrap": [(_LASTQ, "_WRAP_GATHER", False)],
     # the switches not yet defaults, all on together
+    # not yet a default: FlexPrefill's block lists by kernels/flex_blocks instead of a sort, the mask and
+    # stable_partition
+    "flexprefill_blockskernel": [("sparsebench.methods.flexprefill", "_BLOCKS_KERNEL", True)],
     "flexprefill_allnew": [(_LASTQ, "_FUSED_ROW_STATS", True),
-                           ("sparsebench.methods.flexprefill", "_COVER_KERNEL", True)]}
+                           ("sparsebench.methods.flexprefill", "_COVER_KERNEL", True),
+                           ("sparsebench.methods.flexprefill", "_BLOCKS_KERNEL", True)]}
 
 
 def _variants(cuda: bool) -> tuple:

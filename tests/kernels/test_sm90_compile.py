@@ -190,6 +190,21 @@ def test_vertical_slash_extra_columns(T, S, map_kernel, v_sorted, compiled, monk
     _check(compiled)
 
 
+def test_flex_blocks(compiled):
+    """kernels/flex_blocks at FlexPrefill's 128K shape (nb = 1024 key blocks, 32 heads): the rank and list kernels,
+    without spills."""
+    from sparsebench.kernels.flex_blocks import flex_blocks_triton
+
+    nb = 1024
+    flex_blocks_triton(torch.zeros(2, 1, 32, nb), torch.zeros(2, 1, 32, dtype=torch.long),
+                       torch.zeros(1, 32, nb, nb, dtype=torch.bool), torch.zeros(1, 32, dtype=torch.bool))
+    assert [n for n, _ in compiled] == ["_fb_keep", "_fb_lists"]
+    _check(compiled, 2)
+    for name, k in compiled:
+        use = _ptxas_usage(k)
+        assert use["spill_stores"] == use["spill_loads"] == 0, (name, use)
+
+
 def _ptxas_usage(kernel) -> dict:
     """Registers per thread and spill bytes of a compiled kernel, from `ptxas -v` on its PTX for sm_90a (the
     compiled kernel's own counts come from the driver, which needs a GPU)."""

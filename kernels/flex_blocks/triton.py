@@ -1,0 +1,108 @@
+"""Triton kernels for `kernels/flex_blocks` (semantics in naive.py), in two launches instead of about twenty torch
+ops (a stable sort and its rank scatter, the causal and diagonal index tables, the mask, `stable_partition`'s
+scan and scatter).
+
+1. `_fb_keep`, one program per (kind, head): each entry's rank in the stable descending order, counted directly
+   (the entries above it, plus the equal ones at lower indices; the forced entry as +inf), kept below the budget.
+2. `_fb_lists`, one program per (head, query-block row): the row's flags from the kept columns and diagonals and
+   the query-aware cover, written as `stable_partition` writes them (listed blocks ascending, then the others
+   ascending) in two walks over the row, and their count.
+
+Bit for bit the reference's output: ranks and flags are integer decisions on the same fp32 values.
+Under `TRITON_INTERPRET=1` (set before triton is imported) the loops take the constexpr length `I_NB`.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .._jit import per_mode
+from .naive import _check
+
+__all__ = ["flex_blocks_triton"]
+
+
+def _forced(P, row_ptr, idx, ok, forced_at):
+    """The row's scores at `idx`, the forced entry as +inf."""
+    x = tl.load(row_ptr + idx, mask=ok, other=0.0)
+    return tl.where(idx == forced_at, float("inf"), x)
+
+
+def _fb_keep(P, BUD, KEEP, NB, BH, BI: tl.constexpr, BJ: tl.constexpr, I_NB: tl.constexpr,
+             INTERPRET: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)  # kind * BH + head
+    kind = row // BH
+    forced_at = tl.where(kind == 0, 0, NB - 1)  # block 0 of the columns, the main diagonal of the slashes
+    budget = tl.load(BUD + row)
+    row_ptr = P + row * NB
+    for i0 in range(0, I_NB if INTERPRET else NB, BI):
+        ii = i0 + tl.arange(0, BI)
+        xi = _forced(P, row_ptr, ii, ii < NB, forced_at)
+        rank = tl.zeros([BI], dtype=tl.int32)
+        for j0 in range(0, I_NB if INTERPRET else NB, BJ):
+            jj = j0 + tl.arange(0, BJ)
+            xj = _forced(P, row_ptr, jj, jj < NB, forced_at)
+            before = (xj[None, :] > xi[:, None]) | ((xj[None, :] == xi[:, None]) & (jj[None, :] < ii[:, None]))
+            rank += tl.sum((before & (jj < NB)[None, :]).to(tl.int32), 1)
+        tl.store(KEEP + row * NB + ii, (rank < budget).to(tl.int8), mask=ii < NB)
+
+
+def _row_flags(KEEP, QA, qa_on, bh, r, c, NB, BH):
+    """Flags of blocks (r, c) of head `bh` (c a block of indices)."""
+    ok = (c <= r) & (c < NB)
+    kv = tl.load(KEEP + bh * NB + c, mask=ok, other=0) != 0
+    ks = tl.load(KEEP + (BH + bh) * NB + (NB - 1 - (r - c)), mask=ok, other=0) != 0
+    qa = tl.load(QA + (bh * NB + r) * NB + c, mask=ok & qa_on, other=0) != 0
+    return ok & (kv | ks | qa)
+
+
+def _fb_lists(KEEP, QA, QAW, IDX, CNT, NB, BH, BC: tl.constexpr, I_NB: tl.constexpr, INTERPRET: tl.constexpr):
+    r = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    qa_on = tl.load(QAW + bh) != 0
+    out = IDX + (bh * NB + r) * NB
+    count = tl.zeros([], dtype=tl.int32)
+    for c0 in range(0, I_NB if INTERPRET else NB, BC):
+        c = c0 + tl.arange(0, BC)
+        f = _row_flags(KEEP, QA, qa_on, bh, r, c, NB, BH).to(tl.int32)
+        tl.store(out + count + tl.cumsum(f, 0) - f, c, mask=f != 0)
+        count += tl.sum(f)
+    tl.store(CNT + bh * NB + r, count)
+    seen = tl.zeros([], dtype=tl.int32)  # listed blocks before the current one
+    for c0 in range(0, I_NB if INTERPRET else NB, BC):
+        c = c0 + tl.arange(0, BC)
+        f = _row_flags(KEEP, QA, qa_on, bh, r, c, NB, BH).to(tl.int32)
+        listed_before = seen + tl.cumsum(f, 0) - f
+        # an unlisted block goes after every listed one, after the unlisted ones before it
+        tl.store(out + count + (c - listed_before), c, mask=(f == 0) & (c < NB))
+        seen += tl.sum(f)
+
+
+_kernels = per_mode((_fb_keep, _fb_lists), (_forced, _row_flags))
+
+
+def flex_blocks_triton(pooled: torch.Tensor, budget: torch.Tensor, qa_blocks: torch.Tensor,
+                       query_aware: torch.Tensor, block: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(kv_indices [B, H, nb, nb], kv_counts [B, H, nb])` int32 of `flex_blocks_naive` (arguments as there)."""
+    _check(pooled, budget, qa_blocks, query_aware)
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    _, B, H, nb = pooled.shape
+    BH = B * H
+    dev = pooled.device
+    p = pooled.contiguous()
+    bud = budget.to(torch.int32).contiguous()
+    qa = qa_blocks.contiguous().view(torch.int8)
+    qaw = query_aware.contiguous().view(torch.int8)
+    keep = torch.empty(2, BH, nb, dtype=torch.int8, device=dev)
+    idx = torch.empty(B, H, nb, nb, dtype=torch.int32, device=dev)
+    cnt = torch.empty(B, H, nb, dtype=torch.int32, device=dev)
+    keep_k, lists_k = _kernels(interpret)
+    bi = min(block, max(16, triton.next_power_of_2(nb)))
+    i_nb = nb if interpret else 0
+    keep_k[(2 * BH,)](p, bud, keep, nb, BH, BI=bi, BJ=bi, I_NB=i_nb, INTERPRET=interpret, num_warps=4)
+    bc = min(1024, max(16, triton.next_power_of_2(nb)))
+    lists_k[(nb, BH)](keep, qa, qaw, idx, cnt, nb, BH, BC=bc, I_NB=i_nb, INTERPRET=interpret, num_warps=4)
+    return idx, cnt
