@@ -62,6 +62,7 @@ sums are added in other orders (as torch's own GPU reductions are).
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -94,13 +95,18 @@ def threshold_blocks(probs: torch.Tensor, allowed: torch.Tensor, threshold: floa
     return (row_rank.mass_prefix_triton if kernel else row_rank.mass_prefix_naive)(probs, threshold)
 
 
-def _block_layout(T: int, S: int, block_size: int, segment_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """`allowed [NQ, NK]` (earlier-segment causal blocks) and `own [NQ, NK]` (the query block's own segment)."""
-    nbps = segment_size // block_size
-    r = torch.arange(-(-T // block_size), device=device)[:, None]
-    c = torch.arange(-(-S // block_size), device=device)[None, :]
+@functools.lru_cache(maxsize=16)
+def _block_layout(NQ: int, NK: int, nbps: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                 torch.Tensor]:
+    """`(allowed, not_allowed, own, own_causal)`, each `[NQ, NK]` bool for query and key blocks grouped `nbps` to a
+    segment: the blocks of earlier segments (all causal), their complement, the query block's own segment, and its
+    causal part. Made once per shape and device (about twenty small torch ops a call otherwise, for an estimate
+    bound by its host below 128K); callers never write into them."""
+    r = torch.arange(NQ, device=device)[:, None]
+    c = torch.arange(NK, device=device)[None, :]
     own = (r // nbps) == (c // nbps)
-    return ~own & (c <= r), own
+    allowed = (c // nbps) < (r // nbps)  # an earlier segment: every block of it lies left of the diagonal
+    return allowed, ~allowed, own, own & (c <= r)
 
 
 def _block_mean(x: torch.Tensor, block_size: int) -> torch.Tensor:
@@ -230,9 +236,10 @@ def _estimate_heads(q: torch.Tensor, k: torch.Tensor, scale: float, block_size: 
     qbar = _block_mean(q, block_size)
 
     # 4) block scores over earlier-segment causal blocks, softmax per row, cumulative-mass selection
-    allowed, own = _block_layout(T, S, block_size, segment_size, q.device)
+    allowed, not_allowed, own, _ = _block_layout(-(-T // block_size), -(-S // block_size),
+                                                 segment_size // block_size, q.device)
     scores = torch.einsum("bhqd,bhkd->bhqk", qbar, kbar).mul_(scale)
-    probs = torch.softmax(scores.masked_fill_(~allowed, float("-inf")), dim=-1, dtype=torch.float32)
+    probs = torch.softmax(scores.masked_fill_(not_allowed, float("-inf")), dim=-1, dtype=torch.float32)
     del scores
     mask = threshold_blocks(probs, allowed, threshold, kernel)
     if force_first_block:
@@ -353,10 +360,8 @@ def pbs_selection(perm: torch.Tensor, mask: torch.Tensor, *, q_len: int, k_len: 
     nbps = segment_size // block_size
     nseg = S // segment_size
     nkc = nseg * nbps  # key blocks of complete segments; every earlier segment is complete
-    r = torch.arange(NQ, device=dev)[:, None]
-    c = torch.arange(NK, device=dev)[None, :]
-    own = ((c // nbps) == (r // nbps)) & (c <= r)
-    earlier = mask & ((c // nbps) < (r // nbps))
+    allowed, _, _, own = _block_layout(NQ, NK, nbps, dev)
+    earlier = mask & allowed
 
     whole = torch.zeros_like(earlier)
     whole[..., :nkc] = earlier[..., :nkc].unflatten(-1, (nseg, nbps)).all(-1, keepdim=True).expand(
