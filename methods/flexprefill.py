@@ -85,6 +85,7 @@ import torch
 from sparsebench.attention import AttnContext, AttnShape, SparseAttention
 from sparsebench.kernels import runs_triton
 from sparsebench.kernels.flex_blocks.naive import block_tables, flex_blocks_mask, stable_rank  # noqa: F401
+from sparsebench.kernels.flex_switch.naive import flex_switch_naive, js_distance  # noqa: F401  (js_distance: API)
 from sparsebench.kernels.last_q_scores import check_fused_device, check_scores_kernel, fused_scores
 from sparsebench.selection import Selection, stable_partition
 
@@ -107,6 +108,10 @@ _COVER_KERNEL = False
 # ops, for an estimate bound by its host below 128K); off until timed on a GPU (bench_methods row
 # `flexprefill_blockskernel`)
 _BLOCKS_KERNEL = False
+# the pattern switch (probe, softmax over the key blocks, Jensen-Shannon distance, decision) by `kernels/flex_switch`
+# in one launch instead of about twenty torch ops; equal up to fp32 summation order (a distance within rounding of
+# tau may decide the other way); off until timed on a GPU (bench_methods row `flexprefill_switchkernel`)
+_SWITCH_KERNEL = False
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -301,18 +306,6 @@ def block_mean(x: torch.Tensor, size: int) -> torch.Tensor:
     return sums / counts
 
 
-def js_distance(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """Square root of the Jensen-Shannon divergence (natural log) over the last dim.
-
-    As in the official code no zero guard is applied: a zero probability yields NaN, which compares False with tau
-    (the head stays vertical-slash).
-    """
-    m = 0.5 * (p + q)
-    kl_p = (p * torch.log(p / m)).sum(-1)
-    kl_q = (q * torch.log(q / m)).sum(-1)
-    return torch.sqrt(0.5 * kl_p + 0.5 * kl_q)
-
-
 def global_cover_mask(attn: torch.Tensor, target: float, support: torch.Tensor | None = None) -> torch.Tensor:
     """bool like `attn [..., R, C]`: entries kept by the global rule (sorted descending over all R * C entries with
     ties in row-major order, kept while the running sum stays <= target).
@@ -353,9 +346,12 @@ def official_parts(q: torch.Tensor, k: torch.Tensor, *, gamma: float, tau: float
     del scores
 
     k_mean = block_mean(k, bs).to(k.dtype)  # [B, HKV, nb, D]
-    q_probe = q_last.mean(-2).view(B, HKV, G, D)
-    a = torch.softmax(torch.matmul(q_probe, k_mean.transpose(-1, -2)), dim=-1, dtype=torch.float32)
-    query_aware = js_distance(a.view(B, H, nb), pooled[0]) < tau
+    if _SWITCH_KERNEL and runs_triton(q):
+        from sparsebench.kernels.flex_switch import flex_switch_triton
+
+        query_aware = flex_switch_triton(q_last, k_mean, pooled[0], tau)[0]
+    else:
+        query_aware = flex_switch_naive(q_last, k_mean, pooled[0], tau)[0]
     budget = budget.masked_fill(query_aware, minb)
 
     causal, _ = block_tables(nb, q.device)

@@ -61,6 +61,7 @@ GPU_COST_VARIANTS = (("minference_vs_torch", "minference", {"pattern": "vertical
                      ("flexprefill_coverkernel", "flexprefill", {}),
                      ("flexprefill_nowrap", "flexprefill", {}),
                      ("flexprefill_blockskernel", "flexprefill", {}),
+                     ("flexprefill_switchkernel", "flexprefill", {}),
                      ("flexprefill_allnew", "flexprefill", {}))
 # environment a variant runs under (switches that are not constructor knobs, read at call time)
 VARIANT_ENV = {"xattn_s8_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"},
@@ -107,9 +108,12 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
     # not yet a default: FlexPrefill's block lists by kernels/flex_blocks instead of a sort, the mask and
     # stable_partition
     "flexprefill_blockskernel": [("sparsebench.methods.flexprefill", "_BLOCKS_KERNEL", True)],
+    # not yet a default: FlexPrefill's pattern switch by kernels/flex_switch in one launch
+    "flexprefill_switchkernel": [("sparsebench.methods.flexprefill", "_SWITCH_KERNEL", True)],
     "flexprefill_allnew": [(_LASTQ, "_FUSED_ROW_STATS", True),
                            ("sparsebench.methods.flexprefill", "_COVER_KERNEL", True),
-                           ("sparsebench.methods.flexprefill", "_BLOCKS_KERNEL", True)]}
+                           ("sparsebench.methods.flexprefill", "_BLOCKS_KERNEL", True),
+                           ("sparsebench.methods.flexprefill", "_SWITCH_KERNEL", True)]}
 
 
 def _variants(cuda: bool) -> tuple:

@@ -205,6 +205,19 @@ def test_flex_blocks(compiled):
         assert use["spill_stores"] == use["spill_loads"] == 0, (name, use)
 
 
+@pytest.mark.parametrize("D", [128, 256])
+def test_flex_switch(D, compiled):
+    """kernels/flex_switch at FlexPrefill's 64K shape (bf16, 128 last queries, 512 key blocks), without spills."""
+    from sparsebench.kernels.flex_switch import flex_switch_triton
+
+    flex_switch_triton(torch.zeros(1, 32, 128, D, dtype=torch.bfloat16), torch.zeros(1, 8, 512, D,
+                                                                                    dtype=torch.bfloat16),
+                       torch.zeros(1, 32, 512), 0.1)
+    _check(compiled, 1)
+    use = _ptxas_usage(compiled[0][1])
+    assert use["spill_stores"] == use["spill_loads"] == 0, use
+
+
 def _ptxas_usage(kernel) -> dict:
     """Registers per thread and spill bytes of a compiled kernel, from `ptxas -v` on its PTX for sm_90a (the
     compiled kernel's own counts come from the driver, which needs a GPU)."""
