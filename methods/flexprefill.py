@@ -84,6 +84,7 @@ import torch
 
 from sparsebench.attention import AttnContext, AttnShape, SparseAttention
 from sparsebench.kernels import runs_triton
+from sparsebench.kernels.block_means.naive import block_mean, block_means_naive  # noqa: F401  (block_mean: API)
 from sparsebench.kernels.flex_blocks.naive import block_tables, flex_blocks_mask, stable_rank  # noqa: F401
 from sparsebench.kernels.flex_switch.naive import flex_switch_naive, js_distance  # noqa: F401  (js_distance: API)
 from sparsebench.kernels.last_q_scores import check_fused_device, check_scores_kernel, fused_scores
@@ -112,6 +113,10 @@ _BLOCKS_KERNEL = False
 # in one launch instead of about twenty torch ops; equal up to fp32 summation order (a distance within rounding of
 # tau may decide the other way); off until timed on a GPU (bench_methods row `flexprefill_switchkernel`)
 _SWITCH_KERNEL = False
+# the block means of the keys and of the scaled queries by `kernels/block_means` (one launch each, reading every block
+# once) instead of torch's sum, counts, division, cast and multiply; equal up to the order of the fp32 sums; off
+# until timed on a GPU (bench_methods row `flexprefill_poolkernel`)
+_POOL_KERNEL = False
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -289,23 +294,6 @@ def sum_pool(x: torch.Tensor, size: int) -> torch.Tensor:
     return sums if tail is None else torch.cat([sums, tail.sum(-1)], dim=-1)
 
 
-def block_mean(x: torch.Tensor, size: int) -> torch.Tensor:
-    """fp32 means of `x [..., N, D]` over consecutive runs of `size` rows; the last run averages only its rows.
-
-    Sums accumulate in fp32 straight from the input (`sum(dtype=float32)`), never from an fp32 copy of `x`; the
-    complete runs are read through a view and only the short last run is padded."""
-    N = x.shape[-2]
-    full, tail = _split_blocks(x, size, -2)
-    sums = full.sum(-2, dtype=torch.float32)
-    if tail is not None:
-        sums = torch.cat([sums, tail.sum(-2, dtype=torch.float32)], dim=-2)
-    nb = sums.shape[-2]
-    counts = torch.full((nb, 1), float(size), device=x.device)
-    if tail is not None:
-        counts[-1] = N - (nb - 1) * size
-    return sums / counts
-
-
 def global_cover_mask(attn: torch.Tensor, target: float, support: torch.Tensor | None = None) -> torch.Tensor:
     """bool like `attn [..., R, C]`: entries kept by the global rule (sorted descending over all R * C entries with
     ties in row-major order, kept while the running sum stays <= target).
@@ -345,7 +333,10 @@ def official_parts(q: torch.Tensor, k: torch.Tensor, *, gamma: float, tau: float
     pooled = sum_pool(scores, bs)  # [2, B, H, nb]: vertical -> key block c, slash -> block offset nb - 1 - c
     del scores
 
-    k_mean = block_mean(k, bs).to(k.dtype)  # [B, HKV, nb, D]
+    means = block_means_naive
+    if _POOL_KERNEL and runs_triton(q):
+        from sparsebench.kernels.block_means import block_means_triton as means
+    k_mean = means(k, bs)  # [B, HKV, nb, D], the input dtype
     if _SWITCH_KERNEL and runs_triton(q):
         from sparsebench.kernels.flex_switch import flex_switch_triton
 
@@ -355,7 +346,7 @@ def official_parts(q: torch.Tensor, k: torch.Tensor, *, gamma: float, tau: float
     budget = budget.masked_fill(query_aware, minb)
 
     causal, _ = block_tables(nb, q.device)
-    q_mean = (block_mean(q, bs).to(q.dtype) * scale).view(B, HKV, G * nb, D)
+    q_mean = means(q, bs, scale).view(B, HKV, G * nb, D)
     logits = torch.matmul(q_mean, k_mean.transpose(-1, -2)).view(B, H, nb, nb)
     attn = torch.softmax(logits.masked_fill_(~causal, float("-inf")), dim=-1, dtype=torch.float32)
     del logits

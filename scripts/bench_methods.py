@@ -62,6 +62,7 @@ GPU_COST_VARIANTS = (("minference_vs_torch", "minference", {"pattern": "vertical
                      ("flexprefill_nowrap", "flexprefill", {}),
                      ("flexprefill_blockskernel", "flexprefill", {}),
                      ("flexprefill_switchkernel", "flexprefill", {}),
+                     ("flexprefill_poolkernel", "flexprefill", {}),
                      ("flexprefill_allnew", "flexprefill", {}))
 # environment a variant runs under (switches that are not constructor knobs, read at call time)
 VARIANT_ENV = {"xattn_s8_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"},
@@ -110,10 +111,13 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
     "flexprefill_blockskernel": [("sparsebench.methods.flexprefill", "_BLOCKS_KERNEL", True)],
     # not yet a default: FlexPrefill's pattern switch by kernels/flex_switch in one launch
     "flexprefill_switchkernel": [("sparsebench.methods.flexprefill", "_SWITCH_KERNEL", True)],
+    # not yet a default: FlexPrefill's block means of Q and K by kernels/block_means
+    "flexprefill_poolkernel": [("sparsebench.methods.flexprefill", "_POOL_KERNEL", True)],
     "flexprefill_allnew": [(_LASTQ, "_FUSED_ROW_STATS", True),
                            ("sparsebench.methods.flexprefill", "_COVER_KERNEL", True),
                            ("sparsebench.methods.flexprefill", "_BLOCKS_KERNEL", True),
-                           ("sparsebench.methods.flexprefill", "_SWITCH_KERNEL", True)]}
+                           ("sparsebench.methods.flexprefill", "_SWITCH_KERNEL", True),
+                           ("sparsebench.methods.flexprefill", "_POOL_KERNEL", True)]}
 
 
 def _variants(cuda: bool) -> tuple:

@@ -218,6 +218,17 @@ def test_flex_switch(D, compiled):
     assert use["spill_stores"] == use["spill_loads"] == 0, use
 
 
+@pytest.mark.parametrize("D", [128, 256])
+def test_block_means(D, compiled):
+    """kernels/block_means on bf16 queries (FlexPrefill's block 128, scaled), without spills."""
+    from sparsebench.kernels.block_means import block_means_triton
+
+    block_means_triton(torch.zeros(1, 32, 4096, D, dtype=torch.bfloat16), 128, 0.088)
+    _check(compiled, 1)
+    use = _ptxas_usage(compiled[0][1])
+    assert use["spill_stores"] == use["spill_loads"] == 0, use
+
+
 def _ptxas_usage(kernel) -> dict:
     """Registers per thread and spill bytes of a compiled kernel, from `ptxas -v` on its PTX for sm_90a (the
     compiled kernel's own counts come from the driver, which needs a GPU)."""

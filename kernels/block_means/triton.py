@@ -1,0 +1,77 @@
+"""Triton kernel for `kernels/block_means` (semantics in naive.py): one program per (head, block of rows) sums the
+block's rows in fp32, divides by their count, rounds to the input dtype and applies the scale, one launch instead
+of the reference's sum, count, division, cast and multiply. Equal to it up to the order of the fp32 sums (exact
+where they are, e.g. 16-bit inputs whose sums need at most 24 significant bits).
+Under `TRITON_INTERPRET=1` (set before triton is imported) the loop over rows takes the constexpr length `I_S`.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .._jit import per_mode
+
+__all__ = ["block_means_triton"]
+
+_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
+
+
+def _to_dtype(x, DT: tl.constexpr):
+    """fp32 -> DT rounded to nearest, ties to even. For bf16 the rounding is done on the bits first, so the cast
+    only drops zeros: the interpreter's own fp32 -> bf16 cast truncates, the compiled one rounds; both then agree
+    with torch."""
+    if DT == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        x = bits.to(tl.float32, bitcast=True)
+    return x.to(DT)
+
+
+def _means_fwd(X, OUT, N, D, size, sxh, sxn, soh, son, scale, HAS_SCALE: tl.constexpr, DT: tl.constexpr,
+               BD: tl.constexpr, BR: tl.constexpr, I_S: tl.constexpr, INTERPRET: tl.constexpr):
+    h = tl.program_id(0).to(tl.int64)
+    blk = tl.program_id(1)
+    dd = tl.arange(0, BD)
+    row0 = blk * size
+    acc = tl.zeros([BD], dtype=tl.float32)
+    for r0 in range(0, I_S if INTERPRET else size, BR):
+        rr = r0 + tl.arange(0, BR)
+        rows = row0 + rr
+        ok = (rr < size) & (rows < N)
+        x = tl.load(X + h * sxh + rows.to(tl.int64)[:, None] * sxn + dd[None, :], mask=ok[:, None] & (dd < D)[None, :],
+                    other=0.0)
+        acc += tl.sum(x.to(tl.float32), 0)
+    count = tl.minimum(size, N - row0).to(tl.float32)
+    mean = _to_dtype(acc / count, DT)
+    if HAS_SCALE:
+        mean = _to_dtype(mean.to(tl.float32) * scale, DT)
+    tl.store(OUT + h * soh + blk * son + dd, mean, mask=dd < D)
+
+
+_kernel = per_mode((_means_fwd,), (_to_dtype,), one=True)
+
+
+def block_means_triton(x: torch.Tensor, size: int, scale: float | None = None) -> torch.Tensor:
+    """`block_means_naive(x, size, scale)` (arguments as there) for `x [..., N, D]` of fp32, fp16 or bf16, up to the
+    order of the fp32 sums."""
+    if x.dim() < 2 or size < 1:
+        raise ValueError(f"x must be [..., N, D] and size >= 1; got {tuple(x.shape)}, size={size}")
+    if x.dtype not in _DTYPES:
+        raise ValueError(f"x dtype {x.dtype} is not one of {sorted(map(str, _DTYPES))}")
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    *lead, N, D = x.shape
+    nb = -(-N // size)
+    xr = x.reshape(-1, N, D)
+    if xr.stride(-1) != 1:
+        xr = xr.contiguous()
+    out = torch.empty(xr.shape[0], nb, D, dtype=x.dtype, device=x.device)
+    bd = max(16, triton.next_power_of_2(D))
+    _kernel(interpret)[(xr.shape[0], nb)](
+        xr, out, N, D, size, xr.stride(0), xr.stride(1), out.stride(0), out.stride(1),
+        1.0 if scale is None else float(scale), HAS_SCALE=scale is not None, DT=_DTYPES[x.dtype], BD=bd,
+        BR=max(1, min(triton.next_power_of_2(size), 4096 // bd)), I_S=size if interpret else 0, INTERPRET=interpret,
+        num_warps=4)
+    return out.view(*lead, nb, D)

@@ -1,0 +1,87 @@
+"""kernels/block_means: block means of queries or keys, rounded and scaled. The reference against a direct loop; the
+Triton kernel against it (CPU: the interpreter in one subprocess; GPU: compiled): bit for bit on 16-bit inputs
+whose fp32 sums are exact, to rounding on fp32 inputs, with ragged last blocks and head dims 64 and 256; and
+FlexPrefill's selection with the kernel equal to its selection without."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+from sparsebench.kernels.block_means import block_means_naive
+from sparsebench.testing import assert_verdict, report_verdicts, switched
+
+
+def test_reference_is_the_mean_of_each_run():
+    x = torch.arange(10 * 3, dtype=torch.float32).view(1, 10, 3)
+    got = block_means_naive(x, 4, scale=0.5)
+    want = torch.stack([x[0, 0:4].mean(0), x[0, 4:8].mean(0), x[0, 8:10].mean(0)]) * 0.5  # the last run: 2 rows
+    assert torch.equal(got[0], want)
+    with pytest.raises(ValueError, match="size >= 1"):
+        block_means_naive(x, 0)
+
+
+def _x(shape, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*shape, generator=g)
+    if dtype != "float32":
+        # 16-bit values: sums of up to 128 of them fit fp32's 24 bits exactly, so every order gives the same sum
+        x = (x * 16).round() / 16
+    return x.to(getattr(torch, dtype))
+
+
+CASES = [pytest.param(c, id="{}-N{}-D{}-bs{}-{}-scale{}".format(*c)) for c in (
+    ((2, 3), 100, 64, 32, "bfloat16", 0.125), ((1, 2), 256, 256, 128, "bfloat16", None),
+    ((1, 4), 77, 64, 16, "float16", 0.3), ((3,), 50, 64, 32, "float32", 0.7))]
+
+
+def _check(case, device="cpu"):
+    from sparsebench.kernels.block_means import block_means_triton
+
+    lead, N, D, bs, dt, scale = case
+    x = _x((*lead, N, D), dt, 0).to(device)
+    got = block_means_triton(x, bs, scale)
+    want = block_means_naive(x.cpu(), bs, scale)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    if dt == "float32":
+        assert torch.allclose(got.cpu(), want, rtol=1e-6, atol=1e-6)
+    else:
+        assert torch.equal(got.cpu(), want)
+
+
+def _check_flex(case):
+    """FlexPrefill's official selection with `_POOL_KERNEL` equals its selection through torch (bf16 inputs)."""
+    import sparsebench.methods.flexprefill as fp
+    from sparsebench.attention import AttnContext
+
+    T, H, HKV, D, seed = case
+    q, k = _x((1, H, T, D), "bfloat16", seed), _x((1, HKV, T, D), "bfloat16", seed + 1)
+    m = fp.FlexPrefill(min_budget=64, block_size=32, scores_kernel="torch", tau=0.5)
+    ctx = AttnContext(layer_idx=0, num_heads=H, num_kv_heads=HKV, head_dim=D, scale=D ** -0.5)
+    with switched(fp, _POOL_KERNEL=False):
+        want = m.select(q, k, ctx)
+    with switched(fp, _POOL_KERNEL=True):
+        got = m.select(q, k, ctx)
+    assert torch.equal(got.kv_indices, want.kv_indices) and torch.equal(got.kv_counts, want.kv_counts)
+
+
+FLEX_CASES = [pytest.param(c, id="flex-T{}-H{}-HKV{}-D{}-s{}".format(*c)) for c in ((640, 4, 2, 32, 0),
+                                                                                      (700, 2, 1, 64, 1))]
+
+
+@pytest.mark.parametrize("case", CASES + FLEX_CASES)
+def test_triton_interpret_matches_reference(case, request, interpret_verdicts):
+    assert_verdict(interpret_verdicts, request)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("case", CASES + [pytest.param(((1, 32), 65536, 128, 128, "bfloat16", 0.0884), id="q-64K")])
+def test_triton_gpu_matches_reference(case):
+    _check(case, device="cuda")
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--interpret"]:
+    report_verdicts(_check, CASES)
+    report_verdicts(_check_flex, FLEX_CASES)
