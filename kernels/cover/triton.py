@@ -14,7 +14,8 @@ values of key digit d among those matching the digits fixed so far. Every progra
 digits itself from the earlier launches' tables (summed over chunks and bins in a fixed order, so all of them agree
 bit for bit): at each digit, the highest bin b whose mass, with everything above the prefix, exceeds the target.
 A ninth launch writes the counts (one program per row) or the mask (per chunk; the ties in earlier chunks come from
-the last digit's counts). No sort, no atomics; the row is read nine times (from L2 after the first).
+the last digit's counts). No sort, no atomics; the row is read eight times for a count, nine for a mask (from L2
+after the first). Blocks with no entry matching the digits fixed so far skip their per-bin sums.
 
 Rounding: the masses are fp32 sums per chunk and bin, where the reference adds the sorted values one by one; a
 running sum within rounding of the target may fall on the other side (so may the reference's own CUDA scan, which
@@ -24,7 +25,11 @@ takes the lowest occupied bin (all of the previous digit's bin fits but its smal
 
 (The first version, one program per row bisecting the key bit by bit in 34 passes over the row, took 6.5 ms of
 FlexPrefill's 64K estimate on an H200 (session 8, bench_methods `flexprefill_coverkernel`) against 3.1 ms for the
-whole estimate through torch's sorts.)
+whole estimate through torch's sorts. This one, before the block skip: 0.33-0.41 ms for the counts of 64 rows of
+64K, 0.77 ms for the global cover of 32 rows of 512 x 512, against about 0.55 and 0.59 ms through torch (session
+8, do_bench); FlexPrefill's estimate with it 3.20 against 3.11 ms at 64K, `results/tables/bench_methods_cost_s8c.csv`.
+Where its time goes: the first four digits match nearly every entry of softmax scores, so their launches do the
+full [BLOCK, 16] work.)
 
 Under `TRITON_INTERPRET=1` (set before triton is imported) the loops take the constexpr lengths `I_CH`, `I_C`.
 """
