@@ -28,8 +28,9 @@ FlexPrefill's 64K estimate on an H200 (session 8, bench_methods `flexprefill_cov
 whole estimate through torch's sorts. This one, before the block skip: 0.33-0.41 ms for the counts of 64 rows of
 64K (0.53 ms for 128 rows, against 1.05 ms through torch's sort and scan), 0.77 ms for the global cover of 32 rows
 of 512 x 512 against 0.59 ms through torch (session 8, do_bench); with the block skip, FlexPrefill's estimate took
-3.20 against 3.11 ms at 64K (`results/tables/bench_methods_cost_s8c.csv`). Where its time goes: the first four
-digits match nearly every entry of softmax scores, so their launches do the full [BLOCK, 16] work.)
+3.20 against 3.11 ms at 64K (`results/tables/bench_methods_cost_s8c.csv`). Not profiled per launch; by
+the values' bits, nearly every block of softmax scores holds an entry matching the prefix through the first three
+or four digits, so those launches do the full [BLOCK, 16] work.)
 
 Under `TRITON_INTERPRET=1` (set before triton is imported) the loops take the constexpr lengths `I_CH`, `I_C`.
 """
