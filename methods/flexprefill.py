@@ -345,10 +345,10 @@ def official_parts(q: torch.Tensor, k: torch.Tensor, *, gamma: float, tau: float
         query_aware = flex_switch_naive(q_last, k_mean, pooled[0], tau)[0]
     budget = budget.masked_fill(query_aware, minb)
 
-    causal, _ = block_tables(nb, q.device)
+    _, _, above, tril = block_tables(nb, q.device)
     q_mean = means(q, bs, scale).view(B, HKV, G * nb, D)
     logits = torch.matmul(q_mean, k_mean.transpose(-1, -2)).view(B, H, nb, nb)
-    attn = torch.softmax(logits.masked_fill_(~causal, float("-inf")), dim=-1, dtype=torch.float32)
+    attn = torch.softmax(logits.masked_fill_(above, float("-inf")), dim=-1, dtype=torch.float32)
     del logits
     # only the causal half can be non-zero: sort and scan that half (row-major, as tril_indices lists it)
     if _cover_kernel(attn):
@@ -356,8 +356,7 @@ def official_parts(q: torch.Tensor, k: torch.Tensor, *, gamma: float, tau: float
 
         qa_blocks = cover_mask_triton(attn.view(B * H, nb * nb), gamma * nb, nb).view(B, H, nb, nb)
     else:
-        tri = torch.tril_indices(nb, nb, device=q.device)
-        qa_blocks = global_cover_mask(attn, gamma * nb, support=tri[0] * nb + tri[1])
+        qa_blocks = global_cover_mask(attn, gamma * nb, support=tril)
     return pooled, budget, qa_blocks, query_aware
 
 

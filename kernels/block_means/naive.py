@@ -31,12 +31,12 @@ def block_mean(x: torch.Tensor, size: int) -> torch.Tensor:
     N = x.shape[-2]
     full, tail = _split_blocks(x, size)
     sums = full.sum(-2, dtype=torch.float32)
-    if tail is not None:
-        sums = torch.cat([sums, tail.sum(-2, dtype=torch.float32)], dim=-2)
+    if tail is None:
+        return sums / size
+    sums = torch.cat([sums, tail.sum(-2, dtype=torch.float32)], dim=-2)
     nb = sums.shape[-2]
     counts = torch.full((nb, 1), float(size), device=x.device)
-    if tail is not None:
-        counts[-1] = N - (nb - 1) * size
+    counts[-1] = N - (nb - 1) * size
     return sums / counts
 
 

@@ -1,7 +1,8 @@
 """Triton kernel for `kernels/block_means` (semantics in naive.py): one program per (head, block of rows) sums the
 block's rows in fp32, divides by their count, rounds to the input dtype and applies the scale, one launch instead
 of the reference's sum, count, division, cast and multiply. Equal to it up to the order of the fp32 sums (exact
-where they are, e.g. 16-bit inputs whose sums need at most 24 significant bits).
+where they are, e.g. 16-bit inputs whose sums need at most 24 significant bits) and, for a short last block of a
+row count that is not a power of two, the rounding of the GPU's fp32 division.
 Under `TRITON_INTERPRET=1` (set before triton is imported) the loop over rows takes the constexpr length `I_S`.
 """
 from __future__ import annotations

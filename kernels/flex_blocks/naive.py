@@ -45,12 +45,14 @@ def stable_rank(score: torch.Tensor) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=8)
-def block_tables(nb: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(causal [nb, nb] bool, diag [nb, nb] int64)`: c <= r, and the slash entry nb - 1 - (r - c) of block (r, c)
-    (clamped into range above the diagonal), made once per (nb, device)."""
+def block_tables(nb: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`(causal [nb, nb] bool, diag [nb, nb] int64, above [nb, nb] bool, tril [nb (nb + 1) / 2] int64)`: c <= r; the
+    slash entry nb - 1 - (r - c) of block (r, c) (clamped into range above the diagonal); c > r; and the flat
+    indices r * nb + c of the causal blocks in row-major order. Made once per (nb, device); never written."""
     r = torch.arange(nb, device=device)[:, None]
     c = torch.arange(nb, device=device)[None, :]
-    return c <= r, (nb - 1 - (r - c)).clamp(0, nb - 1)
+    tri = torch.tril_indices(nb, nb, device=device)
+    return c <= r, (nb - 1 - (r - c)).clamp(0, nb - 1), c > r, tri[0] * nb + tri[1]
 
 
 def flex_blocks_mask(pooled: torch.Tensor, budget: torch.Tensor, qa_blocks: torch.Tensor,
@@ -64,7 +66,7 @@ def flex_blocks_mask(pooled: torch.Tensor, budget: torch.Tensor, qa_blocks: torc
     pooled[0, ..., 0] = float("inf")
     pooled[1, ..., -1] = float("inf")
     keep_v, keep_s = stable_rank(pooled) < budget[..., None]
-    causal, diag = block_tables(nb, pooled.device)
+    causal, diag, _, _ = block_tables(nb, pooled.device)
     mask = causal & (keep_v[..., None, :] | keep_s[..., diag])
     return mask | (qa_blocks & causal & query_aware[..., None, None])
 
