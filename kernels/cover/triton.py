@@ -8,14 +8,18 @@ j = floor((target - f(t' + 1)) / v*) of those ties still fit (each adds v*). The
 min(j, #ties) + 1, or the whole row + 1 when the row's mass is within the target; the mask keeps the keys above t'
 and the first min(j, #ties) ties in index order (the stable rule).
 
-t' is fixed four bits at a time from the top, in eight launches. Each row is cut into chunks of `chunk` entries, one
-program per (chunk, row). Launch d stores, per chunk, the count and the fp32 mass of the entries in each of the 16
-values of key digit d among those matching the digits fixed so far. Every program of a row first derives those
-digits itself from the earlier launches' tables (summed over chunks and bins in a fixed order, so all of them agree
-bit for bit): at each digit, the highest bin b whose mass, with everything above the prefix, exceeds the target.
-A ninth launch writes the counts (one program per row) or the mask (per chunk; the ties in earlier chunks come from
-the last digit's counts). No sort, no atomics; the row is read eight times for a count, nine for a mask (from L2
-after the first). Blocks with no entry matching the digits fixed so far skip their per-bin sums.
+t' is fixed four bits at a time from the top, in eight digit launches. Each row is cut into chunks of `chunk`
+entries, one program per (chunk, row). Launch d stores, per chunk, the count and the fp32 mass of the entries in each
+of the 16 values of key digit d among those matching the digits fixed so far. Every program of a row first derives
+those digits itself from the earlier launches' tables (summed over chunks and bins in a fixed order, so all of them
+agree bit for bit): at each digit, the highest bin b whose mass, with everything above the prefix, exceeds the
+target. The first FULL (3) digits read the whole row; then a compaction launch writes the entries that match them
+(values and indices, in index order: each chunk after the earlier chunks' counts) to a candidate buffer, and the
+other five digits read only the candidates. A last launch writes the counts (one program per row), or the mask:
+the keys above t' over the whole row, then the ties of t' that fit from the candidates (their rank among the ties in
+index order, the earlier chunks' ties from the last digit's counts). No sort, no atomics; the row is read four
+times for a count, five for a mask (from L2 after the first). Blocks with no entry matching the digits fixed so far
+skip their per-bin sums.
 
 Rounding: the masses are fp32 sums per chunk and bin, where the reference adds the sorted values one by one; a
 running sum within rounding of the target may fall on the other side (so may the reference's own CUDA scan, which
@@ -25,12 +29,13 @@ takes the lowest occupied bin (all of the previous digit's bin fits but its smal
 
 (The first version, one program per row bisecting the key bit by bit in 34 passes over the row, took 6.5 ms of
 FlexPrefill's 64K estimate on an H200 (session 8, bench_methods `flexprefill_coverkernel`) against 3.1 ms for the
-whole estimate through torch's sorts. This one, before the block skip: 0.33-0.41 ms for the counts of 64 rows of
-64K (0.53 ms for 128 rows, against 1.05 ms through torch's sort and scan), 0.77 ms for the global cover of 32 rows
-of 512 x 512 against 0.59 ms through torch (session 8, do_bench); with the block skip, FlexPrefill's estimate took
-3.20 against 3.11 ms at 64K (`results/tables/bench_methods_cost_s8c.csv`). Not profiled per launch; by
-the values' bits, nearly every block of softmax scores holds an entry matching the prefix through the first three
-or four digits, so those launches do the full [BLOCK, 16] work.)
+whole estimate through torch's sorts. The next, with all eight digits over the whole rows and no block skip, took
+0.33-0.41 ms for the counts of 64 rows of 64K (0.53 ms for 128 rows, against 1.05 ms through torch's sort and
+scan) and 0.77 ms for the global cover of 32 rows of 512 x 512 against 0.59 ms through torch (session 8,
+do_bench); with the block skip, FlexPrefill's estimate took 3.20 against 3.11 ms at 64K
+(`results/tables/bench_methods_cost_s8c.csv`). Not profiled per launch; by the values' bits, nearly every block of
+softmax scores holds an entry matching the prefix through the first three or four digits, so those launches did the
+full [BLOCK, 16] work: hence the compaction after three, not yet timed.)
 
 Under `TRITON_INTERPRET=1` (set before triton is imported) the loops take the constexpr lengths `I_CH`, `I_C`.
 """
@@ -49,6 +54,8 @@ from .naive import _check
 __all__ = ["cover_count_triton", "cover_mask_triton"]
 
 DIGITS = 8  # of 4 bits: 16 bins a launch
+FULL = 3  # digits taken over the whole rows; the rest over the compacted candidates
+_FULL = tl.constexpr(FULL)  # the same, for the kernels (a jitted function reads only constexpr globals)
 
 
 def _entries(x_row, idx, ok, COLS, TRIL: tl.constexpr):
@@ -64,8 +71,8 @@ def _state(HC, HM, row, R, C, target, D: tl.constexpr, CB: tl.constexpr, I_C: tl
            INTERPRET: tl.constexpr):
     """After digits < D: `(prefix, mass_above, cnt_above, all_in, b_last, ties, valid)`: the key digits fixed, the
     mass and count of the entries above them, whether the row's mass is within the target (from digit 0), the bin
-    taken at the last digit, the entries equal to the prefix in it (when D == DIGITS: the ties of t') and the row's
-    entries (digit 0's total)."""
+    taken at the last digit, the entries equal to the prefix in it (when D == DIGITS: the ties of t'; when D == FULL:
+    the candidates the compaction keeps) and the row's entries (digit 0's total)."""
     bins = tl.arange(0, 16)
     cc = tl.arange(0, CB)
     prefix = tl.zeros([], dtype=tl.uint32)
@@ -109,15 +116,26 @@ def _fit(prefix, mass_above, ties, target):
     return tl.minimum(tl.maximum(fit, 0.0), ties.to(tl.float32)).to(tl.int32)
 
 
-def _cover_hist(X, HC, HM, N, CH, sx, R, C, target, COLS, D: tl.constexpr, TRIL: tl.constexpr,
+def _before(HC, row, R, C, c, b, D: tl.constexpr, CB: tl.constexpr, I_C: tl.constexpr, INTERPRET: tl.constexpr):
+    """Entries of bin `b` at digit `D` in the row's chunks before chunk `c` (from that digit's counts)."""
+    cc = tl.arange(0, CB)
+    n = tl.zeros([], dtype=tl.int32)
+    base = ((D * R + row) * C) * 16 + b
+    for c0 in range(0, I_C if INTERPRET else C, CB):
+        n += tl.sum(tl.load(HC + base + (c0 + cc) * 16, mask=c0 + cc < c, other=0))
+    return n
+
+
+def _cover_hist(X, BV, HC, HM, N, CH, sx, R, C, target, COLS, D: tl.constexpr, TRIL: tl.constexpr,
                 BLOCK: tl.constexpr, CB: tl.constexpr, I_CH: tl.constexpr, I_C: tl.constexpr,
                 INTERPRET: tl.constexpr):
     """Program (chunk, row): count and mass of key digit `D` over the chunk's entries that match the digits fixed so
-    far -> `HC / HM[D, row, chunk]`."""
+    far -> `HC / HM[D, row, chunk]`. Digits below FULL read the row, the others the row's compacted candidates."""
     c = tl.program_id(0)
     row = tl.program_id(1).to(tl.int64)
-    x_row = X + row * sx
     prefix, _, _, _, _, _, _ = _state(HC, HM, row, R, C, target, D, CB, I_C, INTERPRET)
+    if D >= _FULL:
+        _, _, _, _, _, n_cand, _ = _state(HC, HM, row, R, C, target, _FULL, CB, I_C, INTERPRET)
     bins = tl.arange(0, 16)
     offs = tl.arange(0, BLOCK)
     # [BLOCK, 16] running sums in registers, reduced over the block once at the end (a reduction per block costs
@@ -126,10 +144,16 @@ def _cover_hist(X, HC, HM, N, CH, sx, R, C, target, COLS, D: tl.constexpr, TRIL:
     mass = tl.zeros([BLOCK, 16], dtype=tl.float32)
     for b0 in range(0, I_CH if INTERPRET else CH, BLOCK):
         idx = c * CH + b0 + offs
-        ok, x, key = _entries(x_row, idx, (idx < N) & (b0 + offs < CH), COLS, TRIL)
+        inside = (idx < N) & (b0 + offs < CH)
+        if D >= _FULL:
+            ok = inside & (idx < n_cand)
+            x = tl.load(BV + row * N + idx, mask=ok, other=0.0)
+            key = _monotone(x)
+        else:
+            ok, x, key = _entries(X + row * sx, idx, inside, COLS, TRIL)
         if D > 0:
             ok = ok & ((key >> (32 - 4 * D)) == (prefix >> (32 - 4 * D)))
-        # past the first digits few entries still match the prefix: skip the [BLOCK, 16] work of blocks without any
+        # blocks without an entry matching the prefix skip the [BLOCK, 16] work
         if tl.max(ok.to(tl.int32)) > 0:
             hit = ok[:, None] & (((key >> (28 - 4 * D)) & 15).to(tl.int32)[:, None] == bins[None, :])
             cnt += hit.to(tl.int32)
@@ -137,6 +161,25 @@ def _cover_hist(X, HC, HM, N, CH, sx, R, C, target, COLS, D: tl.constexpr, TRIL:
     out = ((D * R + row) * C + c) * 16 + bins
     tl.store(HC + out, tl.sum(cnt, 0))
     tl.store(HM + out, tl.sum(mass, 0))
+
+
+def _cover_compact(X, BV, BI, HC, HM, N, CH, sx, R, C, target, COLS, TRIL: tl.constexpr, BLOCK: tl.constexpr,
+                   CB: tl.constexpr, I_CH: tl.constexpr, I_C: tl.constexpr, INTERPRET: tl.constexpr):
+    """Program (chunk, row): the chunk's entries that match the first FULL digits, values and indices, written in
+    index order after those of the earlier chunks (their counts from digit FULL - 1)."""
+    c = tl.program_id(0)
+    row = tl.program_id(1).to(tl.int64)
+    prefix, _, _, _, b_last, _, _ = _state(HC, HM, row, R, C, target, _FULL, CB, I_C, INTERPRET)
+    taken = _before(HC, row, R, C, c, b_last, _FULL - 1, CB, I_C, INTERPRET)
+    offs = tl.arange(0, BLOCK)
+    for b0 in range(0, I_CH if INTERPRET else CH, BLOCK):
+        idx = c * CH + b0 + offs
+        ok, x, key = _entries(X + row * sx, idx, (idx < N) & (b0 + offs < CH), COLS, TRIL)
+        keep = (ok & ((key >> (32 - 4 * _FULL)) == (prefix >> (32 - 4 * _FULL)))).to(tl.int32)
+        pos = taken + tl.cumsum(keep, 0) - keep
+        tl.store(BV + row * N + pos, x, mask=keep != 0)
+        tl.store(BI + row * N + pos, idx.to(tl.int32), mask=keep != 0)
+        taken += tl.sum(keep)
 
 
 def _cover_count(HC, HM, CNT, R, C, target, NDIG: tl.constexpr, CB: tl.constexpr, I_C: tl.constexpr,
@@ -151,32 +194,45 @@ def _cover_count(HC, HM, CNT, R, C, target, NDIG: tl.constexpr, CB: tl.constexpr
 
 def _cover_mask(X, HC, HM, OUT, N, CH, sx, so, R, C, target, COLS, NDIG: tl.constexpr, TRIL: tl.constexpr,
                 BLOCK: tl.constexpr, CB: tl.constexpr, I_CH: tl.constexpr, I_C: tl.constexpr, INTERPRET: tl.constexpr):
-    """Program (chunk, row): the mask over the chunk: keys above t', and the ties of t' whose rank in the row (index
-    order; the ties in earlier chunks from the last digit's counts) is below the number that fit."""
+    """Program (chunk, row): the mask over the chunk, keys above t' (every entry when the row is within the target);
+    the ties of t' that fit are set afterwards by `_cover_ties`."""
     c = tl.program_id(0)
     row = tl.program_id(1).to(tl.int64)
-    x_row = X + row * sx
-    prefix, mass_above, _, all_in, b_last, ties, _ = _state(HC, HM, row, R, C, target, NDIG, CB, I_C, INTERPRET)
-    fit = _fit(prefix, mass_above, ties, target)
-    cc = tl.arange(0, CB)
-    seen = tl.zeros([], dtype=tl.int32)
-    base = (((NDIG - 1) * R + row) * C) * 16 + b_last
-    for c0 in range(0, I_C if INTERPRET else C, CB):
-        seen += tl.sum(tl.load(HC + base + (c0 + cc) * 16, mask=c0 + cc < c, other=0))
+    prefix, _, _, all_in, _, _, _ = _state(HC, HM, row, R, C, target, NDIG, CB, I_C, INTERPRET)
     offs = tl.arange(0, BLOCK)
-    out_row = OUT + row * so
     for b0 in range(0, I_CH if INTERPRET else CH, BLOCK):
         idx = c * CH + b0 + offs
         inside = (idx < N) & (b0 + offs < CH)
-        ok, x, key = _entries(x_row, idx, inside, COLS, TRIL)
+        ok, x, key = _entries(X + row * sx, idx, inside, COLS, TRIL)
+        keep = tl.where(all_in, ok, ok & (key > prefix))
+        tl.store(OUT + row * so + idx, keep.to(tl.int8), mask=inside)
+
+
+def _cover_ties(BV, BI, HC, HM, OUT, N, CH, so, R, C, target, NDIG: tl.constexpr, BLOCK: tl.constexpr,
+                CB: tl.constexpr, I_CH: tl.constexpr, I_C: tl.constexpr, INTERPRET: tl.constexpr):
+    """Program (chunk of candidates, row): sets the ties of t' whose rank among the row's ties (index order: the
+    candidates keep it; the ties in earlier chunks from the last digit's counts) is below the number that fit."""
+    c = tl.program_id(0)
+    row = tl.program_id(1).to(tl.int64)
+    prefix, mass_above, _, all_in, b_last, ties, _ = _state(HC, HM, row, R, C, target, NDIG, CB, I_C, INTERPRET)
+    _, _, _, _, _, n_cand, _ = _state(HC, HM, row, R, C, target, _FULL, CB, I_C, INTERPRET)
+    fit = tl.where(all_in, 0, _fit(prefix, mass_above, ties, target))
+    seen = _before(HC, row, R, C, c, b_last, NDIG - 1, CB, I_C, INTERPRET)
+    offs = tl.arange(0, BLOCK)
+    for b0 in range(0, I_CH if INTERPRET else CH, BLOCK):
+        pos = c * CH + b0 + offs
+        ok = (pos < N) & (b0 + offs < CH) & (pos < n_cand)
+        key = _monotone(tl.load(BV + row * N + pos, mask=ok, other=0.0))
         eq = (ok & (key == prefix)).to(tl.int32)
-        rank = seen + tl.cumsum(eq, 0) - eq  # ties of t' before this entry, in index order
-        keep = tl.where(all_in, ok, ok & ((key > prefix) | ((eq != 0) & (rank < fit))))
-        tl.store(out_row + idx, keep.to(tl.int8), mask=inside)
+        rank = seen + tl.cumsum(eq, 0) - eq  # ties of t' before this one, in index order
+        hit = (eq != 0) & (rank < fit)
+        idx = tl.load(BI + row * N + pos, mask=hit, other=0)
+        tl.store(OUT + row * so + idx, tl.full([BLOCK], 1, tl.int8), mask=hit)
         seen += tl.sum(eq)
 
 
-_kernels = per_mode((_cover_hist, _cover_count, _cover_mask), (_monotone, _entries, _state, _fit))
+_kernels = per_mode((_cover_hist, _cover_compact, _cover_count, _cover_mask, _cover_ties),
+                    (_monotone, _entries, _state, _fit, _before))
 
 
 def _launch(x, target, cols, mask, chunk, block, num_warps):
@@ -188,23 +244,32 @@ def _launch(x, target, cols, mask, chunk, block, num_warps):
     chunk = min(chunk, max(16, triton.next_power_of_2(N)))
     block = min(block, chunk)
     C = -(-N // chunk)
-    hc = torch.empty(DIGITS, R, C, 16, dtype=torch.int32, device=x.device)
-    hm = torch.empty(DIGITS, R, C, 16, dtype=torch.float32, device=x.device)
-    hist_k, count_k, mask_k = _kernels(interpret)
+    dev = x.device
+    hc = torch.empty(DIGITS, R, C, 16, dtype=torch.int32, device=dev)
+    hm = torch.empty(DIGITS, R, C, 16, dtype=torch.float32, device=dev)
+    # the candidates after FULL digits (at most the whole row): values and indices, in index order
+    bv = torch.empty(R, N, dtype=torch.float32, device=dev)
+    bi = torch.empty(R, N, dtype=torch.int32, device=dev)
+    hist_k, compact_k, count_k, mask_k, ties_k = _kernels(interpret)
     target = float(target)
     loops = {"CB": 8, "I_C": C if interpret else 0, "INTERPRET": interpret}
+    rows = {"I_CH": chunk if interpret else 0, "num_warps": num_warps}
     for d in range(DIGITS):
-        hist_k[(C, R)](x, hc, hm, N, chunk, x.stride(0), R, C, target, cols, D=d, TRIL=mask, BLOCK=block,
-                       I_CH=chunk if interpret else 0, num_warps=num_warps, **loops)
+        if d == FULL:
+            compact_k[(C, R)](x, bv, bi, hc, hm, N, chunk, x.stride(0), R, C, target, cols, TRIL=mask,
+                              BLOCK=min(4 * block, chunk), **rows, **loops)
+        hist_k[(C, R)](x, bv, hc, hm, N, chunk, x.stride(0), R, C, target, cols, D=d, TRIL=mask, BLOCK=block,
+                       **rows, **loops)
     if not mask:
-        cnt = torch.empty(R, dtype=torch.int64, device=x.device)
+        cnt = torch.empty(R, dtype=torch.int64, device=dev)
         count_k[(R,)](hc, hm, cnt, R, C, target, NDIG=DIGITS, num_warps=1, **loops)
         return cnt
-    out = torch.empty(R, N, dtype=torch.int8, device=x.device)
-    # the write pass holds no [BLOCK, 16] sums: longer blocks (at 256 its scan spills on sm_90)
+    out = torch.empty(R, N, dtype=torch.int8, device=dev)
+    # the write passes hold no [BLOCK, 16] sums: longer blocks (at 256 their scans spill on sm_90)
     mask_k[(C, R)](x, hc, hm, out, N, chunk, x.stride(0), out.stride(0), R, C, target, cols, NDIG=DIGITS, TRIL=True,
-                   BLOCK=min(4 * block, chunk),
-                   I_CH=chunk if interpret else 0, num_warps=num_warps, **loops)
+                   BLOCK=min(4 * block, chunk), **rows, **loops)
+    ties_k[(C, R)](bv, bi, hc, hm, out, N, chunk, out.stride(0), R, C, target, NDIG=DIGITS,
+                   BLOCK=min(4 * block, chunk), **rows, **loops)
     return out.view(torch.bool)
 
 

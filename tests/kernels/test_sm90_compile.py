@@ -298,9 +298,11 @@ def test_cover(compiled):
 
     cover_count_triton(torch.zeros(64, 65536), 0.95)
     cover_mask_triton(torch.zeros(32, 512 * 512), 0.95 * 512, 512)
-    # eight digit launches and the count; eight more (on the triangle) and the mask
-    assert [n for n, _ in compiled] == ["_cover_hist"] * 8 + ["_cover_count"] + ["_cover_hist"] * 8 + ["_cover_mask"]
-    _check(compiled, 18)
-    for name, k in compiled[8:]:  # the triangle's digit launches (the count's differ only in TRIL) and the two ends
+    # three digit launches on the rows, the compaction, five on the candidates and the count; the same on the
+    # triangle, then the mask and its ties
+    digits = ["_cover_hist"] * 3 + ["_cover_compact"] + ["_cover_hist"] * 5
+    assert [n for n, _ in compiled] == digits + ["_cover_count"] + digits + ["_cover_mask", "_cover_ties"]
+    _check(compiled, 21)
+    for name, k in compiled[10:]:  # the triangle's launches (the count's differ only in TRIL) and the ends
         use = _ptxas_usage(k)
         assert use["spill_stores"] == use["spill_loads"] == 0, (name, use)
