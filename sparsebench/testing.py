@@ -63,3 +63,51 @@ def switched(module, **values):
     finally:
         for name, value in saved.items():
             setattr(module, name, value)
+
+
+def off_and_on(module, switch: str, fn):
+    """`(fn() with module.<switch> False, fn() with it True)`: a fast path's result beside the result of the path it
+    replaces (a method's selection, say)."""
+    with switched(module, **{switch: False}):
+        off = fn()
+    with switched(module, **{switch: True}):
+        on = fn()
+    return off, on
+
+
+def assert_same_lists(a, b) -> None:
+    """Two `Selection`s list the same blocks in the same order, with the same counts."""
+    import torch
+
+    assert torch.equal(a.kv_indices, b.kv_indices) and torch.equal(a.kv_counts, b.kv_counts)
+
+
+# (T, H, HKV, D, seed) of the FlexPrefill-level checks of its kernel switches: a ragged last block, grouped heads
+FLEX_SHAPES = ((640, 4, 2, 32, 0), (700, 2, 1, 64, 1))
+
+
+def flex_cases() -> list:
+    """FLEX_SHAPES as `pytest.param`s with their ids."""
+    import pytest
+
+    return [pytest.param(c, id="flex-T{}-H{}-HKV{}-D{}-s{}".format(*c)) for c in FLEX_SHAPES]
+
+
+def flexprefill_off_and_on(switch: str, shape, dtype: str = "float32", **knobs):
+    """FlexPrefill's official selection (block 32, min_budget 64, `scores_kernel="torch"`, `knobs`) on random q, k of
+    `shape` (an entry of FLEX_SHAPES) with `methods.flexprefill.<switch>` off and on: asserts the same lists and
+    returns the two per-head decisions `(off, on)`."""
+    import torch
+
+    import sparsebench.methods.flexprefill as fp
+    from sparsebench.attention import AttnContext
+
+    T, H, HKV, D, seed = shape
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(1, H, T, D, generator=g).to(getattr(torch, dtype))
+    k = torch.randn(1, HKV, T, D, generator=g).to(getattr(torch, dtype))
+    m = fp.FlexPrefill(**{"min_budget": 64, "block_size": 32, "scores_kernel": "torch", **knobs})
+    ctx = AttnContext(layer_idx=0, num_heads=H, num_kv_heads=HKV, head_dim=D, scale=D ** -0.5)
+    (off, d_off), (on, d_on) = off_and_on(fp, switch, lambda: (m.select(q, k, ctx), m.last_decision))
+    assert_same_lists(on, off)
+    return d_off, d_on

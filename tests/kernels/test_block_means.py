@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sparsebench.kernels.block_means import block_means_naive
-from sparsebench.testing import assert_verdict, report_verdicts, switched
+from sparsebench.testing import assert_verdict, flex_cases, flexprefill_off_and_on, report_verdicts
 
 
 def test_reference_is_the_mean_of_each_run():
@@ -50,24 +50,12 @@ def _check(case, device="cpu"):
         assert torch.equal(got.cpu(), want)
 
 
-def _check_flex(case):
+def _check_flex(shape):
     """FlexPrefill's official selection with `_POOL_KERNEL` equals its selection through torch (bf16 inputs)."""
-    import sparsebench.methods.flexprefill as fp
-    from sparsebench.attention import AttnContext
-
-    T, H, HKV, D, seed = case
-    q, k = _x((1, H, T, D), "bfloat16", seed), _x((1, HKV, T, D), "bfloat16", seed + 1)
-    m = fp.FlexPrefill(min_budget=64, block_size=32, scores_kernel="torch", tau=0.5)
-    ctx = AttnContext(layer_idx=0, num_heads=H, num_kv_heads=HKV, head_dim=D, scale=D ** -0.5)
-    with switched(fp, _POOL_KERNEL=False):
-        want = m.select(q, k, ctx)
-    with switched(fp, _POOL_KERNEL=True):
-        got = m.select(q, k, ctx)
-    assert torch.equal(got.kv_indices, want.kv_indices) and torch.equal(got.kv_counts, want.kv_counts)
+    flexprefill_off_and_on("_POOL_KERNEL", shape, dtype="bfloat16", tau=0.5)
 
 
-FLEX_CASES = [pytest.param(c, id="flex-T{}-H{}-HKV{}-D{}-s{}".format(*c)) for c in ((640, 4, 2, 32, 0),
-                                                                                      (700, 2, 1, 64, 1))]
+FLEX_CASES = flex_cases()
 
 
 @pytest.mark.parametrize("case", CASES + FLEX_CASES)

@@ -11,7 +11,7 @@ import torch
 
 from sparsebench.kernels.flex_blocks import flex_blocks_naive
 from sparsebench.kernels.flex_blocks.naive import flex_blocks_mask
-from sparsebench.testing import assert_verdict, report_verdicts, switched
+from sparsebench.testing import assert_verdict, flex_cases, flexprefill_off_and_on, report_verdicts
 
 
 def _inputs(B, H, nb, ties: bool, seed: int = 0):
@@ -69,25 +69,12 @@ def _check(case, device="cpu"):
         assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.cpu(), b)
 
 
-def _check_flex(case):
+def _check_flex(shape):
     """FlexPrefill's official selection with `_BLOCKS_KERNEL` equals its selection through torch."""
-    import sparsebench.methods.flexprefill as fp
-    from sparsebench.attention import AttnContext
-
-    T, H, HKV, D, seed = case
-    g = torch.Generator().manual_seed(seed)
-    q, k = torch.randn(1, H, T, D, generator=g), torch.randn(1, HKV, T, D, generator=g)
-    m = fp.FlexPrefill(min_budget=64, block_size=32, scores_kernel="torch")
-    ctx = AttnContext(layer_idx=0, num_heads=H, num_kv_heads=HKV, head_dim=D, scale=D ** -0.5)
-    with switched(fp, _BLOCKS_KERNEL=False):
-        want = m.select(q, k, ctx)
-    with switched(fp, _BLOCKS_KERNEL=True):
-        got = m.select(q, k, ctx)
-    assert torch.equal(got.kv_indices, want.kv_indices) and torch.equal(got.kv_counts, want.kv_counts)
+    flexprefill_off_and_on("_BLOCKS_KERNEL", shape)
 
 
-FLEX_CASES = [pytest.param(c, id="flex-T{}-H{}-HKV{}-D{}-s{}".format(*c)) for c in ((640, 4, 2, 32, 0),
-                                                                                      (700, 2, 1, 64, 1))]
+FLEX_CASES = flex_cases()
 
 
 @pytest.mark.parametrize("case", CASES + FLEX_CASES)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sparsebench.kernels.flex_switch import flex_switch_naive, js_distance
-from sparsebench.testing import assert_verdict, report_verdicts, switched
+from sparsebench.testing import assert_verdict, flexprefill_off_and_on, report_verdicts
 
 
 def test_reference_hand_cases():
@@ -66,27 +66,17 @@ def _check(case, device="cpu"):
 
 
 def _check_flex(case):
-    """FlexPrefill's official selection with `_SWITCH_KERNEL` equals its selection through torch."""
-    import sparsebench.methods.flexprefill as fp
-    from sparsebench.attention import AttnContext
-
-    T, H, HKV, D, tau, seed = case
-    g = torch.Generator().manual_seed(seed)
-    q, k = torch.randn(1, H, T, D, generator=g), torch.randn(1, HKV, T, D, generator=g)
-    m = fp.FlexPrefill(min_budget=64, block_size=32, scores_kernel="torch", tau=tau)
-    ctx = AttnContext(layer_idx=0, num_heads=H, num_kv_heads=HKV, head_dim=D, scale=D ** -0.5)
-    with switched(fp, _SWITCH_KERNEL=False):
-        want = m.select(q, k, ctx)
-        want_qa = m.last_decision
-    with switched(fp, _SWITCH_KERNEL=True):
-        got = m.select(q, k, ctx)
-    assert torch.equal(m.last_decision, want_qa) and want_qa.any() and not want_qa.all()  # the switch decides
-    assert torch.equal(got.kv_indices, want.kv_indices) and torch.equal(got.kv_counts, want.kv_counts)
+    """FlexPrefill's official selection with `_SWITCH_KERNEL` equals its selection through torch, the per-head
+    decisions included (both kinds occur)."""
+    *shape, tau = case
+    off, on = flexprefill_off_and_on("_SWITCH_KERNEL", tuple(shape), tau=tau)
+    assert torch.equal(on, off) and off.any() and not off.all()
 
 
-# tau between the heads' distances (0.047-0.049 and 0.060-0.062 with these inputs): both decisions occur
-FLEX_CASES = [pytest.param(c, id="flex-T{}-H{}-HKV{}-D{}-tau{}-s{}".format(*c)) for c in ((640, 4, 2, 32, 0.048, 0),
-                                                                                          (700, 2, 1, 256, 0.061, 1))]
+# (T, H, HKV, D, seed, tau), tau between the heads' distances (0.047-0.049 and 0.060-0.062 with these inputs): both
+# decisions occur
+FLEX_CASES = [pytest.param(c, id="flex-T{}-H{}-HKV{}-D{}-s{}-tau{}".format(*c)) for c in ((640, 4, 2, 32, 0, 0.048),
+                                                                                          (700, 2, 1, 256, 1, 0.061))]
 
 
 @pytest.mark.parametrize("case", CASES + FLEX_CASES)
