@@ -105,7 +105,6 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
                          ("sparsebench.methods.minference", "_TOP_SET", False), (_VS, "_LIST_KERNEL", False),
                          (_VS, "_MAP_KERNEL", False)],
     "flexprefill_nowrap": [(_LASTQ, "_WRAP_GATHER", False)],
-    # the switches not yet defaults, all on together
     # not yet a default: FlexPrefill's block lists by kernels/flex_blocks instead of a sort, the mask and
     # stable_partition
     "flexprefill_blockskernel": [("sparsebench.methods.flexprefill", "_BLOCKS_KERNEL", True)],
@@ -113,8 +112,9 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
     "flexprefill_switchkernel": [("sparsebench.methods.flexprefill", "_SWITCH_KERNEL", True)],
     # not yet a default: FlexPrefill's block means of Q and K by kernels/block_means
     "flexprefill_poolkernel": [("sparsebench.methods.flexprefill", "_POOL_KERNEL", True)],
-    "flexprefill_allnew": [(_LASTQ, "_FUSED_ROW_STATS", True),
-                           ("sparsebench.methods.flexprefill", "_COVER_KERNEL", True),
+    # FlexPrefill's four kernel switches on together (the (m, l) fusion, slower for it in session 8, left to its
+    # default)
+    "flexprefill_allnew": [("sparsebench.methods.flexprefill", "_COVER_KERNEL", True),
                            ("sparsebench.methods.flexprefill", "_BLOCKS_KERNEL", True),
                            ("sparsebench.methods.flexprefill", "_SWITCH_KERNEL", True),
                            ("sparsebench.methods.flexprefill", "_POOL_KERNEL", True)]}
