@@ -101,8 +101,9 @@ MAX_SCORE_ELEMS = 1 << 27  # score elements held at once by the last-queries est
 SCAN_ROW_LOOP_MIN = 1 << 15  # row length from which a CUDA running sum over few rows is scanned in two levels
 SCAN_CHUNK_MIN = 64  # shortest chunk of the two-level scan
 # the cover counts and the global cover by `kernels/cover` (a radix descent on the values' bits over chunked rows,
-# no sort) instead of torch's sorts and scans (0.71 ms of the 64K estimate's 2.94 ms of GPU time on an H200, session
-# 7, with the global cover's); off until timed on a GPU (bench_methods row `flexprefill_coverkernel`)
+# no sort; both cuts in one set of 12 launches, `cover_pair_triton`) instead of torch's sorts and scans (0.71 ms of
+# the 64K estimate's 2.94 ms of GPU time on an H200, session 7, with the global cover's); off until timed on a GPU
+# (bench_methods row `flexprefill_coverkernel`)
 _COVER_KERNEL = False
 # the block lists from the block scores, budgets and query-aware cover by `kernels/flex_blocks` (two launches: ranks
 # by counting, then each row's lists) instead of a stable sort, the mask and `stable_partition` (about twenty torch
@@ -269,8 +270,13 @@ def cover_count(x: torch.Tensor, gamma: float) -> torch.Tensor:
 def block_budget(x: torch.Tensor, gamma: float, minb: int, maxb: int) -> torch.Tensor:
     """Official block budget from token scores `x [..., N]`: cover count // 128 + 1, raised to minb, then cut to
     maxb (so maxb wins when minb > maxb)."""
+    return budget_from_count(cover_count(x, gamma), minb, maxb)
+
+
+def budget_from_count(count: torch.Tensor, minb: int, maxb: int) -> torch.Tensor:
+    """`block_budget` from the cover counts themselves."""
     # clamp applies min, then max: the official order
-    return (cover_count(x, gamma) // TOKENS_PER_BUDGET_BLOCK + 1).clamp(min=minb, max=maxb)
+    return (count // TOKENS_PER_BUDGET_BLOCK + 1).clamp(min=minb, max=maxb)
 
 
 def _split_blocks(x: torch.Tensor, size: int, dim: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -329,9 +335,11 @@ def official_parts(q: torch.Tensor, k: torch.Tensor, *, gamma: float, tau: float
     nb = -(-N // bs)
     maxb = min(maxb, nb)
     scores, q_last = last_query_scores(q, k, bs, scale, max_elems, scores_kernel)  # [2, B, H, N]: vertical, slash
-    budget = block_budget(scores, gamma, minb, maxb)  # [2, B, H]: nv, ns
+    # with `kernels/cover` both cuts (the counts here, the global cover below) share one set of launches
+    paired = _cover_kernel(scores)
+    if not paired:
+        budget = block_budget(scores, gamma, minb, maxb)  # [2, B, H]: nv, ns
     pooled = sum_pool(scores, bs)  # [2, B, H, nb]: vertical -> key block c, slash -> block offset nb - 1 - c
-    del scores
 
     means = block_means_naive
     if _POOL_KERNEL and runs_triton(q):
@@ -343,7 +351,6 @@ def official_parts(q: torch.Tensor, k: torch.Tensor, *, gamma: float, tau: float
         query_aware = flex_switch_triton(q_last, k_mean, pooled[0], tau)[0]
     else:
         query_aware = flex_switch_naive(q_last, k_mean, pooled[0], tau)[0]
-    budget = budget.masked_fill(query_aware, minb)
 
     _, _, above, tril = block_tables(nb, q.device)
     q_mean = means(q, bs, scale).view(B, HKV, G * nb, D)
@@ -351,13 +358,16 @@ def official_parts(q: torch.Tensor, k: torch.Tensor, *, gamma: float, tau: float
     attn = torch.softmax(logits.masked_fill_(above, float("-inf")), dim=-1, dtype=torch.float32)
     del logits
     # only the causal half can be non-zero: sort and scan that half (row-major, as tril_indices lists it)
-    if _cover_kernel(attn):
-        from sparsebench.kernels.cover import cover_mask_triton
+    if paired:
+        from sparsebench.kernels.cover import cover_pair_triton
 
-        qa_blocks = cover_mask_triton(attn.view(B * H, nb * nb), gamma * nb, nb).view(B, H, nb, nb)
+        counts, qa_blocks = cover_pair_triton(scores.view(-1, N), gamma, attn.view(B * H, nb * nb), gamma * nb, nb)
+        budget = budget_from_count(counts.view(2, B, H), minb, maxb)
+        qa_blocks = qa_blocks.view(B, H, nb, nb)
     else:
         qa_blocks = global_cover_mask(attn, gamma * nb, support=tril)
-    return pooled, budget, qa_blocks, query_aware
+    del scores
+    return pooled, budget.masked_fill(query_aware, minb), qa_blocks, query_aware
 
 
 def official_block_mask(q: torch.Tensor, k: torch.Tensor, **kw) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,12 +3,12 @@ naive.py pins the semantics by a stable sort and a sequential running sum; trito
 on the values' bit patterns, each row cut into chunks."""
 from .naive import cover_count_naive, cover_mask_naive
 
-__all__ = ["cover_count_naive", "cover_count_triton", "cover_mask_naive", "cover_mask_triton"]
+__all__ = ["cover_count_naive", "cover_count_triton", "cover_mask_naive", "cover_mask_triton", "cover_pair_triton"]
 
 
 def __getattr__(name):
     # importing the package must not import triton: load the kernels on first use
-    if name in ("cover_count_triton", "cover_mask_triton"):
+    if name in ("cover_count_triton", "cover_mask_triton", "cover_pair_triton"):
         from . import triton
 
         return getattr(triton, name)

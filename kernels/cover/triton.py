@@ -18,8 +18,9 @@ target. The first FULL (3) digits read the whole row; then a compaction launch w
 other five digits read only the candidates. A last launch writes the counts (one program per row), or the mask:
 the keys above t' over the whole row, then the ties of t' that fit from the candidates (their rank among the ties in
 index order, the earlier chunks' ties from the last digit's counts). No sort, no atomics; the row is read four
-times for a count, five for a mask (from L2 after the first). Blocks with no entry matching the digits fixed so far
-skip their per-bin sums.
+times for a count, five for a mask (from L2 after the first). `cover_pair_triton` runs the counts of one matrix and
+the mask of another in the same launches (rows below R1 are the first's), 12 instead of 22. Blocks with no entry
+matching the digits fixed so far skip their per-bin sums.
 
 Rounding: the masses are fp32 sums per chunk and bin, where the reference adds the sorted values one by one; a
 running sum within rounding of the target may fall on the other side (so may the reference's own CUDA scan, which
@@ -51,28 +52,41 @@ from .._jit import per_mode
 from ..top_set.triton import _monotone
 from .naive import _check
 
-__all__ = ["cover_count_triton", "cover_mask_triton"]
+__all__ = ["cover_count_triton", "cover_mask_triton", "cover_pair_triton"]
 
 DIGITS = 8  # of 4 bits: 16 bins a launch
 FULL = 3  # digits taken over the whole rows; the rest over the compacted candidates
 _FULL = tl.constexpr(FULL)  # the same, for the kernels (a jitted function reads only constexpr globals)
 
 
-def _entries(x_row, idx, ok, COLS, TRIL: tl.constexpr):
-    """Which of the indices `idx` take part (`ok`, and with `TRIL` on the lower triangle of the row read as
+def _entries(x_row, idx, ok, COLS, tril):
+    """Which of the indices `idx` take part (`ok`, and for a `tril` row on the lower triangle of the row read as
     `[N / COLS, COLS]`), their values (0 elsewhere) and keys."""
-    if TRIL:
-        ok = ok & (idx % COLS <= idx // COLS)
+    ok = ok & tl.where(tril, idx % COLS <= idx // COLS, True)
     x = tl.load(x_row + idx, mask=ok, other=0.0)
     return ok, x, _monotone(x)
 
 
+def _row(X, X2, row, R1, N, N2, sx, sx2, target, target2):
+    """The row's source, length, target and kind: rows below R1 are the count matrix's, the others the mask
+    matrix's (on its lower triangle)."""
+    x_row = X + row * sx
+    n = N
+    tgt = target
+    if row >= R1:
+        x_row = X2 + (row - R1) * sx2
+        n = N2
+        tgt = target2
+    return x_row, n, tgt, row >= R1
+
+
 def _state(HC, HM, row, R, C, target, D: tl.constexpr, CB: tl.constexpr, I_C: tl.constexpr,
            INTERPRET: tl.constexpr):
-    """After digits < D: `(prefix, mass_above, cnt_above, all_in, b_last, ties, valid)`: the key digits fixed, the
-    mass and count of the entries above them, whether the row's mass is within the target (from digit 0), the bin
-    taken at the last digit, the entries equal to the prefix in it (when D == DIGITS: the ties of t'; when D == FULL:
-    the candidates the compaction keeps) and the row's entries (digit 0's total)."""
+    """After digits < D: `(prefix, mass_above, cnt_above, all_in, b_last, ties, valid, n_cand)`: the key digits
+    fixed, the mass and count of the entries above them, whether the row's mass is within the target (from digit 0),
+    the bin taken at the last digit, the entries equal to the prefix in it (when D == DIGITS: the ties of t'), the
+    row's entries (digit 0's total) and, when D >= FULL, the candidates the compaction keeps (the entries matching
+    the first FULL digits)."""
     bins = tl.arange(0, 16)
     cc = tl.arange(0, CB)
     prefix = tl.zeros([], dtype=tl.uint32)
@@ -82,6 +96,7 @@ def _state(HC, HM, row, R, C, target, D: tl.constexpr, CB: tl.constexpr, I_C: tl
     b_star = tl.zeros([], dtype=tl.int32)
     ties = tl.zeros([], dtype=tl.int32)
     valid = tl.zeros([], dtype=tl.int32)
+    n_cand = tl.zeros([], dtype=tl.int32)
     for d in tl.static_range(D):
         cnt = tl.zeros([16], dtype=tl.int32)
         mass = tl.zeros([16], dtype=tl.float32)
@@ -103,8 +118,10 @@ def _state(HC, HM, row, R, C, target, D: tl.constexpr, CB: tl.constexpr, I_C: tl
         mass_above += tl.sum(tl.where(bins > b_star, mass, 0.0))
         cnt_above += tl.sum(tl.where(bins > b_star, cnt, 0))
         ties = tl.sum(tl.where(bins == b_star, cnt, 0))
+        if d == _FULL - 1:
+            n_cand = ties
         prefix = prefix | (b_star.to(tl.uint32) << (28 - 4 * d))
-    return prefix, mass_above, cnt_above, all_in, b_star, ties, valid
+    return prefix, mass_above, cnt_above, all_in, b_star, ties, valid, n_cand
 
 
 def _fit(prefix, mass_above, ties, target):
@@ -126,16 +143,16 @@ def _before(HC, row, R, C, c, b, D: tl.constexpr, CB: tl.constexpr, I_C: tl.cons
     return n
 
 
-def _cover_hist(X, BV, HC, HM, N, CH, sx, R, C, target, COLS, D: tl.constexpr, TRIL: tl.constexpr,
+def _cover_hist(X, X2, BV, HC, HM, R1, N, N2, NB, CH, sx, sx2, R, C, target, target2, COLS, D: tl.constexpr,
                 BLOCK: tl.constexpr, CB: tl.constexpr, I_CH: tl.constexpr, I_C: tl.constexpr,
                 INTERPRET: tl.constexpr):
     """Program (chunk, row): count and mass of key digit `D` over the chunk's entries that match the digits fixed so
-    far -> `HC / HM[D, row, chunk]`. Digits below FULL read the row, the others the row's compacted candidates."""
+    far -> `HC / HM[D, row, chunk]`. Digits below FULL read the row, the others the row's compacted candidates
+    (`BV`, rows of `NB`)."""
     c = tl.program_id(0)
     row = tl.program_id(1).to(tl.int64)
-    prefix, _, _, _, _, _, _ = _state(HC, HM, row, R, C, target, D, CB, I_C, INTERPRET)
-    if D >= _FULL:
-        _, _, _, _, _, n_cand, _ = _state(HC, HM, row, R, C, target, _FULL, CB, I_C, INTERPRET)
+    x_row, n, tgt, tril = _row(X, X2, row, R1, N, N2, sx, sx2, target, target2)
+    prefix, _, _, _, _, _, _, n_cand = _state(HC, HM, row, R, C, tgt, D, CB, I_C, INTERPRET)
     bins = tl.arange(0, 16)
     offs = tl.arange(0, BLOCK)
     # [BLOCK, 16] running sums in registers, reduced over the block once at the end (a reduction per block costs
@@ -144,13 +161,13 @@ def _cover_hist(X, BV, HC, HM, N, CH, sx, R, C, target, COLS, D: tl.constexpr, T
     mass = tl.zeros([BLOCK, 16], dtype=tl.float32)
     for b0 in range(0, I_CH if INTERPRET else CH, BLOCK):
         idx = c * CH + b0 + offs
-        inside = (idx < N) & (b0 + offs < CH)
+        inside = (idx < n) & (b0 + offs < CH)
         if D >= _FULL:
             ok = inside & (idx < n_cand)
-            x = tl.load(BV + row * N + idx, mask=ok, other=0.0)
+            x = tl.load(BV + row * NB + idx, mask=ok, other=0.0)
             key = _monotone(x)
         else:
-            ok, x, key = _entries(X + row * sx, idx, inside, COLS, TRIL)
+            ok, x, key = _entries(x_row, idx, inside, COLS, tril)
         if D > 0:
             ok = ok & ((key >> (32 - 4 * D)) == (prefix >> (32 - 4 * D)))
         # blocks without an entry matching the prefix skip the [BLOCK, 16] work
@@ -163,128 +180,156 @@ def _cover_hist(X, BV, HC, HM, N, CH, sx, R, C, target, COLS, D: tl.constexpr, T
     tl.store(HM + out, tl.sum(mass, 0))
 
 
-def _cover_compact(X, BV, BI, HC, HM, N, CH, sx, R, C, target, COLS, TRIL: tl.constexpr, BLOCK: tl.constexpr,
-                   CB: tl.constexpr, I_CH: tl.constexpr, I_C: tl.constexpr, INTERPRET: tl.constexpr):
+def _cover_compact(X, X2, BV, BI, HC, HM, R1, N, N2, NB, CH, sx, sx2, R, C, target, target2, COLS,
+                   BLOCK: tl.constexpr, CB: tl.constexpr, I_CH: tl.constexpr, I_C: tl.constexpr,
+                   INTERPRET: tl.constexpr):
     """Program (chunk, row): the chunk's entries that match the first FULL digits, values and indices, written in
     index order after those of the earlier chunks (their counts from digit FULL - 1)."""
     c = tl.program_id(0)
     row = tl.program_id(1).to(tl.int64)
-    prefix, _, _, _, b_last, _, _ = _state(HC, HM, row, R, C, target, _FULL, CB, I_C, INTERPRET)
+    x_row, n, tgt, tril = _row(X, X2, row, R1, N, N2, sx, sx2, target, target2)
+    prefix, _, _, _, b_last, _, _, _ = _state(HC, HM, row, R, C, tgt, _FULL, CB, I_C, INTERPRET)
     taken = _before(HC, row, R, C, c, b_last, _FULL - 1, CB, I_C, INTERPRET)
     offs = tl.arange(0, BLOCK)
     for b0 in range(0, I_CH if INTERPRET else CH, BLOCK):
         idx = c * CH + b0 + offs
-        ok, x, key = _entries(X + row * sx, idx, (idx < N) & (b0 + offs < CH), COLS, TRIL)
+        ok, x, key = _entries(x_row, idx, (idx < n) & (b0 + offs < CH), COLS, tril)
         keep = (ok & ((key >> (32 - 4 * _FULL)) == (prefix >> (32 - 4 * _FULL)))).to(tl.int32)
         pos = taken + tl.cumsum(keep, 0) - keep
-        tl.store(BV + row * N + pos, x, mask=keep != 0)
-        tl.store(BI + row * N + pos, idx.to(tl.int32), mask=keep != 0)
+        tl.store(BV + row * NB + pos, x, mask=keep != 0)
+        tl.store(BI + row * NB + pos, idx.to(tl.int32), mask=keep != 0)
         taken += tl.sum(keep)
 
 
 def _cover_count(HC, HM, CNT, R, C, target, NDIG: tl.constexpr, CB: tl.constexpr, I_C: tl.constexpr,
                  INTERPRET: tl.constexpr):
-    """Program (row): the cover count from the `NDIG` (eight) digits' tables."""
+    """Program (row of the count matrix): the cover count from the `NDIG` (eight) digits' tables."""
     row = tl.program_id(0).to(tl.int64)
-    prefix, mass_above, cnt_above, all_in, _, ties, valid = _state(HC, HM, row, R, C, target, NDIG, CB, I_C,
-                                                                    INTERPRET)
+    prefix, mass_above, cnt_above, all_in, _, ties, valid, _ = _state(HC, HM, row, R, C, target, NDIG, CB, I_C,
+                                                                       INTERPRET)
     fit = _fit(prefix, mass_above, ties, target)
     tl.store(CNT + row, (tl.where(all_in, valid, cnt_above + fit) + 1).to(tl.int64))
 
 
-def _cover_mask(X, HC, HM, OUT, N, CH, sx, so, R, C, target, COLS, NDIG: tl.constexpr, TRIL: tl.constexpr,
-                BLOCK: tl.constexpr, CB: tl.constexpr, I_CH: tl.constexpr, I_C: tl.constexpr, INTERPRET: tl.constexpr):
-    """Program (chunk, row): the mask over the chunk, keys above t' (every entry when the row is within the target);
-    the ties of t' that fit are set afterwards by `_cover_ties`."""
+def _cover_mask(X2, HC, HM, OUT, R1, N2, CH, sx2, so, R, C, target2, COLS, NDIG: tl.constexpr, BLOCK: tl.constexpr,
+                CB: tl.constexpr, I_CH: tl.constexpr, I_C: tl.constexpr, INTERPRET: tl.constexpr):
+    """Program (chunk, row of the mask matrix): the mask over the chunk, keys above t' (every entry when the row is
+    within the target); the ties of t' that fit are set afterwards by `_cover_ties`."""
     c = tl.program_id(0)
-    row = tl.program_id(1).to(tl.int64)
-    prefix, _, _, all_in, _, _, _ = _state(HC, HM, row, R, C, target, NDIG, CB, I_C, INTERPRET)
+    r2 = tl.program_id(1).to(tl.int64)
+    row = R1 + r2
+    prefix, _, _, all_in, _, _, _, _ = _state(HC, HM, row, R, C, target2, NDIG, CB, I_C, INTERPRET)
     offs = tl.arange(0, BLOCK)
     for b0 in range(0, I_CH if INTERPRET else CH, BLOCK):
         idx = c * CH + b0 + offs
-        inside = (idx < N) & (b0 + offs < CH)
-        ok, x, key = _entries(X + row * sx, idx, inside, COLS, TRIL)
+        inside = (idx < N2) & (b0 + offs < CH)
+        ok, x, key = _entries(X2 + r2 * sx2, idx, inside, COLS, True)
         keep = tl.where(all_in, ok, ok & (key > prefix))
-        tl.store(OUT + row * so + idx, keep.to(tl.int8), mask=inside)
+        tl.store(OUT + r2 * so + idx, keep.to(tl.int8), mask=inside)
 
 
-def _cover_ties(BV, BI, HC, HM, OUT, N, CH, so, R, C, target, NDIG: tl.constexpr, BLOCK: tl.constexpr,
+def _cover_ties(BV, BI, HC, HM, OUT, R1, N2, NB, CH, so, R, C, target2, NDIG: tl.constexpr, BLOCK: tl.constexpr,
                 CB: tl.constexpr, I_CH: tl.constexpr, I_C: tl.constexpr, INTERPRET: tl.constexpr):
-    """Program (chunk of candidates, row): sets the ties of t' whose rank among the row's ties (index order: the
-    candidates keep it; the ties in earlier chunks from the last digit's counts) is below the number that fit."""
+    """Program (chunk of candidates, row of the mask matrix): sets the ties of t' whose rank among the row's ties
+    (index order: the candidates keep it; the ties in earlier chunks from the last digit's counts) is below the
+    number that fit."""
     c = tl.program_id(0)
-    row = tl.program_id(1).to(tl.int64)
-    prefix, mass_above, _, all_in, b_last, ties, _ = _state(HC, HM, row, R, C, target, NDIG, CB, I_C, INTERPRET)
-    _, _, _, _, _, n_cand, _ = _state(HC, HM, row, R, C, target, _FULL, CB, I_C, INTERPRET)
-    fit = tl.where(all_in, 0, _fit(prefix, mass_above, ties, target))
+    r2 = tl.program_id(1).to(tl.int64)
+    row = R1 + r2
+    prefix, mass_above, _, all_in, b_last, ties, _, n_cand = _state(HC, HM, row, R, C, target2, NDIG, CB, I_C,
+                                                                     INTERPRET)
+    fit = tl.where(all_in, 0, _fit(prefix, mass_above, ties, target2))
     seen = _before(HC, row, R, C, c, b_last, NDIG - 1, CB, I_C, INTERPRET)
     offs = tl.arange(0, BLOCK)
     for b0 in range(0, I_CH if INTERPRET else CH, BLOCK):
         pos = c * CH + b0 + offs
-        ok = (pos < N) & (b0 + offs < CH) & (pos < n_cand)
-        key = _monotone(tl.load(BV + row * N + pos, mask=ok, other=0.0))
+        ok = (pos < N2) & (b0 + offs < CH) & (pos < n_cand)
+        key = _monotone(tl.load(BV + row * NB + pos, mask=ok, other=0.0))
         eq = (ok & (key == prefix)).to(tl.int32)
         rank = seen + tl.cumsum(eq, 0) - eq  # ties of t' before this one, in index order
         hit = (eq != 0) & (rank < fit)
-        idx = tl.load(BI + row * N + pos, mask=hit, other=0)
-        tl.store(OUT + row * so + idx, tl.full([BLOCK], 1, tl.int8), mask=hit)
+        idx = tl.load(BI + row * NB + pos, mask=hit, other=0)
+        tl.store(OUT + r2 * so + idx, tl.full([BLOCK], 1, tl.int8), mask=hit)
         seen += tl.sum(eq)
 
 
 _kernels = per_mode((_cover_hist, _cover_compact, _cover_count, _cover_mask, _cover_ties),
-                    (_monotone, _entries, _state, _fit, _before))
+                    (_monotone, _entries, _row, _state, _fit, _before))
 
 
-def _launch(x, target, cols, mask, chunk, block, num_warps):
+def _launch(x, target, x2, target2, cols, chunk, block, num_warps):
+    """Counts of `x`'s rows and the mask of `x2`'s (either may be None) in one set of launches."""
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
     if chunk < 16 or chunk & (chunk - 1):
         raise ValueError(f"chunk={chunk} must be a power of two >= 16")
-    x = x if x.stride(-1) == 1 else x.contiguous()
-    R, N = x.shape
-    chunk = min(chunk, max(16, triton.next_power_of_2(N)))
+    mats = [m for m in (x, x2) if m is not None]
+    dev = mats[0].device
+    x = x if x is None or x.stride(-1) == 1 else x.contiguous()
+    x2 = x2 if x2 is None or x2.stride(-1) == 1 else x2.contiguous()
+    R1, N = (0, 0) if x is None else x.shape
+    R2, N2 = (0, 0) if x2 is None else x2.shape
+    R, NB = R1 + R2, max(N, N2)
+    chunk = min(chunk, max(16, triton.next_power_of_2(NB)))
     block = min(block, chunk)
-    C = -(-N // chunk)
-    dev = x.device
+    C = -(-NB // chunk)
+    xa = x if x is not None else x2  # a stand-in pointer where a matrix is absent (its rows never read)
+    xb = x2 if x2 is not None else xa
     hc = torch.empty(DIGITS, R, C, 16, dtype=torch.int32, device=dev)
     hm = torch.empty(DIGITS, R, C, 16, dtype=torch.float32, device=dev)
     # the candidates after FULL digits (at most the whole row): values and indices, in index order
-    bv = torch.empty(R, N, dtype=torch.float32, device=dev)
-    bi = torch.empty(R, N, dtype=torch.int32, device=dev)
+    bv = torch.empty(R, NB, dtype=torch.float32, device=dev)
+    bi = torch.empty(R, NB, dtype=torch.int32, device=dev)
     hist_k, compact_k, count_k, mask_k, ties_k = _kernels(interpret)
-    target = float(target)
+    t1, t2 = float(target), float(target2)
     loops = {"CB": 8, "I_C": C if interpret else 0, "INTERPRET": interpret}
     rows = {"I_CH": chunk if interpret else 0, "num_warps": num_warps}
+    both = (xa, xb)
+    dims = (R1, N, N2, NB, chunk, xa.stride(0), xb.stride(0), R, C, t1, t2, cols)
     for d in range(DIGITS):
         if d == FULL:
-            compact_k[(C, R)](x, bv, bi, hc, hm, N, chunk, x.stride(0), R, C, target, cols, TRIL=mask,
-                              BLOCK=min(4 * block, chunk), **rows, **loops)
-        hist_k[(C, R)](x, bv, hc, hm, N, chunk, x.stride(0), R, C, target, cols, D=d, TRIL=mask, BLOCK=block,
-                       **rows, **loops)
-    if not mask:
-        cnt = torch.empty(R, dtype=torch.int64, device=dev)
-        count_k[(R,)](hc, hm, cnt, R, C, target, NDIG=DIGITS, num_warps=1, **loops)
-        return cnt
-    out = torch.empty(R, N, dtype=torch.int8, device=dev)
-    # the write passes hold no [BLOCK, 16] sums: longer blocks (at 256 their scans spill on sm_90)
-    mask_k[(C, R)](x, hc, hm, out, N, chunk, x.stride(0), out.stride(0), R, C, target, cols, NDIG=DIGITS, TRIL=True,
-                   BLOCK=min(4 * block, chunk), **rows, **loops)
-    ties_k[(C, R)](bv, bi, hc, hm, out, N, chunk, out.stride(0), R, C, target, NDIG=DIGITS,
-                   BLOCK=min(4 * block, chunk), **rows, **loops)
-    return out.view(torch.bool)
+            # the write passes hold no [BLOCK, 16] sums: longer blocks (at 256 their scans spill on sm_90)
+            compact_k[(C, R)](*both, bv, bi, hc, hm, *dims, BLOCK=min(4 * block, chunk), **rows, **loops)
+        hist_k[(C, R)](*both, bv, hc, hm, *dims, D=d, BLOCK=block, **rows, **loops)
+    cnt = out = None
+    if R1:
+        cnt = torch.empty(R1, dtype=torch.int64, device=dev)
+        count_k[(R1,)](hc, hm, cnt, R, C, t1, NDIG=DIGITS, num_warps=1, **loops)
+    if R2:
+        out = torch.empty(R2, N2, dtype=torch.int8, device=dev)
+        mask_k[(C, R2)](xb, hc, hm, out, R1, N2, chunk, xb.stride(0), out.stride(0), R, C, t2, cols, NDIG=DIGITS,
+                        BLOCK=min(4 * block, chunk), **rows, **loops)
+        ties_k[(C, R2)](bv, bi, hc, hm, out, R1, N2, NB, chunk, out.stride(0), R, C, t2, NDIG=DIGITS,
+                        BLOCK=min(4 * block, chunk), **rows, **loops)
+        out = out.view(torch.bool)
+    return cnt, out
 
 
-def cover_count_triton(x: torch.Tensor, target: float, chunk: int = 16384, block: int = 256,
+def cover_count_triton(x: torch.Tensor, target: float, chunk: int = 16384, block: int = 128,
                        num_warps: int = 4) -> torch.Tensor:
     """int64 `[R]` of `cover_count_naive` (arguments as there), up to the rounding in the module docstring; rows cut
     into chunks of `chunk` entries (a power of two), each program walking its chunk `block` entries at a time."""
     _check(x, target)
-    return _launch(x, target, 1, False, chunk, block, num_warps)
+    return _launch(x, target, None, 0.0, 1, chunk, block, num_warps)[0]
 
 
-def cover_mask_triton(x: torch.Tensor, target: float, cols: int, chunk: int = 16384, block: int = 256,
+def cover_mask_triton(x: torch.Tensor, target: float, cols: int, chunk: int = 16384, block: int = 128,
                       num_warps: int = 4) -> torch.Tensor:
     """bool like `x` of `cover_mask_naive` (arguments as there), up to the rounding in the module docstring."""
     _check(x, target)
+    _check_cols(x, cols)
+    return _launch(None, 0.0, x, target, cols, chunk, block, num_warps)[1]
+
+
+def cover_pair_triton(x: torch.Tensor, target: float, x2: torch.Tensor, target2: float, cols2: int,
+                      chunk: int = 16384, block: int = 128, num_warps: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(cover_count_triton(x, target), cover_mask_triton(x2, target2, cols2))` in one set of launches (12 instead
+    of 22; FlexPrefill's cover counts and global cover). The rows of both are cut into chunks of the same length."""
+    _check(x, target)
+    _check(x2, target2)
+    _check_cols(x2, cols2)
+    return _launch(x, target, x2, target2, cols2, chunk, block, num_warps)
+
+
+def _check_cols(x: torch.Tensor, cols: int) -> None:
     if cols < 1 or x.shape[1] % cols:
         raise ValueError(f"cols={cols} must divide the row length {x.shape[1]}")
-    return _launch(x, target, cols, True, chunk, block, num_warps)

@@ -57,6 +57,23 @@ def _check_mask(case, device="cpu"):
     assert got.dtype == torch.bool and torch.equal(got.cpu(), cover_mask_naive(x.cpu(), target, nb))
 
 
+def _check_pair(case):
+    """Counts of one matrix and the mask of another (other row lengths) in one set of launches: each equal to the
+    reference."""
+    from sparsebench.kernels.cover import cover_pair_triton
+
+    (kind, R, N, target), (kind2, R2, nb, target2), block = case
+    x = _rows(kind, R, N, seed=1)
+    x2 = _tril_rows(R2, nb, seed=2) if kind2 == "soft" else _rows("grid", R2, nb * nb, seed=2)
+    cnt, mask = cover_pair_triton(x, target, x2, target2, nb, chunk=2 * block, block=block)
+    assert torch.equal(cnt, cover_count_naive(x, target))
+    assert torch.equal(mask, cover_mask_naive(x2, target2, nb))
+
+
+PAIR_CASES = [pytest.param((("soft", 3, 300, 0.95), ("soft", 2, 12, 0.95 * 12), 32), id="pair-soft-longer-counts"),
+              pytest.param((("grid", 2, 40, 0.5), ("grid", 3, 16, 3.0), 16), id="pair-grid-longer-masks")]
+
+
 def _check_flex(case):
     """FlexPrefill's official block selection with `_COVER_KERNEL` equals its selection through torch's sorts."""
     import sparsebench.methods.flexprefill as fp
@@ -76,7 +93,7 @@ FLEX_CASES = [pytest.param(c, id="flex-T{}-H{}-HKV{}-D{}-s{}".format(*c)) for c 
                                                                                       (700, 2, 1, 64, 1))]
 
 
-@pytest.mark.parametrize("case", COUNT_CASES + MASK_CASES + FLEX_CASES)
+@pytest.mark.parametrize("case", COUNT_CASES + MASK_CASES + PAIR_CASES + FLEX_CASES)
 def test_triton_interpret_matches_reference(case, request, interpret_verdicts):
     assert_verdict(interpret_verdicts, request)
 
@@ -125,4 +142,5 @@ def test_reference_hand_case():
 if __name__ == "__main__" and sys.argv[1:] == ["--interpret"]:
     report_verdicts(_check_count, COUNT_CASES)
     report_verdicts(_check_mask, MASK_CASES)
+    report_verdicts(_check_pair, PAIR_CASES)
     report_verdicts(_check_flex, FLEX_CASES)
