@@ -126,7 +126,13 @@ def test_triton_gpu_default_chunks_match_reference():
     # rows, 5764 against the reference's 5763)
     assert (got - want).abs().max().item() <= 1 and (got == want).float().mean().item() >= 0.9
     a = _tril_rows(32, 512).cuda()
-    assert torch.equal(cover_mask_triton(a, 0.95 * 512, 512).cpu(), cover_mask_naive(a.cpu(), 0.95 * 512, 512))
+    want_mask = cover_mask_naive(a.cpu(), 0.95 * 512, 512)
+    assert torch.equal(cover_mask_triton(a, 0.95 * 512, 512).cpu(), want_mask)
+    # both in one set of launches, as FlexPrefill calls them: the same results
+    from sparsebench.kernels.cover import cover_pair_triton
+
+    cnt, mask = cover_pair_triton(x, 0.95, a, 0.95 * 512, 512)
+    assert torch.equal(cnt.cpu(), got) and torch.equal(mask.cpu(), want_mask)
 
 
 def test_reference_hand_case():
