@@ -159,7 +159,8 @@ def _cover_hist(X, X2, BV, HC, HM, R1, N, N2, NB, CH, sx, sx2, R, C, target, tar
     # cross-thread traffic every iteration)
     cnt = tl.zeros([BLOCK, 16], dtype=tl.int32)
     mass = tl.zeros([BLOCK, 16], dtype=tl.float32)
-    for b0 in range(0, I_CH if INTERPRET else CH, BLOCK):
+    # only the chunk's part inside the row (or its candidates): a shorter row's idle chunks skip their loop
+    for b0 in range(0, I_CH if INTERPRET else tl.minimum(CH, tl.where(D >= _FULL, n_cand, n) - c * CH), BLOCK):
         idx = c * CH + b0 + offs
         inside = (idx < n) & (b0 + offs < CH)
         if D >= _FULL:
@@ -191,7 +192,7 @@ def _cover_compact(X, X2, BV, BI, HC, HM, R1, N, N2, NB, CH, sx, sx2, R, C, targ
     prefix, _, _, _, b_last, _, _, _ = _state(HC, HM, row, R, C, tgt, _FULL, CB, I_C, INTERPRET)
     taken = _before(HC, row, R, C, c, b_last, _FULL - 1, CB, I_C, INTERPRET)
     offs = tl.arange(0, BLOCK)
-    for b0 in range(0, I_CH if INTERPRET else CH, BLOCK):
+    for b0 in range(0, I_CH if INTERPRET else tl.minimum(CH, n - c * CH), BLOCK):
         idx = c * CH + b0 + offs
         ok, x, key = _entries(x_row, idx, (idx < n) & (b0 + offs < CH), COLS, tril)
         keep = (ok & ((key >> (32 - 4 * _FULL)) == (prefix >> (32 - 4 * _FULL)))).to(tl.int32)
@@ -220,7 +221,7 @@ def _cover_mask(X2, HC, HM, OUT, R1, N2, CH, sx2, so, R, C, target2, COLS, NDIG:
     row = R1 + r2
     prefix, _, _, all_in, _, _, _, _ = _state(HC, HM, row, R, C, target2, NDIG, CB, I_C, INTERPRET)
     offs = tl.arange(0, BLOCK)
-    for b0 in range(0, I_CH if INTERPRET else CH, BLOCK):
+    for b0 in range(0, I_CH if INTERPRET else tl.minimum(CH, N2 - c * CH), BLOCK):
         idx = c * CH + b0 + offs
         inside = (idx < N2) & (b0 + offs < CH)
         ok, x, key = _entries(X2 + r2 * sx2, idx, inside, COLS, True)
@@ -241,7 +242,7 @@ def _cover_ties(BV, BI, HC, HM, OUT, R1, N2, NB, CH, so, R, C, target2, NDIG: tl
     fit = tl.where(all_in, 0, _fit(prefix, mass_above, ties, target2))
     seen = _before(HC, row, R, C, c, b_last, NDIG - 1, CB, I_C, INTERPRET)
     offs = tl.arange(0, BLOCK)
-    for b0 in range(0, I_CH if INTERPRET else CH, BLOCK):
+    for b0 in range(0, I_CH if INTERPRET else tl.minimum(CH, n_cand - c * CH), BLOCK):
         pos = c * CH + b0 + offs
         ok = (pos < N2) & (b0 + offs < CH) & (pos < n_cand)
         key = _monotone(tl.load(BV + row * NB + pos, mask=ok, other=0.0))
