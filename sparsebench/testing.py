@@ -65,12 +65,13 @@ def switched(module, **values):
             setattr(module, name, value)
 
 
-def off_and_on(module, switch: str, fn):
+def off_and_on(module, switch, fn):
     """`(fn() with module.<switch> False, fn() with it True)`: a fast path's result beside the result of the path it
-    replaces (a method's selection, say)."""
-    with switched(module, **{switch: False}):
+    replaces (a method's selection, say). `switch`: a name, or a tuple of names switched together."""
+    names = (switch,) if isinstance(switch, str) else tuple(switch)
+    with switched(module, **dict.fromkeys(names, False)):
         off = fn()
-    with switched(module, **{switch: True}):
+    with switched(module, **dict.fromkeys(names, True)):
         on = fn()
     return off, on
 
@@ -93,10 +94,10 @@ def flex_cases() -> list:
     return [pytest.param(c, id="flex-T{}-H{}-HKV{}-D{}-s{}".format(*c)) for c in FLEX_SHAPES]
 
 
-def flexprefill_off_and_on(switch: str, shape, dtype: str = "float32", **knobs):
+def flexprefill_off_and_on(switch, shape, dtype: str = "float32", **knobs):
     """FlexPrefill's official selection (block 32, min_budget 64, `scores_kernel="torch"`, `knobs`) on random q, k of
-    `shape` (an entry of FLEX_SHAPES) with `methods.flexprefill.<switch>` off and on: asserts the same lists and
-    returns the two per-head decisions `(off, on)`."""
+    `shape` (an entry of FLEX_SHAPES) with `methods.flexprefill.<switch>` (a name, or a tuple of names) off and on:
+    asserts the same lists and returns the two per-head decisions `(off, on)`."""
     import torch
 
     import sparsebench.methods.flexprefill as fp

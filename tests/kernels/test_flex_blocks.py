@@ -74,10 +74,19 @@ def _check_flex(shape):
     flexprefill_off_and_on("_BLOCKS_KERNEL", shape)
 
 
+def _check_all(shape):
+    """FlexPrefill's official selection with all four of its kernel switches on (cover, blocks, switch, pool) equals
+    its selection with all four off (bf16 inputs, which the pooled means need to be exact)."""
+    off, on = flexprefill_off_and_on(("_COVER_KERNEL", "_BLOCKS_KERNEL", "_SWITCH_KERNEL", "_POOL_KERNEL"), shape,
+                                     dtype="bfloat16")
+    assert torch.equal(on, off)
+
+
 FLEX_CASES = flex_cases()
+ALL_CASES = [pytest.param(*c.values, id=f"all-{c.id}") for c in flex_cases()]
 
 
-@pytest.mark.parametrize("case", CASES + FLEX_CASES)
+@pytest.mark.parametrize("case", CASES + FLEX_CASES + ALL_CASES)
 def test_triton_interpret_matches_reference(case, request, interpret_verdicts):
     assert_verdict(interpret_verdicts, request)
 
@@ -93,3 +102,4 @@ def test_triton_gpu_matches_reference(case):
 if __name__ == "__main__" and sys.argv[1:] == ["--interpret"]:
     report_verdicts(_check, CASES)
     report_verdicts(_check_flex, FLEX_CASES)
+    report_verdicts(_check_all, ALL_CASES)
