@@ -66,13 +66,16 @@ QA_SUBTASKS = {"qa_1": "squad", "qa_2": "hotpotqa"}
 METRIC_OF = {s: "string_match_part" if s in QA_SUBTASKS else "string_match_all" for s in SUBTASKS}
 ESSAY_SUBTASKS = ("niah_single_2", "niah_single_3", "niah_multikey_1", "niah_multivalue", "niah_multiquery")
 
-# Pinned hub revisions, as cited by other projects; unverified here (the hub cannot be reached from where this
-# was written). Override with squad_revision / hotpotqa_revision.
+# Pinned hub revisions, as cited by other projects; not fetched here (the hub cannot be reached from where this was
+# written). Session 8 found both pinned, with these ids, in several public repositories, which read
+# `squad_v2/validation-00000-of-00001.parquet` (11,873 rows) and `distractor/validation-00000-of-00001.parquet`
+# (HotpotQA's dev distractor set, 7,405 rows) at them; the hub's cards list the same configs and split sizes.
+# Override with squad_revision / hotpotqa_revision.
 SQUAD_DATASET = "rajpurkar/squad_v2"
-SQUAD_REVISION = "3ffb306f725f7d2ce8394bc1873b24868140c412"  # unverified
+SQUAD_REVISION = "3ffb306f725f7d2ce8394bc1873b24868140c412"  # corroborated, not fetched
 HOTPOTQA_DATASET = "hotpotqa/hotpot_qa"
 HOTPOTQA_CONFIG = "distractor"
-HOTPOTQA_REVISION = "1908d6afbbead072334abe2965f91bd2709910ab"  # unverified
+HOTPOTQA_REVISION = "1908d6afbbead072334abe2965f91bd2709910ab"  # corroborated, not fetched
 _QA_FILES = {"squad": ("SQuAD v2 dev", "dev-v2.0.json", SQUAD_DATASET),
              "hotpotqa": ("HotpotQA dev distractor", "hotpot_dev_distractor_v1.json", HOTPOTQA_DATASET)}
 
