@@ -84,7 +84,7 @@ import torch
 
 from sparsebench.attention import AttnContext, AttnShape, SparseAttention
 from sparsebench.kernels import runs_triton
-from sparsebench.kernels.block_means.naive import block_mean, block_means_naive  # noqa: F401  (block_mean: API)
+from sparsebench.kernels.block_means.naive import block_mean, block_means_naive, split_blocks  # noqa: F401
 from sparsebench.kernels.flex_blocks.naive import block_tables, flex_blocks_mask, stable_rank  # noqa: F401
 from sparsebench.kernels.flex_switch.naive import flex_switch_naive, js_distance  # noqa: F401  (js_distance: API)
 from sparsebench.kernels.last_q_scores import check_fused_device, check_scores_kernel, fused_scores
@@ -279,23 +279,11 @@ def budget_from_count(count: torch.Tensor, minb: int, maxb: int) -> torch.Tensor
     return (count // TOKENS_PER_BUDGET_BLOCK + 1).clamp(min=minb, max=maxb)
 
 
-def _split_blocks(x: torch.Tensor, size: int, dim: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Views of `x` along `dim` (-1 or -2): the complete runs of `size`, `[..., nfull, size(, D)]`, and the short last
-    run zero-padded to `size` (a copy of at most `size` entries per row), `[..., 1, size(, D)]`, or None."""
-    N = x.shape[dim]
-    nfull, tail = divmod(N, size)
-    full = x.narrow(dim, 0, nfull * size).unflatten(dim, (nfull, size))
-    if not tail:
-        return full, None
-    pad = (0, size - tail) if dim == -1 else (0, 0, 0, size - tail)
-    return full, torch.nn.functional.pad(x.narrow(dim, nfull * size, tail), pad).unflatten(dim, (1, size))
-
-
 def sum_pool(x: torch.Tensor, size: int) -> torch.Tensor:
     """Sums of `x [..., N]` over consecutive runs of `size` (the last run may be short) -> `[..., ceil(N/size)]`.
 
     The complete runs are summed from a view and only the short last run is padded, so `x` is never copied."""
-    full, tail = _split_blocks(x, size, -1)
+    full, tail = split_blocks(x, size, -1)
     sums = full.sum(-1)
     return sums if tail is None else torch.cat([sums, tail.sum(-1)], dim=-1)
 

@@ -11,16 +11,16 @@ from __future__ import annotations
 import torch
 
 
-def _split_blocks(x: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Views of `x [..., N, D]`: the complete runs of `size` rows `[..., nfull, size, D]`, and the short last run
-    zero-padded to `size` (a copy of at most `size` rows) `[..., 1, size, D]`, or None."""
-    N = x.shape[-2]
+def split_blocks(x: torch.Tensor, size: int, dim: int = -2) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Views of `x` along `dim` (-1 or -2): the complete runs of `size`, `[..., nfull, size(, D)]`, and the short last
+    run zero-padded to `size` (a copy of at most `size` entries per row), `[..., 1, size(, D)]`, or None."""
+    N = x.shape[dim]
     nfull, tail = divmod(N, size)
-    full = x.narrow(-2, 0, nfull * size).unflatten(-2, (nfull, size))
+    full = x.narrow(dim, 0, nfull * size).unflatten(dim, (nfull, size))
     if not tail:
         return full, None
-    pad = torch.nn.functional.pad(x.narrow(-2, nfull * size, tail), (0, 0, 0, size - tail))
-    return full, pad.unflatten(-2, (1, size))
+    pad = (0, size - tail) if dim == -1 else (0, 0, 0, size - tail)
+    return full, torch.nn.functional.pad(x.narrow(dim, nfull * size, tail), pad).unflatten(dim, (1, size))
 
 
 def block_mean(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -29,7 +29,7 @@ def block_mean(x: torch.Tensor, size: int) -> torch.Tensor:
     Sums accumulate in fp32 straight from the input (`sum(dtype=float32)`), never from an fp32 copy of `x`; the
     complete runs are read through a view and only the short last run is padded."""
     N = x.shape[-2]
-    full, tail = _split_blocks(x, size)
+    full, tail = split_blocks(x, size)
     sums = full.sum(-2, dtype=torch.float32)
     if tail is None:
         return sums / size

@@ -23,6 +23,11 @@ def _check(x: torch.Tensor, target: float) -> None:
         raise ValueError(f"target={target!r} must be a number")
 
 
+def _check_cols(x: torch.Tensor, cols: int) -> None:
+    if cols < 1 or x.shape[1] % cols:
+        raise ValueError(f"cols={cols} must divide the row length {x.shape[1]}")
+
+
 def cover_count_naive(x: torch.Tensor, target: float) -> torch.Tensor:
     """int64 `[R]`: #(descending running sums <= target) + 1 per row."""
     _check(x, target)
@@ -33,8 +38,7 @@ def cover_count_naive(x: torch.Tensor, target: float) -> torch.Tensor:
 def cover_mask_naive(x: torch.Tensor, target: float, cols: int) -> torch.Tensor:
     """bool like `x`: the lower-triangle entries kept by the descending cover (module docstring)."""
     _check(x, target)
-    if cols < 1 or x.shape[1] % cols:
-        raise ValueError(f"cols={cols} must divide the row length {x.shape[1]}")
+    _check_cols(x, cols)
     idx = torch.arange(x.shape[1], device=x.device)
     support = idx[(idx % cols) <= (idx // cols)]
     vals, order = torch.sort(x[:, support], dim=-1, descending=True, stable=True)

@@ -50,7 +50,7 @@ import triton.language as tl
 
 from .._jit import per_mode
 from ..top_set.triton import _monotone
-from .naive import _check
+from .naive import _check, _check_cols
 
 __all__ = ["cover_count_triton", "cover_mask_triton", "cover_pair_triton"]
 
@@ -263,8 +263,6 @@ def _launch(x, target, x2, target2, cols, chunk, block, num_warps):
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
     if chunk < 16 or chunk & (chunk - 1):
         raise ValueError(f"chunk={chunk} must be a power of two >= 16")
-    mats = [m for m in (x, x2) if m is not None]
-    dev = mats[0].device
     x = x if x is None or x.stride(-1) == 1 else x.contiguous()
     x2 = x2 if x2 is None or x2.stride(-1) == 1 else x2.contiguous()
     R1, N = (0, 0) if x is None else x.shape
@@ -275,6 +273,7 @@ def _launch(x, target, x2, target2, cols, chunk, block, num_warps):
     C = -(-NB // chunk)
     xa = x if x is not None else x2  # a stand-in pointer where a matrix is absent (its rows never read)
     xb = x2 if x2 is not None else xa
+    dev = xa.device
     hc = torch.empty(DIGITS, R, C, 16, dtype=torch.int32, device=dev)
     hm = torch.empty(DIGITS, R, C, 16, dtype=torch.float32, device=dev)
     # the candidates after FULL digits (at most the whole row): values and indices, in index order
@@ -330,7 +329,3 @@ def cover_pair_triton(x: torch.Tensor, target: float, x2: torch.Tensor, target2:
     _check_cols(x2, cols2)
     return _launch(x, target, x2, target2, cols2, chunk, block, num_warps)
 
-
-def _check_cols(x: torch.Tensor, cols: int) -> None:
-    if cols < 1 or x.shape[1] % cols:
-        raise ValueError(f"cols={cols} must divide the row length {x.shape[1]}")

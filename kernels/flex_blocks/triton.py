@@ -25,7 +25,7 @@ from .naive import _check
 __all__ = ["flex_blocks_triton"]
 
 
-def _forced(P, row_ptr, idx, ok, forced_at):
+def _forced(row_ptr, idx, ok, forced_at):
     """The row's scores at `idx`, the forced entry as +inf."""
     x = tl.load(row_ptr + idx, mask=ok, other=0.0)
     return tl.where(idx == forced_at, float("inf"), x)
@@ -40,11 +40,11 @@ def _fb_keep(P, BUD, KEEP, NB, BH, BI: tl.constexpr, BJ: tl.constexpr, I_NB: tl.
     row_ptr = P + row * NB
     for i0 in range(0, I_NB if INTERPRET else NB, BI):
         ii = i0 + tl.arange(0, BI)
-        xi = _forced(P, row_ptr, ii, ii < NB, forced_at)
+        xi = _forced(row_ptr, ii, ii < NB, forced_at)
         rank = tl.zeros([BI], dtype=tl.int32)
         for j0 in range(0, I_NB if INTERPRET else NB, BJ):
             jj = j0 + tl.arange(0, BJ)
-            xj = _forced(P, row_ptr, jj, jj < NB, forced_at)
+            xj = _forced(row_ptr, jj, jj < NB, forced_at)
             before = (xj[None, :] > xi[:, None]) | ((xj[None, :] == xi[:, None]) & (jj[None, :] < ii[:, None]))
             rank += tl.sum((before & (jj < NB)[None, :]).to(tl.int32), 1)
         tl.store(KEEP + row * NB + ii, (rank < budget).to(tl.int8), mask=ii < NB)
