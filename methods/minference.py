@@ -442,6 +442,7 @@ class MInference(SparseAttention):
         self._plans: dict[tuple[int, int], _Plan] = {}
         self._last_plan: _Plan | None = None
         self._tensors: dict[tuple, torch.Tensor] = {}
+        self._sizes_made: dict[tuple, tuple[tuple[int, ...], tuple[int, ...]]] = {}
 
     # ------------------------------------------------------------------------------------------ budgets
     def _scaled(self, kind: str, v: int, s: int) -> tuple[int, int]:
@@ -564,7 +565,7 @@ class MInference(SparseAttention):
         """Per head: (vertical, slash) sizes at S keys (the minimums applied, capped at S; 0 for block-sparse heads),
         made once per (plan, S): a per-head Python loop on every call costs host time the GPU waits for."""
         key = (plan, S, self.min_vertical, self.min_slash)
-        if key not in self._tensors:
+        if key not in self._sizes_made:
             v_sz, s_sz = [], []
             for kind, v, s in zip(plan.kinds, plan.v, plan.s):
                 if kind == "vertical_slash":
@@ -576,8 +577,8 @@ class MInference(SparseAttention):
                 else:
                     v_sz.append(0)
                     s_sz.append(0)
-            self._tensors[key] = (tuple(v_sz), tuple(s_sz))
-        return self._tensors[key]
+            self._sizes_made[key] = (tuple(v_sz), tuple(s_sz))
+        return self._sizes_made[key]
 
     def _head_tensor(self, values: tuple, equal_to, device) -> torch.Tensor:
         """Per-head values (or `values == equal_to` flags) as a device tensor, made once: a fresh host-to-device copy
