@@ -102,21 +102,25 @@ SCAN_ROW_LOOP_MIN = 1 << 15  # row length from which a CUDA running sum over few
 SCAN_CHUNK_MIN = 64  # shortest chunk of the two-level scan
 # the cover counts and the global cover by `kernels/cover` (a radix descent on the values' bits over chunked rows,
 # no sort; both cuts in one set of 12 launches, `cover_pair_triton`) instead of torch's sorts and scans (0.71 ms of
-# the 64K estimate's 2.94 ms of GPU time on an H200, session 7, with the global cover's); off until timed on a GPU
-# (bench_methods row `flexprefill_coverkernel`)
+# the 64K estimate's 2.94 ms of GPU time on an H200, session 7, with the global cover's). Off: slower in the whole
+# estimate in session 9 (3.20 / 8.49 ms against 3.08 / 7.38 ms at 64K / 128K, `bench_methods_cost_s9.csv`, row
+# `flexprefill_coverkernel`)
 _COVER_KERNEL = False
 # the block lists from the block scores, budgets and query-aware cover by `kernels/flex_blocks` (two launches: ranks
 # by counting, then each row's lists) instead of a stable sort, the mask and `stable_partition` (about twenty torch
-# ops, for an estimate bound by its host below 128K); off until timed on a GPU (bench_methods row
-# `flexprefill_blockskernel`)
-_BLOCKS_KERNEL = False
+# ops, for an estimate bound by its host below 128K). On by default since session 9: the whole estimate took 2.67 /
+# 2.78 / 6.37 ms with it against 3.01 / 3.08 / 7.38 ms without at 32K / 64K / 128K (H200, Llama-3.1-8B heads, same
+# run, `bench_methods_cost_s9.csv`; row `flexprefill_noblockskernel` turns it off)
+_BLOCKS_KERNEL = True
 # the pattern switch (probe, softmax over the key blocks, Jensen-Shannon distance, decision) by `kernels/flex_switch`
 # in one launch instead of about twenty torch ops; equal up to fp32 summation order (a distance within rounding of
-# tau may decide the other way); off until timed on a GPU (bench_methods row `flexprefill_switchkernel`)
-_SWITCH_KERNEL = False
+# tau may decide the other way). On by default since session 9: 2.81 / 3.05 / 7.36 ms against 3.01 / 3.08 / 7.38 ms
+# without (`bench_methods_cost_s9.csv`; row `flexprefill_noswitchkernel` turns it off)
+_SWITCH_KERNEL = True
 # the block means of the keys and of the scaled queries by `kernels/block_means` (one launch each, reading every block
-# once) instead of torch's sum, counts, division, cast and multiply; equal up to the order of the fp32 sums; off
-# until timed on a GPU (bench_methods row `flexprefill_poolkernel`)
+# once) instead of torch's sum, counts, division, cast and multiply; equal up to the order of the fp32 sums. Off:
+# slower in the whole estimate in session 9 (3.20 / 3.28 / 7.80 ms against 3.01 / 3.08 / 7.38 ms at 32K / 64K /
+# 128K, `bench_methods_cost_s9.csv`, row `flexprefill_poolkernel`)
 _POOL_KERNEL = False
 
 

@@ -60,8 +60,8 @@ GPU_COST_VARIANTS = (("minference_vs_torch", "minference", {"pattern": "vertical
                      ("flexprefill_fusedstats", "flexprefill", {}),
                      ("flexprefill_coverkernel", "flexprefill", {}),
                      ("flexprefill_nowrap", "flexprefill", {}),
-                     ("flexprefill_blockskernel", "flexprefill", {}),
-                     ("flexprefill_switchkernel", "flexprefill", {}),
+                     ("flexprefill_noblockskernel", "flexprefill", {}),
+                     ("flexprefill_noswitchkernel", "flexprefill", {}),
                      ("flexprefill_poolkernel", "flexprefill", {}),
                      ("flexprefill_allnew", "flexprefill", {}))
 # environment a variant runs under (switches that are not constructor knobs, read at call time)
@@ -97,7 +97,7 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
     "minference_vs_fusedstats": [(_LASTQ, "_FUSED_ROW_STATS", True)],
     "minference_vs_nofusedstats": [(_LASTQ, "_FUSED_ROW_STATS", False)],
     "flexprefill_fusedstats": [(_LASTQ, "_FUSED_ROW_STATS", True)],
-    # not yet a default: FlexPrefill's cover counts and global cover by kernels/cover instead of sorts
+    # not a default (slower in session 9): FlexPrefill's cover counts and global cover by kernels/cover instead of sorts
     "flexprefill_coverkernel": [("sparsebench.methods.flexprefill", "_COVER_KERNEL", True)],
     # the columns and the diagonals by two top_set calls instead of one paired call
     "minference_vs_topsettwo": [("sparsebench.methods.minference", "_TOP_SET_PAIR", False)],
@@ -105,12 +105,11 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
                          ("sparsebench.methods.minference", "_TOP_SET", False), (_VS, "_LIST_KERNEL", False),
                          (_VS, "_MAP_KERNEL", False)],
     "flexprefill_nowrap": [(_LASTQ, "_WRAP_GATHER", False)],
-    # not yet a default: FlexPrefill's block lists by kernels/flex_blocks instead of a sort, the mask and
-    # stable_partition
-    "flexprefill_blockskernel": [("sparsebench.methods.flexprefill", "_BLOCKS_KERNEL", True)],
-    # not yet a default: FlexPrefill's pattern switch by kernels/flex_switch in one launch
-    "flexprefill_switchkernel": [("sparsebench.methods.flexprefill", "_SWITCH_KERNEL", True)],
-    # not yet a default: FlexPrefill's block means of Q and K by kernels/block_means
+    # the settings session 9's defaults replaced: FlexPrefill's block lists by a sort, the mask and stable_partition
+    # instead of kernels/flex_blocks, and its pattern switch by torch instead of kernels/flex_switch
+    "flexprefill_noblockskernel": [("sparsebench.methods.flexprefill", "_BLOCKS_KERNEL", False)],
+    "flexprefill_noswitchkernel": [("sparsebench.methods.flexprefill", "_SWITCH_KERNEL", False)],
+    # not a default (slower in session 9): FlexPrefill's block means of Q and K by kernels/block_means
     "flexprefill_poolkernel": [("sparsebench.methods.flexprefill", "_POOL_KERNEL", True)],
     # FlexPrefill's four kernel switches on together (the (m, l) fusion, slower for it in session 8, left to its
     # default)
