@@ -63,7 +63,9 @@ GPU_COST_VARIANTS = (("minference_vs_torch", "minference", {"pattern": "vertical
                      ("flexprefill_noblockskernel", "flexprefill", {}),
                      ("flexprefill_noswitchkernel", "flexprefill", {}),
                      ("flexprefill_poolkernel", "flexprefill", {}),
-                     ("flexprefill_allnew", "flexprefill", {}))
+                     ("flexprefill_allnew", "flexprefill", {}),
+                     ("minference_vs_noasmround", "minference", {"pattern": "vertical_slash"}),
+                     ("flexprefill_noasmround", "flexprefill", {}))
 # environment a variant runs under (switches that are not constructor knobs, read at call time)
 VARIANT_ENV = {"xattn_s8_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"},
                "xattn_s16_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"}}
@@ -113,6 +115,10 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
     "flexprefill_poolkernel": [("sparsebench.methods.flexprefill", "_POOL_KERNEL", True)],
     # FlexPrefill's four kernel switches on together (the (m, l) fusion, slower for it in session 8, left to its
     # default)
+    # the setting session 9's default replaced: the row-block passes' logits rounded to bf16 by a cast (with which
+    # the compiler computed the scores pass's probabilities twice, once per layout) instead of a packed conversion
+    "minference_vs_noasmround": [(_LASTQ, "_ASM_ROUND", False)],
+    "flexprefill_noasmround": [(_LASTQ, "_ASM_ROUND", False)],
     "flexprefill_allnew": [("sparsebench.methods.flexprefill", "_COVER_KERNEL", True),
                            ("sparsebench.methods.flexprefill", "_BLOCKS_KERNEL", True),
                            ("sparsebench.methods.flexprefill", "_SWITCH_KERNEL", True),

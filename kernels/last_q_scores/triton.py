@@ -36,7 +36,8 @@ more kernel (`_combine_parts`, fixed order, deterministic), which also adds the 
 Fast arithmetic (`_FAST`, on by default for the row-block and importance kernels; the module comment at `_FAST`
 has the measurements): key tiles that every row sees whole skip the masks, and each probability is one FMA and one
 flushed `ex2.approx` (`_ex2`) times the row's 1 / l. Values then differ from the plain arithmetic in the rounding
-of the exponential and in probabilities below 2**-126, which become 0.
+of the exponential and in probabilities below 2**-126, which become 0. In compiled bf16 row-block kernels the logits'
+rounding is one packed PTX conversion per two values (`_ASM_ROUND`: the same values as the casts).
 
 Both passes write the same scratch, per query head, whether heads are packed or not. Within a program the K tile's
 slices are loaded again for each row tile (`NG * NCH` times): after the first, from L1/L2 rather than DRAM.
@@ -76,6 +77,13 @@ def _ex2(x, INTERPRET: tl.constexpr):
                                      pack=1)
 
 
+def _round_bf16(x):
+    """x rounded to bf16 (to nearest, ties to even), kept in fp32: one packed conversion per two elements."""
+    return tl.inline_asm_elementwise(
+        "{ .reg .b32 t; cvt.rn.bf16x2.f32 t, $3, $2; shl.b32 $0, t, 16; and.b32 $1, t, 0xffff0000; }",
+        "=r,=r,f,f", [x], dtype=tl.float32, is_pure=True, pack=2)
+
+
 def _probs(s, m, inv_l, FAST: tl.constexpr, INTERPRET: tl.constexpr):
     """exp(s - m) / l per row: with `FAST` as 2 ** (s * log2 e - m * log2 e) (one FMA and one MUFU) times the
     row's 1 / l; without, tl.exp and the product with 1 / l."""
@@ -113,13 +121,17 @@ def _tile_logits(q_rows, k_base, row, row_ok, keys, key_ok, sks, scale, S, L,
 
 
 def _round_and_mask(acc, dt, row, row_ok, keys, key_ok, scale, S, L, CAUSAL: tl.constexpr,
-                    ROUND_DOT: tl.constexpr, whole=False):
+                    ROUND_DOT: tl.constexpr, whole=False, ASM_ROUND: tl.constexpr = False):
     """fp32 dot products -> the logits of the caller's torch path (rounded as it rounds them, see the module doc),
     -inf outside the rows, keys and (with `CAUSAL`) each row's causal range. `whole` (a runtime flag, uniform over
-    the program): the caller knows every row and key of the tile to be inside, so no mask is built."""
+    the program): the caller knows every row and key of the tile to be inside, so no mask is built. `ASM_ROUND`
+    (compiled bf16 kernels only: inline PTX): `_round_bf16` instead of the casts."""
     if ROUND_DOT:
         # PBS: `torch.matmul(...).mul_(scale)` rounds the product to the input dtype, then the scaled value again
         s = (acc.to(dt).to(tl.float32) * scale).to(dt).to(tl.float32)
+    elif ASM_ROUND:
+        # `_scaled_logits`' rounding (bf16 inputs), its result kept in fp32 (`_ASM_ROUND`)
+        s = _round_bf16(acc * scale)
     else:
         # `_scaled_logits`: scale in fp32, one rounding to the input dtype
         s = (acc * scale).to(dt).to(tl.float32)
@@ -229,7 +241,7 @@ def _whole_tile(tile, S, L, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, FAST: t
 
 def _block_logits(q, k_base, sks, tile, keys, key_ok, row, row_ok, scale, S, L,
                   D: tl.constexpr, BLOCK_N: tl.constexpr, INTERPRET: tl.constexpr, PREC: tl.constexpr,
-                  CAUSAL: tl.constexpr, ROUND_DOT: tl.constexpr, whole=False):
+                  CAUSAL: tl.constexpr, ROUND_DOT: tl.constexpr, whole=False, ASM_ROUND: tl.constexpr = False):
     """`_tile_logits` for the row-block kernels: the block's query rows `q [RB, D]` are already loaded (once per
     program); one `[BLOCK_N, D]` K tile (key tile `tile`, whose keys are `keys`), one dot over the whole head dim,
     the same roundings and masks (in K's dtype, which is the queries')."""
@@ -242,7 +254,7 @@ def _block_logits(q, k_base, sks, tile, keys, key_ok, row, row_ok, scale, S, L,
         kt = kt.to(tl.float32)
     acc = tl.dot(q, tl.trans(kt), input_precision=PREC)
     return _round_and_mask(acc, k_base.dtype.element_ty, row, row_ok, keys, key_ok, scale, S, L, CAUSAL, ROUND_DOT,
-                           whole)
+                           whole, ASM_ROUND)
 
 
 def _block_rows(q_head, row, row_ok, sqt, D: tl.constexpr, INTERPRET: tl.constexpr):
@@ -257,7 +269,8 @@ def _block_rows(q_head, row, row_ok, sqt, D: tl.constexpr, INTERPRET: tl.constex
 def _lastq_stats_rows(Q, K, MT, LT, sqb, sqh, sqt, skb, skh, sks, smb, smt, S, L, H, G, scale,
                       D: tl.constexpr, RB: tl.constexpr, BLOCK_N: tl.constexpr, TPP: tl.constexpr,
                       INTERPRET: tl.constexpr, PREC: tl.constexpr, CAUSAL: tl.constexpr = True,
-                      ROUND_DOT: tl.constexpr = False, FAST: tl.constexpr = False, EVEN: tl.constexpr = False):
+                      ROUND_DOT: tl.constexpr = False, FAST: tl.constexpr = False, EVEN: tl.constexpr = False,
+                      ASM_ROUND: tl.constexpr = False):
     """Row-block pass 1: program (run of TPP key tiles, query head, block of RB rows); the rows' (m, l) over its
     tiles by the online rule, one (m, l) per row and program."""
     pid_t = tl.program_id(0)
@@ -274,7 +287,8 @@ def _lastq_stats_rows(Q, K, MT, LT, sqb, sqh, sqt, skb, skh, sks, smb, smt, S, L
         tile = pid_t * TPP + t
         keys = tile * BLOCK_N + tl.arange(0, BLOCK_N)
         s = _block_logits(q, k_base, sks, tile, keys, keys < S, row, row_ok, scale, S, L, D, BLOCK_N, INTERPRET,
-                          PREC, CAUSAL, ROUND_DOT, _whole_tile(tile, S, L, BLOCK_N, CAUSAL, FAST, EVEN))
+                          PREC, CAUSAL, ROUND_DOT, _whole_tile(tile, S, L, BLOCK_N, CAUSAL, FAST, EVEN),
+                          ASM_ROUND and not ROUND_DOT)
         m_new = tl.maximum(m, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no key seen yet: l stays 0
         if FAST:
@@ -292,7 +306,7 @@ def _lastq_scores_rows(Q, K, M, LS, V, DG, sqb, sqh, sqt, skb, skh, sks, smb, sv
                        TPP: tl.constexpr, INTERPRET: tl.constexpr, PREC: tl.constexpr, IMPORTANCE: tl.constexpr,
                        FAST: tl.constexpr = False, EVEN: tl.constexpr = False, WRAP: tl.constexpr = False,
                        NPG=1, smt=0, STATS_IN: tl.constexpr = False, PB: tl.constexpr = 16,
-                       I_NPG: tl.constexpr = 0):
+                       I_NPG: tl.constexpr = 0, ASM_ROUND: tl.constexpr = False):
     """Row-block pass 2 (`_lastq_scores`' outputs, per row block): each tile's column sums over the block's rows go
     to `V[row block]`, its diagonal sums (indexed by the row within the block) to `DG[row block]`; `_combine` adds
     the row blocks. The diagonal sums skew the `[RB, BLOCK_N]` probabilities in registers (`tl.gather`) so that
@@ -338,7 +352,7 @@ def _lastq_scores_rows(Q, K, M, LS, V, DG, sqb, sqh, sqt, skb, skh, sks, smb, sv
         key_ok = keys < S
         s = _block_logits(q, k_base, sks, tile, keys, key_ok, row, row_ok, scale, S, L, D, BLOCK_N, INTERPRET,
                           PREC, not IMPORTANCE, IMPORTANCE,
-                          _whole_tile(tile, S, L, BLOCK_N, not IMPORTANCE, FAST, EVEN))
+                          _whole_tile(tile, S, L, BLOCK_N, not IMPORTANCE, FAST, EVEN), ASM_ROUND)
         p = _probs(s, m, inv_l, FAST, INTERPRET)
         tl.store(v_base + keys, tl.sum(p, 0), mask=key_ok)
         if not IMPORTANCE and WRAP:
@@ -389,7 +403,8 @@ def _combine_parts(DG, V, OUT_S, OUT_V, sdr, sdn, sdt, svr, svn, S, L, NT, RB, N
 
 
 _kernels = per_mode((_lastq_stats, _lastq_scores, _lastq_stats_rows, _lastq_scores_rows, _combine_parts),
-                    (_tile_logits, _block_logits, _block_rows, _round_and_mask, _ex2, _probs, _exp_sum, _whole_tile))
+                    (_tile_logits, _block_logits, _block_rows, _round_and_mask, _ex2, _probs, _exp_sum, _whole_tile,
+                     _round_bf16))
 
 
 def _pow2ceil(x: int) -> int:
@@ -556,6 +571,16 @@ _WRAP_GATHER = True
 # with it against 0.601 / 1.018 / 2.025 ms without at 32K / 64K / 128K; FlexPrefill's took 3.22 / 7.78 ms against
 # 3.11 / 7.38 ms at 64K / 128K (`_s8.csv`). bench_methods rows `minference_vs_fusedstats` / `_nofusedstats` force it.
 _FUSED_ROW_STATS: bool | None = None
+# The row-block passes' logits rounded to bf16 by one packed conversion per two values whose results stay fp32
+# (`_round_bf16`; the same round-to-nearest-even as `.to(bf16).to(fp32)`, bf16 inputs only). Besides the cheaper
+# rounding it keeps the compiler from computing the scores pass's probabilities twice: with a bf16 tensor in the
+# chain it converted that (the cheapest layout change) and redid the exponentials in both layouts, one for the
+# column sums and one for the diagonal gather. Offline sm_90 builds (128 queries, D=128, 64-key tiles): 439
+# instructions per whole tile in the scores loop against 514, 165 registers against 220. On an H200 (session 9,
+# bench_methods, medians of 3, `bench_methods_cost_s9b.csv`) FlexPrefill's estimate took 2.57 / 5.91 ms with it
+# against 2.75 / 6.36 ms at 64K / 128K, MInference's 1.81 against 2.02 ms at 128K (32K and 64K: host-bound, even).
+# bench_methods rows `*_noasmround` turn it off.
+_ASM_ROUND = True
 _FUSED_STATS_MAX_S = 1 << 15
 _FUSED_STATS_MAX_RB = 2
 _FAST = {"1": True, "0": False}.get(os.environ.get("SPARSEBENCH_LASTQ_FAST", ""), True)
@@ -601,9 +626,11 @@ def _rows_path(q, k, scale: float, L: int, S: int, importance: bool, block_n: in
     common = {"D": D, "RB": RB, "BLOCK_N": block_n, "TPP": tpp, "INTERPRET": interpret, "PREC": prec,
               "FAST": _FAST, "num_warps": num_warps, "num_stages": num_stages}
     strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2))
+    asm_round = _ASM_ROUND and not interpret and k.dtype == torch.bfloat16
     kernels[2][(npg, B * H, -(-L // rb_stats))](q, k, mt, lt, *strides, mt.stride(0), mt.stride(1), S, L, H, G,
                                                  float(scale), CAUSAL=not importance, ROUND_DOT=importance,
-                                                 EVEN=L % rb_stats == 0, **{**common, "RB": rb_stats})
+                                                 EVEN=L % rb_stats == 0, ASM_ROUND=asm_round,
+                                                 **{**common, "RB": rb_stats})
     grid = (npg, B * H, NRB)
     fused = _FUSED_ROW_STATS if _FUSED_ROW_STATS is not None else NRB <= _FUSED_STATS_MAX_RB and S <= _FUSED_STATS_MAX_S
     if fused:
@@ -623,7 +650,7 @@ def _rows_path(q, k, scale: float, L: int, S: int, importance: bool, block_n: in
                      dg.stride(2) if not importance else 0, S, L, H, G, nt, float(scale), BT=BT,
                      IMPORTANCE=importance, EVEN=L % RB == 0,
                      WRAP=_WRAP_GATHER and not importance and RB <= block_n and BT == 2 * block_n, **stats_in,
-                     **common)
+                     ASM_ROUND=asm_round, **common)
     if importance:
         vertical = v[0] if NRB == 1 else v.sum(0)
         return vertical / L, None

@@ -14,9 +14,10 @@ import sys
 
 import pytest
 import torch
+
 from sparsebench.kernels.last_q_scores import last_q_importance_naive, last_q_scores_naive
 
-from sparsebench.testing import assert_verdict, report_verdicts, switched
+from sparsebench.testing import assert_verdict, off_and_on, report_verdicts, switched
 
 
 def _qk(B, H, HKV, L, S, D, dtype=torch.float32, seed=0):
@@ -407,6 +408,20 @@ def test_triton_gpu_wrap_gather_matches_reference(case):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("L,S", [(128, 65536), (64, 4097), (128, 3001)])
+def test_triton_gpu_asm_round_equals_the_casts(L, S):
+    """The row-block passes' packed PTX rounding (`_ASM_ROUND`, the default) gives the casts' values bit for bit
+    (bf16, Llama-3.1-8B heads)."""
+    from sparsebench.kernels.last_q_scores import triton as lq
+
+    q, k = _qk(1, 32, 8, L, S, 128, torch.bfloat16)
+    q, k = q.cuda(), k.cuda()
+    (v0, s0), (v1, s1) = off_and_on(lq, "_ASM_ROUND", lambda: lq.last_q_scores_triton(q, k, 128 ** -0.5, rows=True))
+    assert torch.equal(v0, v1) and torch.equal(s0, s1)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("pack", list(_MODES), ids=list(_MODES.values()))
 def test_triton_gpu_128k_bf16_matches_vs_scores(pack):
     """128K keys, llama-like heads, bf16: against MInference's torch path (bf16 logits: one-ulp rounding flips
@@ -547,10 +562,11 @@ def test_compiled_kernels_keep_their_constexprs():
     assert [p.name for p in scores.params if p.is_constexpr] == ["D", "BD", "RC", "NCH", "GP", "NG", "BLOCK_N", "BT",
                                                                  "INTERPRET", "PREC", "IMPORTANCE", "FAST", "EVEN"]
     assert [p.name for p in stats_rows.params if p.is_constexpr] == ["D", "RB", "BLOCK_N", "TPP", "INTERPRET", "PREC",
-                                                                     "CAUSAL", "ROUND_DOT", "FAST", "EVEN"]
+                                                                     "CAUSAL", "ROUND_DOT", "FAST", "EVEN",
+                                                                     "ASM_ROUND"]
     assert [p.name for p in scores_rows.params if p.is_constexpr] == ["D", "RB", "BLOCK_N", "BT", "TPP", "INTERPRET",
                                                                       "PREC", "IMPORTANCE", "FAST", "EVEN", "WRAP",
-                                                                      "STATS_IN", "PB", "I_NPG"]
+                                                                      "STATS_IN", "PB", "I_NPG", "ASM_ROUND"]
 
 
 def test_rows_kernel_needs_unpacked_heads_and_a_power_of_two_head_dim():
