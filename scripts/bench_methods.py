@@ -65,7 +65,10 @@ GPU_COST_VARIANTS = (("minference_vs_torch", "minference", {"pattern": "vertical
                      ("flexprefill_poolkernel", "flexprefill", {}),
                      ("flexprefill_allnew", "flexprefill", {}),
                      ("minference_vs_noasmround", "minference", {"pattern": "vertical_slash"}),
-                     ("flexprefill_noasmround", "flexprefill", {}))
+                     ("flexprefill_noasmround", "flexprefill", {}),
+                     ("minference_vs_rb32", "minference", {"pattern": "vertical_slash"}),
+                     ("flexprefill_rb32", "flexprefill", {}),
+                     ("flexprefill_graphtail", "flexprefill", {}))
 # environment a variant runs under (switches that are not constructor knobs, read at call time)
 VARIANT_ENV = {"xattn_s8_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"},
                "xattn_s16_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"}}
@@ -119,6 +122,11 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
     # the compiler computed the scores pass's probabilities twice, once per layout) instead of a packed conversion
     "minference_vs_noasmround": [(_LASTQ, "_ASM_ROUND", False)],
     "flexprefill_noasmround": [(_LASTQ, "_ASM_ROUND", False)],
+    # the setting session 9's default replaced: 32 query rows a program in the row-block scores pass instead of 64
+    "minference_vs_rb32": [(_LASTQ, "_RB_SCORES", 32)],
+    "flexprefill_rb32": [(_LASTQ, "_RB_SCORES", 32)],
+    # not yet a default: FlexPrefill's rule after its reads of q and k replayed from a CUDA graph
+    "flexprefill_graphtail": [("sparsebench.methods.flexprefill", "_GRAPH_TAIL", True)],
     "flexprefill_allnew": [("sparsebench.methods.flexprefill", "_COVER_KERNEL", True),
                            ("sparsebench.methods.flexprefill", "_BLOCKS_KERNEL", True),
                            ("sparsebench.methods.flexprefill", "_SWITCH_KERNEL", True),

@@ -532,9 +532,14 @@ _ROWS_MIN_L = 33
 # dropped: every probability stored by (row, offset) for torch to sum the rows (2.38 vs 0.97 ms at 64 queries), and
 # each tile skewed through a per-program global scratch slot instead of `tl.gather` (1.16 vs 1.03 ms at 64 queries,
 # 2.14 vs 1.94 ms at 128).
-# rows a program takes in pass 1 (no diagonal gather) and in pass 2 (its [rows, BT] gather bounds the registers)
+# rows a program takes in pass 1 (no diagonal gather) and in pass 2 (its [rows, BT] gather bounds the registers).
+# Pass 2 took 32 rows until session 9; with `_ASM_ROUND` 64 rows fit in registers (247, no spill, offline sm_90)
+# and on an H200 (session 9, both passes and the combine, bf16, H=32, HKV=8, D=128, CUDA events, medians of 20)
+# took 0.943 vs 1.230 ms for 128 queries and 0.526 vs 0.636 ms for 64 queries at 64K keys, 0.610 vs 0.636 and
+# 0.334 vs 0.359 ms at 32K (there with the (m, l) fusion, which the rule below now takes for 128 queries). 8 warps
+# were slower either way (0.91-1.82 ms). bench_methods rows `*_rb32` keep 32.
 _RB_STATS = 128
-_RB_SCORES = 32
+_RB_SCORES = 64
 _TPP = 16  # 8-16 measured best (4 warps); 4 a little slower
 # key tile of the row-block scores path when block_n is not given: at 128 queries and 64K keys (H200, session 4-5)
 # 64-key tiles took 1.94-1.95 ms for both passes, while FlexPrefill's estimate at 128-key tiles (the per-tile default,
