@@ -78,6 +78,7 @@ summation (it was the default until session 5).
 """
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 
 import torch
@@ -101,11 +102,11 @@ MAX_SCORE_ELEMS = 1 << 27  # score elements held at once by the last-queries est
 SCAN_ROW_LOOP_MIN = 1 << 15  # row length from which a CUDA running sum over few rows is scanned in two levels
 SCAN_CHUNK_MIN = 64  # shortest chunk of the two-level scan
 # the cover counts and the global cover by `kernels/cover` (a radix descent on the values' bits over chunked rows,
-# no sort; both cuts in one set of 12 launches, `cover_pair_triton`) instead of torch's sorts and scans (0.71 ms of
-# the 64K estimate's 2.94 ms of GPU time on an H200, session 7, with the global cover's). Off: slower in the whole
-# estimate in session 9 (3.20 / 8.49 ms against 3.08 / 7.38 ms at 64K / 128K, `bench_methods_cost_s9.csv`, row
-# `flexprefill_coverkernel`)
-_COVER_KERNEL = False
+# no sort; both cuts in one set of 20 launches, `cover_pair_triton`) instead of torch's sorts and scans (0.69 ms of
+# the 64K estimate's 2.65 ms of GPU time on an H200, session 9). On by default since session 9, with the graph-
+# replayed tail below and 4K-entry chunks: the whole estimate took 1.133 / 2.155 / 5.502 ms against 1.258 / 2.372 /
+# 5.634 ms with the tail alone at 32K / 64K / 128K (`bench_methods_cost_s9c.csv`; row `flexprefill_nocoverkernel`)
+_COVER_KERNEL = True
 # the block lists from the block scores, budgets and query-aware cover by `kernels/flex_blocks` (two launches: ranks
 # by counting, then each row's lists) instead of a stable sort, the mask and `stable_partition` (about twenty torch
 # ops, for an estimate bound by its host below 128K). On by default since session 9: the whole estimate took 2.67 /
@@ -122,6 +123,14 @@ _SWITCH_KERNEL = True
 # slower in the whole estimate in session 9 (3.20 / 3.28 / 7.80 ms against 3.01 / 3.08 / 7.38 ms at 32K / 64K /
 # 128K, `bench_methods_cost_s9.csv`, row `flexprefill_poolkernel`)
 _POOL_KERNEL = False
+# On CUDA the official rule's steps after the reads of q and k (`parts_from_reads` and the block lists: sorts, scans,
+# the switch, the pooled block scores, their softmax and cover, some seventy launches on small tensors) are replayed
+# from a CUDA graph captured on the first call per shape (`official_lists`): the same kernels on the same values,
+# launched by one call instead of one by one from the host, which bounds the estimate below 128K on an H200. On by
+# default since session 9: 1.258 / 2.372 / 5.634 ms against 1.962 / 2.398 / 5.599 ms eagerly at 32K / 64K / 128K,
+# the host's issue time per call 0.66 / 0.61 / 1.33 ms against 1.97 / 1.68 / 1.77 ms (`bench_methods_cost_s9c.csv`;
+# row `flexprefill_nographtail`). The first call per shape captures (a few ms, once).
+_GRAPH_TAIL = True
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -320,33 +329,52 @@ def official_parts(q: torch.Tensor, k: torch.Tensor, *, gamma: float, tau: float
     k `[B, HKV, N, D]`: `(pooled [2, B, H, nb]` fp32 block scores, `budget [2, B, H]` (query-aware heads at minb),
     `qa_blocks [B, H, nb, nb]` the global cover of the block scores (causal blocks only), `query_aware [B, H])`;
     `kernels/flex_blocks` turns them into blocks. `maxb` is the block cap before it is cut to nb."""
+    return parts_from_reads(*official_reads(q, k, block_size=block_size, scale=scale, max_elems=max_elems,
+                                            scores_kernel=scores_kernel),
+                            gamma=gamma, tau=tau, minb=minb, maxb=maxb, block_size=block_size,
+                            use_triton=runs_triton(q))
+
+
+def official_reads(q: torch.Tensor, k: torch.Tensor, *, block_size: int, scale: float,
+                   max_elems: int = MAX_SCORE_ELEMS, scores_kernel: str = "torch"
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The part of `official_parts` that reads q and k whole: `(scores [2, B, H, N]` fp32 vertical and slash scores,
+    `q_last [B, H, bs, D]` the scaled last queries, `k_mean [B, HKV, nb, D]` the key block means, `q_mean
+    [B, H, nb, D]` the scaled query block means). Everything after it works on these small tensors only."""
     B, H, N, D = q.shape
-    HKV = k.shape[1]
+    scores, q_last = last_query_scores(q, k, block_size, scale, max_elems, scores_kernel)  # [2, B, H, N]
+    means = block_means_naive
+    if _POOL_KERNEL and runs_triton(q):
+        from sparsebench.kernels.block_means import block_means_triton as means
+    k_mean = means(k, block_size)  # [B, HKV, nb, D], the input dtype
+    q_mean = means(q, block_size, scale)
+    return scores, q_last, k_mean, q_mean
+
+
+def parts_from_reads(scores: torch.Tensor, q_last: torch.Tensor, k_mean: torch.Tensor, q_mean: torch.Tensor, *,
+                     gamma: float, tau: float, minb: int, maxb: int, block_size: int, use_triton: bool
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`official_parts` from `official_reads`' tensors (`use_triton`: the kernel switches apply). No host
+    synchronisation and shapes fixed by the input shapes: on CUDA it can be captured in a graph (`_GRAPH_TAIL`)."""
+    _, B, H, N = scores.shape
+    HKV, nb, D = k_mean.shape[1], k_mean.shape[2], k_mean.shape[3]
     G = H // HKV
     bs = block_size
-    nb = -(-N // bs)
     maxb = min(maxb, nb)
-    scores, q_last = last_query_scores(q, k, bs, scale, max_elems, scores_kernel)  # [2, B, H, N]: vertical, slash
     # with `kernels/cover` both cuts (the counts here, the global cover below) share one set of launches
     paired = _cover_kernel(scores)
     if not paired:
         budget = block_budget(scores, gamma, minb, maxb)  # [2, B, H]: nv, ns
     pooled = sum_pool(scores, bs)  # [2, B, H, nb]: vertical -> key block c, slash -> block offset nb - 1 - c
-
-    means = block_means_naive
-    if _POOL_KERNEL and runs_triton(q):
-        from sparsebench.kernels.block_means import block_means_triton as means
-    k_mean = means(k, bs)  # [B, HKV, nb, D], the input dtype
-    if _SWITCH_KERNEL and runs_triton(q):
+    if _SWITCH_KERNEL and use_triton:
         from sparsebench.kernels.flex_switch import flex_switch_triton
 
         query_aware = flex_switch_triton(q_last, k_mean, pooled[0], tau)[0]
     else:
         query_aware = flex_switch_naive(q_last, k_mean, pooled[0], tau)[0]
 
-    _, _, above, tril = block_tables(nb, q.device)
-    q_mean = means(q, bs, scale).view(B, HKV, G * nb, D)
-    logits = torch.matmul(q_mean, k_mean.transpose(-1, -2)).view(B, H, nb, nb)
+    _, _, above, tril = block_tables(nb, scores.device)
+    logits = torch.matmul(q_mean.view(B, HKV, G * nb, D), k_mean.transpose(-1, -2)).view(B, H, nb, nb)
     attn = torch.softmax(logits.masked_fill_(above, float("-inf")), dim=-1, dtype=torch.float32)
     del logits
     # only the causal half can be non-zero: sort and scan that half (row-major, as tril_indices lists it)
@@ -358,8 +386,66 @@ def official_parts(q: torch.Tensor, k: torch.Tensor, *, gamma: float, tau: float
         qa_blocks = qa_blocks.view(B, H, nb, nb)
     else:
         qa_blocks = global_cover_mask(attn, gamma * nb, support=tril)
-    del scores
     return pooled, budget.masked_fill(query_aware, minb), qa_blocks, query_aware
+
+
+def official_lists(q: torch.Tensor, k: torch.Tensor, **kw) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Official FlexPrefill block lists (`Selection` layout, every key block as list width: no host
+    synchronisation), eagerly or with the tail replayed from a CUDA graph (`_GRAPH_TAIL`): `(idx, counts,
+    query_aware)`; keywords of `official_parts`."""
+    reads = official_reads(q, k, block_size=kw["block_size"], scale=kw["scale"],
+                           max_elems=kw.get("max_elems", MAX_SCORE_ELEMS),
+                           scores_kernel=kw.get("scores_kernel", "torch"))
+    rule = {n: kw[n] for n in ("gamma", "tau", "minb", "maxb", "block_size")}
+    use_triton = runs_triton(q)
+    if _GRAPH_TAIL and q.is_cuda:
+        return _graph_tail(reads, rule, use_triton)
+    return _lists_from_reads(reads, rule, use_triton)
+
+
+def _lists_from_reads(reads, rule: dict, use_triton: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    parts = parts_from_reads(*reads, **rule, use_triton=use_triton)
+    if _BLOCKS_KERNEL and use_triton:
+        from sparsebench.kernels.flex_blocks import flex_blocks_triton
+
+        idx, counts = flex_blocks_triton(*parts)
+    else:
+        idx, counts = stable_partition(flex_blocks_mask(*parts, overwrite=True))
+    return idx, counts, parts[3]
+
+
+# captured tails by (shapes, dtypes, device, rule, switches): (graph, static inputs, static outputs); oldest dropped
+# past _GRAPH_TAIL_CACHE entries (each holds its graph's memory pool)
+_graph_tails: dict = {}
+_GRAPH_TAIL_CACHE = 4
+
+
+def _graph_tail(reads, rule: dict, use_triton: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`_lists_from_reads` replayed from a CUDA graph captured on the first call per key: the reads are copied into
+    the graph's input buffers and its outputs cloned (the next replay overwrites them)."""
+    cover = sys.modules.get("sparsebench.kernels.cover.triton")
+    key = (tuple((t.shape, t.dtype, t.stride()) for t in reads), reads[0].device, tuple(sorted(rule.items())),
+           use_triton, _COVER_KERNEL, _BLOCKS_KERNEL, _SWITCH_KERNEL,
+           (cover.CHUNK, cover.BLOCK, cover.SKIP_FROM) if _COVER_KERNEL and cover else None)
+    entry = _graph_tails.get(key)
+    if entry is None:
+        static = tuple(t.clone() for t in reads)
+        side = torch.cuda.Stream(device=static[0].device)
+        side.wait_stream(torch.cuda.current_stream(static[0].device))
+        with torch.cuda.stream(side):  # compile and warm every kernel outside the capture
+            _lists_from_reads(static, rule, use_triton)
+        torch.cuda.current_stream(static[0].device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            outs = _lists_from_reads(static, rule, use_triton)
+        while len(_graph_tails) >= _GRAPH_TAIL_CACHE:
+            _graph_tails.pop(next(iter(_graph_tails)))
+        entry = _graph_tails[key] = (graph, static, outs)
+    graph, static, outs = entry
+    for dst, src in zip(static, reads):
+        dst.copy_(src)
+    graph.replay()
+    return tuple(t.clone() for t in outs)
 
 
 def official_block_mask(q: torch.Tensor, k: torch.Tensor, **kw) -> tuple[torch.Tensor, torch.Tensor]:
@@ -459,18 +545,11 @@ class FlexPrefill(SparseAttention):
             return Selection.causal(batch=B, q_len=T, k_len=S, num_heads=H, num_kv_heads=HKV, block_q=bs,
                                     block_k=bs, device=q.device)
         if self.variant == "official":
-            parts = official_parts(q, k, gamma=self.gamma, tau=self.tau, minb=self.minb, maxb=self.maxb,
-                                   block_size=self.block_size, scale=ctx.scale, scores_kernel=self.scores_kernel)
-            query_aware = parts[3]
-            self.last_decision = query_aware
             # every key block as list width: no host synchronisation to size the lists; listed blocks first,
             # ascending
-            if _BLOCKS_KERNEL and runs_triton(q):
-                from sparsebench.kernels.flex_blocks import flex_blocks_triton
-
-                idx, counts = flex_blocks_triton(*parts)
-            else:
-                idx, counts = stable_partition(flex_blocks_mask(*parts, overwrite=True))
+            idx, counts, self.last_decision = official_lists(
+                q, k, gamma=self.gamma, tau=self.tau, minb=self.minb, maxb=self.maxb, block_size=self.block_size,
+                scale=ctx.scale, scores_kernel=self.scores_kernel)
             return Selection(idx, counts, self.block_size, self.block_size, T, S, H, HKV,
                              "query_head")
         from sparsebench.kernels.vertical_slash import vertical_slash_to_blocks

@@ -58,7 +58,7 @@ GPU_COST_VARIANTS = (("minference_vs_torch", "minference", {"pattern": "vertical
                      ("minference_vs_fusedstats", "minference", {"pattern": "vertical_slash"}),
                      ("minference_vs_nofusedstats", "minference", {"pattern": "vertical_slash"}),
                      ("flexprefill_fusedstats", "flexprefill", {}),
-                     ("flexprefill_coverkernel", "flexprefill", {}),
+                     ("flexprefill_nocoverkernel", "flexprefill", {}),
                      ("flexprefill_nowrap", "flexprefill", {}),
                      ("flexprefill_noblockskernel", "flexprefill", {}),
                      ("flexprefill_noswitchkernel", "flexprefill", {}),
@@ -68,7 +68,8 @@ GPU_COST_VARIANTS = (("minference_vs_torch", "minference", {"pattern": "vertical
                      ("flexprefill_noasmround", "flexprefill", {}),
                      ("minference_vs_rb32", "minference", {"pattern": "vertical_slash"}),
                      ("flexprefill_rb32", "flexprefill", {}),
-                     ("flexprefill_graphtail", "flexprefill", {}))
+                     ("flexprefill_nographtail", "flexprefill", {}),
+                     ("flexprefill_cover16k", "flexprefill", {}))
 # environment a variant runs under (switches that are not constructor knobs, read at call time)
 VARIANT_ENV = {"xattn_s8_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"},
                "xattn_s16_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"}}
@@ -102,8 +103,11 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
     "minference_vs_fusedstats": [(_LASTQ, "_FUSED_ROW_STATS", True)],
     "minference_vs_nofusedstats": [(_LASTQ, "_FUSED_ROW_STATS", False)],
     "flexprefill_fusedstats": [(_LASTQ, "_FUSED_ROW_STATS", True)],
-    # not a default (slower in session 9): FlexPrefill's cover counts and global cover by kernels/cover instead of sorts
-    "flexprefill_coverkernel": [("sparsebench.methods.flexprefill", "_COVER_KERNEL", True)],
+    # the settings session 9's defaults replaced: FlexPrefill's cover counts and global cover by sorts instead of
+    # kernels/cover, its rule after the reads launched eagerly instead of from a CUDA graph, kernels/cover's 16K chunks
+    "flexprefill_nocoverkernel": [("sparsebench.methods.flexprefill", "_COVER_KERNEL", False)],
+    "flexprefill_nographtail": [("sparsebench.methods.flexprefill", "_GRAPH_TAIL", False)],
+    "flexprefill_cover16k": [("sparsebench.kernels.cover.triton", "CHUNK", 16384)],
     # the columns and the diagonals by two top_set calls instead of one paired call
     "minference_vs_topsettwo": [("sparsebench.methods.minference", "_TOP_SET_PAIR", False)],
     "minference_vs_s6": [(_LASTQ, "_ROWS_MIN_L", 65), (_LASTQ, "_WRAP_GATHER", False),
@@ -125,8 +129,6 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
     # the setting session 9's default replaced: 32 query rows a program in the row-block scores pass instead of 64
     "minference_vs_rb32": [(_LASTQ, "_RB_SCORES", 32)],
     "flexprefill_rb32": [(_LASTQ, "_RB_SCORES", 32)],
-    # not yet a default: FlexPrefill's rule after its reads of q and k replayed from a CUDA graph
-    "flexprefill_graphtail": [("sparsebench.methods.flexprefill", "_GRAPH_TAIL", True)],
     "flexprefill_allnew": [("sparsebench.methods.flexprefill", "_COVER_KERNEL", True),
                            ("sparsebench.methods.flexprefill", "_BLOCKS_KERNEL", True),
                            ("sparsebench.methods.flexprefill", "_SWITCH_KERNEL", True),

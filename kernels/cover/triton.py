@@ -9,18 +9,20 @@ min(j, #ties) + 1, or the whole row + 1 when the row's mass is within the target
 and the first min(j, #ties) ties in index order (the stable rule).
 
 t' is fixed four bits at a time from the top, in eight digit launches. Each row is cut into chunks of `chunk`
-entries, one program per (chunk, row). Launch d stores, per chunk, the count and the fp32 mass of the entries in each
-of the 16 values of key digit d among those matching the digits fixed so far. Every program of a row first derives
-those digits itself from the earlier launches' tables (summed over chunks and bins in a fixed order, so all of them
-agree bit for bit): at each digit, the highest bin b whose mass, with everything above the prefix, exceeds the
-target. The first FULL (3) digits read the whole row; then a compaction launch writes the entries that match them
-(values and indices, in index order: each chunk after the earlier chunks' counts) to a candidate buffer, and the
-other five digits read only the candidates. A last launch writes the counts (one program per row), or the mask:
-the keys above t' over the whole row, then the ties of t' that fit from the candidates (their rank among the ties in
-index order, the earlier chunks' ties from the last digit's counts). No sort, no atomics; the row is read four
-times for a count, five for a mask (from L2 after the first). `cover_pair_triton` runs the counts of one matrix and
-the mask of another in the same launches (rows below R1 are the first's), 12 instead of 22. Blocks with no entry
-matching the digits fixed so far skip their per-bin sums.
+entries, one program per (chunk, row). Launch d stores, per chunk, the count and the fp32 mass of the entries in
+each of the 16 values of key digit d among those matching the digits fixed so far; then one program per row decides
+the digit from those tables (summed over chunks and bins in a fixed order): the highest bin b whose mass, with
+everything above the prefix, exceeds the target, and stores the row's state (prefix, mass and count above it, ...)
+for the later launches. (Until session 9 every program derived all the earlier digits itself from the tables, a
+preamble that grew with the chunks per row and made short chunks slow.) The first FULL (3) digits read the whole
+row; then a compaction launch writes the entries that match them (values and indices, in index order: each chunk
+after the earlier chunks' counts) to a candidate buffer, and the other five digits read only the candidates. A last
+launch writes the counts (one program per row), or the mask: the keys above t' over the whole row, then the ties of
+t' that fit from the candidates (their rank among the ties in index order, the earlier chunks' ties from the last
+digit's counts). No sort, no atomics; the row is read four times for a count, five for a mask (from L2 after the
+first). `cover_pair_triton` runs the counts of one matrix and the mask of another in the same launches (rows below
+R1 are the first's), 20 instead of 38. On the candidates' digits (`SKIP_FROM`), blocks with no entry matching the
+digits fixed so far skip their per-bin sums.
 
 Rounding: the masses are fp32 sums per chunk and bin, where the reference adds the sorted values one by one; a
 running sum within rounding of the target may fall on the other side (so may the reference's own CUDA scan, which
@@ -57,6 +59,14 @@ __all__ = ["cover_count_triton", "cover_mask_triton", "cover_pair_triton"]
 DIGITS = 8  # of 4 bits: 16 bins a launch
 FULL = 3  # digits taken over the whole rows; the rest over the compacted candidates
 _FULL = tl.constexpr(FULL)  # the same, for the kernels (a jitted function reads only constexpr globals)
+# first digit whose hist launch skips the blocks with no entry matching the prefix (session 9: from the candidates'
+# digits on; before, every digit, which put a block-wide reduction and a barrier in each full-row iteration)
+SKIP_FROM = FULL
+# default chunk and block of the wrappers (module attributes, read at call time, for A/B runs). 4096-entry chunks
+# since session 9 (with the per-row digit decisions): FlexPrefill's counts and global cover took 781 vs 859 us at 64K
+# and 488 vs 493 us at 32K against 16K chunks (H200, do_bench; `results/logs/cover_variants_s9.txt`)
+CHUNK = 4096
+BLOCK = 128
 
 
 def _entries(x_row, idx, ok, COLS, tril):
@@ -67,61 +77,79 @@ def _entries(x_row, idx, ok, COLS, tril):
     return ok, x, _monotone(x)
 
 
-def _row(X, X2, row, R1, N, N2, sx, sx2, target, target2):
-    """The row's source, length, target and kind: rows below R1 are the count matrix's, the others the mask
-    matrix's (on its lower triangle)."""
+def _row(X, X2, row, R1, N, N2, sx, sx2):
+    """The row's source, length and kind: rows below R1 are the count matrix's, the others the mask matrix's (on
+    its lower triangle)."""
     x_row = X + row * sx
     n = N
-    tgt = target
     if row >= R1:
         x_row = X2 + (row - R1) * sx2
         n = N2
-        tgt = target2
-    return x_row, n, tgt, row >= R1
+    return x_row, n, row >= R1
 
 
-def _state(HC, HM, row, R, C, target, D: tl.constexpr, CB: tl.constexpr, I_C: tl.constexpr,
-           INTERPRET: tl.constexpr):
-    """After digits < D: `(prefix, mass_above, cnt_above, all_in, b_last, ties, valid, n_cand)`: the key digits
-    fixed, the mass and count of the entries above them, whether the row's mass is within the target (from digit 0),
-    the bin taken at the last digit, the entries equal to the prefix in it (when D == DIGITS: the ties of t'), the
-    row's entries (digit 0's total) and, when D >= FULL, the candidates the compaction keeps (the entries matching
-    the first FULL digits)."""
+def _state(ST, row):
+    """The row's state after the digits decided so far (`_cover_decide` wrote it): `(prefix, mass_above, cnt_above,
+    all_in, b_last, ties, valid, n_cand)`: the key digits fixed, the mass and count of the entries above them,
+    whether the row's mass is within the target (from digit 0), the bin taken at the last digit, the entries equal
+    to the prefix in it (after the last digit: the ties of t'), the row's entries (digit 0's total) and, once FULL
+    digits are fixed, the candidates the compaction keeps (the entries matching them)."""
+    base = ST + row * 8
+    prefix = tl.load(base).to(tl.uint32, bitcast=True)
+    mass_above = tl.load(base + 1).to(tl.float32, bitcast=True)
+    return (prefix, mass_above, tl.load(base + 2), tl.load(base + 3) != 0, tl.load(base + 4), tl.load(base + 5),
+            tl.load(base + 6), tl.load(base + 7))
+
+
+def _cover_decide(HC, HM, ST, R, C, R1, target, target2, D: tl.constexpr, CB: tl.constexpr, I_C: tl.constexpr,
+                  INTERPRET: tl.constexpr):
+    """Program (row): digit `D` from its tables (summed over the chunks in a fixed order): the highest bin b whose
+    mass, with everything above the prefix, exceeds the target; the row's state advanced by it (`_state`)."""
+    row = tl.program_id(0).to(tl.int64)
+    tgt = tl.where(row >= R1, target2, target)
     bins = tl.arange(0, 16)
     cc = tl.arange(0, CB)
-    prefix = tl.zeros([], dtype=tl.uint32)
-    mass_above = tl.zeros([], dtype=tl.float32)
-    cnt_above = tl.zeros([], dtype=tl.int32)
-    all_in = tl.zeros([], dtype=tl.int1)
-    b_star = tl.zeros([], dtype=tl.int32)
-    ties = tl.zeros([], dtype=tl.int32)
-    valid = tl.zeros([], dtype=tl.int32)
-    n_cand = tl.zeros([], dtype=tl.int32)
-    for d in tl.static_range(D):
-        cnt = tl.zeros([16], dtype=tl.int32)
-        mass = tl.zeros([16], dtype=tl.float32)
-        base = ((d * R + row) * C) * 16
-        for c0 in range(0, I_C if INTERPRET else C, CB):
-            off = base + (c0 + cc)[:, None] * 16 + bins[None, :]
-            live = (c0 + cc < C)[:, None]
-            cnt += tl.sum(tl.load(HC + off, mask=live, other=0), 0)
-            mass += tl.sum(tl.load(HM + off, mask=live, other=0.0), 0)
-        # the mass of bins >= b, for every b; the cut lies in the highest bin where it exceeds the target
-        suffix = tl.cumsum(mass, 0, reverse=True)
-        b_cross = tl.max(tl.where(mass_above + suffix > target, bins, -1))
-        if d == 0:
-            all_in = b_cross < 0
-            valid = tl.sum(cnt)
-        # regrouped sums may leave no bin over the target below digit 0: the lowest occupied one then
-        lowest = tl.min(tl.where(cnt > 0, bins, 15))
-        b_star = tl.where(b_cross >= 0, b_cross, lowest)
-        mass_above += tl.sum(tl.where(bins > b_star, mass, 0.0))
-        cnt_above += tl.sum(tl.where(bins > b_star, cnt, 0))
-        ties = tl.sum(tl.where(bins == b_star, cnt, 0))
-        if d == _FULL - 1:
-            n_cand = ties
-        prefix = prefix | (b_star.to(tl.uint32) << (28 - 4 * d))
-    return prefix, mass_above, cnt_above, all_in, b_star, ties, valid, n_cand
+    if D == 0:
+        prefix = tl.zeros([], dtype=tl.uint32)
+        mass_above = tl.zeros([], dtype=tl.float32)
+        cnt_above = tl.zeros([], dtype=tl.int32)
+        all_in = tl.zeros([], dtype=tl.int1)
+        valid = tl.zeros([], dtype=tl.int32)
+        n_cand = tl.zeros([], dtype=tl.int32)
+    else:
+        prefix, mass_above, cnt_above, all_in, _, _, valid, n_cand = _state(ST, row)
+    cnt = tl.zeros([16], dtype=tl.int32)
+    mass = tl.zeros([16], dtype=tl.float32)
+    base = ((D * R + row) * C) * 16
+    for c0 in range(0, I_C if INTERPRET else C, CB):
+        off = base + (c0 + cc)[:, None] * 16 + bins[None, :]
+        live = (c0 + cc < C)[:, None]
+        cnt += tl.sum(tl.load(HC + off, mask=live, other=0), 0)
+        mass += tl.sum(tl.load(HM + off, mask=live, other=0.0), 0)
+    # the mass of bins >= b, for every b; the cut lies in the highest bin where it exceeds the target
+    suffix = tl.cumsum(mass, 0, reverse=True)
+    b_cross = tl.max(tl.where(mass_above + suffix > tgt, bins, -1))
+    if D == 0:
+        all_in = b_cross < 0
+        valid = tl.sum(cnt)
+    # regrouped sums may leave no bin over the target below digit 0: the lowest occupied one then
+    lowest = tl.min(tl.where(cnt > 0, bins, 15))
+    b_star = tl.where(b_cross >= 0, b_cross, lowest)
+    mass_above += tl.sum(tl.where(bins > b_star, mass, 0.0))
+    cnt_above += tl.sum(tl.where(bins > b_star, cnt, 0))
+    ties = tl.sum(tl.where(bins == b_star, cnt, 0))
+    if D == _FULL - 1:
+        n_cand = ties
+    prefix = prefix | (b_star.to(tl.uint32) << (28 - 4 * D))
+    out = ST + row * 8
+    tl.store(out, prefix.to(tl.int32, bitcast=True))
+    tl.store(out + 1, mass_above.to(tl.int32, bitcast=True))
+    tl.store(out + 2, cnt_above)
+    tl.store(out + 3, all_in.to(tl.int32))
+    tl.store(out + 4, b_star)
+    tl.store(out + 5, ties)
+    tl.store(out + 6, valid)
+    tl.store(out + 7, n_cand)
 
 
 def _fit(prefix, mass_above, ties, target):
@@ -143,16 +171,19 @@ def _before(HC, row, R, C, c, b, D: tl.constexpr, CB: tl.constexpr, I_C: tl.cons
     return n
 
 
-def _cover_hist(X, X2, BV, HC, HM, R1, N, N2, NB, CH, sx, sx2, R, C, target, target2, COLS, D: tl.constexpr,
-                BLOCK: tl.constexpr, CB: tl.constexpr, I_CH: tl.constexpr, I_C: tl.constexpr,
-                INTERPRET: tl.constexpr):
+def _cover_hist(X, X2, BV, HC, HM, ST, R1, N, N2, NB, CH, sx, sx2, R, C, COLS, D: tl.constexpr,
+                BLOCK: tl.constexpr, I_CH: tl.constexpr, INTERPRET: tl.constexpr, SKIP_FROM: tl.constexpr = 0):
     """Program (chunk, row): count and mass of key digit `D` over the chunk's entries that match the digits fixed so
     far -> `HC / HM[D, row, chunk]`. Digits below FULL read the row, the others the row's compacted candidates
     (`BV`, rows of `NB`)."""
     c = tl.program_id(0)
     row = tl.program_id(1).to(tl.int64)
-    x_row, n, tgt, tril = _row(X, X2, row, R1, N, N2, sx, sx2, target, target2)
-    prefix, _, _, _, _, _, _, n_cand = _state(HC, HM, row, R, C, tgt, D, CB, I_C, INTERPRET)
+    x_row, n, tril = _row(X, X2, row, R1, N, N2, sx, sx2)
+    if D > 0:
+        prefix, _, _, _, _, _, _, n_cand = _state(ST, row)
+    else:
+        prefix = tl.zeros([], dtype=tl.uint32)
+        n_cand = tl.zeros([], dtype=tl.int32)
     bins = tl.arange(0, 16)
     offs = tl.arange(0, BLOCK)
     # [BLOCK, 16] running sums in registers, reduced over the block once at the end (a reduction per block costs
@@ -171,8 +202,14 @@ def _cover_hist(X, X2, BV, HC, HM, R1, N, N2, NB, CH, sx, sx2, R, C, target, tar
             ok, x, key = _entries(x_row, idx, inside, COLS, tril)
         if D > 0:
             ok = ok & ((key >> (32 - 4 * D)) == (prefix >> (32 - 4 * D)))
-        # blocks without an entry matching the prefix skip the [BLOCK, 16] work
-        if tl.max(ok.to(tl.int32)) > 0:
+        if D >= SKIP_FROM:
+            # blocks without an entry matching the prefix skip the [BLOCK, 16] work (the test is a reduction over
+            # the block, a barrier each time: only from the digit where such blocks get common)
+            if tl.max(ok.to(tl.int32)) > 0:
+                hit = ok[:, None] & (((key >> (28 - 4 * D)) & 15).to(tl.int32)[:, None] == bins[None, :])
+                cnt += hit.to(tl.int32)
+                mass += tl.where(hit, x[:, None], 0.0)
+        else:
             hit = ok[:, None] & (((key >> (28 - 4 * D)) & 15).to(tl.int32)[:, None] == bins[None, :])
             cnt += hit.to(tl.int32)
             mass += tl.where(hit, x[:, None], 0.0)
@@ -181,15 +218,14 @@ def _cover_hist(X, X2, BV, HC, HM, R1, N, N2, NB, CH, sx, sx2, R, C, target, tar
     tl.store(HM + out, tl.sum(mass, 0))
 
 
-def _cover_compact(X, X2, BV, BI, HC, HM, R1, N, N2, NB, CH, sx, sx2, R, C, target, target2, COLS,
-                   BLOCK: tl.constexpr, CB: tl.constexpr, I_CH: tl.constexpr, I_C: tl.constexpr,
-                   INTERPRET: tl.constexpr):
+def _cover_compact(X, X2, BV, BI, HC, ST, R1, N, N2, NB, CH, sx, sx2, R, C, COLS, BLOCK: tl.constexpr,
+                   CB: tl.constexpr, I_CH: tl.constexpr, I_C: tl.constexpr, INTERPRET: tl.constexpr):
     """Program (chunk, row): the chunk's entries that match the first FULL digits, values and indices, written in
     index order after those of the earlier chunks (their counts from digit FULL - 1)."""
     c = tl.program_id(0)
     row = tl.program_id(1).to(tl.int64)
-    x_row, n, tgt, tril = _row(X, X2, row, R1, N, N2, sx, sx2, target, target2)
-    prefix, _, _, _, b_last, _, _, _ = _state(HC, HM, row, R, C, tgt, _FULL, CB, I_C, INTERPRET)
+    x_row, n, tril = _row(X, X2, row, R1, N, N2, sx, sx2)
+    prefix, _, _, _, b_last, _, _, _ = _state(ST, row)
     taken = _before(HC, row, R, C, c, b_last, _FULL - 1, CB, I_C, INTERPRET)
     offs = tl.arange(0, BLOCK)
     for b0 in range(0, I_CH if INTERPRET else tl.minimum(CH, n - c * CH), BLOCK):
@@ -202,24 +238,22 @@ def _cover_compact(X, X2, BV, BI, HC, HM, R1, N, N2, NB, CH, sx, sx2, R, C, targ
         taken += tl.sum(keep)
 
 
-def _cover_count(HC, HM, CNT, R, C, target, NDIG: tl.constexpr, CB: tl.constexpr, I_C: tl.constexpr,
-                 INTERPRET: tl.constexpr):
-    """Program (row of the count matrix): the cover count from the `NDIG` (eight) digits' tables."""
+def _cover_count(ST, CNT, target):
+    """Program (row of the count matrix): the cover count from the row's state after every digit."""
     row = tl.program_id(0).to(tl.int64)
-    prefix, mass_above, cnt_above, all_in, _, ties, valid, _ = _state(HC, HM, row, R, C, target, NDIG, CB, I_C,
-                                                                       INTERPRET)
+    prefix, mass_above, cnt_above, all_in, _, ties, valid, _ = _state(ST, row)
     fit = _fit(prefix, mass_above, ties, target)
     tl.store(CNT + row, (tl.where(all_in, valid, cnt_above + fit) + 1).to(tl.int64))
 
 
-def _cover_mask(X2, HC, HM, OUT, R1, N2, CH, sx2, so, R, C, target2, COLS, NDIG: tl.constexpr, BLOCK: tl.constexpr,
-                CB: tl.constexpr, I_CH: tl.constexpr, I_C: tl.constexpr, INTERPRET: tl.constexpr):
+def _cover_mask(X2, ST, OUT, R1, N2, CH, sx2, so, COLS, BLOCK: tl.constexpr, I_CH: tl.constexpr,
+                INTERPRET: tl.constexpr):
     """Program (chunk, row of the mask matrix): the mask over the chunk, keys above t' (every entry when the row is
     within the target); the ties of t' that fit are set afterwards by `_cover_ties`."""
     c = tl.program_id(0)
     r2 = tl.program_id(1).to(tl.int64)
     row = R1 + r2
-    prefix, _, _, all_in, _, _, _, _ = _state(HC, HM, row, R, C, target2, NDIG, CB, I_C, INTERPRET)
+    prefix, _, _, all_in, _, _, _, _ = _state(ST, row)
     offs = tl.arange(0, BLOCK)
     for b0 in range(0, I_CH if INTERPRET else tl.minimum(CH, N2 - c * CH), BLOCK):
         idx = c * CH + b0 + offs
@@ -229,7 +263,7 @@ def _cover_mask(X2, HC, HM, OUT, R1, N2, CH, sx2, so, R, C, target2, COLS, NDIG:
         tl.store(OUT + r2 * so + idx, keep.to(tl.int8), mask=inside)
 
 
-def _cover_ties(BV, BI, HC, HM, OUT, R1, N2, NB, CH, so, R, C, target2, NDIG: tl.constexpr, BLOCK: tl.constexpr,
+def _cover_ties(BV, BI, HC, ST, OUT, R1, N2, NB, CH, so, R, C, target2, NDIG: tl.constexpr, BLOCK: tl.constexpr,
                 CB: tl.constexpr, I_CH: tl.constexpr, I_C: tl.constexpr, INTERPRET: tl.constexpr):
     """Program (chunk of candidates, row of the mask matrix): sets the ties of t' whose rank among the row's ties
     (index order: the candidates keep it; the ties in earlier chunks from the last digit's counts) is below the
@@ -237,8 +271,7 @@ def _cover_ties(BV, BI, HC, HM, OUT, R1, N2, NB, CH, so, R, C, target2, NDIG: tl
     c = tl.program_id(0)
     r2 = tl.program_id(1).to(tl.int64)
     row = R1 + r2
-    prefix, mass_above, _, all_in, b_last, ties, _, n_cand = _state(HC, HM, row, R, C, target2, NDIG, CB, I_C,
-                                                                     INTERPRET)
+    prefix, mass_above, _, all_in, b_last, ties, _, n_cand = _state(ST, row)
     fit = tl.where(all_in, 0, _fit(prefix, mass_above, ties, target2))
     seen = _before(HC, row, R, C, c, b_last, NDIG - 1, CB, I_C, INTERPRET)
     offs = tl.arange(0, BLOCK)
@@ -254,7 +287,7 @@ def _cover_ties(BV, BI, HC, HM, OUT, R1, N2, NB, CH, so, R, C, target2, NDIG: tl
         seen += tl.sum(eq)
 
 
-_kernels = per_mode((_cover_hist, _cover_compact, _cover_count, _cover_mask, _cover_ties),
+_kernels = per_mode((_cover_hist, _cover_compact, _cover_count, _cover_mask, _cover_ties, _cover_decide),
                     (_monotone, _entries, _row, _state, _fit, _before))
 
 
@@ -276,56 +309,60 @@ def _launch(x, target, x2, target2, cols, chunk, block, num_warps):
     dev = xa.device
     hc = torch.empty(DIGITS, R, C, 16, dtype=torch.int32, device=dev)
     hm = torch.empty(DIGITS, R, C, 16, dtype=torch.float32, device=dev)
+    st = torch.empty(R, 8, dtype=torch.int32, device=dev)  # each row's state after the digits so far (`_state`)
     # the candidates after FULL digits (at most the whole row): values and indices, in index order
     bv = torch.empty(R, NB, dtype=torch.float32, device=dev)
     bi = torch.empty(R, NB, dtype=torch.int32, device=dev)
-    hist_k, compact_k, count_k, mask_k, ties_k = _kernels(interpret)
+    hist_k, compact_k, count_k, mask_k, ties_k, decide_k = _kernels(interpret)
     t1, t2 = float(target), float(target2)
     loops = {"CB": 8, "I_C": C if interpret else 0, "INTERPRET": interpret}
     rows = {"I_CH": chunk if interpret else 0, "num_warps": num_warps}
     both = (xa, xb)
-    dims = (R1, N, N2, NB, chunk, xa.stride(0), xb.stride(0), R, C, t1, t2, cols)
+    dims = (R1, N, N2, NB, chunk, xa.stride(0), xb.stride(0), R, C, cols)
     for d in range(DIGITS):
         if d == FULL:
             # the write passes hold no [BLOCK, 16] sums: longer blocks (at 256 their scans spill on sm_90)
-            compact_k[(C, R)](*both, bv, bi, hc, hm, *dims, BLOCK=min(4 * block, chunk), **rows, **loops)
-        hist_k[(C, R)](*both, bv, hc, hm, *dims, D=d, BLOCK=block, **rows, **loops)
+            compact_k[(C, R)](*both, bv, bi, hc, st, *dims, BLOCK=min(4 * block, chunk), **rows, **loops)
+        hist_k[(C, R)](*both, bv, hc, hm, st, *dims, D=d, BLOCK=block, SKIP_FROM=SKIP_FROM, **rows,
+                       INTERPRET=interpret)
+        decide_k[(R,)](hc, hm, st, R, C, R1, t1, t2, D=d, num_warps=1, **loops)
     cnt = out = None
     if R1:
         cnt = torch.empty(R1, dtype=torch.int64, device=dev)
-        count_k[(R1,)](hc, hm, cnt, R, C, t1, NDIG=DIGITS, num_warps=1, **loops)
+        count_k[(R1,)](st, cnt, t1, num_warps=1)
     if R2:
         out = torch.empty(R2, N2, dtype=torch.int8, device=dev)
-        mask_k[(C, R2)](xb, hc, hm, out, R1, N2, chunk, xb.stride(0), out.stride(0), R, C, t2, cols, NDIG=DIGITS,
-                        BLOCK=min(4 * block, chunk), **rows, **loops)
-        ties_k[(C, R2)](bv, bi, hc, hm, out, R1, N2, NB, chunk, out.stride(0), R, C, t2, NDIG=DIGITS,
+        mask_k[(C, R2)](xb, st, out, R1, N2, chunk, xb.stride(0), out.stride(0), cols,
+                        BLOCK=min(4 * block, chunk), **rows, INTERPRET=interpret)
+        ties_k[(C, R2)](bv, bi, hc, st, out, R1, N2, NB, chunk, out.stride(0), R, C, t2, NDIG=DIGITS,
                         BLOCK=min(4 * block, chunk), **rows, **loops)
         out = out.view(torch.bool)
     return cnt, out
 
 
-def cover_count_triton(x: torch.Tensor, target: float, chunk: int = 16384, block: int = 128,
+def cover_count_triton(x: torch.Tensor, target: float, chunk: int | None = None, block: int | None = None,
                        num_warps: int = 4) -> torch.Tensor:
     """int64 `[R]` of `cover_count_naive` (arguments as there), up to the rounding in the module docstring; rows cut
     into chunks of `chunk` entries (a power of two), each program walking its chunk `block` entries at a time."""
     _check(x, target)
-    return _launch(x, target, None, 0.0, 1, chunk, block, num_warps)[0]
+    return _launch(x, target, None, 0.0, 1, chunk or CHUNK, block or BLOCK, num_warps)[0]
 
 
-def cover_mask_triton(x: torch.Tensor, target: float, cols: int, chunk: int = 16384, block: int = 128,
-                      num_warps: int = 4) -> torch.Tensor:
+def cover_mask_triton(x: torch.Tensor, target: float, cols: int, chunk: int | None = None,
+                      block: int | None = None, num_warps: int = 4) -> torch.Tensor:
     """bool like `x` of `cover_mask_naive` (arguments as there), up to the rounding in the module docstring."""
     _check(x, target)
     _check_cols(x, cols)
-    return _launch(None, 0.0, x, target, cols, chunk, block, num_warps)[1]
+    return _launch(None, 0.0, x, target, cols, chunk or CHUNK, block or BLOCK, num_warps)[1]
 
 
 def cover_pair_triton(x: torch.Tensor, target: float, x2: torch.Tensor, target2: float, cols2: int,
-                      chunk: int = 16384, block: int = 128, num_warps: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(cover_count_triton(x, target), cover_mask_triton(x2, target2, cols2))` in one set of launches (12 instead
-    of 22; FlexPrefill's cover counts and global cover). The rows of both are cut into chunks of the same length."""
+                      chunk: int | None = None, block: int | None = None, num_warps: int = 4
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(cover_count_triton(x, target), cover_mask_triton(x2, target2, cols2))` in one set of launches (20 instead
+    of 38; FlexPrefill's cover counts and global cover). The rows of both are cut into chunks of the same length."""
     _check(x, target)
     _check(x2, target2)
     _check_cols(x2, cols2)
-    return _launch(x, target, x2, target2, cols2, chunk, block, num_warps)
+    return _launch(x, target, x2, target2, cols2, chunk or CHUNK, block or BLOCK, num_warps)
 

@@ -298,11 +298,11 @@ def test_cover(compiled):
 
     cover_count_triton(torch.zeros(64, 65536), 0.95)
     cover_mask_triton(torch.zeros(32, 512 * 512), 0.95 * 512, 512)  # the same kernels FlexPrefill's paired call runs
-    # three digit launches on the rows, the compaction, five on the candidates and the count; the same on the
-    # triangle, then the mask and its ties
-    digits = ["_cover_hist"] * 3 + ["_cover_compact"] + ["_cover_hist"] * 5
+    # three digit launches on the rows, the compaction, five on the candidates, each digit decided per row, and the
+    # count; the same on the triangle, then the mask and its ties
+    digits = ["_cover_hist", "_cover_decide"] * 3 + ["_cover_compact"] + ["_cover_hist", "_cover_decide"] * 5
     assert [n for n, _ in compiled] == digits + ["_cover_count"] + digits + ["_cover_mask", "_cover_ties"]
-    _check(compiled, 21)
+    _check(compiled, 37)
     for name, k in compiled:
         use = _ptxas_usage(k)
         assert use["spill_stores"] == use["spill_loads"] == 0, (name, use)

@@ -607,6 +607,33 @@ def test_gpu_long_bf16_fits(T, H, HKV, D, variant):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("T,H,HKV,D,tau", [(8192, 8, 2, 128, 0.1), (5000, 4, 1, 256, 0.5)])
+def test_gpu_graph_tail_equals_eager(T, H, HKV, D, tau):
+    """The official rule with its tail replayed from a CUDA graph (`_GRAPH_TAIL`) lists the same blocks and decides
+    the same patterns as eagerly, call after call on new inputs of one shape (the replay reads the new reads)."""
+    from sparsebench.testing import assert_same_lists, switched
+
+    dev = torch.device("cuda")
+    m = FlexPrefill(tau=tau)
+    ctx = AttnContext(0, H, HKV, D, D ** -0.5)
+    fp._graph_tails.clear()
+    firsts = []
+    for seed in (SEED, SEED + 1, SEED + 2):
+        g = torch.Generator(device=dev).manual_seed(seed)
+        q = (3 * torch.randn(1, H, T, D, device=dev, generator=g)).bfloat16()
+        k = (3 * torch.randn(1, HKV, T, D, device=dev, generator=g)).bfloat16()
+        with switched(fp, _GRAPH_TAIL=False):
+            eager, d_eager = m.select(q, k, ctx), m.last_decision
+        with switched(fp, _GRAPH_TAIL=True):
+            graphed, d_graphed = m.select(q, k, ctx), m.last_decision
+        assert_same_lists(graphed, eager)
+        assert torch.equal(d_graphed, d_eager)
+        firsts.append(graphed.kv_indices.clone())
+    assert len(fp._graph_tails) == 1
+    assert not torch.equal(firsts[0], firsts[1]) or not torch.equal(firsts[1], firsts[2])
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("variant", ["official", "sparse_frontier"])
 def test_gpu_triton_executor_matches_reference_bf16(variant):
     dev = torch.device("cuda")
