@@ -58,9 +58,12 @@ Deviations from the official code:
 - Execution: the Selection runs on sparsebench's executors instead of the official Triton block-wise kernel.
 - Running sums on CUDA: the cover counts and the global cover scan few long rows in two levels (`scan_rows`), whose
   rounding differs from torch.cumsum's (itself not sequential on CUDA): a running sum within rounding of its
-  threshold may fall on the other side. On CPU they are torch.cumsum's sequential sums. With `_COVER_KERNEL` (off
-  by default) both cuts come from `kernels/cover` instead (a radix descent on the values' bit patterns with fp32
-  sums per chunk and digit, no sort): the same rule, with the same kind of rounding at the threshold.
+  threshold may fall on the other side. On CPU they are torch.cumsum's sequential sums. On CUDA by default
+  (`_COVER_KERNEL`, since session 9) both cuts come from `kernels/cover` instead (a radix descent on the values' bit
+  patterns with fp32 sums per chunk and digit, no sort): the same rule, with the same kind of rounding at the
+  threshold.
+- Launching: on CUDA the rule after the reads of q and k is replayed from a CUDA graph captured on the first call
+  per shape (`_GRAPH_TAIL`): the same kernels on the same values (tested equal), launched at once.
 - `variant="sparse_frontier"`: ties as above; T < approximation_size runs dense (the Sparse Frontier code fails
   there); nv and ns are capped at T (its `topk` fails beyond); the model's scale as above; execution through
   `kernels/vertical_slash` (each slash band rounded out to the aligned 64 x 64 blocks it crosses, a superset of

@@ -171,7 +171,7 @@ def _before(HC, row, R, C, c, b, D: tl.constexpr, CB: tl.constexpr, I_C: tl.cons
     return n
 
 
-def _cover_hist(X, X2, BV, HC, HM, ST, R1, N, N2, NB, CH, sx, sx2, R, C, COLS, D: tl.constexpr,
+def _cover_hist(X, X2, BV, HC, HM, ST, R1, N, N2, NB, CH, sx, sx2, R, C, COLS: tl.constexpr, D: tl.constexpr,
                 BLOCK: tl.constexpr, I_CH: tl.constexpr, INTERPRET: tl.constexpr, SKIP_FROM: tl.constexpr = 0):
     """Program (chunk, row): count and mass of key digit `D` over the chunk's entries that match the digits fixed so
     far -> `HC / HM[D, row, chunk]`. Digits below FULL read the row, the others the row's compacted candidates
@@ -218,7 +218,7 @@ def _cover_hist(X, X2, BV, HC, HM, ST, R1, N, N2, NB, CH, sx, sx2, R, C, COLS, D
     tl.store(HM + out, tl.sum(mass, 0))
 
 
-def _cover_compact(X, X2, BV, BI, HC, ST, R1, N, N2, NB, CH, sx, sx2, R, C, COLS, BLOCK: tl.constexpr,
+def _cover_compact(X, X2, BV, BI, HC, ST, R1, N, N2, NB, CH, sx, sx2, R, C, COLS: tl.constexpr, BLOCK: tl.constexpr,
                    CB: tl.constexpr, I_CH: tl.constexpr, I_C: tl.constexpr, INTERPRET: tl.constexpr):
     """Program (chunk, row): the chunk's entries that match the first FULL digits, values and indices, written in
     index order after those of the earlier chunks (their counts from digit FULL - 1)."""
@@ -246,7 +246,7 @@ def _cover_count(ST, CNT, target):
     tl.store(CNT + row, (tl.where(all_in, valid, cnt_above + fit) + 1).to(tl.int64))
 
 
-def _cover_mask(X2, ST, OUT, R1, N2, CH, sx2, so, COLS, BLOCK: tl.constexpr, I_CH: tl.constexpr,
+def _cover_mask(X2, ST, OUT, R1, N2, CH, sx2, so, COLS: tl.constexpr, BLOCK: tl.constexpr, I_CH: tl.constexpr,
                 INTERPRET: tl.constexpr):
     """Program (chunk, row of the mask matrix): the mask over the chunk, keys above t' (every entry when the row is
     within the target); the ties of t' that fit are set afterwards by `_cover_ties`."""
