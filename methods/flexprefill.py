@@ -418,9 +418,11 @@ def _lists_from_reads(reads, rule: dict, use_triton: bool) -> tuple[torch.Tensor
 
 
 # captured tails by (shapes, dtypes, device, rule, switches): (graph, static inputs, static outputs); oldest dropped
-# past _GRAPH_TAIL_CACHE entries (each holds its graph's memory pool)
+# past _GRAPH_TAIL_CACHE entries. Each holds its graph's memory pool, which grows with the sequence: kernels/cover's
+# candidate buffers alone take 8 bytes per entry of the longest row (the nb x nb block scores), about 0.8 GB at 128K
+# keys with Llama-3.1-8B heads
 _graph_tails: dict = {}
-_GRAPH_TAIL_CACHE = 4
+_GRAPH_TAIL_CACHE = 2
 
 
 def _graph_tail(reads, rule: dict, use_triton: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
