@@ -429,12 +429,18 @@ def _graph_tail(reads, rule: dict, use_triton: bool) -> tuple[torch.Tensor, torc
     """`_lists_from_reads` replayed from a CUDA graph captured on the first call per key: the reads are copied into
     the graph's input buffers and its outputs cloned (the next replay overwrites them)."""
     cover = sys.modules.get("sparsebench.kernels.cover.triton")
+    # inference mode in the key: its tensors cannot be written outside it (nor normal ones inside)
     key = (tuple((t.shape, t.dtype, t.stride()) for t in reads), reads[0].device, tuple(sorted(rule.items())),
-           use_triton, _COVER_KERNEL, _BLOCKS_KERNEL, _SWITCH_KERNEL,
+           use_triton, _COVER_KERNEL, _BLOCKS_KERNEL, _SWITCH_KERNEL, torch.is_inference_mode_enabled(),
            (cover.CHUNK, cover.BLOCK, cover.SKIP_FROM) if _COVER_KERNEL and cover else None)
+    with torch.no_grad(), torch.cuda.device(reads[0].device):
+        return _replay(key, reads, rule, use_triton)
+
+
+def _replay(key, reads, rule: dict, use_triton: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     entry = _graph_tails.get(key)
     if entry is None:
-        static = tuple(t.clone() for t in reads)
+        static = tuple(t.detach().clone() for t in reads)
         side = torch.cuda.Stream(device=static[0].device)
         side.wait_stream(torch.cuda.current_stream(static[0].device))
         with torch.cuda.stream(side):  # compile and warm every kernel outside the capture
