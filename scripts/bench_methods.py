@@ -69,7 +69,8 @@ GPU_COST_VARIANTS = (("minference_vs_torch", "minference", {"pattern": "vertical
                      ("minference_vs_rb32", "minference", {"pattern": "vertical_slash"}),
                      ("flexprefill_rb32", "flexprefill", {}),
                      ("flexprefill_nographtail", "flexprefill", {}),
-                     ("flexprefill_cover16k", "flexprefill", {}))
+                     ("flexprefill_cover16k", "flexprefill", {}),
+                     ("flexprefill_hist1d", "flexprefill", {}))
 # environment a variant runs under (switches that are not constructor knobs, read at call time)
 VARIANT_ENV = {"xattn_s8_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"},
                "xattn_s16_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"}}
@@ -108,6 +109,8 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
     "flexprefill_nocoverkernel": [("sparsebench.methods.flexprefill", "_COVER_KERNEL", False)],
     "flexprefill_nographtail": [("sparsebench.methods.flexprefill", "_GRAPH_TAIL", False)],
     "flexprefill_cover16k": [("sparsebench.kernels.cover.triton", "CHUNK", 16384)],
+    # kernels/cover's digit blocks built in 1-D and broadcast (until session 9) instead of as [BLOCK, 1] columns
+    "flexprefill_hist1d": [("sparsebench.kernels.cover.triton", "HIST_2D", False)],
     # the columns and the diagonals by two top_set calls instead of one paired call
     "minference_vs_topsettwo": [("sparsebench.methods.minference", "_TOP_SET_PAIR", False)],
     "minference_vs_s6": [(_LASTQ, "_ROWS_MIN_L", 65), (_LASTQ, "_WRAP_GATHER", False),

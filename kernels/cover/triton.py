@@ -67,6 +67,10 @@ SKIP_FROM = FULL
 # and 488 vs 493 us at 32K against 16K chunks (H200, do_bench; `results/logs/cover_variants_s9.txt`)
 CHUNK = 4096
 BLOCK = 128
+# the digit launches' block as a [BLOCK, 1] column (`TWO_D` of `_cover_hist`): session 9, from offline sm_90
+# instruction counts only (a third of the full-row passes' instructions), not yet timed on a GPU; bench_methods row
+# `flexprefill_hist1d` builds it in 1-D as before
+HIST_2D = True
 
 
 def _entries(x_row, idx, ok, COLS, tril):
@@ -172,7 +176,8 @@ def _before(HC, row, R, C, c, b, D: tl.constexpr, CB: tl.constexpr, I_C: tl.cons
 
 
 def _cover_hist(X, X2, BV, HC, HM, ST, R1, N, N2, NB, CH, sx, sx2, R, C, COLS: tl.constexpr, D: tl.constexpr,
-                BLOCK: tl.constexpr, I_CH: tl.constexpr, INTERPRET: tl.constexpr, SKIP_FROM: tl.constexpr = 0):
+                BLOCK: tl.constexpr, I_CH: tl.constexpr, INTERPRET: tl.constexpr, SKIP_FROM: tl.constexpr = 0,
+                TWO_D: tl.constexpr = False):
     """Program (chunk, row): count and mass of key digit `D` over the chunk's entries that match the digits fixed so
     far -> `HC / HM[D, row, chunk]`. Digits below FULL read the row, the others the row's compacted candidates
     (`BV`, rows of `NB`)."""
@@ -185,7 +190,10 @@ def _cover_hist(X, X2, BV, HC, HM, ST, R1, N, N2, NB, CH, sx, sx2, R, C, COLS: t
         prefix = tl.zeros([], dtype=tl.uint32)
         n_cand = tl.zeros([], dtype=tl.int32)
     bins = tl.arange(0, 16)
-    offs = tl.arange(0, BLOCK)
+    # TWO_D: the block's entries as a [BLOCK, 1] column from the start. Built in 1-D and broadcast, every per-entry
+    # value was recomputed for each bin a thread holds and moved between layouts through shared memory (offline
+    # sm_90: 358 / 173 instructions per full-row iteration at digit 0 / 1-2 in 1-D, 121 / 124 in 2-D)
+    offs = tl.arange(0, BLOCK)[:, None] if TWO_D else tl.arange(0, BLOCK)
     # [BLOCK, 16] running sums in registers, reduced over the block once at the end (a reduction per block costs
     # cross-thread traffic every iteration)
     cnt = tl.zeros([BLOCK, 16], dtype=tl.int32)
@@ -202,18 +210,24 @@ def _cover_hist(X, X2, BV, HC, HM, ST, R1, N, N2, NB, CH, sx, sx2, R, C, COLS: t
             ok, x, key = _entries(x_row, idx, inside, COLS, tril)
         if D > 0:
             ok = ok & ((key >> (32 - 4 * D)) == (prefix >> (32 - 4 * D)))
+        if TWO_D:
+            any_ok = tl.max(tl.max(ok.to(tl.int32), 1), 0) > 0
+            hit = ok & (((key >> (28 - 4 * D)) & 15).to(tl.int32) == bins[None, :])
+            xb = x
+        else:
+            any_ok = tl.max(ok.to(tl.int32)) > 0
+            hit = ok[:, None] & (((key >> (28 - 4 * D)) & 15).to(tl.int32)[:, None] == bins[None, :])
+            xb = x[:, None]
         if D >= SKIP_FROM:
             # blocks without an entry matching the prefix skip the [BLOCK, 16] work (the test is a reduction over
             # the block, a barrier each time: only from the digit where such blocks get common)
-            if tl.max(ok.to(tl.int32)) > 0:
-                hit = ok[:, None] & (((key >> (28 - 4 * D)) & 15).to(tl.int32)[:, None] == bins[None, :])
+            if any_ok:
                 cnt += hit.to(tl.int32)
-                mass += tl.where(hit, x[:, None], 0.0)
+                mass += tl.where(hit, xb, 0.0)
         else:
-            hit = ok[:, None] & (((key >> (28 - 4 * D)) & 15).to(tl.int32)[:, None] == bins[None, :])
             cnt += hit.to(tl.int32)
-            mass += tl.where(hit, x[:, None], 0.0)
-    out = ((D * R + row) * C + c) * 16 + bins
+            mass += tl.where(hit, xb, 0.0)
+    out = ((D * R + row) * C + c) * 16 + tl.arange(0, 16)
     tl.store(HC + out, tl.sum(cnt, 0))
     tl.store(HM + out, tl.sum(mass, 0))
 
@@ -323,7 +337,7 @@ def _launch(x, target, x2, target2, cols, chunk, block, num_warps):
         if d == FULL:
             # the write passes hold no [BLOCK, 16] sums: longer blocks (at 256 their scans spill on sm_90)
             compact_k[(C, R)](*both, bv, bi, hc, st, *dims, BLOCK=min(4 * block, chunk), **rows, **loops)
-        hist_k[(C, R)](*both, bv, hc, hm, st, *dims, D=d, BLOCK=block, SKIP_FROM=SKIP_FROM, **rows,
+        hist_k[(C, R)](*both, bv, hc, hm, st, *dims, D=d, BLOCK=block, SKIP_FROM=SKIP_FROM, TWO_D=HIST_2D, **rows,
                        INTERPRET=interpret)
         decide_k[(R,)](hc, hm, st, R, C, R1, t1, t2, D=d, num_warps=1, **loops)
     cnt = out = None
