@@ -2,8 +2,9 @@
 ops (a stable sort and its rank scatter, the causal and diagonal index tables, the mask, `stable_partition`'s
 scan and scatter).
 
-1. `_fb_keep`, one program per (kind, head): each entry's rank in the stable descending order, counted directly
-   (the entries above it, plus the equal ones at lower indices; the forced entry as +inf), kept below the budget.
+1. `_fb_keep`, one program per (kind, head, block of entries): each entry's rank in the stable descending order,
+   counted directly (the entries above it, plus the equal ones at lower indices; the forced entry as +inf), kept
+   below the budget.
 2. `_fb_lists`, one program per (head, query-block row): the row's flags from the kept columns and diagonals and
    the query-aware cover, written as `stable_partition` writes them (listed blocks ascending, then the others
    ascending) in two walks over the row, and their count.
@@ -38,16 +39,15 @@ def _fb_keep(P, BUD, KEEP, NB, BH, BI: tl.constexpr, BJ: tl.constexpr, I_NB: tl.
     forced_at = tl.where(kind == 0, 0, NB - 1)  # block 0 of the columns, the main diagonal of the slashes
     budget = tl.load(BUD + row)
     row_ptr = P + row * NB
-    for i0 in range(0, I_NB if INTERPRET else NB, BI):
-        ii = i0 + tl.arange(0, BI)
-        xi = _forced(row_ptr, ii, ii < NB, forced_at)
-        rank = tl.zeros([BI], dtype=tl.int32)
-        for j0 in range(0, I_NB if INTERPRET else NB, BJ):
-            jj = j0 + tl.arange(0, BJ)
-            xj = _forced(row_ptr, jj, jj < NB, forced_at)
-            before = (xj[None, :] > xi[:, None]) | ((xj[None, :] == xi[:, None]) & (jj[None, :] < ii[:, None]))
-            rank += tl.sum((before & (jj < NB)[None, :]).to(tl.int32), 1)
-        tl.store(KEEP + row * NB + ii, (rank < budget).to(tl.int8), mask=ii < NB)
+    ii = tl.program_id(1) * BI + tl.arange(0, BI)
+    xi = _forced(row_ptr, ii, ii < NB, forced_at)
+    rank = tl.zeros([BI], dtype=tl.int32)
+    for j0 in range(0, I_NB if INTERPRET else NB, BJ):
+        jj = j0 + tl.arange(0, BJ)
+        xj = _forced(row_ptr, jj, jj < NB, forced_at)
+        before = (xj[None, :] > xi[:, None]) | ((xj[None, :] == xi[:, None]) & (jj[None, :] < ii[:, None]))
+        rank += tl.sum((before & (jj < NB)[None, :]).to(tl.int32), 1)
+    tl.store(KEEP + row * NB + ii, (rank < budget).to(tl.int8), mask=ii < NB)
 
 
 def _row_flags(KEEP, QA, qa_on, bh, r, c, NB, BH):
@@ -102,7 +102,9 @@ def flex_blocks_triton(pooled: torch.Tensor, budget: torch.Tensor, qa_blocks: to
     keep_k, lists_k = _kernels(interpret)
     bi = min(block, max(16, triton.next_power_of_2(nb)))
     i_nb = nb if interpret else 0
-    keep_k[(2 * BH,)](p, bud, keep, nb, BH, BI=bi, BJ=bi, I_NB=i_nb, INTERPRET=interpret, num_warps=4)
+    # one program per (kind, head, block of BI entries): a program per (kind, head) left most of the GPU idle (64
+    # programs for Llama-3.1-8B heads), each walking all nb^2 pairs (session 9; not yet timed apart)
+    keep_k[(2 * BH, -(-nb // bi))](p, bud, keep, nb, BH, BI=bi, BJ=bi, I_NB=i_nb, INTERPRET=interpret, num_warps=4)
     bc = min(1024, max(16, triton.next_power_of_2(nb)))
     lists_k[(nb, BH)](keep, qa, qaw, idx, cnt, nb, BH, BC=bc, I_NB=i_nb, INTERPRET=interpret, num_warps=4)
     return idx, cnt
