@@ -123,8 +123,6 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
     "flexprefill_noswitchkernel": [("sparsebench.methods.flexprefill", "_SWITCH_KERNEL", False)],
     # not a default (slower in session 9): FlexPrefill's block means of Q and K by kernels/block_means
     "flexprefill_poolkernel": [("sparsebench.methods.flexprefill", "_POOL_KERNEL", True)],
-    # FlexPrefill's four kernel switches on together (the (m, l) fusion, slower for it in session 8, left to its
-    # default)
     # the setting session 9's default replaced: the row-block passes' logits rounded to bf16 by a cast (with which
     # the compiler computed the scores pass's probabilities twice, once per layout) instead of a packed conversion
     "minference_vs_noasmround": [(_LASTQ, "_ASM_ROUND", False)],
@@ -132,6 +130,8 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
     # the setting session 9's default replaced: 32 query rows a program in the row-block scores pass instead of 64
     "minference_vs_rb32": [(_LASTQ, "_RB_SCORES", 32)],
     "flexprefill_rb32": [(_LASTQ, "_RB_SCORES", 32)],
+    # FlexPrefill's four kernel switches on together (the (m, l) fusion, slower for it in session 8, left to its
+    # default)
     "flexprefill_allnew": [("sparsebench.methods.flexprefill", "_COVER_KERNEL", True),
                            ("sparsebench.methods.flexprefill", "_BLOCKS_KERNEL", True),
                            ("sparsebench.methods.flexprefill", "_SWITCH_KERNEL", True),
@@ -139,13 +139,16 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
 
 
 def _variants(cuda: bool) -> tuple:
-    """The estimator rows to time: COST_VARIANTS, plus GPU_COST_VARIANTS on a GPU, those whose label starts with one
-    of `ONLY`'s prefixes if it is set (`--methods`)."""
+    """The estimator rows to time: COST_VARIANTS, plus GPU_COST_VARIANTS on a GPU: exactly those labelled in `EXACT`
+    if it is set (`--rows`), else those whose label starts with one of `ONLY`'s prefixes if it is set (`--methods`)."""
     rows = COST_VARIANTS + (GPU_COST_VARIANTS if cuda else ())
+    if EXACT:
+        return tuple(v for v in rows if v[0] in EXACT)
     return tuple(v for v in rows if not ONLY or v[0].startswith(ONLY))
 
 
 ONLY: tuple[str, ...] = ()
+EXACT: tuple[str, ...] = ()  # `--rows`: exactly these labels (overrides ONLY)
 
 
 @contextlib.contextmanager
@@ -479,14 +482,21 @@ def main() -> None:
     ap.add_argument("--methods", default="",
                     help="cost, profile and graph parts: only the estimator rows whose label starts with one of these "
                          "comma-separated prefixes (e.g. flexprefill,pbs); default all")
+    ap.add_argument("--rows", default="",
+                    help="cost, profile and graph parts: exactly these comma-separated row labels (e.g. "
+                         "flexprefill,flexprefill_nocoverkernel); overrides --methods")
     ap.add_argument("--out-dir", default="results")
     args = ap.parse_args()
-    global ONLY
+    global ONLY, EXACT
     ONLY = tuple(x.strip() for x in args.methods.split(",") if x.strip())
+    EXACT = tuple(x.strip() for x in args.rows.split(",") if x.strip())
     labels = [v[0] for v in COST_VARIANTS + GPU_COST_VARIANTS]
     unknown = [x for x in ONLY if not any(lb.startswith(x) for lb in labels)]
     if unknown:
         ap.error(f"--methods {unknown}: no estimator row starts with that; rows: {', '.join(labels)}")
+    unknown = [x for x in EXACT if x not in labels]
+    if unknown:
+        ap.error(f"--rows {unknown}: no such estimator row; rows: {', '.join(labels)}")
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     if args.autotune:
         import os

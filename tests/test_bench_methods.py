@@ -83,3 +83,17 @@ def test_bench_methods_cost_repeats_report_medians_and_spread(tmp_path):
     bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_methods.py"), "--smoke", "--parts", "cost",
                           "--repeats", "0", "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "--repeats 0" in bad.stderr
+
+
+def test_bench_methods_rows_picks_exact_labels(tmp_path):
+    """`--rows` times exactly the named rows (a prefix of others too, unlike `--methods`) and refuses unknown ones."""
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_methods.py"), "--smoke", "--parts", "cost",
+                          "--rows", "xattn_s8", "--out-dir", str(tmp_path)], capture_output=True, text=True,
+                         timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    df = pd.read_csv(tmp_path / "tables" / "bench_methods_cost.csv")
+    assert set(df.method) - {"dense_sdpa", "host"} == {"xattn_s8"}
+    bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_methods.py"), "--smoke", "--parts", "cost",
+                          "--rows", "xattn_s9", "--out-dir", str(tmp_path)], capture_output=True, text=True,
+                         timeout=300)
+    assert bad.returncode != 0 and "--rows ['xattn_s9']" in bad.stderr and "xattn_s8" in bad.stderr
