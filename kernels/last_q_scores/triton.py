@@ -566,15 +566,16 @@ _ROWS_BLOCK_N = 64
 # bench_methods, medians of 3) FlexPrefill's whole estimate took 3.08 / 7.29 ms with it against 3.32 / 7.75 ms at
 # 64K / 128K.
 _WRAP_GATHER = True
-# The row-block path's (m, l) reduced from pass 1's partials by the scores kernel (`STATS_IN`) instead of torch's
-# amax / exp / mul / sum between the passes: five launches fewer a call, which pays where the estimate is bound by
-# its host, but every program of the scores pass re-reduces its rows' partials, which costs GPU time growing with
-# the key count and the row blocks. True / False force it; None (the default) takes it for at most
-# `_FUSED_STATS_MAX_RB` row blocks of `_RB_SCORES` queries (MInference's 64 queries: 2; FlexPrefill's 128: 4) and at
-# most `_FUSED_STATS_MAX_S` keys. On an H200 (session 8, bench_methods, medians of 5, after MInference's host path
-# was trimmed; `results/tables/bench_methods_cost_s8b.csv`) MInference's estimate took 0.585 / 1.064 / 2.216 ms
-# with it against 0.601 / 1.018 / 2.025 ms without at 32K / 64K / 128K; FlexPrefill's took 3.22 / 7.78 ms against
-# 3.11 / 7.38 ms at 64K / 128K (`_s8.csv`). bench_methods rows `minference_vs_fusedstats` / `_nofusedstats` force it.
+# The row-block path's (m, l) reduced from pass 1's partials by the scores kernel (`STATS_IN`) instead of torch's amax /
+# exp / mul / sum between the passes: five launches fewer a call, which pays where the estimate is bound by its host,
+# but every program of the scores pass re-reduces its rows' partials, which costs GPU time growing with the key count
+# and the row blocks. True / False force it; None (the default) takes it for at most `_FUSED_STATS_MAX_RB` row blocks of
+# `_RB_SCORES` queries (with 64-row blocks, since session 9: MInference's 64 queries 1, FlexPrefill's 128 queries 2, so
+# both now fuse) and at most `_FUSED_STATS_MAX_S` keys. On an H200 (session 8, bench_methods, medians of 5, after
+# MInference's host path was trimmed; `results/tables/bench_methods_cost_s8b.csv`) MInference's estimate took 0.585 /
+# 1.064 / 2.216 ms with it against 0.601 / 1.018 / 2.025 ms without at 32K / 64K / 128K; FlexPrefill's took 3.22 / 7.78
+# ms against 3.11 / 7.38 ms at 64K / 128K (`_s8.csv`). bench_methods rows `minference_vs_fusedstats` / `_nofusedstats`
+# force it.
 _FUSED_ROW_STATS: bool | None = None
 # The row-block passes' logits rounded to bf16 by one packed conversion per two values whose results stay fp32
 # (`_round_bf16`; the same round-to-nearest-even as `.to(bf16).to(fp32)`, bf16 inputs only). Besides the cheaper
