@@ -419,8 +419,8 @@ def _lists_from_reads(reads, rule: dict, use_triton: bool) -> tuple[torch.Tensor
 
 # captured tails by (shapes, dtypes, device, rule, switches): (graph, static inputs, static outputs); oldest dropped
 # past _GRAPH_TAIL_CACHE entries. Each holds its graph's memory pool, which grows with the sequence: kernels/cover's
-# candidate buffers alone take 8 bytes per entry of the longest row (the nb x nb block scores), about 0.8 GB at 128K
-# keys with Llama-3.1-8B heads
+# candidate buffers alone take 8 bytes per entry of its rows (2 * H rows of N, H rows of nb x nb block scores), about
+# 0.34 GB at 128K keys with Llama-3.1-8B heads (0.77 GB until session 9 sized every row by the longest)
 _graph_tails: dict = {}
 _GRAPH_TAIL_CACHE = 2
 

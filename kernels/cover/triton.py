@@ -92,6 +92,12 @@ def _row(X, X2, row, R1, N, N2, sx, sx2):
     return x_row, n, row >= R1
 
 
+def _cand(row, R1, N, N2):
+    """Start of the row's slot in the candidate buffers: the count matrix's rows take N entries each, then the mask
+    matrix's N2 (a row's candidates never outnumber its entries)."""
+    return tl.where(row < R1, row * N, R1 * N + (row - R1) * N2)
+
+
 def _state(ST, row):
     """The row's state after the digits decided so far (`_cover_decide` wrote it): `(prefix, mass_above, cnt_above,
     all_in, b_last, ties, valid, n_cand)`: the key digits fixed, the mass and count of the entries above them,
@@ -175,12 +181,12 @@ def _before(HC, row, R, C, c, b, D: tl.constexpr, CB: tl.constexpr, I_C: tl.cons
     return n
 
 
-def _cover_hist(X, X2, BV, HC, HM, ST, R1, N, N2, NB, CH, sx, sx2, R, C, COLS: tl.constexpr, D: tl.constexpr,
+def _cover_hist(X, X2, BV, HC, HM, ST, R1, N, N2, CH, sx, sx2, R, C, COLS: tl.constexpr, D: tl.constexpr,
                 BLOCK: tl.constexpr, I_CH: tl.constexpr, INTERPRET: tl.constexpr, SKIP_FROM: tl.constexpr = 0,
                 TWO_D: tl.constexpr = False):
     """Program (chunk, row): count and mass of key digit `D` over the chunk's entries that match the digits fixed so
     far -> `HC / HM[D, row, chunk]`. Digits below FULL read the row, the others the row's compacted candidates
-    (`BV`, rows of `NB`)."""
+    (`BV`, each row's slot at `_cand`)."""
     c = tl.program_id(0)
     row = tl.program_id(1).to(tl.int64)
     x_row, n, tril = _row(X, X2, row, R1, N, N2, sx, sx2)
@@ -204,7 +210,7 @@ def _cover_hist(X, X2, BV, HC, HM, ST, R1, N, N2, NB, CH, sx, sx2, R, C, COLS: t
         inside = (idx < n) & (b0 + offs < CH)
         if D >= _FULL:
             ok = inside & (idx < n_cand)
-            x = tl.load(BV + row * NB + idx, mask=ok, other=0.0)
+            x = tl.load(BV + _cand(row, R1, N, N2) + idx, mask=ok, other=0.0)
             key = _monotone(x)
         else:
             ok, x, key = _entries(x_row, idx, inside, COLS, tril)
@@ -232,7 +238,7 @@ def _cover_hist(X, X2, BV, HC, HM, ST, R1, N, N2, NB, CH, sx, sx2, R, C, COLS: t
     tl.store(HM + out, tl.sum(mass, 0))
 
 
-def _cover_compact(X, X2, BV, BI, HC, ST, R1, N, N2, NB, CH, sx, sx2, R, C, COLS: tl.constexpr, BLOCK: tl.constexpr,
+def _cover_compact(X, X2, BV, BI, HC, ST, R1, N, N2, CH, sx, sx2, R, C, COLS: tl.constexpr, BLOCK: tl.constexpr,
                    CB: tl.constexpr, I_CH: tl.constexpr, I_C: tl.constexpr, INTERPRET: tl.constexpr):
     """Program (chunk, row): the chunk's entries that match the first FULL digits, values and indices, written in
     index order after those of the earlier chunks (their counts from digit FULL - 1)."""
@@ -247,8 +253,8 @@ def _cover_compact(X, X2, BV, BI, HC, ST, R1, N, N2, NB, CH, sx, sx2, R, C, COLS
         ok, x, key = _entries(x_row, idx, (idx < n) & (b0 + offs < CH), COLS, tril)
         keep = (ok & ((key >> (32 - 4 * _FULL)) == (prefix >> (32 - 4 * _FULL)))).to(tl.int32)
         pos = taken + tl.cumsum(keep, 0) - keep
-        tl.store(BV + row * NB + pos, x, mask=keep != 0)
-        tl.store(BI + row * NB + pos, idx.to(tl.int32), mask=keep != 0)
+        tl.store(BV + _cand(row, R1, N, N2) + pos, x, mask=keep != 0)
+        tl.store(BI + _cand(row, R1, N, N2) + pos, idx.to(tl.int32), mask=keep != 0)
         taken += tl.sum(keep)
 
 
@@ -277,7 +283,7 @@ def _cover_mask(X2, ST, OUT, R1, N2, CH, sx2, so, COLS: tl.constexpr, BLOCK: tl.
         tl.store(OUT + r2 * so + idx, keep.to(tl.int8), mask=inside)
 
 
-def _cover_ties(BV, BI, HC, ST, OUT, R1, N2, NB, CH, so, R, C, target2, NDIG: tl.constexpr, BLOCK: tl.constexpr,
+def _cover_ties(BV, BI, HC, ST, OUT, R1, N, N2, CH, so, R, C, target2, NDIG: tl.constexpr, BLOCK: tl.constexpr,
                 CB: tl.constexpr, I_CH: tl.constexpr, I_C: tl.constexpr, INTERPRET: tl.constexpr):
     """Program (chunk of candidates, row of the mask matrix): sets the ties of t' whose rank among the row's ties
     (index order: the candidates keep it; the ties in earlier chunks from the last digit's counts) is below the
@@ -292,17 +298,17 @@ def _cover_ties(BV, BI, HC, ST, OUT, R1, N2, NB, CH, so, R, C, target2, NDIG: tl
     for b0 in range(0, I_CH if INTERPRET else tl.minimum(CH, n_cand - c * CH), BLOCK):
         pos = c * CH + b0 + offs
         ok = (pos < N2) & (b0 + offs < CH) & (pos < n_cand)
-        key = _monotone(tl.load(BV + row * NB + pos, mask=ok, other=0.0))
+        key = _monotone(tl.load(BV + _cand(row, R1, N, N2) + pos, mask=ok, other=0.0))
         eq = (ok & (key == prefix)).to(tl.int32)
         rank = seen + tl.cumsum(eq, 0) - eq  # ties of t' before this one, in index order
         hit = (eq != 0) & (rank < fit)
-        idx = tl.load(BI + row * NB + pos, mask=hit, other=0)
+        idx = tl.load(BI + _cand(row, R1, N, N2) + pos, mask=hit, other=0)
         tl.store(OUT + r2 * so + idx, tl.full([BLOCK], 1, tl.int8), mask=hit)
         seen += tl.sum(eq)
 
 
 _kernels = per_mode((_cover_hist, _cover_compact, _cover_count, _cover_mask, _cover_ties, _cover_decide),
-                    (_monotone, _entries, _row, _state, _fit, _before))
+                    (_monotone, _entries, _row, _state, _fit, _before, _cand))
 
 
 def _launch(x, target, x2, target2, cols, chunk, block, num_warps):
@@ -325,14 +331,14 @@ def _launch(x, target, x2, target2, cols, chunk, block, num_warps):
     hm = torch.empty(DIGITS, R, C, 16, dtype=torch.float32, device=dev)
     st = torch.empty(R, 8, dtype=torch.int32, device=dev)  # each row's state after the digits so far (`_state`)
     # the candidates after FULL digits (at most the whole row): values and indices, in index order
-    bv = torch.empty(R, NB, dtype=torch.float32, device=dev)
-    bi = torch.empty(R, NB, dtype=torch.int32, device=dev)
+    bv = torch.empty(R1 * N + R2 * N2, dtype=torch.float32, device=dev)
+    bi = torch.empty(R1 * N + R2 * N2, dtype=torch.int32, device=dev)
     hist_k, compact_k, count_k, mask_k, ties_k, decide_k = _kernels(interpret)
     t1, t2 = float(target), float(target2)
     loops = {"CB": 8, "I_C": C if interpret else 0, "INTERPRET": interpret}
     rows = {"I_CH": chunk if interpret else 0, "num_warps": num_warps}
     both = (xa, xb)
-    dims = (R1, N, N2, NB, chunk, xa.stride(0), xb.stride(0), R, C, cols)
+    dims = (R1, N, N2, chunk, xa.stride(0), xb.stride(0), R, C, cols)
     for d in range(DIGITS):
         if d == FULL:
             # the write passes hold no [BLOCK, 16] sums: longer blocks (at 256 their scans spill on sm_90)
@@ -348,7 +354,7 @@ def _launch(x, target, x2, target2, cols, chunk, block, num_warps):
         out = torch.empty(R2, N2, dtype=torch.int8, device=dev)
         mask_k[(C, R2)](xb, st, out, R1, N2, chunk, xb.stride(0), out.stride(0), cols,
                         BLOCK=min(4 * block, chunk), **rows, INTERPRET=interpret)
-        ties_k[(C, R2)](bv, bi, hc, st, out, R1, N2, NB, chunk, out.stride(0), R, C, t2, NDIG=DIGITS,
+        ties_k[(C, R2)](bv, bi, hc, st, out, R1, N, N2, chunk, out.stride(0), R, C, t2, NDIG=DIGITS,
                         BLOCK=min(4 * block, chunk), **rows, **loops)
         out = out.view(torch.bool)
     return cnt, out
