@@ -99,11 +99,11 @@ def _cand(row, R1, N, N2):
 
 
 def _state(ST, row):
-    """The row's state after the digits decided so far (`_cover_decide` wrote it): `(prefix, mass_above, cnt_above,
-    all_in, b_last, ties, valid, n_cand)`: the key digits fixed, the mass and count of the entries above them,
-    whether the row's mass is within the target (from digit 0), the bin taken at the last digit, the entries equal
-    to the prefix in it (after the last digit: the ties of t'), the row's entries (digit 0's total) and, once FULL
-    digits are fixed, the candidates the compaction keeps (the entries matching them)."""
+    """The row's state after the digits decided so far (`_cover_decide` wrote it; zero before the first): `(prefix,
+    mass_above, cnt_above, all_in, b_last, ties, valid, n_cand)`: the key digits fixed, the mass and count of the
+    entries above them, whether the row's mass is within the target (from digit 0), the bin taken at the last digit,
+    the entries equal to the prefix in it (after the last digit: the ties of t'), the row's entries (digit 0's
+    total) and, once FULL digits are fixed, the candidates the compaction keeps (the entries matching them)."""
     base = ST + row * 8
     prefix = tl.load(base).to(tl.uint32, bitcast=True)
     mass_above = tl.load(base + 1).to(tl.float32, bitcast=True)
@@ -119,15 +119,7 @@ def _cover_decide(HC, HM, ST, R, C, R1, target, target2, D: tl.constexpr, CB: tl
     tgt = tl.where(row >= R1, target2, target)
     bins = tl.arange(0, 16)
     cc = tl.arange(0, CB)
-    if D == 0:
-        prefix = tl.zeros([], dtype=tl.uint32)
-        mass_above = tl.zeros([], dtype=tl.float32)
-        cnt_above = tl.zeros([], dtype=tl.int32)
-        all_in = tl.zeros([], dtype=tl.int1)
-        valid = tl.zeros([], dtype=tl.int32)
-        n_cand = tl.zeros([], dtype=tl.int32)
-    else:
-        prefix, mass_above, cnt_above, all_in, _, _, valid, n_cand = _state(ST, row)
+    prefix, mass_above, cnt_above, all_in, _, _, valid, n_cand = _state(ST, row)  # all zero before digit 0
     cnt = tl.zeros([16], dtype=tl.int32)
     mass = tl.zeros([16], dtype=tl.float32)
     base = ((D * R + row) * C) * 16
@@ -190,11 +182,8 @@ def _cover_hist(X, X2, BV, HC, HM, ST, R1, N, N2, CH, sx, sx2, R, C, COLS: tl.co
     c = tl.program_id(0)
     row = tl.program_id(1).to(tl.int64)
     x_row, n, tril = _row(X, X2, row, R1, N, N2, sx, sx2)
-    if D > 0:
-        prefix, _, _, _, _, _, _, n_cand = _state(ST, row)
-    else:
-        prefix = tl.zeros([], dtype=tl.uint32)
-        n_cand = tl.zeros([], dtype=tl.int32)
+    prefix, _, _, _, _, _, _, n_cand = _state(ST, row)
+    slot = BV + _cand(row, R1, N, N2)
     bins = tl.arange(0, 16)
     # TWO_D: the block's entries as a [BLOCK, 1] column from the start. Built in 1-D and broadcast, every per-entry
     # value was recomputed for each bin a thread holds and moved between layouts through shared memory (offline
@@ -210,24 +199,22 @@ def _cover_hist(X, X2, BV, HC, HM, ST, R1, N, N2, CH, sx, sx2, R, C, COLS: tl.co
         inside = (idx < n) & (b0 + offs < CH)
         if D >= _FULL:
             ok = inside & (idx < n_cand)
-            x = tl.load(BV + _cand(row, R1, N, N2) + idx, mask=ok, other=0.0)
+            x = tl.load(slot + idx, mask=ok, other=0.0)
             key = _monotone(x)
         else:
             ok, x, key = _entries(x_row, idx, inside, COLS, tril)
         if D > 0:
             ok = ok & ((key >> (32 - 4 * D)) == (prefix >> (32 - 4 * D)))
         if TWO_D:
-            any_ok = tl.max(tl.max(ok.to(tl.int32), 1), 0) > 0
             hit = ok & (((key >> (28 - 4 * D)) & 15).to(tl.int32) == bins[None, :])
             xb = x
         else:
-            any_ok = tl.max(ok.to(tl.int32)) > 0
             hit = ok[:, None] & (((key >> (28 - 4 * D)) & 15).to(tl.int32)[:, None] == bins[None, :])
             xb = x[:, None]
         if D >= SKIP_FROM:
             # blocks without an entry matching the prefix skip the [BLOCK, 16] work (the test is a reduction over
             # the block, a barrier each time: only from the digit where such blocks get common)
-            if any_ok:
+            if tl.max(ok.to(tl.int32)) > 0:
                 cnt += hit.to(tl.int32)
                 mass += tl.where(hit, xb, 0.0)
         else:
@@ -247,14 +234,15 @@ def _cover_compact(X, X2, BV, BI, HC, ST, R1, N, N2, CH, sx, sx2, R, C, COLS: tl
     x_row, n, tril = _row(X, X2, row, R1, N, N2, sx, sx2)
     prefix, _, _, _, b_last, _, _, _ = _state(ST, row)
     taken = _before(HC, row, R, C, c, b_last, _FULL - 1, CB, I_C, INTERPRET)
+    slot = _cand(row, R1, N, N2)
     offs = tl.arange(0, BLOCK)
     for b0 in range(0, I_CH if INTERPRET else tl.minimum(CH, n - c * CH), BLOCK):
         idx = c * CH + b0 + offs
         ok, x, key = _entries(x_row, idx, (idx < n) & (b0 + offs < CH), COLS, tril)
         keep = (ok & ((key >> (32 - 4 * _FULL)) == (prefix >> (32 - 4 * _FULL)))).to(tl.int32)
         pos = taken + tl.cumsum(keep, 0) - keep
-        tl.store(BV + _cand(row, R1, N, N2) + pos, x, mask=keep != 0)
-        tl.store(BI + _cand(row, R1, N, N2) + pos, idx.to(tl.int32), mask=keep != 0)
+        tl.store(BV + slot + pos, x, mask=keep != 0)
+        tl.store(BI + slot + pos, idx.to(tl.int32), mask=keep != 0)
         taken += tl.sum(keep)
 
 
@@ -294,15 +282,16 @@ def _cover_ties(BV, BI, HC, ST, OUT, R1, N, N2, CH, so, R, C, target2, NDIG: tl.
     prefix, mass_above, _, all_in, b_last, ties, _, n_cand = _state(ST, row)
     fit = tl.where(all_in, 0, _fit(prefix, mass_above, ties, target2))
     seen = _before(HC, row, R, C, c, b_last, NDIG - 1, CB, I_C, INTERPRET)
+    slot = _cand(row, R1, N, N2)
     offs = tl.arange(0, BLOCK)
     for b0 in range(0, I_CH if INTERPRET else tl.minimum(CH, n_cand - c * CH), BLOCK):
         pos = c * CH + b0 + offs
         ok = (pos < N2) & (b0 + offs < CH) & (pos < n_cand)
-        key = _monotone(tl.load(BV + _cand(row, R1, N, N2) + pos, mask=ok, other=0.0))
+        key = _monotone(tl.load(BV + slot + pos, mask=ok, other=0.0))
         eq = (ok & (key == prefix)).to(tl.int32)
         rank = seen + tl.cumsum(eq, 0) - eq  # ties of t' before this one, in index order
         hit = (eq != 0) & (rank < fit)
-        idx = tl.load(BI + _cand(row, R1, N, N2) + pos, mask=hit, other=0)
+        idx = tl.load(BI + slot + pos, mask=hit, other=0)
         tl.store(OUT + r2 * so + idx, tl.full([BLOCK], 1, tl.int8), mask=hit)
         seen += tl.sum(eq)
 
@@ -329,7 +318,8 @@ def _launch(x, target, x2, target2, cols, chunk, block, num_warps):
     dev = xa.device
     hc = torch.empty(DIGITS, R, C, 16, dtype=torch.int32, device=dev)
     hm = torch.empty(DIGITS, R, C, 16, dtype=torch.float32, device=dev)
-    st = torch.empty(R, 8, dtype=torch.int32, device=dev)  # each row's state after the digits so far (`_state`)
+    # each row's state after the digits so far (`_state`), all zero before the first
+    st = torch.zeros(R, 8, dtype=torch.int32, device=dev)
     # the candidates after FULL digits (at most the whole row): values and indices, in index order
     bv = torch.empty(R1 * N + R2 * N2, dtype=torch.float32, device=dev)
     bi = torch.empty(R1 * N + R2 * N2, dtype=torch.int32, device=dev)
