@@ -392,14 +392,15 @@ def parts_from_reads(scores: torch.Tensor, q_last: torch.Tensor, k_mean: torch.T
     return pooled, budget.masked_fill(query_aware, minb), qa_blocks, query_aware
 
 
-def official_lists(q: torch.Tensor, k: torch.Tensor, **kw) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def official_lists(q: torch.Tensor, k: torch.Tensor, *, gamma: float, tau: float, minb: int, maxb: int,
+                   block_size: int, scale: float, max_elems: int = MAX_SCORE_ELEMS, scores_kernel: str = "torch"
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Official FlexPrefill block lists (`Selection` layout, every key block as list width: no host
     synchronisation), eagerly or with the tail replayed from a CUDA graph (`_GRAPH_TAIL`): `(idx, counts,
-    query_aware)`; keywords of `official_parts`."""
-    reads = official_reads(q, k, block_size=kw["block_size"], scale=kw["scale"],
-                           max_elems=kw.get("max_elems", MAX_SCORE_ELEMS),
-                           scores_kernel=kw.get("scores_kernel", "torch"))
-    rule = {n: kw[n] for n in ("gamma", "tau", "minb", "maxb", "block_size")}
+    query_aware)`; arguments of `official_parts`."""
+    reads = official_reads(q, k, block_size=block_size, scale=scale, max_elems=max_elems,
+                           scores_kernel=scores_kernel)
+    rule = {"gamma": gamma, "tau": tau, "minb": minb, "maxb": maxb, "block_size": block_size}
     use_triton = runs_triton(q)
     if _GRAPH_TAIL and q.is_cuda:
         return _graph_tail(reads, rule, use_triton)

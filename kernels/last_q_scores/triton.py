@@ -125,7 +125,8 @@ def _round_and_mask(acc, dt, row, row_ok, keys, key_ok, scale, S, L, CAUSAL: tl.
     """fp32 dot products -> the logits of the caller's torch path (rounded as it rounds them, see the module doc),
     -inf outside the rows, keys and (with `CAUSAL`) each row's causal range. `whole` (a runtime flag, uniform over
     the program): the caller knows every row and key of the tile to be inside, so no mask is built. `ASM_ROUND`
-    (compiled bf16 kernels only: inline PTX): `_round_bf16` instead of the casts."""
+    (compiled bf16 kernels only: inline PTX): `_round_bf16` instead of the casts of `_scaled_logits`' rounding
+    (`ROUND_DOT` takes precedence)."""
     if ROUND_DOT:
         # PBS: `torch.matmul(...).mul_(scale)` rounds the product to the input dtype, then the scaled value again
         s = (acc.to(dt).to(tl.float32) * scale).to(dt).to(tl.float32)
@@ -287,8 +288,7 @@ def _lastq_stats_rows(Q, K, MT, LT, sqb, sqh, sqt, skb, skh, sks, smb, smt, S, L
         tile = pid_t * TPP + t
         keys = tile * BLOCK_N + tl.arange(0, BLOCK_N)
         s = _block_logits(q, k_base, sks, tile, keys, keys < S, row, row_ok, scale, S, L, D, BLOCK_N, INTERPRET,
-                          PREC, CAUSAL, ROUND_DOT, _whole_tile(tile, S, L, BLOCK_N, CAUSAL, FAST, EVEN),
-                          ASM_ROUND and not ROUND_DOT)
+                          PREC, CAUSAL, ROUND_DOT, _whole_tile(tile, S, L, BLOCK_N, CAUSAL, FAST, EVEN), ASM_ROUND)
         m_new = tl.maximum(m, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no key seen yet: l stays 0
         if FAST:
