@@ -134,6 +134,11 @@ _POOL_KERNEL = False
 # the host's issue time per call 0.66 / 0.61 / 1.33 ms against 1.97 / 1.68 / 1.77 ms (`bench_methods_cost_s9c.csv`;
 # row `flexprefill_nographtail`). The first call per shape captures (a few ms, once).
 _GRAPH_TAIL = True
+# On CUDA the block means of q and k (a read of all of q and k, bound by memory bandwidth) run on a side stream while
+# the last queries' score passes (bound by instruction latency, reading little) run on the caller's stream, which
+# waits for both before the rule. Session 10, not yet timed on a GPU; bench_methods row `flexprefill_sidemeans`
+_SIDE_MEANS = False
+_side_streams: dict = {}
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -344,13 +349,27 @@ def official_reads(q: torch.Tensor, k: torch.Tensor, *, block_size: int, scale: 
     """The part of `official_parts` that reads q and k whole: `(scores [2, B, H, N]` fp32 vertical and slash scores,
     `q_last [B, H, bs, D]` the scaled last queries, `k_mean [B, HKV, nb, D]` the key block means, `q_mean
     [B, H, nb, D]` the scaled query block means). Everything after it works on these small tensors only."""
-    B, H, N, D = q.shape
-    scores, q_last = last_query_scores(q, k, block_size, scale, max_elems, scores_kernel)  # [2, B, H, N]
     means = block_means_naive
     if _POOL_KERNEL and runs_triton(q):
         from sparsebench.kernels.block_means import block_means_triton as means
-    k_mean = means(k, block_size)  # [B, HKV, nb, D], the input dtype
-    q_mean = means(q, block_size, scale)
+    if not (_SIDE_MEANS and q.is_cuda):
+        scores, q_last = last_query_scores(q, k, block_size, scale, max_elems, scores_kernel)  # [2, B, H, N]
+        k_mean = means(k, block_size)  # [B, HKV, nb, D], the input dtype
+        q_mean = means(q, block_size, scale)
+        return scores, q_last, k_mean, q_mean
+    main = torch.cuda.current_stream(q.device)
+    side = _side_streams.get(q.device)
+    if side is None:
+        side = _side_streams[q.device] = torch.cuda.Stream(device=q.device)
+    side.wait_stream(main)  # q and k are written on the caller's stream
+    with torch.cuda.stream(side):
+        k_mean = means(k, block_size)
+        q_mean = means(q, block_size, scale)
+    scores, q_last = last_query_scores(q, k, block_size, scale, max_elems, scores_kernel)
+    main.wait_stream(side)
+    # made on the side stream, used and freed on the caller's: the allocator must wait for the caller's uses
+    k_mean.record_stream(main)
+    q_mean.record_stream(main)
     return scores, q_last, k_mean, q_mean
 
 
@@ -433,7 +452,8 @@ def _graph_tail(reads, rule: dict, use_triton: bool) -> tuple[torch.Tensor, torc
     # inference mode in the key: its tensors cannot be written outside it (nor normal ones inside)
     key = (tuple((t.shape, t.dtype, t.stride()) for t in reads), reads[0].device, tuple(sorted(rule.items())),
            use_triton, _COVER_KERNEL, _BLOCKS_KERNEL, _SWITCH_KERNEL, torch.is_inference_mode_enabled(),
-           (cover.CHUNK, cover.BLOCK, cover.SKIP_FROM, cover.HIST_2D) if _COVER_KERNEL and cover else None)
+           (cover.CHUNK, cover.BLOCK, cover.SKIP_FROM, cover.HIST_2D, cover.SKIP_UPPER)
+           if _COVER_KERNEL and cover else None)
     with torch.no_grad(), torch.cuda.device(reads[0].device):
         return _replay(key, reads, rule, use_triton)
 

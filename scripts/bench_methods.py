@@ -70,7 +70,15 @@ GPU_COST_VARIANTS = (("minference_vs_torch", "minference", {"pattern": "vertical
                      ("flexprefill_rb32", "flexprefill", {}),
                      ("flexprefill_nographtail", "flexprefill", {}),
                      ("flexprefill_cover16k", "flexprefill", {}),
-                     ("flexprefill_hist1d", "flexprefill", {}))
+                     ("flexprefill_hist1d", "flexprefill", {}),
+                     ("flexprefill_skipupper", "flexprefill", {}),
+                     ("flexprefill_nofusedstats", "flexprefill", {}),
+                     ("flexprefill_sidemeans", "flexprefill", {}),
+                     ("flexprefill_sidepool", "flexprefill", {}),
+                     ("flexprefill_s10", "flexprefill", {}),
+                     ("flexprefill_s10_nographtail", "flexprefill", {}),
+                     ("flexprefill_coverb256", "flexprefill", {}),
+                     ("flexprefill_cover2k", "flexprefill", {}))
 # environment a variant runs under (switches that are not constructor knobs, read at call time)
 VARIANT_ENV = {"xattn_s8_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"},
                "xattn_s16_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"}}
@@ -111,6 +119,22 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
     "flexprefill_cover16k": [("sparsebench.kernels.cover.triton", "CHUNK", 16384)],
     # kernels/cover's digit blocks built in 1-D and broadcast (until session 9) instead of as [BLOCK, 1] columns
     "flexprefill_hist1d": [("sparsebench.kernels.cover.triton", "HIST_2D", False)],
+    # session 10, not defaults until timed: kernels/cover's mask rows skipping their blocks above the diagonal; the
+    # (m, l) fusion off for FlexPrefill's 128 queries at 32K; the block means on a side stream during the score
+    # passes (by torch, or by kernels/block_means); and those together
+    "flexprefill_skipupper": [("sparsebench.kernels.cover.triton", "SKIP_UPPER", True)],
+    "flexprefill_nofusedstats": [(_LASTQ, "_FUSED_ROW_STATS", False)],
+    "flexprefill_sidemeans": [("sparsebench.methods.flexprefill", "_SIDE_MEANS", True)],
+    "flexprefill_sidepool": [("sparsebench.methods.flexprefill", "_SIDE_MEANS", True),
+                             ("sparsebench.methods.flexprefill", "_POOL_KERNEL", True)],
+    "flexprefill_s10": [("sparsebench.kernels.cover.triton", "SKIP_UPPER", True),
+                        ("sparsebench.methods.flexprefill", "_SIDE_MEANS", True)],
+    "flexprefill_s10_nographtail": [("sparsebench.kernels.cover.triton", "SKIP_UPPER", True),
+                                    ("sparsebench.methods.flexprefill", "_SIDE_MEANS", True),
+                                    ("sparsebench.methods.flexprefill", "_GRAPH_TAIL", False)],
+    # kernels/cover's digit blocks of 256 entries, or chunks of 2048 (defaults 128 and 4096)
+    "flexprefill_coverb256": [("sparsebench.kernels.cover.triton", "BLOCK", 256)],
+    "flexprefill_cover2k": [("sparsebench.kernels.cover.triton", "CHUNK", 2048)],
     # the columns and the diagonals by two top_set calls instead of one paired call
     "minference_vs_topsettwo": [("sparsebench.methods.minference", "_TOP_SET_PAIR", False)],
     "minference_vs_s6": [(_LASTQ, "_ROWS_MIN_L", 65), (_LASTQ, "_WRAP_GATHER", False),

@@ -71,6 +71,10 @@ BLOCK = 128
 # instruction counts only (a third of the full-row passes' instructions), not yet timed on a GPU; bench_methods row
 # `flexprefill_hist1d` builds it in 1-D as before
 HIST_2D = True
+# blocks of a mask row that lie wholly above its matrix's diagonal (no entry takes part) skip the full-row digit
+# launches and the compaction: about half of each mask row (FlexPrefill's nb x nb block scores). Session 10, not yet
+# timed on a GPU; bench_methods row `flexprefill_skipupper`
+SKIP_UPPER = False
 
 
 def _entries(x_row, idx, ok, COLS, tril):
@@ -79,6 +83,14 @@ def _entries(x_row, idx, ok, COLS, tril):
     ok = ok & tl.where(tril, idx % COLS <= idx // COLS, True)
     x = tl.load(x_row + idx, mask=ok, other=0.0)
     return ok, x, _monotone(x)
+
+
+def _upper(first, tril, COLS: tl.constexpr, BLOCK: tl.constexpr):
+    """Whether the block of BLOCK entries from index `first` of a `tril` row lies wholly above the diagonal of the
+    row read as `[N / COLS, COLS]`: within one matrix row, from a column past that row (a block that reaches into
+    the next matrix row counts as live)."""
+    col = first % COLS
+    return tril & (col > first // COLS) & (col + BLOCK <= COLS)
 
 
 def _row(X, X2, row, R1, N, N2, sx, sx2):
@@ -175,7 +187,7 @@ def _before(HC, row, R, C, c, b, D: tl.constexpr, CB: tl.constexpr, I_C: tl.cons
 
 def _cover_hist(X, X2, BV, HC, HM, ST, R1, N, N2, CH, sx, sx2, R, C, COLS: tl.constexpr, D: tl.constexpr,
                 BLOCK: tl.constexpr, I_CH: tl.constexpr, INTERPRET: tl.constexpr, SKIP_FROM: tl.constexpr = 0,
-                TWO_D: tl.constexpr = False):
+                TWO_D: tl.constexpr = False, SKIP_UPPER: tl.constexpr = False):
     """Program (chunk, row): count and mass of key digit `D` over the chunk's entries that match the digits fixed so
     far -> `HC / HM[D, row, chunk]`. Digits below FULL read the row, the others the row's compacted candidates
     (`BV`, each row's slot at `_cand`)."""
@@ -217,6 +229,11 @@ def _cover_hist(X, X2, BV, HC, HM, ST, R1, N, N2, CH, sx, sx2, R, C, COLS: tl.co
             if tl.max(ok.to(tl.int32)) > 0:
                 cnt += hit.to(tl.int32)
                 mass += tl.where(hit, xb, 0.0)
+        elif SKIP_UPPER:
+            # a scalar test, uniform over the program: no reduction, no barrier
+            if not _upper(c * CH + b0, tril, COLS, BLOCK):
+                cnt += hit.to(tl.int32)
+                mass += tl.where(hit, xb, 0.0)
         else:
             cnt += hit.to(tl.int32)
             mass += tl.where(hit, xb, 0.0)
@@ -226,7 +243,8 @@ def _cover_hist(X, X2, BV, HC, HM, ST, R1, N, N2, CH, sx, sx2, R, C, COLS: tl.co
 
 
 def _cover_compact(X, X2, BV, BI, HC, ST, R1, N, N2, CH, sx, sx2, R, C, COLS: tl.constexpr, BLOCK: tl.constexpr,
-                   CB: tl.constexpr, I_CH: tl.constexpr, I_C: tl.constexpr, INTERPRET: tl.constexpr):
+                   CB: tl.constexpr, I_CH: tl.constexpr, I_C: tl.constexpr, INTERPRET: tl.constexpr,
+                   SKIP_UPPER: tl.constexpr = False):
     """Program (chunk, row): the chunk's entries that match the first FULL digits, values and indices, written in
     index order after those of the earlier chunks (their counts from digit FULL - 1)."""
     c = tl.program_id(0)
@@ -237,13 +255,17 @@ def _cover_compact(X, X2, BV, BI, HC, ST, R1, N, N2, CH, sx, sx2, R, C, COLS: tl
     slot = _cand(row, R1, N, N2)
     offs = tl.arange(0, BLOCK)
     for b0 in range(0, I_CH if INTERPRET else tl.minimum(CH, n - c * CH), BLOCK):
-        idx = c * CH + b0 + offs
-        ok, x, key = _entries(x_row, idx, (idx < n) & (b0 + offs < CH), COLS, tril)
-        keep = (ok & ((key >> (32 - 4 * _FULL)) == (prefix >> (32 - 4 * _FULL)))).to(tl.int32)
-        pos = taken + tl.cumsum(keep, 0) - keep
-        tl.store(BV + slot + pos, x, mask=keep != 0)
-        tl.store(BI + slot + pos, idx.to(tl.int32), mask=keep != 0)
-        taken += tl.sum(keep)
+        live = True
+        if SKIP_UPPER:
+            live = not _upper(c * CH + b0, tril, COLS, BLOCK)
+        if live:
+            idx = c * CH + b0 + offs
+            ok, x, key = _entries(x_row, idx, (idx < n) & (b0 + offs < CH), COLS, tril)
+            keep = (ok & ((key >> (32 - 4 * _FULL)) == (prefix >> (32 - 4 * _FULL)))).to(tl.int32)
+            pos = taken + tl.cumsum(keep, 0) - keep
+            tl.store(BV + slot + pos, x, mask=keep != 0)
+            tl.store(BI + slot + pos, idx.to(tl.int32), mask=keep != 0)
+            taken += tl.sum(keep)
 
 
 def _cover_count(ST, CNT, target):
@@ -297,7 +319,7 @@ def _cover_ties(BV, BI, HC, ST, OUT, R1, N, N2, CH, so, R, C, target2, NDIG: tl.
 
 
 _kernels = per_mode((_cover_hist, _cover_compact, _cover_count, _cover_mask, _cover_ties, _cover_decide),
-                    (_monotone, _entries, _row, _state, _fit, _before, _cand))
+                    (_monotone, _entries, _row, _state, _fit, _before, _cand, _upper))
 
 
 def _launch(x, target, x2, target2, cols, chunk, block, num_warps):
@@ -332,9 +354,10 @@ def _launch(x, target, x2, target2, cols, chunk, block, num_warps):
     for d in range(DIGITS):
         if d == FULL:
             # the write passes hold no [BLOCK, 16] sums: longer blocks (at 256 their scans spill on sm_90)
-            compact_k[(C, R)](*both, bv, bi, hc, st, *dims, BLOCK=min(4 * block, chunk), **rows, **loops)
-        hist_k[(C, R)](*both, bv, hc, hm, st, *dims, D=d, BLOCK=block, SKIP_FROM=SKIP_FROM, TWO_D=HIST_2D, **rows,
-                       INTERPRET=interpret)
+            compact_k[(C, R)](*both, bv, bi, hc, st, *dims, BLOCK=min(4 * block, chunk), SKIP_UPPER=SKIP_UPPER,
+                              **rows, **loops)
+        hist_k[(C, R)](*both, bv, hc, hm, st, *dims, D=d, BLOCK=block, SKIP_FROM=SKIP_FROM, TWO_D=HIST_2D,
+                       SKIP_UPPER=SKIP_UPPER, **rows, INTERPRET=interpret)
         decide_k[(R,)](hc, hm, st, R, C, R1, t1, t2, D=d, num_warps=1, **loops)
     cnt = out = None
     if R1:

@@ -70,6 +70,27 @@ def _check_pair(case):
     assert torch.equal(mask, cover_mask_naive(x2, target2, nb))
 
 
+def _check_upper(case):
+    """`SKIP_UPPER`: mask rows whose blocks lie wholly above the diagonal skip them (blocks and compaction blocks
+    shorter than the matrix rows, so that some do); the same mask, alone and paired with counts."""
+    import sparsebench.kernels.cover.triton as CT
+
+    kind, R, nb, gamma, block = case
+    x = _tril_rows(R, nb) if kind == "soft" else _rows("grid", R, nb * nb)
+    target = gamma * nb if kind == "soft" else gamma
+    want = cover_mask_naive(x, target, nb)
+    with switched(CT, SKIP_UPPER=True):
+        got = CT.cover_mask_triton(x, target, nb, chunk=8 * block, block=block)
+        cnt, mask = CT.cover_pair_triton(_rows("soft", 2, 300, seed=3), 0.9, x, target, nb, chunk=8 * block,
+                                         block=block)
+    assert torch.equal(got, want) and torch.equal(mask, want)
+    assert torch.equal(cnt, cover_count_naive(_rows("soft", 2, 300, seed=3), 0.9))
+
+
+UPPER_CASES = [pytest.param(c, id="upper-{}-{}x{}-t{}-b{}".format(*c)) for c in (
+    ("soft", 2, 32, 0.95, 4), ("grid", 1, 32, 3.0, 4))]
+
+
 PAIR_CASES = [pytest.param((("soft", 3, 300, 0.95), ("soft", 2, 12, 0.95 * 12), 32), id="pair-soft-longer-counts"),
               pytest.param((("grid", 2, 40, 0.5), ("grid", 3, 16, 3.0), 16), id="pair-grid-longer-masks")]
 
@@ -93,7 +114,7 @@ FLEX_CASES = [pytest.param(c, id="flex-T{}-H{}-HKV{}-D{}-s{}".format(*c)) for c 
                                                                                       (700, 2, 1, 64, 1))]
 
 
-@pytest.mark.parametrize("case", COUNT_CASES + MASK_CASES + PAIR_CASES + FLEX_CASES)
+@pytest.mark.parametrize("case", COUNT_CASES + MASK_CASES + PAIR_CASES + FLEX_CASES + UPPER_CASES)
 def test_triton_interpret_matches_reference(case, request, interpret_verdicts):
     assert_verdict(interpret_verdicts, request)
 
@@ -150,3 +171,4 @@ if __name__ == "__main__" and sys.argv[1:] == ["--interpret"]:
     report_verdicts(_check_mask, MASK_CASES)
     report_verdicts(_check_pair, PAIR_CASES)
     report_verdicts(_check_flex, FLEX_CASES)
+    report_verdicts(_check_upper, UPPER_CASES)
