@@ -136,8 +136,12 @@ _POOL_KERNEL = False
 _GRAPH_TAIL = True
 # On CUDA the block means of q and k (a read of all of q and k, bound by memory bandwidth) run on a side stream while
 # the last queries' score passes (bound by instruction latency, reading little) run on the caller's stream, which
-# waits for both before the rule. Session 10, not yet timed on a GPU; bench_methods row `flexprefill_sidemeans`
-_SIDE_MEANS = False
+# waits for both before the rule. On by default since session 10: 1.012 / 1.885 / 4.697 ms against 1.042 / 1.906 /
+# 4.722 ms at 32K / 64K / 128K, and with kernels/cover's SKIP_UPPER 1.009 / 1.854 / 4.524 ms (H200,
+# `bench_methods_cost_s10b.csv`, rows `flexprefill_sidemeans`, `_s10`). Little overlap: the score passes' programs
+# fill the multiprocessors' registers. With kernels/block_means on the side stream instead it was slower (row
+# `flexprefill_sidepool`: 1.110 / 2.096 / 5.138 ms)
+_SIDE_MEANS = True
 _side_streams: dict = {}
 
 

@@ -71,14 +71,15 @@ GPU_COST_VARIANTS = (("minference_vs_torch", "minference", {"pattern": "vertical
                      ("flexprefill_nographtail", "flexprefill", {}),
                      ("flexprefill_cover16k", "flexprefill", {}),
                      ("flexprefill_hist1d", "flexprefill", {}),
-                     ("flexprefill_skipupper", "flexprefill", {}),
-                     ("flexprefill_nofusedstats", "flexprefill", {}),
-                     ("flexprefill_sidemeans", "flexprefill", {}),
+                     ("flexprefill_noskipupper", "flexprefill", {}),
+                     ("flexprefill_nosidemeans", "flexprefill", {}),
                      ("flexprefill_sidepool", "flexprefill", {}),
-                     ("flexprefill_s10", "flexprefill", {}),
-                     ("flexprefill_s10_nographtail", "flexprefill", {}),
+                     ("flexprefill_s9defaults", "flexprefill", {}),
                      ("flexprefill_coverb256", "flexprefill", {}),
-                     ("flexprefill_cover2k", "flexprefill", {}))
+                     ("flexprefill_cover2k", "flexprefill", {}),
+                     ("flexprefill_transscores", "flexprefill", {}),
+                     ("flexprefill_transscores_nographtail", "flexprefill", {}),
+                     ("minference_vs_transscores", "minference", {"pattern": "vertical_slash"}))
 # environment a variant runs under (switches that are not constructor knobs, read at call time)
 VARIANT_ENV = {"xattn_s8_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"},
                "xattn_s16_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"}}
@@ -119,19 +120,21 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
     "flexprefill_cover16k": [("sparsebench.kernels.cover.triton", "CHUNK", 16384)],
     # kernels/cover's digit blocks built in 1-D and broadcast (until session 9) instead of as [BLOCK, 1] columns
     "flexprefill_hist1d": [("sparsebench.kernels.cover.triton", "HIST_2D", False)],
-    # session 10, not defaults until timed: kernels/cover's mask rows skipping their blocks above the diagonal; the
-    # (m, l) fusion off for FlexPrefill's 128 queries at 32K; the block means on a side stream during the score
-    # passes (by torch, or by kernels/block_means); and those together
-    "flexprefill_skipupper": [("sparsebench.kernels.cover.triton", "SKIP_UPPER", True)],
-    "flexprefill_nofusedstats": [(_LASTQ, "_FUSED_ROW_STATS", False)],
-    "flexprefill_sidemeans": [("sparsebench.methods.flexprefill", "_SIDE_MEANS", True)],
-    "flexprefill_sidepool": [("sparsebench.methods.flexprefill", "_SIDE_MEANS", True),
-                             ("sparsebench.methods.flexprefill", "_POOL_KERNEL", True)],
-    "flexprefill_s10": [("sparsebench.kernels.cover.triton", "SKIP_UPPER", True),
-                        ("sparsebench.methods.flexprefill", "_SIDE_MEANS", True)],
-    "flexprefill_s10_nographtail": [("sparsebench.kernels.cover.triton", "SKIP_UPPER", True),
-                                    ("sparsebench.methods.flexprefill", "_SIDE_MEANS", True),
-                                    ("sparsebench.methods.flexprefill", "_GRAPH_TAIL", False)],
+    # the settings session 10's defaults replaced: kernels/cover's mask rows walking their blocks above the diagonal
+    # too; the block means after the score passes on one stream; both, with the (m, l) fusion for two row blocks
+    # (FlexPrefill's 128 queries at 32K keys): session 9's path. Not a default: the side stream's means by
+    # kernels/block_means
+    "flexprefill_noskipupper": [("sparsebench.kernels.cover.triton", "SKIP_UPPER", False)],
+    "flexprefill_nosidemeans": [("sparsebench.methods.flexprefill", "_SIDE_MEANS", False)],
+    "flexprefill_sidepool": [("sparsebench.methods.flexprefill", "_POOL_KERNEL", True)],
+    "flexprefill_s9defaults": [("sparsebench.kernels.cover.triton", "SKIP_UPPER", False),
+                               ("sparsebench.methods.flexprefill", "_SIDE_MEANS", False),
+                               (_LASTQ, "_FUSED_STATS_MAX_RB", 2)],
+    # session 10, not a default until timed: the row-block scores pass on transposed tiles
+    "flexprefill_transscores": [(_LASTQ, "_TRANS_SCORES", True)],
+    "flexprefill_transscores_nographtail": [(_LASTQ, "_TRANS_SCORES", True),
+                                            ("sparsebench.methods.flexprefill", "_GRAPH_TAIL", False)],
+    "minference_vs_transscores": [(_LASTQ, "_TRANS_SCORES", True)],
     # kernels/cover's digit blocks of 256 entries, or chunks of 2048 (defaults 128 and 4096)
     "flexprefill_coverb256": [("sparsebench.kernels.cover.triton", "BLOCK", 256)],
     "flexprefill_cover2k": [("sparsebench.kernels.cover.triton", "CHUNK", 2048)],

@@ -67,14 +67,17 @@ SKIP_FROM = FULL
 # and 488 vs 493 us at 32K against 16K chunks (H200, do_bench; `results/logs/cover_variants_s9.txt`)
 CHUNK = 4096
 BLOCK = 128
-# the digit launches' block as a [BLOCK, 1] column (`TWO_D` of `_cover_hist`): session 9, from offline sm_90
-# instruction counts only (a third of the full-row passes' instructions), not yet timed on a GPU; bench_methods row
-# `flexprefill_hist1d` builds it in 1-D as before
+# the digit launches' block as a [BLOCK, 1] column (`TWO_D` of `_cover_hist`; a third of the full-row passes'
+# instructions in offline sm_90 builds): FlexPrefill's estimate took 1.043 / 1.906 / 4.709 ms with it against 1.095 /
+# 2.013 / 4.986 ms in 1-D at 32K / 64K / 128K (H200, session 10, `bench_methods_cost_s10a.csv`; row
+# `flexprefill_hist1d` builds it in 1-D as before)
 HIST_2D = True
 # blocks of a mask row that lie wholly above its matrix's diagonal (no entry takes part) skip the full-row digit
-# launches and the compaction: about half of each mask row (FlexPrefill's nb x nb block scores). Session 10, not yet
-# timed on a GPU; bench_methods row `flexprefill_skipupper`
-SKIP_UPPER = False
+# launches and the compaction: about half of each mask row (FlexPrefill's nb x nb block scores). On by default since
+# session 10: FlexPrefill's estimate took 1.878 / 4.558 ms with it against 1.906 / 4.722 ms at 64K / 128K (1.042 at
+# 32K either way; H200, `bench_methods_cost_s10b.csv`, row `flexprefill_skipupper`, when it was off by default).
+# Its digit launches took 388 against 417 us a call at 64K (profiled): the mask rows' full passes are not most of them
+SKIP_UPPER = True
 
 
 def _entries(x_row, idx, ok, COLS, tril):

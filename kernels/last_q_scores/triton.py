@@ -258,6 +258,27 @@ def _block_logits(q, k_base, sks, tile, keys, key_ok, row, row_ok, scale, S, L,
                            whole, ASM_ROUND)
 
 
+def _block_logits_t(q, k_base, sks, tile, keys, key_ok, row, row_ok, scale, S, L,
+                    D: tl.constexpr, BLOCK_N: tl.constexpr, INTERPRET: tl.constexpr, PREC: tl.constexpr,
+                    whole=False, ASM_ROUND: tl.constexpr = False):
+    """`_block_logits` transposed, `[BLOCK_N, RB]` (key, row), causal and rounded alike: the K tile is the dot's
+    first operand, so each key's logits over the block's rows lie in one quad of a warp (`TRANS`)."""
+    dd = tl.arange(0, D)
+    koff = tl.arange(0, BLOCK_N)[:, None] * sks + dd[None, :]
+    kt = tl.load(k_base + (tile * BLOCK_N).to(tl.int64) * sks + koff, mask=key_ok[:, None], other=0.0)
+    if INTERPRET:
+        kt = kt.to(tl.float32)
+    acc = tl.dot(kt, tl.trans(q), input_precision=PREC)
+    if ASM_ROUND:
+        s = _round_bf16(acc * scale)
+    else:
+        s = (acc * scale).to(k_base.dtype.element_ty).to(tl.float32)
+    if not whole:
+        keep = key_ok[:, None] & row_ok[None, :] & (keys[:, None] <= (S - L + row)[None, :])
+        s = tl.where(keep, s, float("-inf"))
+    return s
+
+
 def _block_rows(q_head, row, row_ok, sqt, D: tl.constexpr, INTERPRET: tl.constexpr):
     """A row block's queries `[RB, D]` (fp32 under the interpreter)."""
     dd = tl.arange(0, D)
@@ -306,7 +327,7 @@ def _lastq_scores_rows(Q, K, M, LS, V, DG, sqb, sqh, sqt, skb, skh, sks, smb, sv
                        TPP: tl.constexpr, INTERPRET: tl.constexpr, PREC: tl.constexpr, IMPORTANCE: tl.constexpr,
                        FAST: tl.constexpr = False, EVEN: tl.constexpr = False, WRAP: tl.constexpr = False,
                        NPG=1, smt=0, STATS_IN: tl.constexpr = False, PB: tl.constexpr = 16,
-                       I_NPG: tl.constexpr = 0, ASM_ROUND: tl.constexpr = False):
+                       I_NPG: tl.constexpr = 0, ASM_ROUND: tl.constexpr = False, TRANS: tl.constexpr = False):
     """Row-block pass 2 (`_lastq_scores`' outputs, per row block): each tile's column sums over the block's rows go
     to `V[row block]`, its diagonal sums (indexed by the row within the block) to `DG[row block]`; `_combine` adds
     the row blocks. The diagonal sums skew the `[RB, BLOCK_N]` probabilities in registers (`tl.gather`) so that
@@ -346,6 +367,10 @@ def _lastq_scores_rows(Q, K, M, LS, V, DG, sqb, sqh, sqt, skb, skh, sks, smb, sv
     tt = tl.arange(0, BT)
     v_base = V + rb.to(tl.int64) * svr + bh * svb
     d_base = DG + rb.to(tl.int64) * sdr + bh * sdb
+    if TRANS:
+        _scores_tiles_t(q, k_base, sks, m, inv_l, row, row_ok, v_base, d_base, sdt, pid_t, scale, S, L, NT, D, RB,
+                        BLOCK_N, TPP, INTERPRET, PREC, FAST, EVEN, ASM_ROUND)
+        return
     for t in range(TPP):
         tile = pid_t * TPP + t
         keys = tile * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -373,6 +398,46 @@ def _lastq_scores_rows(Q, K, M, LS, V, DG, sqb, sqh, sqt, skb, skh, sks, smb, sv
             inside = (idx >= 0) & (idx < BLOCK_N)
             g = tl.where(inside, tl.gather(p, tl.where(inside, idx, 0), 1), 0.0)
             tl.store(d_base + tile.to(tl.int64) * sdt + tt, tl.sum(g, 0), mask=(tt < BT) & (tile < NT))
+
+
+def _scores_tiles_t(q, k_base, sks, m, inv_l, row, row_ok, v_base, d_base, sdt, pid_t, scale, S, L, NT,
+                    D: tl.constexpr, RB: tl.constexpr, BLOCK_N: tl.constexpr, TPP: tl.constexpr,
+                    INTERPRET: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr, EVEN: tl.constexpr,
+                    ASM_ROUND: tl.constexpr):
+    """`TRANS` (RB == BLOCK_N): the row-block scores pass on transposed tiles `[BLOCK_N keys, RB rows]`, its tiles
+    in descending order. A key's column sum is then a sum within one quad of a warp, and so is the cyclic skew
+    (`WRAP`'s, transposed); only the diagonal sums cross warps. The part of tile j's skew that wrapped (diagonals
+    BLOCK_N further on) lies on the same offsets as tile j - 1's unwrapped part: it is carried to the next tile
+    (the one below) and summed with it, one cross-warp sum a tile instead of two; the carry of the program's last
+    tile is stored in its second half of `DG` (zeros in the others). The same partial sums land on the same
+    offsets; the combine kernel reads them unchanged."""
+    ju = tl.arange(0, BLOCK_N)
+    # column u of key j's skew holds row (u + j + 1) mod BN, on diagonal u + BN (wrapped: far) where u + j + 1 < BN
+    src = (ju[None, :] + ju[:, None] + 1) & (BLOCK_N - 1)
+    far = ((ju[None, :] + ju[:, None] + 1) < BLOCK_N).to(tl.float32)
+    carry = tl.zeros([BLOCK_N, RB], dtype=tl.float32)
+    zeros = tl.zeros([BLOCK_N], dtype=tl.float32)
+    if FAST:
+        m2 = m * _LOG2E
+    for t in range(TPP):
+        tile = pid_t * TPP + (TPP - 1 - t)
+        keys = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+        key_ok = keys < S
+        s = _block_logits_t(q, k_base, sks, tile, keys, key_ok, row, row_ok, scale, S, L, D, BLOCK_N, INTERPRET,
+                            PREC, _whole_tile(tile, S, L, BLOCK_N, True, FAST, EVEN), ASM_ROUND)
+        if FAST:
+            p = _ex2(s * _LOG2E - m2[None, :], INTERPRET) * inv_l[None, :]
+        else:
+            p = tl.exp(s - m[None, :]) * inv_l[None, :]
+        tl.store(v_base + keys, tl.sum(p, 1), mask=key_ok)
+        g = tl.gather(p, src, 1)
+        d_tile = d_base + tile.to(tl.int64) * sdt
+        tl.store(d_tile + ju, tl.sum(g * (1.0 - far) + carry, 0), mask=tile < NT)
+        # (not the program's last tile: its carry is stored after the loop, maybe by other threads)
+        tl.store(d_tile + BLOCK_N + ju, zeros, mask=(tile < NT) & (t < TPP - 1))
+        carry = g * far
+    last = pid_t * TPP
+    tl.store(d_base + last.to(tl.int64) * sdt + BLOCK_N + ju, tl.sum(carry, 0), mask=last < NT)
 
 
 def _combine_parts(DG, V, OUT_S, OUT_V, sdr, sdn, sdt, svr, svn, S, L, NT, RB, NRB: tl.constexpr,
@@ -404,7 +469,7 @@ def _combine_parts(DG, V, OUT_S, OUT_V, sdr, sdn, sdt, svr, svn, S, L, NT, RB, N
 
 _kernels = per_mode((_lastq_stats, _lastq_scores, _lastq_stats_rows, _lastq_scores_rows, _combine_parts),
                     (_tile_logits, _block_logits, _block_rows, _round_and_mask, _ex2, _probs, _exp_sum, _whole_tile,
-                     _round_bf16))
+                     _round_bf16, _block_logits_t, _scores_tiles_t))
 
 
 def _pow2ceil(x: int) -> int:
@@ -570,12 +635,12 @@ _WRAP_GATHER = True
 # exp / mul / sum between the passes: five launches fewer a call, which pays where the estimate is bound by its host,
 # but every program of the scores pass re-reduces its rows' partials, which costs GPU time growing with the key count
 # and the row blocks. True / False force it; None (the default) takes it for at most `_FUSED_STATS_MAX_RB` row blocks of
-# `_RB_SCORES` queries (with 64-row blocks, since session 9: MInference's 64 queries 1, FlexPrefill's 128 queries 2, so
-# both now fuse) and at most `_FUSED_STATS_MAX_S` keys. On an H200 (session 8, bench_methods, medians of 5, after
-# MInference's host path was trimmed; `results/tables/bench_methods_cost_s8b.csv`) MInference's estimate took 0.585 /
-# 1.064 / 2.216 ms with it against 0.601 / 1.018 / 2.025 ms without at 32K / 64K / 128K; FlexPrefill's took 3.22 / 7.78
-# ms against 3.11 / 7.38 ms at 64K / 128K (`_s8.csv`). bench_methods rows `minference_vs_fusedstats` / `_nofusedstats`
-# force it.
+# `_RB_SCORES` queries (64-row blocks: MInference's 64 queries take 1 and fuse, FlexPrefill's 128 queries 2 and,
+# since session 10, do not) and at most `_FUSED_STATS_MAX_S` keys. On an H200 (session 8, bench_methods, medians of
+# 5, after MInference's host path was trimmed; `results/tables/bench_methods_cost_s8b.csv`) MInference's estimate
+# took 0.585 / 1.064 / 2.216 ms with it against 0.601 / 1.018 / 2.025 ms without at 32K / 64K / 128K; FlexPrefill's
+# took 3.22 / 7.78 ms against 3.11 / 7.38 ms at 64K / 128K (`_s8.csv`). bench_methods rows
+# `minference_vs_fusedstats` / `_nofusedstats` force it.
 _FUSED_ROW_STATS: bool | None = None
 # The row-block passes' logits rounded to bf16 by one packed conversion per two values whose results stay fp32
 # (`_round_bf16`; the same round-to-nearest-even as `.to(bf16).to(fp32)`, bf16 inputs only). Besides the cheaper
@@ -587,8 +652,14 @@ _FUSED_ROW_STATS: bool | None = None
 # against 2.75 / 6.36 ms at 64K / 128K, MInference's 1.81 against 2.02 ms at 128K (32K and 64K: host-bound, even).
 # bench_methods rows `*_noasmround` turn it off.
 _ASM_ROUND = True
+# The row-block scores pass on transposed tiles (`_scores_tiles_t`; where its rows per block equal the key tile, 64
+# and 64 by default): the column sums within a quad of a warp instead of across warps, and one cross-warp sum of
+# diagonals a tile instead of two. Session 10, not yet timed; bench_methods rows `*_transscores`
+_TRANS_SCORES = False
 _FUSED_STATS_MAX_S = 1 << 15
-_FUSED_STATS_MAX_RB = 2
+# one row block since session 10: FlexPrefill's 128 queries (two blocks) at 32K keys took 0.987 ms without the
+# fusion against 1.042 ms with it (H200, `bench_methods_cost_s10b.csv`, row `flexprefill_nofusedstats`)
+_FUSED_STATS_MAX_RB = 1
 _FAST = {"1": True, "0": False}.get(os.environ.get("SPARSEBENCH_LASTQ_FAST", ""), True)
 _FAST_TILE = False
 
@@ -656,7 +727,8 @@ def _rows_path(q, k, scale: float, L: int, S: int, importance: bool, block_n: in
                      dg.stride(2) if not importance else 0, S, L, H, G, nt, float(scale), BT=BT,
                      IMPORTANCE=importance, EVEN=L % RB == 0,
                      WRAP=_WRAP_GATHER and not importance and RB <= block_n and BT == 2 * block_n, **stats_in,
-                     ASM_ROUND=asm_round, **common)
+                     ASM_ROUND=asm_round, TRANS=_TRANS_SCORES and not importance and RB == block_n,
+                     **common)
     if importance:
         vertical = v[0] if NRB == 1 else v.sum(0)
         return vertical / L, None
