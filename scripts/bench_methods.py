@@ -79,7 +79,9 @@ GPU_COST_VARIANTS = (("minference_vs_torch", "minference", {"pattern": "vertical
                      ("flexprefill_cover2k", "flexprefill", {}),
                      ("flexprefill_transscores", "flexprefill", {}),
                      ("flexprefill_transscores_nographtail", "flexprefill", {}),
-                     ("minference_vs_transscores", "minference", {"pattern": "vertical_slash"}))
+                     ("minference_vs_transscores", "minference", {"pattern": "vertical_slash"}),
+                     ("flexprefill_transfold", "flexprefill", {}),
+                     ("minference_vs_transfold", "minference", {"pattern": "vertical_slash"}))
 # environment a variant runs under (switches that are not constructor knobs, read at call time)
 VARIANT_ENV = {"xattn_s8_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"},
                "xattn_s16_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"}}
@@ -135,6 +137,8 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
     "flexprefill_transscores_nographtail": [(_LASTQ, "_TRANS_SCORES", True),
                                             ("sparsebench.methods.flexprefill", "_GRAPH_TAIL", False)],
     "minference_vs_transscores": [(_LASTQ, "_TRANS_SCORES", True)],
+    "flexprefill_transfold": [(_LASTQ, "_TRANS_SCORES", True), (_LASTQ, "_TRANS_FOLD_L", True)],
+    "minference_vs_transfold": [(_LASTQ, "_TRANS_SCORES", True), (_LASTQ, "_TRANS_FOLD_L", True)],
     # kernels/cover's digit blocks of 256 entries, or chunks of 2048 (defaults 128 and 4096)
     "flexprefill_coverb256": [("sparsebench.kernels.cover.triton", "BLOCK", 256)],
     "flexprefill_cover2k": [("sparsebench.kernels.cover.triton", "CHUNK", 2048)],

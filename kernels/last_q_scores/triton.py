@@ -327,7 +327,8 @@ def _lastq_scores_rows(Q, K, M, LS, V, DG, sqb, sqh, sqt, skb, skh, sks, smb, sv
                        TPP: tl.constexpr, INTERPRET: tl.constexpr, PREC: tl.constexpr, IMPORTANCE: tl.constexpr,
                        FAST: tl.constexpr = False, EVEN: tl.constexpr = False, WRAP: tl.constexpr = False,
                        NPG=1, smt=0, STATS_IN: tl.constexpr = False, PB: tl.constexpr = 16,
-                       I_NPG: tl.constexpr = 0, ASM_ROUND: tl.constexpr = False, TRANS: tl.constexpr = False):
+                       I_NPG: tl.constexpr = 0, ASM_ROUND: tl.constexpr = False, TRANS: tl.constexpr = False,
+                       FOLD_L: tl.constexpr = False):
     """Row-block pass 2 (`_lastq_scores`' outputs, per row block): each tile's column sums over the block's rows go
     to `V[row block]`, its diagonal sums (indexed by the row within the block) to `DG[row block]`; `_combine` adds
     the row blocks. The diagonal sums skew the `[RB, BLOCK_N]` probabilities in registers (`tl.gather`) so that
@@ -369,7 +370,7 @@ def _lastq_scores_rows(Q, K, M, LS, V, DG, sqb, sqh, sqt, skb, skh, sks, smb, sv
     d_base = DG + rb.to(tl.int64) * sdr + bh * sdb
     if TRANS:
         _scores_tiles_t(q, k_base, sks, m, inv_l, row, row_ok, v_base, d_base, sdt, pid_t, scale, S, L, NT, D, RB,
-                        BLOCK_N, TPP, INTERPRET, PREC, FAST, EVEN, ASM_ROUND)
+                        BLOCK_N, TPP, INTERPRET, PREC, FAST, EVEN, ASM_ROUND, FOLD_L)
         return
     for t in range(TPP):
         tile = pid_t * TPP + t
@@ -403,7 +404,7 @@ def _lastq_scores_rows(Q, K, M, LS, V, DG, sqb, sqh, sqt, skb, skh, sks, smb, sv
 def _scores_tiles_t(q, k_base, sks, m, inv_l, row, row_ok, v_base, d_base, sdt, pid_t, scale, S, L, NT,
                     D: tl.constexpr, RB: tl.constexpr, BLOCK_N: tl.constexpr, TPP: tl.constexpr,
                     INTERPRET: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr, EVEN: tl.constexpr,
-                    ASM_ROUND: tl.constexpr):
+                    ASM_ROUND: tl.constexpr, FOLD_L: tl.constexpr):
     """`TRANS` (RB == BLOCK_N): the row-block scores pass on transposed tiles `[BLOCK_N keys, RB rows]`, its tiles
     in descending order. A key's column sum is then a sum within one quad of a warp, and so is the cyclic skew
     (`WRAP`'s, transposed); only the diagonal sums cross warps. The part of tile j's skew that wrapped (diagonals
@@ -418,14 +419,17 @@ def _scores_tiles_t(q, k_base, sks, m, inv_l, row, row_ok, v_base, d_base, sdt, 
     carry = tl.zeros([BLOCK_N, RB], dtype=tl.float32)
     zeros = tl.zeros([BLOCK_N], dtype=tl.float32)
     if FAST:
-        m2 = m * _LOG2E
+        # FOLD_L: 1 / l folded into the exponent, exp(s - m - log l) (one product fewer an entry; other rounding)
+        m2 = m * _LOG2E - tl.log2(inv_l) if FOLD_L else m * _LOG2E
     for t in range(TPP):
         tile = pid_t * TPP + (TPP - 1 - t)
         keys = tile * BLOCK_N + tl.arange(0, BLOCK_N)
         key_ok = keys < S
         s = _block_logits_t(q, k_base, sks, tile, keys, key_ok, row, row_ok, scale, S, L, D, BLOCK_N, INTERPRET,
                             PREC, _whole_tile(tile, S, L, BLOCK_N, True, FAST, EVEN), ASM_ROUND)
-        if FAST:
+        if FAST and FOLD_L:
+            p = _ex2(s * _LOG2E - m2[None, :], INTERPRET)
+        elif FAST:
             p = _ex2(s * _LOG2E - m2[None, :], INTERPRET) * inv_l[None, :]
         else:
             p = tl.exp(s - m[None, :]) * inv_l[None, :]
@@ -656,6 +660,9 @@ _ASM_ROUND = True
 # and 64 by default): the column sums within a quad of a warp instead of across warps, and one cross-warp sum of
 # diagonals a tile instead of two. Session 10, not yet timed; bench_methods rows `*_transscores`
 _TRANS_SCORES = False
+# with it, each probability as exp2(s log2 e - m log2 e - log2 l) instead of exp2(s log2 e - m log2 e) / l: one
+# product fewer an entry, the values rounded differently (session 10, not yet timed; rows `*_transfold`)
+_TRANS_FOLD_L = False
 _FUSED_STATS_MAX_S = 1 << 15
 # one row block since session 10: FlexPrefill's 128 queries (two blocks) at 32K keys took 0.987 ms without the
 # fusion against 1.042 ms with it (H200, `bench_methods_cost_s10b.csv`, row `flexprefill_nofusedstats`)
@@ -728,7 +735,7 @@ def _rows_path(q, k, scale: float, L: int, S: int, importance: bool, block_n: in
                      IMPORTANCE=importance, EVEN=L % RB == 0,
                      WRAP=_WRAP_GATHER and not importance and RB <= block_n and BT == 2 * block_n, **stats_in,
                      ASM_ROUND=asm_round, TRANS=_TRANS_SCORES and not importance and RB == block_n,
-                     **common)
+                     FOLD_L=_TRANS_FOLD_L, **common)
     if importance:
         vertical = v[0] if NRB == 1 else v.sum(0)
         return vertical / L, None

@@ -405,6 +405,8 @@ def test_triton_gpu_wrap_gather_matches_reference(case):
     _with_switches(lambda c: _check_case(c, device="cuda", tol=1e-4))(case, {"_FUSED_ROW_STATS": True})
     _with_switches(lambda c: _check_case(c, device="cuda", tol=1e-4))(case, {"_FUSED_ROW_STATS": False})
     _with_switches(lambda c: _check_case(c, device="cuda", tol=1e-4))(case, {"_TRANS_SCORES": True})
+    _with_switches(lambda c: _check_case(c, device="cuda", tol=1e-4))(case, {"_TRANS_SCORES": True,
+                                                                              "_TRANS_FOLD_L": True})
 
 
 @pytest.mark.gpu
@@ -492,7 +494,8 @@ def test_importance_gpu_bf16_matches_pbs_torch_path(S):
 # against the reference as above. Shapes with whole tiles (no mask) and, in rows mode, runs of tiles past the keys.
 SWITCH_CASES = [pytest.param(case.values[0], sw, id=f"{case.id}-{'-'.join(f'{k}{v}' for k, v in sw.items())}")
                 for sw in ({"_FAST": False}, {"_FAST_TILE": True}, {"_COMBINE_KERNEL": False}, {"_WRAP_GATHER": False},
-                           {"_FUSED_ROW_STATS": True}, {"_FUSED_ROW_STATS": False}, {"_TRANS_SCORES": True})
+                           {"_FUSED_ROW_STATS": True}, {"_FUSED_ROW_STATS": False}, {"_TRANS_SCORES": True},
+                           {"_TRANS_SCORES": True, "_TRANS_FOLD_L": True})
                 for case in (*_both(1, 4, 1, 64, 333, 64, "float16"), *_both(1, 2, 2, 100, 333, 64))]
 IMP_SWITCH_CASES = [pytest.param(case.values[0], {"_FAST": False}, id=f"{case.id}-_FASTFalse")
                     for case in _imp_both(1, 4, 1, 128, 300, 256, 64)]
