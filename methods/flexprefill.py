@@ -456,7 +456,7 @@ def _graph_tail(reads, rule: dict, use_triton: bool) -> tuple[torch.Tensor, torc
     # inference mode in the key: its tensors cannot be written outside it (nor normal ones inside)
     key = (tuple((t.shape, t.dtype, t.stride()) for t in reads), reads[0].device, tuple(sorted(rule.items())),
            use_triton, _COVER_KERNEL, _BLOCKS_KERNEL, _SWITCH_KERNEL, torch.is_inference_mode_enabled(),
-           (cover.CHUNK, cover.BLOCK, cover.SKIP_FROM, cover.HIST_2D, cover.SKIP_UPPER)
+           (cover.CHUNK, cover.BLOCK, cover.SKIP_FROM, cover.HIST_2D, cover.SKIP_UPPER, cover.EMPTY_EXIT)
            if _COVER_KERNEL and cover else None)
     with torch.no_grad(), torch.cuda.device(reads[0].device):
         return _replay(key, reads, rule, use_triton)

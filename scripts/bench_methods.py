@@ -77,11 +77,15 @@ GPU_COST_VARIANTS = (("minference_vs_torch", "minference", {"pattern": "vertical
                      ("flexprefill_s9defaults", "flexprefill", {}),
                      ("flexprefill_coverb256", "flexprefill", {}),
                      ("flexprefill_cover2k", "flexprefill", {}),
-                     ("flexprefill_transscores", "flexprefill", {}),
-                     ("flexprefill_transscores_nographtail", "flexprefill", {}),
-                     ("minference_vs_transscores", "minference", {"pattern": "vertical_slash"}),
+                     ("flexprefill_notransscores", "flexprefill", {}),
+                     ("minference_vs_notransscores", "minference", {"pattern": "vertical_slash"}),
                      ("flexprefill_transfold", "flexprefill", {}),
-                     ("minference_vs_transfold", "minference", {"pattern": "vertical_slash"}))
+                     ("minference_vs_transfold", "minference", {"pattern": "vertical_slash"}),
+                     ("flexprefill_st3", "flexprefill", {}),
+                     ("minference_vs_st3", "minference", {"pattern": "vertical_slash"}),
+                     ("flexprefill_emptyexit", "flexprefill", {}),
+                     ("flexprefill_s10d", "flexprefill", {}),
+                     ("flexprefill_s10d_nographtail", "flexprefill", {}))
 # environment a variant runs under (switches that are not constructor knobs, read at call time)
 VARIANT_ENV = {"xattn_s8_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"},
                "xattn_s16_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"}}
@@ -132,13 +136,21 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
     "flexprefill_s9defaults": [("sparsebench.kernels.cover.triton", "SKIP_UPPER", False),
                                ("sparsebench.methods.flexprefill", "_SIDE_MEANS", False),
                                (_LASTQ, "_FUSED_STATS_MAX_RB", 2)],
-    # session 10, not a default until timed: the row-block scores pass on transposed tiles
-    "flexprefill_transscores": [(_LASTQ, "_TRANS_SCORES", True)],
-    "flexprefill_transscores_nographtail": [(_LASTQ, "_TRANS_SCORES", True),
-                                            ("sparsebench.methods.flexprefill", "_GRAPH_TAIL", False)],
-    "minference_vs_transscores": [(_LASTQ, "_TRANS_SCORES", True)],
-    "flexprefill_transfold": [(_LASTQ, "_TRANS_SCORES", True), (_LASTQ, "_TRANS_FOLD_L", True)],
-    "minference_vs_transfold": [(_LASTQ, "_TRANS_SCORES", True), (_LASTQ, "_TRANS_FOLD_L", True)],
+    # the setting session 10's default replaced: the row-block scores pass on untransposed tiles. Not a default:
+    # 1 / l folded into the exponent on the transposed tiles
+    "flexprefill_notransscores": [(_LASTQ, "_TRANS_SCORES", False)],
+    "minference_vs_notransscores": [(_LASTQ, "_TRANS_SCORES", False)],
+    "flexprefill_transfold": [(_LASTQ, "_TRANS_FOLD_L", True)],
+    "minference_vs_transfold": [(_LASTQ, "_TRANS_FOLD_L", True)],
+    # session 10, not defaults until timed: 3 pipeline stages in the row-block score passes; kernels/cover's idle
+    # chunks returning at once on the candidates' digits; both (also eagerly, for profiles)
+    "flexprefill_st3": [(_LASTQ, "_ROWS_STAGES", 3)],
+    "minference_vs_st3": [(_LASTQ, "_ROWS_STAGES", 3)],
+    "flexprefill_emptyexit": [("sparsebench.kernels.cover.triton", "EMPTY_EXIT", True)],
+    "flexprefill_s10d": [(_LASTQ, "_ROWS_STAGES", 3), ("sparsebench.kernels.cover.triton", "EMPTY_EXIT", True)],
+    "flexprefill_s10d_nographtail": [(_LASTQ, "_ROWS_STAGES", 3),
+                                     ("sparsebench.kernels.cover.triton", "EMPTY_EXIT", True),
+                                     ("sparsebench.methods.flexprefill", "_GRAPH_TAIL", False)],
     # kernels/cover's digit blocks of 256 entries, or chunks of 2048 (defaults 128 and 4096)
     "flexprefill_coverb256": [("sparsebench.kernels.cover.triton", "BLOCK", 256)],
     "flexprefill_cover2k": [("sparsebench.kernels.cover.triton", "CHUNK", 2048)],

@@ -78,6 +78,10 @@ HIST_2D = True
 # 32K either way; H200, `bench_methods_cost_s10b.csv`, row `flexprefill_skipupper`, when it was off by default).
 # Its digit launches took 388 against 417 us a call at 64K (profiled): the mask rows' full passes are not most of them
 SKIP_UPPER = True
+# on the candidates' digits (and in the ties' launch) a program whose chunk lies past its row's candidates stores
+# zeros and returns (session 10: those five launches took 32-35 us each at FlexPrefill's 64K shapes, most programs
+# idle, against 70 us for a full-row digit; not yet a default: bench_methods row `flexprefill_emptyexit`)
+EMPTY_EXIT = False
 
 
 def _entries(x_row, idx, ok, COLS, tril):
@@ -190,7 +194,7 @@ def _before(HC, row, R, C, c, b, D: tl.constexpr, CB: tl.constexpr, I_C: tl.cons
 
 def _cover_hist(X, X2, BV, HC, HM, ST, R1, N, N2, CH, sx, sx2, R, C, COLS: tl.constexpr, D: tl.constexpr,
                 BLOCK: tl.constexpr, I_CH: tl.constexpr, INTERPRET: tl.constexpr, SKIP_FROM: tl.constexpr = 0,
-                TWO_D: tl.constexpr = False, SKIP_UPPER: tl.constexpr = False):
+                TWO_D: tl.constexpr = False, SKIP_UPPER: tl.constexpr = False, EMPTY_EXIT: tl.constexpr = False):
     """Program (chunk, row): count and mass of key digit `D` over the chunk's entries that match the digits fixed so
     far -> `HC / HM[D, row, chunk]`. Digits below FULL read the row, the others the row's compacted candidates
     (`BV`, each row's slot at `_cand`)."""
@@ -204,6 +208,14 @@ def _cover_hist(X, X2, BV, HC, HM, ST, R1, N, N2, CH, sx, sx2, R, C, COLS: tl.co
     # value was recomputed for each bin a thread holds and moved between layouts through shared memory (offline
     # sm_90: 358 / 173 instructions per full-row iteration at digit 0 / 1-2 in 1-D, 121 / 124 in 2-D)
     offs = tl.arange(0, BLOCK)[:, None] if TWO_D else tl.arange(0, BLOCK)
+    out = ((D * R + row) * C + c) * 16 + bins
+    if EMPTY_EXIT and D >= _FULL:
+        # a chunk past the row's candidates (most of them, after the compaction) stores zeros, without the [BLOCK, 16]
+        # sums and their reduction
+        if c * CH >= n_cand:
+            tl.store(HC + out, tl.zeros([16], dtype=tl.int32))
+            tl.store(HM + out, tl.zeros([16], dtype=tl.float32))
+            return
     # [BLOCK, 16] running sums in registers, reduced over the block once at the end (a reduction per block costs
     # cross-thread traffic every iteration)
     cnt = tl.zeros([BLOCK, 16], dtype=tl.int32)
@@ -240,7 +252,6 @@ def _cover_hist(X, X2, BV, HC, HM, ST, R1, N, N2, CH, sx, sx2, R, C, COLS: tl.co
         else:
             cnt += hit.to(tl.int32)
             mass += tl.where(hit, xb, 0.0)
-    out = ((D * R + row) * C + c) * 16 + tl.arange(0, 16)
     tl.store(HC + out, tl.sum(cnt, 0))
     tl.store(HM + out, tl.sum(mass, 0))
 
@@ -297,7 +308,8 @@ def _cover_mask(X2, ST, OUT, R1, N2, CH, sx2, so, COLS: tl.constexpr, BLOCK: tl.
 
 
 def _cover_ties(BV, BI, HC, ST, OUT, R1, N, N2, CH, so, R, C, target2, NDIG: tl.constexpr, BLOCK: tl.constexpr,
-                CB: tl.constexpr, I_CH: tl.constexpr, I_C: tl.constexpr, INTERPRET: tl.constexpr):
+                CB: tl.constexpr, I_CH: tl.constexpr, I_C: tl.constexpr, INTERPRET: tl.constexpr,
+                EMPTY_EXIT: tl.constexpr = False):
     """Program (chunk of candidates, row of the mask matrix): sets the ties of t' whose rank among the row's ties
     (index order: the candidates keep it; the ties in earlier chunks from the last digit's counts) is below the
     number that fit."""
@@ -305,6 +317,9 @@ def _cover_ties(BV, BI, HC, ST, OUT, R1, N, N2, CH, so, R, C, target2, NDIG: tl.
     r2 = tl.program_id(1).to(tl.int64)
     row = R1 + r2
     prefix, mass_above, _, all_in, b_last, ties, _, n_cand = _state(ST, row)
+    if EMPTY_EXIT:
+        if c * CH >= n_cand:  # no candidate in this chunk: nothing to set
+            return
     fit = tl.where(all_in, 0, _fit(prefix, mass_above, ties, target2))
     seen = _before(HC, row, R, C, c, b_last, NDIG - 1, CB, I_C, INTERPRET)
     slot = _cand(row, R1, N, N2)
@@ -360,7 +375,7 @@ def _launch(x, target, x2, target2, cols, chunk, block, num_warps):
             compact_k[(C, R)](*both, bv, bi, hc, st, *dims, BLOCK=min(4 * block, chunk), SKIP_UPPER=SKIP_UPPER,
                               **rows, **loops)
         hist_k[(C, R)](*both, bv, hc, hm, st, *dims, D=d, BLOCK=block, SKIP_FROM=SKIP_FROM, TWO_D=HIST_2D,
-                       SKIP_UPPER=SKIP_UPPER, **rows, INTERPRET=interpret)
+                       SKIP_UPPER=SKIP_UPPER, EMPTY_EXIT=EMPTY_EXIT, **rows, INTERPRET=interpret)
         decide_k[(R,)](hc, hm, st, R, C, R1, t1, t2, D=d, num_warps=1, **loops)
     cnt = out = None
     if R1:
@@ -371,7 +386,7 @@ def _launch(x, target, x2, target2, cols, chunk, block, num_warps):
         mask_k[(C, R2)](xb, st, out, R1, N2, chunk, xb.stride(0), out.stride(0), cols,
                         BLOCK=min(4 * block, chunk), **rows, INTERPRET=interpret)
         ties_k[(C, R2)](bv, bi, hc, st, out, R1, N, N2, chunk, out.stride(0), R, C, t2, NDIG=DIGITS,
-                        BLOCK=min(4 * block, chunk), **rows, **loops)
+                        BLOCK=min(4 * block, chunk), EMPTY_EXIT=EMPTY_EXIT, **rows, **loops)
         out = out.view(torch.bool)
     return cnt, out
 

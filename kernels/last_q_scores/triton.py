@@ -28,7 +28,10 @@ queries once and walks its key tiles, one `[rows, D] x [D, BLOCK_N]` dot per til
 block (`_RB_SCORES` rows, which bound the gather's registers), and the combine kernel adds the row blocks (the
 diagonals of row block rb shifted by rb * rows). Same values up to rounding. With `_WRAP_GATHER` (the default) the
 pass-2 skew is cyclic within the key tile: a `[rows, BLOCK_N]` gather whose wrapped entries are the diagonals
-BLOCK_N further on, summed apart into the same `[.., 2 * BLOCK_N]` partials.
+BLOCK_N further on, summed apart into the same `[.., 2 * BLOCK_N]` partials. With `_TRANS_SCORES` (the default
+since session 10, where the row block is as long as the key tile) the scores pass computes each tile transposed,
+`[keys, rows]` (`_scores_tiles_t`): the column sums and the skew stay within a quad of a warp, and the wrapped
+diagonals of a tile are carried into the next one down (the same offsets), one cross-warp sum a tile.
 
 The diagonal partials of either kind of kernel (per key tile, and per row block) are added into `slash` by one
 more kernel (`_combine_parts`, fixed order, deterministic), which also adds the row blocks' column sums.
@@ -658,11 +661,23 @@ _FUSED_ROW_STATS: bool | None = None
 _ASM_ROUND = True
 # The row-block scores pass on transposed tiles (`_scores_tiles_t`; where its rows per block equal the key tile, 64
 # and 64 by default): the column sums within a quad of a warp instead of across warps, and one cross-warp sum of
-# diagonals a tile instead of two. Session 10, not yet timed; bench_methods rows `*_transscores`
-_TRANS_SCORES = False
+# diagonals a tile instead of two (offline sm_90: 808 instead of 919 instructions per tile in the scores loop, 14
+# barriers instead of 18, 55 shared-memory accesses instead of 94). On by default since session 10: on an H200 both
+# passes and the combine took 0.474 / 0.901 ms against 0.534 / 1.013 ms for 128 queries at 32K / 64K keys, 0.275 /
+# 0.463 against 0.337 / 0.526 ms for 64 (`results/logs/bench_methods_s10c.txt`, lq10); FlexPrefill's estimate 0.889 /
+# 1.733 / 4.280 ms against 0.953 / 1.855 / 4.519 ms at 32K / 64K / 128K, MInference's 0.504 / 0.775 / 1.514 against
+# 0.535 / 0.836 / 1.632 ms (`bench_methods_cost_s10c.csv`, rows `*_transscores`, then off by default). Rows
+# `*_notransscores` turn it off
+_TRANS_SCORES = True
 # with it, each probability as exp2(s log2 e - m log2 e - log2 l) instead of exp2(s log2 e - m log2 e) / l: one
-# product fewer an entry, the values rounded differently (session 10, not yet timed; rows `*_transfold`)
+# product fewer an entry (754 against 808 instructions a tile offline), the values rounded differently. Off: no
+# faster on the H200 (session 10: FlexPrefill 0.898 / 1.742 / 4.318 ms against 0.889 / 1.733 / 4.280 ms without,
+# `bench_methods_cost_s10c.csv`, rows `*_transfold`)
 _TRANS_FOLD_L = False
+# software pipeline depth of the row-block score passes' K tile loads when the caller gives none. Session 10: 3
+# stages took 0.421 / 0.749 ms against 0.474 / 0.901 ms with 2 for 128 queries at 32K / 64K keys (both passes and
+# the combine, transposed tiles; `results/logs/bench_methods_s10c.txt`, lq10); not yet a default: rows `*_st3`
+_ROWS_STAGES = 2
 _FUSED_STATS_MAX_S = 1 << 15
 # one row block since session 10: FlexPrefill's 128 queries (two blocks) at 32K keys took 0.987 ms without the
 # fusion against 1.042 ms with it (H200, `bench_methods_cost_s10b.csv`, row `flexprefill_nofusedstats`)
@@ -734,7 +749,7 @@ def _rows_path(q, k, scale: float, L: int, S: int, importance: bool, block_n: in
                      dg.stride(2) if not importance else 0, S, L, H, G, nt, float(scale), BT=BT,
                      IMPORTANCE=importance, EVEN=L % RB == 0,
                      WRAP=_WRAP_GATHER and not importance and RB <= block_n and BT == 2 * block_n, **stats_in,
-                     ASM_ROUND=asm_round, TRANS=_TRANS_SCORES and not importance and RB == block_n,
+                     ASM_ROUND=asm_round, TRANS=_TRANS_SCORES and _WRAP_GATHER and not importance and RB == block_n,
                      FOLD_L=_TRANS_FOLD_L, **common)
     if importance:
         vertical = v[0] if NRB == 1 else v.sum(0)
@@ -754,7 +769,7 @@ def _rows_path(q, k, scale: float, L: int, S: int, importance: bool, block_n: in
 
 
 def last_q_scores_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float, block_n: int | None = None,
-                         num_warps: int = 4, num_stages: int = 2, pack_heads: bool = False,
+                         num_warps: int = 4, num_stages: int | None = None, pack_heads: bool = False,
                          rows: bool | None = None, tiles_per_program: int | None = None
                          ) -> tuple[torch.Tensor, torch.Tensor]:
     """`(vertical [B, H, S], slash [B, H, S])` fp32 of `last_q_scores_naive` (arguments as there).
@@ -763,7 +778,8 @@ def last_q_scores_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float, bl
     head) (default: measured faster, see `_default_block_n`). Same outputs either way, up to the dot's summation
     order. `rows`: the row-block kernels (module doc) if True, the per-tile ones if False, if None as `_use_rows`
     decides (more than 32 queries). `block_n` None: `_ROWS_BLOCK_N` for the row-block kernels, `_default_block_n(L)`
-    for the per-tile ones. `tiles_per_program` (row-block kernels): default `_TPP`.
+    for the per-tile ones. `tiles_per_program` (row-block kernels): default `_TPP`. `num_stages` None: `_ROWS_STAGES`
+    for the row-block kernels, 2 for the per-tile ones.
 
     Scratch: fp32 `[B*H, n_tiles, L]` twice (pass 1) and `[B*H, n_tiles, BT]` (diagonal partials), n_tiles =
     ceil(S / block_n), BT = next power of two >= block_n + L - 1.
@@ -778,8 +794,9 @@ def last_q_scores_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float, bl
     q, k, block_n, interpret, prec, G, HP, RC, NCH = _prepare(q_last, k, block_n, pack_heads)
     if use_rows:
         vertical, slash = _rows_path(q, k, scale, L, S, False, block_n, tiles_per_program or _TPP, num_warps,
-                                     num_stages, interpret, prec, G)
+                                     num_stages or _ROWS_STAGES, interpret, prec, G)
         return vertical.view(B, H, S), slash.reshape(B, H, S)
+    num_stages = num_stages or 2
     BT = _pow2ceil(block_n + NCH * RC - 1)
     nt = -(-S // block_n)
     # the scores pass also holds the gathered [rows, BT] diagonals, so it may stack fewer heads than the stats pass

@@ -16,6 +16,8 @@ def _rows(kind: str, R: int, N: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     if kind == "grid":  # values on a binary grid: every running sum exact, many ties at the cut
         return torch.randint(0, 5, (R, N), generator=g).float() / 64
+    if kind == "band":  # one narrow band on a binary grid: every entry shares the first three digits, sums exact
+        return 1 + torch.randint(0, 100, (R, N), generator=g).float() / 1024
     return torch.softmax(torch.randn(R, N, generator=g) * 3, -1)
 
 
@@ -64,7 +66,7 @@ def _check_pair(case):
 
     (kind, R, N, target), (kind2, R2, nb, target2), block = case
     x = _rows(kind, R, N, seed=1)
-    x2 = _tril_rows(R2, nb, seed=2) if kind2 == "soft" else _rows("grid", R2, nb * nb, seed=2)
+    x2 = _tril_rows(R2, nb, seed=2) if kind2 == "soft" else _rows(kind2, R2, nb * nb, seed=2)
     cnt, mask = cover_pair_triton(x, target, x2, target2, nb, chunk=2 * block, block=block)
     assert torch.equal(cnt, cover_count_naive(x, target))
     assert torch.equal(mask, cover_mask_naive(x2, target2, nb))
@@ -91,6 +93,15 @@ UPPER_CASES = [pytest.param(c, id="upper-{}-{}x{}-t{}-b{}".format(*c)) for c in 
     ("soft", 2, 32, 0.95, 4), ("grid", 1, 32, 3.0, 4))]
 
 
+def _check_empty_exit(case):
+    """`EMPTY_EXIT`: the candidates' digit launches and the ties' launch return at once in chunks past a row's
+    candidates (rows of several chunks whose candidates fill the first ones): the same counts and mask."""
+    import sparsebench.kernels.cover.triton as CT
+
+    with switched(CT, EMPTY_EXIT=True):
+        _check_pair(case)
+
+
 PAIR_CASES = [pytest.param((("soft", 3, 300, 0.95), ("soft", 2, 12, 0.95 * 12), 32), id="pair-soft-longer-counts"),
               pytest.param((("grid", 2, 40, 0.5), ("grid", 3, 16, 3.0), 16), id="pair-grid-longer-masks")]
 
@@ -112,9 +123,12 @@ def _check_flex(case):
 
 FLEX_CASES = [pytest.param(c, id="flex-T{}-H{}-HKV{}-D{}-s{}".format(*c)) for c in ((640, 4, 2, 32, 0),
                                                                                       (700, 2, 1, 64, 1))]
+# rows in one narrow band: every entry is a candidate, over several 32-entry chunks, and the later digits decide
+EXIT_CASES = [pytest.param((("band", 2, 300, 150.0), ("band", 2, 32, 277.0), 16), id="exit-band-spans-chunks"),
+              pytest.param((("soft", 2, 300, 0.95), ("soft", 2, 24, 0.95 * 24), 16), id="exit-soft")]
 
 
-@pytest.mark.parametrize("case", COUNT_CASES + MASK_CASES + PAIR_CASES + FLEX_CASES + UPPER_CASES)
+@pytest.mark.parametrize("case", COUNT_CASES + MASK_CASES + PAIR_CASES + FLEX_CASES + UPPER_CASES + EXIT_CASES)
 def test_triton_interpret_matches_reference(case, request, interpret_verdicts):
     assert_verdict(interpret_verdicts, request)
 
@@ -172,3 +186,4 @@ if __name__ == "__main__" and sys.argv[1:] == ["--interpret"]:
     report_verdicts(_check_pair, PAIR_CASES)
     report_verdicts(_check_flex, FLEX_CASES)
     report_verdicts(_check_upper, UPPER_CASES)
+    report_verdicts(_check_empty_exit, EXIT_CASES)

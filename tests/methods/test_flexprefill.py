@@ -636,8 +636,9 @@ def test_gpu_graph_tail_equals_eager(T, H, HKV, D, tau):
 @pytest.mark.gpu
 @pytest.mark.parametrize("T,H,HKV,D", [(32768, 8, 2, 128), (20000, 4, 1, 256)])
 def test_gpu_session10_switches_select_the_same(T, H, HKV, D):
-    """The block means on a side stream (`_SIDE_MEANS`) and kernels/cover's mask rows skipping their blocks above
-    the diagonal (`SKIP_UPPER`), each and together, list the same blocks and decide the same patterns as without."""
+    """The block means on a side stream (`_SIDE_MEANS`), kernels/cover's mask rows skipping their blocks above
+    the diagonal (`SKIP_UPPER`) and its idle chunks returning at once (`EMPTY_EXIT`), each and together, list the
+    same blocks and decide the same patterns as without."""
     import sparsebench.kernels.cover.triton as CT
     from sparsebench.testing import assert_same_lists, switched
 
@@ -647,10 +648,10 @@ def test_gpu_session10_switches_select_the_same(T, H, HKV, D):
     g = torch.Generator(device=dev).manual_seed(SEED)
     q = (3 * torch.randn(1, H, T, D, device=dev, generator=g)).bfloat16()
     k = (3 * torch.randn(1, HKV, T, D, device=dev, generator=g)).bfloat16()
-    with switched(fp, _SIDE_MEANS=False), switched(CT, SKIP_UPPER=False):
+    with switched(fp, _SIDE_MEANS=False), switched(CT, SKIP_UPPER=False, EMPTY_EXIT=False):
         want, d_want = m.select(q, k, ctx), m.last_decision
-    for side, upper in ((True, False), (False, True), (True, True)):
-        with switched(fp, _SIDE_MEANS=side), switched(CT, SKIP_UPPER=upper):
+    for side, upper, empty in ((True, False, False), (False, True, False), (False, False, True), (True, True, True)):
+        with switched(fp, _SIDE_MEANS=side), switched(CT, SKIP_UPPER=upper, EMPTY_EXIT=empty):
             got, d_got = m.select(q, k, ctx), m.last_decision
         assert_same_lists(got, want)
         assert torch.equal(d_got, d_want)
