@@ -81,11 +81,12 @@ GPU_COST_VARIANTS = (("minference_vs_torch", "minference", {"pattern": "vertical
                      ("minference_vs_notransscores", "minference", {"pattern": "vertical_slash"}),
                      ("flexprefill_transfold", "flexprefill", {}),
                      ("minference_vs_transfold", "minference", {"pattern": "vertical_slash"}),
-                     ("flexprefill_st3", "flexprefill", {}),
-                     ("minference_vs_st3", "minference", {"pattern": "vertical_slash"}),
-                     ("flexprefill_emptyexit", "flexprefill", {}),
-                     ("flexprefill_s10d", "flexprefill", {}),
-                     ("flexprefill_s10d_nographtail", "flexprefill", {}))
+                     ("flexprefill_st2", "flexprefill", {}),
+                     ("minference_vs_st2", "minference", {"pattern": "vertical_slash"}),
+                     ("flexprefill_noemptyexit", "flexprefill", {}),
+                     ("flexprefill_s10c", "flexprefill", {}),
+                     ("flexprefill_s9path", "flexprefill", {}),
+                     ("minference_vs_s9path", "minference", {"pattern": "vertical_slash"}))
 # environment a variant runs under (switches that are not constructor knobs, read at call time)
 VARIANT_ENV = {"xattn_s8_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"},
                "xattn_s16_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"}}
@@ -142,15 +143,18 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
     "minference_vs_notransscores": [(_LASTQ, "_TRANS_SCORES", False)],
     "flexprefill_transfold": [(_LASTQ, "_TRANS_FOLD_L", True)],
     "minference_vs_transfold": [(_LASTQ, "_TRANS_FOLD_L", True)],
-    # session 10, not defaults until timed: 3 pipeline stages in the row-block score passes; kernels/cover's idle
-    # chunks returning at once on the candidates' digits; both (also eagerly, for profiles)
-    "flexprefill_st3": [(_LASTQ, "_ROWS_STAGES", 3)],
-    "minference_vs_st3": [(_LASTQ, "_ROWS_STAGES", 3)],
-    "flexprefill_emptyexit": [("sparsebench.kernels.cover.triton", "EMPTY_EXIT", True)],
-    "flexprefill_s10d": [(_LASTQ, "_ROWS_STAGES", 3), ("sparsebench.kernels.cover.triton", "EMPTY_EXIT", True)],
-    "flexprefill_s10d_nographtail": [(_LASTQ, "_ROWS_STAGES", 3),
-                                     ("sparsebench.kernels.cover.triton", "EMPTY_EXIT", True),
-                                     ("sparsebench.methods.flexprefill", "_GRAPH_TAIL", False)],
+    # the settings session 10's defaults replaced: 2 pipeline stages in the row-block score passes; kernels/cover's
+    # idle chunks running their (empty) loops and sums on the candidates' digits; both; and session 9's path (every
+    # session-10 default off); the defaults eagerly, for profiles
+    "flexprefill_st2": [(_LASTQ, "_ROWS_STAGES", 2)],
+    "minference_vs_st2": [(_LASTQ, "_ROWS_STAGES", 2)],
+    "flexprefill_noemptyexit": [("sparsebench.kernels.cover.triton", "EMPTY_EXIT", False)],
+    "flexprefill_s10c": [(_LASTQ, "_ROWS_STAGES", 2), ("sparsebench.kernels.cover.triton", "EMPTY_EXIT", False)],
+    "flexprefill_s9path": [(_LASTQ, "_ROWS_STAGES", 2), ("sparsebench.kernels.cover.triton", "EMPTY_EXIT", False),
+                           (_LASTQ, "_TRANS_SCORES", False), ("sparsebench.kernels.cover.triton", "SKIP_UPPER", False),
+                           ("sparsebench.methods.flexprefill", "_SIDE_MEANS", False),
+                           (_LASTQ, "_FUSED_STATS_MAX_RB", 2)],
+    "minference_vs_s9path": [(_LASTQ, "_ROWS_STAGES", 2), (_LASTQ, "_TRANS_SCORES", False)],
     # kernels/cover's digit blocks of 256 entries, or chunks of 2048 (defaults 128 and 4096)
     "flexprefill_coverb256": [("sparsebench.kernels.cover.triton", "BLOCK", 256)],
     "flexprefill_cover2k": [("sparsebench.kernels.cover.triton", "CHUNK", 2048)],

@@ -79,9 +79,12 @@ HIST_2D = True
 # Its digit launches took 388 against 417 us a call at 64K (profiled): the mask rows' full passes are not most of them
 SKIP_UPPER = True
 # on the candidates' digits (and in the ties' launch) a program whose chunk lies past its row's candidates stores
-# zeros and returns (session 10: those five launches took 32-35 us each at FlexPrefill's 64K shapes, most programs
-# idle, against 70 us for a full-row digit; not yet a default: bench_methods row `flexprefill_emptyexit`)
-EMPTY_EXIT = False
+# zeros and returns. Those five launches took 32-35 us each at FlexPrefill's 64K shapes, most programs idle, against
+# 70 us for a full-row digit; all launches 497 against 417 us with it at 64K, 184.5 against 169.6 us at 32K
+# (`results/logs/bench_methods_s10c.txt` and `_s10d.txt`, cover10). On by default since session 10: FlexPrefill's
+# estimate took 1.663 / 3.949 ms with it against 1.741 / 4.306 ms at 64K / 128K (0.921 against 0.904 ms at 32K,
+# host-bound there; `bench_methods_cost_s10d.csv`, row `flexprefill_emptyexit`); row `flexprefill_noemptyexit`
+EMPTY_EXIT = True
 
 
 def _entries(x_row, idx, ok, COLS, tril):

@@ -674,10 +674,13 @@ _TRANS_SCORES = True
 # faster on the H200 (session 10: FlexPrefill 0.898 / 1.742 / 4.318 ms against 0.889 / 1.733 / 4.280 ms without,
 # `bench_methods_cost_s10c.csv`, rows `*_transfold`)
 _TRANS_FOLD_L = False
-# software pipeline depth of the row-block score passes' K tile loads when the caller gives none. Session 10: 3
-# stages took 0.421 / 0.749 ms against 0.474 / 0.901 ms with 2 for 128 queries at 32K / 64K keys (both passes and
-# the combine, transposed tiles; `results/logs/bench_methods_s10c.txt`, lq10); not yet a default: rows `*_st3`
-_ROWS_STAGES = 2
+# software pipeline depth of the row-block score passes' K tile loads when the caller gives none. 3 since session 10:
+# 0.421 / 0.749 ms against 0.474 / 0.901 ms with 2 for 128 queries at 32K / 64K keys (both passes and the combine,
+# transposed tiles; `results/logs/bench_methods_s10c.txt`, lq10); FlexPrefill's estimate 0.854 / 1.670 / 4.098 ms
+# against 0.904 / 1.741 / 4.306 ms at 32K / 64K / 128K, MInference's 1.405 against 1.521 ms at 128K (32K and 64K
+# host-bound on that instance; `bench_methods_cost_s10d.csv`, rows `*_st3` when 2 was the default). Rows `*_st2`
+# keep 2
+_ROWS_STAGES = 3
 _FUSED_STATS_MAX_S = 1 << 15
 # one row block since session 10: FlexPrefill's 128 queries (two blocks) at 32K keys took 0.987 ms without the
 # fusion against 1.042 ms with it (H200, `bench_methods_cost_s10b.csv`, row `flexprefill_nofusedstats`)
