@@ -143,6 +143,12 @@ _GRAPH_TAIL = True
 # `flexprefill_sidepool`: 1.110 / 2.096 / 5.138 ms)
 _SIDE_MEANS = True
 _side_streams: dict = {}
+# On CUDA, where the fused scores kernel takes the last queries through its row-block kernels, the block means of q
+# and k are computed by extra programs of its stats launch (`last_q_scores_and_means_triton`: bound by memory
+# bandwidth beside programs bound by instruction latency) instead of torch's reductions (on the side stream above).
+# Equal up to the order of the fp32 sums. Session 10, not yet timed on a GPU; bench_methods row
+# `flexprefill_fusedmeans`
+_FUSED_MEANS = False
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -353,6 +359,14 @@ def official_reads(q: torch.Tensor, k: torch.Tensor, *, block_size: int, scale: 
     """The part of `official_parts` that reads q and k whole: `(scores [2, B, H, N]` fp32 vertical and slash scores,
     `q_last [B, H, bs, D]` the scaled last queries, `k_mean [B, HKV, nb, D]` the key block means, `q_mean
     [B, H, nb, D]` the scaled query block means). Everything after it works on these small tensors only."""
+    if _FUSED_MEANS and q.shape[2] == k.shape[2] and fused_scores(scores_kernel, q, q.shape[-1], block_size):
+        from sparsebench.kernels.last_q_scores.triton import last_q_scores_and_means_triton, means_supported
+
+        if means_supported(q.shape[-1], block_size):
+            check_fused_device("flexprefill", q)
+            q_last = q[:, :, q.shape[2] - block_size:] * scale
+            vertical, slash, k_mean, q_mean = last_q_scores_and_means_triton(q_last, k, 1.0, q, block_size, scale)
+            return torch.stack([vertical, slash.flip(-1)]).div_(block_size), q_last, k_mean, q_mean
     means = block_means_naive
     if _POOL_KERNEL and runs_triton(q):
         from sparsebench.kernels.block_means import block_means_triton as means

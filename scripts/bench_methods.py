@@ -86,7 +86,8 @@ GPU_COST_VARIANTS = (("minference_vs_torch", "minference", {"pattern": "vertical
                      ("flexprefill_noemptyexit", "flexprefill", {}),
                      ("flexprefill_s10c", "flexprefill", {}),
                      ("flexprefill_s9path", "flexprefill", {}),
-                     ("minference_vs_s9path", "minference", {"pattern": "vertical_slash"}))
+                     ("minference_vs_s9path", "minference", {"pattern": "vertical_slash"}),
+                     ("flexprefill_fusedmeans", "flexprefill", {}))
 # environment a variant runs under (switches that are not constructor knobs, read at call time)
 VARIANT_ENV = {"xattn_s8_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"},
                "xattn_s16_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"}}
@@ -155,6 +156,8 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
                            ("sparsebench.methods.flexprefill", "_SIDE_MEANS", False),
                            (_LASTQ, "_FUSED_STATS_MAX_RB", 2)],
     "minference_vs_s9path": [(_LASTQ, "_ROWS_STAGES", 2), (_LASTQ, "_TRANS_SCORES", False)],
+    # session 10, not a default until timed: FlexPrefill's block means from extra programs of the stats launch
+    "flexprefill_fusedmeans": [("sparsebench.methods.flexprefill", "_FUSED_MEANS", True)],
     # kernels/cover's digit blocks of 256 entries, or chunks of 2048 (defaults 128 and 4096)
     "flexprefill_coverb256": [("sparsebench.kernels.cover.triton", "BLOCK", 256)],
     "flexprefill_cover2k": [("sparsebench.kernels.cover.triton", "CHUNK", 2048)],

@@ -4,7 +4,8 @@ semantics, triton.py for the fused GPU kernels."""
 from .naive import last_q_importance_naive, last_q_scores_naive
 
 __all__ = ["SCORES_KERNELS", "check_fused_device", "check_scores_kernel", "fused_scores", "last_q_importance_naive",
-           "last_q_importance_triton", "last_q_scores_naive", "last_q_scores_triton"]
+           "last_q_importance_triton", "last_q_scores_and_means_triton", "last_q_scores_naive",
+           "last_q_scores_triton"]
 
 # a method's `scores_kernel` knob: the fused kernels on CUDA (auto), the method's torch path, or the fused kernels
 SCORES_KERNELS = ("auto", "torch", "triton")
@@ -44,7 +45,7 @@ def fused_scores(choice: str, x, head_dim: int | None = None, last_q: int | None
 
 def __getattr__(name):
     # importing the package must not import triton (CPU-only users, cheap CLI start-up): load the kernel on first use
-    if name in ("last_q_scores_triton", "last_q_importance_triton"):
+    if name in ("last_q_scores_triton", "last_q_importance_triton", "last_q_scores_and_means_triton"):
         from . import triton
 
         return getattr(triton, name)

@@ -63,9 +63,10 @@ import torch
 import triton.language as tl
 
 from .._jit import per_mode
+from ..block_means.triton import _to_dtype
 from .naive import _check
 
-__all__ = ["last_q_importance_triton", "last_q_scores_triton", "supports"]
+__all__ = ["last_q_importance_triton", "last_q_scores_and_means_triton", "last_q_scores_triton", "supports"]
 
 
 _LOG2E = tl.constexpr(1.4426950408889634)
@@ -291,17 +292,66 @@ def _block_rows(q_head, row, row_ok, sqt, D: tl.constexpr, INTERPRET: tl.constex
     return q
 
 
+def _side_means(QF, K, QM, KM, j, b, h, H, G, S, sqfb, sqfh, sqft, skb, skh, sks, sqmb, sqmh, skmb, skmh, NB, SJ,
+                q_scale, D: tl.constexpr, MBS: tl.constexpr, BR: tl.constexpr, DT: tl.constexpr,
+                I_QB: tl.constexpr, I_KB: tl.constexpr, INTERPRET: tl.constexpr):
+    """Side program j of query head (b, h) in the stats launch (`MEANS`): the block means of that head's queries,
+    blocks j, j + SJ, ..., scaled, and of its KV head's keys, blocks h % G + G * (j + SJ * i) (the G query heads of
+    a KV head share its blocks), as `kernels/block_means` computes them (fp32 sums of MBS rows, BR rows at a time,
+    divided by the row count, rounded to DT; the queries' mean times q_scale rounded again)."""
+    dd = tl.arange(0, D)
+    rr = tl.arange(0, BR)
+    q_head = QF + b * sqfb + h * sqfh
+    n_q = (NB - j + SJ - 1) // SJ
+    for i in range(0, I_QB if INTERPRET else n_q):
+        blk = j + SJ * i
+        acc = tl.zeros([D], dtype=tl.float32)
+        for r0 in range(0, MBS, BR):
+            rows = blk * MBS + r0 + rr
+            x = tl.load(q_head + rows.to(tl.int64)[:, None] * sqft + dd[None, :],
+                        mask=((rows < S) & (blk < NB))[:, None], other=0.0)
+            acc += tl.sum(x.to(tl.float32), 0)
+        count = tl.maximum(tl.minimum(MBS, S - blk * MBS), 1).to(tl.float32)
+        mean = _to_dtype(_to_dtype(acc / count, DT).to(tl.float32) * q_scale, DT)
+        tl.store(QM + b * sqmb + h * sqmh + blk.to(tl.int64) * D + dd, mean, mask=(blk < NB) & (dd < D))
+    k_head = K + b * skb + (h // G) * skh
+    first = h % G + G * j
+    n_k = (NB - first + SJ * G - 1) // (SJ * G)
+    for i in range(0, I_KB if INTERPRET else n_k):
+        blk = first + SJ * G * i
+        acc = tl.zeros([D], dtype=tl.float32)
+        for r0 in range(0, MBS, BR):
+            rows = blk * MBS + r0 + rr
+            x = tl.load(k_head + rows.to(tl.int64)[:, None] * sks + dd[None, :],
+                        mask=((rows < S) & (blk < NB))[:, None], other=0.0)
+            acc += tl.sum(x.to(tl.float32), 0)
+        count = tl.maximum(tl.minimum(MBS, S - blk * MBS), 1).to(tl.float32)
+        tl.store(KM + b * skmb + (h // G) * skmh + blk.to(tl.int64) * D + dd, _to_dtype(acc / count, DT),
+                 mask=(blk < NB) & (dd < D))
+
+
 def _lastq_stats_rows(Q, K, MT, LT, sqb, sqh, sqt, skb, skh, sks, smb, smt, S, L, H, G, scale,
                       D: tl.constexpr, RB: tl.constexpr, BLOCK_N: tl.constexpr, TPP: tl.constexpr,
                       INTERPRET: tl.constexpr, PREC: tl.constexpr, CAUSAL: tl.constexpr = True,
                       ROUND_DOT: tl.constexpr = False, FAST: tl.constexpr = False, EVEN: tl.constexpr = False,
-                      ASM_ROUND: tl.constexpr = False):
+                      ASM_ROUND: tl.constexpr = False, MEANS: tl.constexpr = False, NPT=1, QF=None, QM=None,
+                      KM=None, sqfb=0, sqfh=0, sqft=0, sqmb=0, sqmh=0, skmb=0, skmh=0, NB=1, SJ=1, q_scale=1.0,
+                      MBS: tl.constexpr = 128, BR: tl.constexpr = 32, DT: tl.constexpr = tl.bfloat16,
+                      I_QB: tl.constexpr = 0, I_KB: tl.constexpr = 0):
     """Row-block pass 1: program (run of TPP key tiles, query head, block of RB rows); the rows' (m, l) over its
-    tiles by the online rule, one (m, l) per row and program."""
+    tiles by the online rule, one (m, l) per row and program. With `MEANS` the launch has SJ more programs per query
+    head along axis 0 (from NPT on, row block 0 only) that compute block means instead (`_side_means`): bound by
+    memory bandwidth, they run beside the stats programs, which are bound by instruction latency."""
     pid_t = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     b = bh // H
     h = bh % H
+    if MEANS:
+        if pid_t >= NPT:
+            if tl.program_id(2) == 0:
+                _side_means(QF, K, QM, KM, pid_t - NPT, b, h, H, G, S, sqfb, sqfh, sqft, skb, skh, sks, sqmb, sqmh,
+                            skmb, skmh, NB, SJ, q_scale, D, MBS, BR, DT, I_QB, I_KB, INTERPRET)
+            return
     row = tl.program_id(2) * RB + tl.arange(0, RB)
     row_ok = row < L
     q = _block_rows(Q + b * sqb + h * sqh, row, row_ok, sqt, D, INTERPRET)
@@ -476,7 +526,7 @@ def _combine_parts(DG, V, OUT_S, OUT_V, sdr, sdn, sdt, svr, svn, S, L, NT, RB, N
 
 _kernels = per_mode((_lastq_stats, _lastq_scores, _lastq_stats_rows, _lastq_scores_rows, _combine_parts),
                     (_tile_logits, _block_logits, _block_rows, _round_and_mask, _ex2, _probs, _exp_sum, _whole_tile,
-                     _round_bf16, _block_logits_t, _scores_tiles_t))
+                     _round_bf16, _block_logits_t, _scores_tiles_t, _side_means, _to_dtype))
 
 
 def _pow2ceil(x: int) -> int:
@@ -681,6 +731,9 @@ _TRANS_FOLD_L = False
 # host-bound on that instance; `bench_methods_cost_s10d.csv`, rows `*_st3` when 2 was the default). Rows `*_st2`
 # keep 2
 _ROWS_STAGES = 3
+# blocks of queries a side program of `last_q_scores_and_means_triton` averages (and a G-th as many key blocks)
+_MEANS_PER_PROGRAM = 8
+_TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 _FUSED_STATS_MAX_S = 1 << 15
 # one row block since session 10: FlexPrefill's 128 queries (two blocks) at 32K keys took 0.987 ms without the
 # fusion against 1.042 ms with it (H200, `bench_methods_cost_s10b.csv`, row `flexprefill_nofusedstats`)
@@ -712,9 +765,10 @@ def _use_rows(rows: bool | None, D: int, pack_heads: bool, L: int, importance: b
 
 
 def _rows_path(q, k, scale: float, L: int, S: int, importance: bool, block_n: int, tpp: int, num_warps: int,
-               num_stages: int, interpret: bool, prec: str, G: int):
+               num_stages: int, interpret: bool, prec: str, G: int, means=None):
     """Both passes through the row-block kernels: `(vertical, slash)` (slash None with `importance`, where `S` is
-    n_keys and vertical holds the column means)."""
+    n_keys and vertical holds the column means). `means` `(q_full [B, H, S, D], size, q_scale, k_mean, q_mean)`:
+    the stats launch also writes the block means into `k_mean [B, HKV, nb, D]` and `q_mean [B, H, nb, D]`."""
     B, H, _, D = q.shape
     rb_stats = min(_RB_STATS, max(16, _pow2ceil(L)))
     RB = min(_RB_SCORES, max(16, _pow2ceil(L)))
@@ -729,10 +783,20 @@ def _rows_path(q, k, scale: float, L: int, S: int, importance: bool, block_n: in
               "FAST": _FAST, "num_warps": num_warps, "num_stages": num_stages}
     strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2))
     asm_round = _ASM_ROUND and not interpret and k.dtype == torch.bfloat16
-    kernels[2][(npg, B * H, -(-L // rb_stats))](q, k, mt, lt, *strides, mt.stride(0), mt.stride(1), S, L, H, G,
-                                                 float(scale), CAUSAL=not importance, ROUND_DOT=importance,
-                                                 EVEN=L % rb_stats == 0, ASM_ROUND=asm_round,
-                                                 **{**common, "RB": rb_stats})
+    side, sj = {}, 0
+    if means is not None:
+        qf, size, q_scale, k_mean, q_mean = means
+        nb = -(-S // size)
+        sj = max(1, -(-nb // _MEANS_PER_PROGRAM))
+        side = {"MEANS": True, "NPT": npg, "QF": qf, "QM": q_mean, "KM": k_mean, "sqfb": qf.stride(0),
+                "sqfh": qf.stride(1), "sqft": qf.stride(2), "sqmb": q_mean.stride(0), "sqmh": q_mean.stride(1),
+                "skmb": k_mean.stride(0), "skmh": k_mean.stride(1), "NB": nb, "SJ": sj, "q_scale": float(q_scale),
+                "MBS": size, "BR": max(1, min(size, 4096 // D)), "DT": _TL_DTYPES[q.dtype],
+                "I_QB": -(-nb // sj) if interpret else 0, "I_KB": -(-nb // (sj * G)) if interpret else 0}
+    kernels[2][(npg + sj, B * H, -(-L // rb_stats))](q, k, mt, lt, *strides, mt.stride(0), mt.stride(1), S, L, H, G,
+                                                      float(scale), CAUSAL=not importance, ROUND_DOT=importance,
+                                                      EVEN=L % rb_stats == 0, ASM_ROUND=asm_round,
+                                                      **{**common, "RB": rb_stats}, **side)
     grid = (npg, B * H, NRB)
     fused = _FUSED_ROW_STATS if _FUSED_ROW_STATS is not None else NRB <= _FUSED_STATS_MAX_RB and S <= _FUSED_STATS_MAX_S
     if fused:
@@ -769,6 +833,36 @@ def _rows_path(q, k, scale: float, L: int, S: int, importance: bool, block_n: in
         for rb in range(NRB):
             dg_all[..., rb * RB:rb * RB + BT] += dg[rb]
     return vertical, _overlap_add(dg_all, S, L, block_n)
+
+
+def means_supported(head_dim: int, last_q: int) -> bool:
+    """Whether `last_q_scores_and_means_triton` takes this configuration (the row-block kernels)."""
+    return supports(head_dim, last_q) is None and _use_rows(None, head_dim, False, last_q, False)
+
+
+def last_q_scores_and_means_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float, q: torch.Tensor, size: int,
+                                   q_scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`(vertical, slash, k_mean, q_mean)`: `last_q_scores_triton(q_last, k, scale)` through the row-block kernels
+    and, in the same stats launch, FlexPrefill's block means `block_means_naive(k, size)` and
+    `block_means_naive(q, size, q_scale)` (`kernels/block_means`; equal up to the order of the fp32 sums) of the
+    whole queries `q [B, H, S, D]` (S = k's length) and keys. Needs the row-block kernels (more than 32 queries, a
+    power-of-two head dim); `size` a power of two."""
+    B, H, L, D, HKV, S = _check(q_last, k)
+    if tuple(q.shape) != (B, H, S, D) or q.dtype != q_last.dtype:
+        raise ValueError(f"q {tuple(q.shape)} {q.dtype}: need the whole queries, [{B}, {H}, {S}, {D}] {q_last.dtype}")
+    if size < 1 or size & (size - 1):
+        raise ValueError(f"size={size} must be a power of two")
+    if not means_supported(D, L):
+        raise ValueError(f"last_q_scores_and_means_triton needs the row-block kernels (more than {_ROWS_MIN_L - 1} "
+                         f"queries, a power-of-two head dim in [16, 256]); got {L} queries, head dim {D}")
+    qq, k, block_n, interpret, prec, G, _, _, _ = _prepare(q_last, k, _ROWS_BLOCK_N, False)
+    q = q if q.stride(-1) == 1 else q.contiguous()
+    nb = -(-S // size)
+    k_mean = torch.empty(B, HKV, nb, D, dtype=q.dtype, device=q.device)
+    q_mean = torch.empty(B, H, nb, D, dtype=q.dtype, device=q.device)
+    vertical, slash = _rows_path(qq, k, scale, L, S, False, block_n, _TPP, 4, _ROWS_STAGES, interpret, prec, G,
+                                 means=(q, size, q_scale, k_mean, q_mean))
+    return vertical.view(B, H, S), slash.reshape(B, H, S), k_mean, q_mean
 
 
 def last_q_scores_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float, block_n: int | None = None,

@@ -257,6 +257,93 @@ def test_minference_triton_scores_select_like_torch(case, request, interpret_ver
     assert_verdict(interpret_verdicts, request)
 
 
+# (B, H, HKV, S, D, dtype, size, L): short last blocks, GQA 2 and 4, two batch entries, the three dtypes
+MEANS_CASES = [pytest.param(c, id="means-B{}-H{}-HKV{}-S{}-D{}-{}-size{}-L{}".format(*c)) for c in (
+    (1, 4, 2, 300, 64, "bfloat16", 32, 40), (2, 4, 1, 257, 32, "float32", 16, 64),
+    (1, 2, 2, 200, 64, "float16", 64, 48))]
+
+
+def _check_means(case):
+    """`last_q_scores_and_means_triton`: the scores of `last_q_scores_triton` bit for bit, and the block means of
+    `block_means_naive` exactly (values on a binary grid: every fp32 sum exact, whatever its order)."""
+    from sparsebench.kernels.block_means import block_means_naive
+    from sparsebench.kernels.last_q_scores import last_q_scores_and_means_triton, last_q_scores_triton
+
+    B, H, HKV, S, D, dtype, size, L = case
+    g = torch.Generator().manual_seed(0)
+    q = (torch.randint(-64, 64, (B, H, S, D), generator=g).float() / 64).to(getattr(torch, dtype))
+    k = (torch.randint(-64, 64, (B, HKV, S, D), generator=g).float() / 64).to(q.dtype)
+    q_last = q[:, :, -L:] * 0.125
+    v, sl, k_mean, q_mean = last_q_scores_and_means_triton(q_last, k, 1.0, q, size, 0.3)
+    v0, s0 = last_q_scores_triton(q_last, k, 1.0)
+    assert torch.equal(v, v0) and torch.equal(sl, s0)
+    assert torch.equal(k_mean, block_means_naive(k, size))
+    assert torch.equal(q_mean, block_means_naive(q, size, 0.3))
+
+
+def _check_flex_means(case):
+    """FlexPrefill's official selection with the block means from the stats launch (`_FUSED_MEANS`) equals its
+    selection with torch's means (grid-valued inputs: the same means exactly), pattern decisions included."""
+    from sparsebench.attention import AttnContext
+    from sparsebench.methods import flexprefill as fp
+
+    H, HKV, T, D = case
+    g = torch.Generator().manual_seed(7)
+    # peaked attention on a binary grid: every head query-aware and its cover selective (density about 0.43)
+    q = torch.randint(-128, 128, (1, H, T, D), generator=g).float() / 16
+    k = torch.randint(-128, 128, (1, HKV, T, D), generator=g).float() / 16
+    ctx = AttnContext(0, H, HKV, D, 1 / math.sqrt(D))
+    m = fp.FlexPrefill(scores_kernel="triton", gamma=0.5, tau=0.3, min_budget=64, block_size=64)
+    with switched(fp, _FUSED_MEANS=False):
+        want, d_want = m.select(q, k, ctx), m.last_decision
+    with switched(fp, _FUSED_MEANS=True):
+        got, d_got = m.select(q, k, ctx), m.last_decision
+    assert torch.equal(got.to_block_mask(), want.to_block_mask()) and torch.equal(d_got, d_want)
+    assert bool(d_want.all()) and 0.2 < want.density() < 0.7
+
+
+FLEX_MEANS_CASES = [pytest.param((4, 2, 520, 64), id="flexmeans-H4-HKV2-T520")]
+
+
+@pytest.mark.parametrize("case", MEANS_CASES + FLEX_MEANS_CASES)
+def test_scores_and_means_interpret(case, request, interpret_verdicts):
+    assert_verdict(interpret_verdicts, request)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("S,D,size", [(32768, 128, 128), (5000, 256, 128), (4099, 64, 64)])
+def test_scores_and_means_gpu(S, D, size):
+    """Compiled: the scores bit for bit as `last_q_scores_triton`'s; the block means of random bf16 q / k as
+    `block_means_naive`'s up to the order of the fp32 sums (at most one bf16 step apart, nearly all equal)."""
+    from sparsebench.kernels.block_means import block_means_naive
+    from sparsebench.kernels.last_q_scores import last_q_scores_and_means_triton, last_q_scores_triton
+
+    q, k = _qk(1, 8, 2, S, S, D, torch.bfloat16)
+    q, k = q.cuda(), k.cuda()
+    q_last = q[:, :, -size:] * D ** -0.5
+    v, sl, k_mean, q_mean = last_q_scores_and_means_triton(q_last, k, 1.0, q, size, D ** -0.5)
+    v0, s0 = last_q_scores_triton(q_last, k, 1.0)
+    assert torch.equal(v, v0) and torch.equal(sl, s0)
+    for got, want in ((k_mean, block_means_naive(k, size)), (q_mean, block_means_naive(q, size, D ** -0.5))):
+        step = torch.finfo(torch.bfloat16).eps * want.float().abs().clamp_min(1e-30)
+        assert ((got.float() - want.float()).abs() <= step * 1.01).all()
+        assert (got == want).float().mean().item() > 0.98
+
+
+def test_scores_and_means_bad_arguments_raise():
+    from sparsebench.kernels.last_q_scores import last_q_scores_and_means_triton
+
+    q = torch.zeros(1, 2, 100, 64)
+    k = torch.zeros(1, 1, 100, 64)
+    with pytest.raises(ValueError, match=r"whole queries, \[1, 2, 100, 64\]"):
+        last_q_scores_and_means_triton(q[:, :, -40:], k, 1.0, q[:, :, :50], 32, 1.0)
+    with pytest.raises(ValueError, match="size=24 must be a power of two"):
+        last_q_scores_and_means_triton(q[:, :, -40:], k, 1.0, q, 24, 1.0)
+    with pytest.raises(ValueError, match="needs the row-block kernels"):
+        last_q_scores_and_means_triton(q[:, :, -16:], k, 1.0, q, 32, 1.0)
+
+
 def _p_imp(B, H, HKV, L, S, n_keys, D, dtype="float32", block_n=64, pack=True):
     return pytest.param((B, H, HKV, L, S, n_keys, D, dtype, block_n, pack),
                         id=f"imp-B{B}-H{H}-HKV{HKV}-L{L}-S{S}-n{n_keys}-D{D}-{dtype}-bn{block_n}-{_MODES[pack]}")
@@ -550,7 +637,8 @@ if __name__ == "__main__" and sys.argv[1:] == ["--interpret"]:
     for check, cases in ((_check_case, CPU_CASES), (_check_select, SELECT_CASES), (_check_flex, FLEX_CASES),
                          (_check_importance, IMP_CASES), (_check_rounding, ROUNDING_CASES), (_check_pbs, PBS_CASES),
                          (_with_switches(_check_case), SWITCH_CASES),
-                         (_with_switches(_check_importance), IMP_SWITCH_CASES), (_check_combine, COMBINE_CASES)):
+                         (_with_switches(_check_importance), IMP_SWITCH_CASES), (_check_combine, COMBINE_CASES),
+                         (_check_means, MEANS_CASES), (_check_flex_means, FLEX_MEANS_CASES)):
         report_verdicts(check, cases)
 
 
@@ -569,7 +657,8 @@ def test_compiled_kernels_keep_their_constexprs():
                                                                  "INTERPRET", "PREC", "IMPORTANCE", "FAST", "EVEN"]
     assert [p.name for p in stats_rows.params if p.is_constexpr] == ["D", "RB", "BLOCK_N", "TPP", "INTERPRET", "PREC",
                                                                      "CAUSAL", "ROUND_DOT", "FAST", "EVEN",
-                                                                     "ASM_ROUND"]
+                                                                     "ASM_ROUND", "MEANS", "MBS", "BR", "DT", "I_QB",
+                                                                     "I_KB"]
     assert [p.name for p in scores_rows.params if p.is_constexpr] == ["D", "RB", "BLOCK_N", "BT", "TPP", "INTERPRET",
                                                                       "PREC", "IMPORTANCE", "FAST", "EVEN", "WRAP",
                                                                       "STATS_IN", "PB", "I_NPG", "ASM_ROUND",
