@@ -146,8 +146,9 @@ _side_streams: dict = {}
 # On CUDA, where the fused scores kernel takes the last queries through its row-block kernels, the block means of q
 # and k are computed by extra programs of its stats launch (`last_q_scores_and_means_triton`: bound by memory
 # bandwidth beside programs bound by instruction latency) instead of torch's reductions (on the side stream above).
-# Equal up to the order of the fp32 sums. Session 10, not yet timed on a GPU; bench_methods row
-# `flexprefill_fusedmeans`
+# Equal up to the order of the fp32 sums. Off: slower on an H200 (session 10: 1.019 / 1.958 ms against 0.913 / 1.596
+# ms at 32K / 64K, `bench_methods_cost_s10f.csv`, row `flexprefill_fusedmeans`): the side programs hold launch slots
+# that the stats programs' shared memory limits to two per multiprocessor, and each reads its blocks 32 rows at a time
 _FUSED_MEANS = False
 
 

@@ -156,7 +156,7 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
                            ("sparsebench.methods.flexprefill", "_SIDE_MEANS", False),
                            (_LASTQ, "_FUSED_STATS_MAX_RB", 2)],
     "minference_vs_s9path": [(_LASTQ, "_ROWS_STAGES", 2), (_LASTQ, "_TRANS_SCORES", False)],
-    # session 10, not a default until timed: FlexPrefill's block means from extra programs of the stats launch
+    # not a default (slower, session 10): FlexPrefill's block means from extra programs of the stats launch
     "flexprefill_fusedmeans": [("sparsebench.methods.flexprefill", "_FUSED_MEANS", True)],
     # kernels/cover's digit blocks of 256 entries, or chunks of 2048 (defaults 128 and 4096)
     "flexprefill_coverb256": [("sparsebench.kernels.cover.triton", "BLOCK", 256)],
