@@ -32,7 +32,11 @@ def _to_dtype(x, DT: tl.constexpr):
 
 
 def _means_fwd(X, OUT, N, D, size, sxh, sxn, soh, son, scale, HAS_SCALE: tl.constexpr, DT: tl.constexpr,
-               BD: tl.constexpr, BR: tl.constexpr, I_S: tl.constexpr, INTERPRET: tl.constexpr):
+               BD: tl.constexpr, BR: tl.constexpr, I_S: tl.constexpr, INTERPRET: tl.constexpr, XT=None, slot=0,
+               FROM_TABLE: tl.constexpr = False):
+    if FROM_TABLE:
+        # x's address read at run time (a CUDA graph replays with whatever the table then holds)
+        X = tl.load(XT + slot).to(tl.pointer_type(DT))
     h = tl.program_id(0).to(tl.int64)
     blk = tl.program_id(1)
     dd = tl.arange(0, BD)
@@ -55,9 +59,11 @@ def _means_fwd(X, OUT, N, D, size, sxh, sxn, soh, son, scale, HAS_SCALE: tl.cons
 _kernel = per_mode((_means_fwd,), (_to_dtype,), one=True)
 
 
-def block_means_triton(x: torch.Tensor, size: int, scale: float | None = None) -> torch.Tensor:
+def block_means_triton(x: torch.Tensor, size: int, scale: float | None = None, table: torch.Tensor | None = None,
+                       slot: int = 0) -> torch.Tensor:
     """`block_means_naive(x, size, scale)` (arguments as there) for `x [..., N, D]` of fp32, fp16 or bf16, up to the
-    order of the fp32 sums."""
+    order of the fp32 sums. With `table` (int64, on x's device) the kernel reads the address of the tensor to average
+    from `table[slot]` when it runs: `x` then only gives the shape, strides and dtype of that tensor."""
     if x.dim() < 2 or size < 1:
         raise ValueError(f"x must be [..., N, D] and size >= 1; got {tuple(x.shape)}, size={size}")
     if x.dtype not in _DTYPES:
@@ -66,6 +72,10 @@ def block_means_triton(x: torch.Tensor, size: int, scale: float | None = None) -
     *lead, N, D = x.shape
     nb = -(-N // size)
     xr = x.reshape(-1, N, D)
+    if table is not None and (xr.stride(-1) != 1 or
+                              xr.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()):
+        raise ValueError(f"table: x {tuple(x.shape)} with strides {x.stride()} must be viewable as [-1, N, D] with "
+                         f"unit last stride")
     if xr.stride(-1) != 1:
         xr = xr.contiguous()
     out = torch.empty(xr.shape[0], nb, D, dtype=x.dtype, device=x.device)
@@ -74,5 +84,5 @@ def block_means_triton(x: torch.Tensor, size: int, scale: float | None = None) -
         xr, out, N, D, size, xr.stride(0), xr.stride(1), out.stride(0), out.stride(1),
         1.0 if scale is None else float(scale), HAS_SCALE=scale is not None, DT=_DTYPES[x.dtype], BD=bd,
         BR=max(1, min(triton.next_power_of_2(size), 4096 // bd)), I_S=size if interpret else 0, INTERPRET=interpret,
-        num_warps=4)
+        num_warps=4, XT=table, slot=slot, FROM_TABLE=table is not None)
     return out.view(*lead, nb, D)

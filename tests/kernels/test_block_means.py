@@ -50,6 +50,34 @@ def _check(case, device="cpu"):
         assert torch.equal(got.cpu(), want)
 
 
+def _check_table(case):
+    """With an address table the kernel averages the tensor whose address the table holds when it runs (here one
+    other than the tensor that gave the shape): the same values as `block_means_naive` of that tensor."""
+    from sparsebench.kernels.block_means import block_means_triton
+
+    lead, N, D, bs, dt, scale = case
+    shape_like, x = _x((*lead, N, D), dt, 0), _x((*lead, N, D), dt, 1)
+    table = torch.tensor([0, x.data_ptr()], dtype=torch.int64)
+    got = block_means_triton(shape_like, bs, scale, table=table, slot=1)
+    want = block_means_naive(x, bs, scale)
+    if dt == "float32":
+        assert torch.allclose(got, want, rtol=1e-6, atol=1e-6)
+    else:
+        assert torch.equal(got, want)
+    assert not torch.equal(want, block_means_naive(shape_like, bs, scale))
+
+
+TABLE_CASES = [pytest.param(c.values[0], id=f"table-{c.id}") for c in CASES[:2]]
+
+
+def test_table_needs_a_view():
+    from sparsebench.kernels.block_means import block_means_triton
+
+    x = torch.zeros(2, 8, 3, 16).transpose(1, 2)  # [2, 3, 8, 16] whose [-1, 8, 16] reshape is a copy
+    with pytest.raises(ValueError, match="must be viewable"):
+        block_means_triton(x, 4, table=torch.zeros(1, dtype=torch.int64))
+
+
 def _check_flex(shape):
     """FlexPrefill's official selection with `_POOL_KERNEL` equals its selection through torch (bf16 inputs)."""
     flexprefill_off_and_on("_POOL_KERNEL", shape, dtype="bfloat16", tau=0.5)
@@ -58,7 +86,7 @@ def _check_flex(shape):
 FLEX_CASES = flex_cases()
 
 
-@pytest.mark.parametrize("case", CASES + FLEX_CASES)
+@pytest.mark.parametrize("case", CASES + FLEX_CASES + TABLE_CASES)
 def test_triton_interpret_matches_reference(case, request, interpret_verdicts):
     assert_verdict(interpret_verdicts, request)
 
@@ -73,3 +101,4 @@ def test_triton_gpu_matches_reference(case):
 if __name__ == "__main__" and sys.argv[1:] == ["--interpret"]:
     report_verdicts(_check, CASES)
     report_verdicts(_check_flex, FLEX_CASES)
+    report_verdicts(_check_table, TABLE_CASES)
