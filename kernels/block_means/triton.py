@@ -36,7 +36,7 @@ def _means_fwd(X, OUT, N, D, size, sxh, sxn, soh, son, scale, HAS_SCALE: tl.cons
                FROM_TABLE: tl.constexpr = False):
     if FROM_TABLE:
         # x's address read at run time (a CUDA graph replays with whatever the table then holds)
-        X = tl.load(XT + slot).to(tl.pointer_type(DT))
+        X = tl.multiple_of(tl.load(XT + slot).to(tl.pointer_type(DT)), 16)
     h = tl.program_id(0).to(tl.int64)
     blk = tl.program_id(1)
     dd = tl.arange(0, BD)

@@ -66,7 +66,8 @@ from .._jit import per_mode
 from ..block_means.triton import _to_dtype
 from .naive import _check
 
-__all__ = ["last_q_importance_triton", "last_q_scores_and_means_triton", "last_q_scores_triton", "supports"]
+__all__ = ["last_q_importance_triton", "last_q_scores_and_means_triton", "last_q_scores_triton", "scaled_last_rows",
+           "supports"]
 
 
 _LOG2E = tl.constexpr(1.4426950408889634)
@@ -337,11 +338,16 @@ def _lastq_stats_rows(Q, K, MT, LT, sqb, sqh, sqt, skb, skh, sks, smb, smt, S, L
                       ASM_ROUND: tl.constexpr = False, MEANS: tl.constexpr = False, NPT=1, QF=None, QM=None,
                       KM=None, sqfb=0, sqfh=0, sqft=0, sqmb=0, sqmh=0, skmb=0, skmh=0, NB=1, SJ=1, q_scale=1.0,
                       MBS: tl.constexpr = 128, BR: tl.constexpr = 32, DT: tl.constexpr = tl.bfloat16,
-                      I_QB: tl.constexpr = 0, I_KB: tl.constexpr = 0):
+                      I_QB: tl.constexpr = 0, I_KB: tl.constexpr = 0, KT=None, kslot=0,
+                      K_TABLE: tl.constexpr = False):
     """Row-block pass 1: program (run of TPP key tiles, query head, block of RB rows); the rows' (m, l) over its
     tiles by the online rule, one (m, l) per row and program. With `MEANS` the launch has SJ more programs per query
     head along axis 0 (from NPT on, row block 0 only) that compute block means instead (`_side_means`): bound by
-    memory bandwidth, they run beside the stats programs, which are bound by instruction latency."""
+    memory bandwidth, they run beside the stats programs, which are bound by instruction latency. With `K_TABLE` K's
+    address is read from `KT[kslot]` when the kernel runs (K then only types the pointer)."""
+    if K_TABLE:
+        # 16-byte alignment promised (the callers check the address): without it the K loads were not pipelined
+        K = tl.multiple_of(tl.load(KT + kslot).to(tl.pointer_type(K.dtype.element_ty)), 16)
     pid_t = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     b = bh // H
@@ -381,7 +387,7 @@ def _lastq_scores_rows(Q, K, M, LS, V, DG, sqb, sqh, sqt, skb, skh, sks, smb, sv
                        FAST: tl.constexpr = False, EVEN: tl.constexpr = False, WRAP: tl.constexpr = False,
                        NPG=1, smt=0, STATS_IN: tl.constexpr = False, PB: tl.constexpr = 16,
                        I_NPG: tl.constexpr = 0, ASM_ROUND: tl.constexpr = False, TRANS: tl.constexpr = False,
-                       FOLD_L: tl.constexpr = False):
+                       FOLD_L: tl.constexpr = False, KT=None, kslot=0, K_TABLE: tl.constexpr = False):
     """Row-block pass 2 (`_lastq_scores`' outputs, per row block): each tile's column sums over the block's rows go
     to `V[row block]`, its diagonal sums (indexed by the row within the block) to `DG[row block]`; `_combine` adds
     the row blocks. The diagonal sums skew the `[RB, BLOCK_N]` probabilities in registers (`tl.gather`) so that
@@ -389,7 +395,10 @@ def _lastq_scores_rows(Q, K, M, LS, V, DG, sqb, sqh, sqt, skb, skh, sks, smb, sv
     cyclically into a `[RB, BLOCK_N]` tile whose entries that wrapped around are the diagonals BLOCK_N further on,
     summed apart (half the gathered entries; the same sums). With `STATS_IN`, `M` / `LS` are pass 1's per-program
     partials `[B*H, NPG, L]` (program stride `smt`), reduced here to each row's (m, l) as `_row_stats` reduces them
-    (the same maximum; the sum in another fixed order) instead of by torch between the passes."""
+    (the same maximum; the sum in another fixed order) instead of by torch between the passes. `K_TABLE`: as in
+    `_lastq_stats_rows`."""
+    if K_TABLE:
+        K = tl.multiple_of(tl.load(KT + kslot).to(tl.pointer_type(K.dtype.element_ty)), 16)
     pid_t = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     rb = tl.program_id(2)
@@ -524,7 +533,23 @@ def _combine_parts(DG, V, OUT_S, OUT_V, sdr, sdn, sdt, svr, svn, S, L, NT, RB, N
         tl.store(OUT_V + n * S + o, acc_v, mask=o_ok)
 
 
-_kernels = per_mode((_lastq_stats, _lastq_scores, _lastq_stats_rows, _lastq_scores_rows, _combine_parts),
+def _scaled_last_rows(Q, OUT, QT, qslot, T, sqb, sqh, sqt, H, scale, D: tl.constexpr, RB: tl.constexpr,
+                      DT: tl.constexpr, Q_TABLE: tl.constexpr):
+    """Program (query head, block of RB rows): `OUT[bh, i] = q[b, h, T - n + i] * scale` rounded to DT (the product
+    in fp32, as torch's multiply by a Python float computes it); with `Q_TABLE` q's address from `QT[qslot]`."""
+    if Q_TABLE:
+        Q = tl.multiple_of(tl.load(QT + qslot).to(tl.pointer_type(Q.dtype.element_ty)), 16)
+    bh = tl.program_id(0).to(tl.int64)
+    n = tl.num_programs(1) * RB
+    r = tl.program_id(1) * RB + tl.arange(0, RB)
+    dd = tl.arange(0, D)
+    src = Q + (bh // H) * sqb + (bh % H) * sqh + (T - n + r).to(tl.int64)[:, None] * sqt + dd[None, :]
+    x = tl.load(src).to(tl.float32)
+    tl.store(OUT + bh * n * D + r.to(tl.int64)[:, None] * D + dd[None, :], _to_dtype(x * scale, DT))
+
+
+_kernels = per_mode((_lastq_stats, _lastq_scores, _lastq_stats_rows, _lastq_scores_rows, _combine_parts,
+                     _scaled_last_rows),
                     (_tile_logits, _block_logits, _block_rows, _round_and_mask, _ex2, _probs, _exp_sum, _whole_tile,
                      _round_bf16, _block_logits_t, _scores_tiles_t, _side_means, _to_dtype))
 
@@ -765,10 +790,12 @@ def _use_rows(rows: bool | None, D: int, pack_heads: bool, L: int, importance: b
 
 
 def _rows_path(q, k, scale: float, L: int, S: int, importance: bool, block_n: int, tpp: int, num_warps: int,
-               num_stages: int, interpret: bool, prec: str, G: int, means=None):
+               num_stages: int, interpret: bool, prec: str, G: int, means=None, k_table=None):
     """Both passes through the row-block kernels: `(vertical, slash)` (slash None with `importance`, where `S` is
     n_keys and vertical holds the column means). `means` `(q_full [B, H, S, D], size, q_scale, k_mean, q_mean)`:
-    the stats launch also writes the block means into `k_mean [B, HKV, nb, D]` and `q_mean [B, H, nb, D]`."""
+    the stats launch also writes the block means into `k_mean [B, HKV, nb, D]` and `q_mean [B, H, nb, D]`.
+    `k_table` `(table, slot)`: both passes read K's address from the int64 device tensor `table[slot]` when they run
+    (k only gives shape, strides and dtype)."""
     B, H, _, D = q.shape
     rb_stats = min(_RB_STATS, max(16, _pow2ceil(L)))
     RB = min(_RB_SCORES, max(16, _pow2ceil(L)))
@@ -793,10 +820,13 @@ def _rows_path(q, k, scale: float, L: int, S: int, importance: bool, block_n: in
                 "skmb": k_mean.stride(0), "skmh": k_mean.stride(1), "NB": nb, "SJ": sj, "q_scale": float(q_scale),
                 "MBS": size, "BR": max(1, min(size, 4096 // D)), "DT": _TL_DTYPES[q.dtype],
                 "I_QB": -(-nb // sj) if interpret else 0, "I_KB": -(-nb // (sj * G)) if interpret else 0}
+    if k_table is not None and means is not None:
+        raise ValueError("k_table and means together are not supported")
+    ktab = {} if k_table is None else {"KT": k_table[0], "kslot": k_table[1], "K_TABLE": True}
     kernels[2][(npg + sj, B * H, -(-L // rb_stats))](q, k, mt, lt, *strides, mt.stride(0), mt.stride(1), S, L, H, G,
                                                       float(scale), CAUSAL=not importance, ROUND_DOT=importance,
                                                       EVEN=L % rb_stats == 0, ASM_ROUND=asm_round,
-                                                      **{**common, "RB": rb_stats}, **side)
+                                                      **{**common, "RB": rb_stats}, **side, **ktab)
     grid = (npg, B * H, NRB)
     fused = _FUSED_ROW_STATS if _FUSED_ROW_STATS is not None else NRB <= _FUSED_STATS_MAX_RB and S <= _FUSED_STATS_MAX_S
     if fused:
@@ -817,7 +847,7 @@ def _rows_path(q, k, scale: float, L: int, S: int, importance: bool, block_n: in
                      IMPORTANCE=importance, EVEN=L % RB == 0,
                      WRAP=_WRAP_GATHER and not importance and RB <= block_n and BT == 2 * block_n, **stats_in,
                      ASM_ROUND=asm_round, TRANS=_TRANS_SCORES and _WRAP_GATHER and not importance and RB == block_n,
-                     FOLD_L=_TRANS_FOLD_L, **common)
+                     FOLD_L=_TRANS_FOLD_L, **common, **ktab)
     if importance:
         vertical = v[0] if NRB == 1 else v.sum(0)
         return vertical / L, None
@@ -833,6 +863,27 @@ def _rows_path(q, k, scale: float, L: int, S: int, importance: bool, block_n: in
         for rb in range(NRB):
             dg_all[..., rb * RB:rb * RB + BT] += dg[rb]
     return vertical, _overlap_add(dg_all, S, L, block_n)
+
+
+def scaled_last_rows(q: torch.Tensor, n: int, scale: float, table: torch.Tensor | None = None, slot: int = 0
+                     ) -> torch.Tensor:
+    """`q[:, :, T - n:] * scale` (a new contiguous tensor, q's dtype, the same rounding) for q `[B, H, T, D]` with a
+    unit last stride, n a power of two (at least 16) and D one of 16-256 a power of two; with `table` (int64, on q's
+    device) q's address is read from `table[slot]` when the kernel runs, q giving only shape, strides and dtype; that
+    address must be a multiple of 16 bytes (as the row-block passes' `k_table` address)."""
+    B, H, T, D = q.shape
+    if q.stride(-1) != 1 or not 16 <= n <= T or n & (n - 1) or not _rows_ok(D):
+        raise ValueError(f"scaled_last_rows: q {tuple(q.shape)} (last stride {q.stride(-1)}), n={n}: need a unit last "
+                         f"stride, n a power of two in [16, T], a power-of-two head dim in [16, 256]")
+    if q.dtype not in _TL_DTYPES:
+        raise ValueError(f"q dtype {q.dtype} is not one of {sorted(map(str, _TL_DTYPES))}")
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    out = torch.empty(B, H, n, D, dtype=q.dtype, device=q.device)
+    rb = min(n, max(1, 4096 // D))
+    _kernels(interpret)[5][(B * H, n // rb)](q, out, table, slot, T, q.stride(0), q.stride(1), q.stride(2), H,
+                                             float(scale), D=D, RB=rb, DT=_TL_DTYPES[q.dtype],
+                                             Q_TABLE=table is not None, num_warps=4)
+    return out
 
 
 def means_supported(head_dim: int, last_q: int) -> bool:
@@ -867,8 +918,8 @@ def last_q_scores_and_means_triton(q_last: torch.Tensor, k: torch.Tensor, scale:
 
 def last_q_scores_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float, block_n: int | None = None,
                          num_warps: int = 4, num_stages: int | None = None, pack_heads: bool = False,
-                         rows: bool | None = None, tiles_per_program: int | None = None
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
+                         rows: bool | None = None, tiles_per_program: int | None = None,
+                         k_table: tuple[torch.Tensor, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """`(vertical [B, H, S], slash [B, H, S])` fp32 of `last_q_scores_naive` (arguments as there).
 
     `pack_heads`: one program per (key tile, KV head) serving its G query heads, else one per (key tile, query
@@ -876,7 +927,10 @@ def last_q_scores_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float, bl
     order. `rows`: the row-block kernels (module doc) if True, the per-tile ones if False, if None as `_use_rows`
     decides (more than 32 queries). `block_n` None: `_ROWS_BLOCK_N` for the row-block kernels, `_default_block_n(L)`
     for the per-tile ones. `tiles_per_program` (row-block kernels): default `_TPP`. `num_stages` None: `_ROWS_STAGES`
-    for the row-block kernels, 2 for the per-tile ones.
+    for the row-block kernels, 2 for the per-tile ones. `k_table` `(table, slot)` (row-block kernels only): the
+    passes read K's address from the int64 device tensor `table[slot]` when they run, `k` giving only its shape,
+    strides and dtype (a CUDA graph captured once then replays on other keys of that layout); that address must be a
+    multiple of 16 bytes.
 
     Scratch: fp32 `[B*H, n_tiles, L]` twice (pass 1) and `[B*H, n_tiles, BT]` (diagonal partials), n_tiles =
     ceil(S / block_n), BT = next power of two >= block_n + L - 1.
@@ -885,13 +939,17 @@ def last_q_scores_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float, bl
     why = supports(D, L)
     if why:
         raise ValueError(f"last_q_scores_triton: {why}")
+    if k_table is not None and k.stride(-1) != 1:
+        raise ValueError(f"k_table needs keys with a unit last stride; got strides {k.stride()}")
     use_rows = _use_rows(rows, D, pack_heads, L, False)
     if use_rows and block_n is None:
         block_n = _ROWS_BLOCK_N
     q, k, block_n, interpret, prec, G, HP, RC, NCH = _prepare(q_last, k, block_n, pack_heads)
+    if k_table is not None and not use_rows:
+        raise ValueError("k_table needs the row-block kernels")
     if use_rows:
         vertical, slash = _rows_path(q, k, scale, L, S, False, block_n, tiles_per_program or _TPP, num_warps,
-                                     num_stages or _ROWS_STAGES, interpret, prec, G)
+                                     num_stages or _ROWS_STAGES, interpret, prec, G, k_table=k_table)
         return vertical.view(B, H, S), slash.reshape(B, H, S)
     num_stages = num_stages or 2
     BT = _pow2ceil(block_n + NCH * RC - 1)

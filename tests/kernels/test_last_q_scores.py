@@ -331,6 +331,48 @@ def test_scores_and_means_gpu(S, D, size):
         assert (got == want).float().mean().item() > 0.98
 
 
+TABLE_CASES = [pytest.param(dt, id=f"table-{dt}") for dt in ("bfloat16", "float32")]
+
+
+def _check_table(dtype):
+    """Address tables (for a CUDA graph that replays on other tensors): `scaled_last_rows` equals torch's
+    `q[:, :, -n:] * scale` bit for bit, on q or on the tensor whose address the table holds; the row-block passes
+    with `k_table` score the keys whose address the table holds (other than the `k` that gave the layout)."""
+    from sparsebench.kernels.last_q_scores.triton import last_q_scores_triton, scaled_last_rows
+
+    g = torch.Generator().manual_seed(0)
+    dt = getattr(torch, dtype)
+    q, q2 = (torch.randn(1, 4, 300, 64, generator=g).to(dt) for _ in range(2))
+    k0, k1 = (torch.randn(1, 2, 300, 64, generator=g).to(dt) for _ in range(2))
+    q_last = scaled_last_rows(q, 64, 0.3)
+    assert torch.equal(q_last, q[:, :, -64:] * 0.3)
+    table = torch.tensor([q2.data_ptr(), k1.data_ptr()], dtype=torch.int64)
+    assert torch.equal(scaled_last_rows(q, 64, 0.3, table=table, slot=0), q2[:, :, -64:] * 0.3)
+    got = last_q_scores_triton(q_last, k0, 1.0, k_table=(table, 1))
+    want = last_q_scores_triton(q_last, k1, 1.0)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert not torch.equal(got[0], last_q_scores_triton(q_last, k0, 1.0)[0])
+
+
+@pytest.mark.parametrize("case", TABLE_CASES)
+def test_address_tables_interpret(case, request, interpret_verdicts):
+    assert_verdict(interpret_verdicts, request)
+
+
+def test_tables_bad_arguments_raise():
+    from sparsebench.kernels.last_q_scores.triton import last_q_scores_triton, scaled_last_rows
+
+    q = torch.zeros(1, 2, 100, 64)
+    with pytest.raises(ValueError, match="n a power of two"):
+        scaled_last_rows(q, 24, 1.0)
+    k = torch.zeros(1, 1, 64, 100).transpose(-1, -2)
+    with pytest.raises(ValueError, match="unit last stride"):
+        last_q_scores_triton(q[:, :, -40:], k, 1.0, k_table=(torch.zeros(2, dtype=torch.int64), 1))
+    with pytest.raises(ValueError, match="needs the row-block kernels"):
+        last_q_scores_triton(q[:, :, -16:], torch.zeros(1, 1, 100, 64), 1.0,
+                             k_table=(torch.zeros(2, dtype=torch.int64), 1))
+
+
 def test_scores_and_means_bad_arguments_raise():
     from sparsebench.kernels.last_q_scores import last_q_scores_and_means_triton
 
@@ -638,7 +680,8 @@ if __name__ == "__main__" and sys.argv[1:] == ["--interpret"]:
                          (_check_importance, IMP_CASES), (_check_rounding, ROUNDING_CASES), (_check_pbs, PBS_CASES),
                          (_with_switches(_check_case), SWITCH_CASES),
                          (_with_switches(_check_importance), IMP_SWITCH_CASES), (_check_combine, COMBINE_CASES),
-                         (_check_means, MEANS_CASES), (_check_flex_means, FLEX_MEANS_CASES)):
+                         (_check_means, MEANS_CASES), (_check_flex_means, FLEX_MEANS_CASES),
+                         (_check_table, TABLE_CASES)):
         report_verdicts(check, cases)
 
 
@@ -658,11 +701,11 @@ def test_compiled_kernels_keep_their_constexprs():
     assert [p.name for p in stats_rows.params if p.is_constexpr] == ["D", "RB", "BLOCK_N", "TPP", "INTERPRET", "PREC",
                                                                      "CAUSAL", "ROUND_DOT", "FAST", "EVEN",
                                                                      "ASM_ROUND", "MEANS", "MBS", "BR", "DT", "I_QB",
-                                                                     "I_KB"]
+                                                                     "I_KB", "K_TABLE"]
     assert [p.name for p in scores_rows.params if p.is_constexpr] == ["D", "RB", "BLOCK_N", "BT", "TPP", "INTERPRET",
                                                                       "PREC", "IMPORTANCE", "FAST", "EVEN", "WRAP",
                                                                       "STATS_IN", "PB", "I_NPG", "ASM_ROUND",
-                                                                      "TRANS", "FOLD_L"]
+                                                                      "TRANS", "FOLD_L", "K_TABLE"]
 
 
 def test_rows_kernel_needs_unpacked_heads_and_a_power_of_two_head_dim():
