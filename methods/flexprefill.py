@@ -63,7 +63,8 @@ Deviations from the official code:
   patterns with fp32 sums per chunk and digit, no sort): the same rule, with the same kind of rounding at the
   threshold.
 - Launching: on CUDA the rule after the reads of q and k is replayed from a CUDA graph captured on the first call
-  per shape (`_GRAPH_TAIL`): the same kernels on the same values (tested equal), launched at once.
+  per shape (`_GRAPH_TAIL`): the same kernels on the same values (tested equal), launched at once. With
+  `_WHOLE_GRAPH` (off by default) the reads too, their kernels taking q's and k's addresses from a device table.
 - `variant="sparse_frontier"`: ties as above; T < approximation_size runs dense (the Sparse Frontier code fails
   there); nv and ns are capped at T (its `topk` fails beyond); the model's scale as above; execution through
   `kernels/vertical_slash` (each slash band rounded out to the aligned 64 x 64 blocks it crosses, a superset of
@@ -150,6 +151,15 @@ _side_streams: dict = {}
 # ms at 32K / 64K, `bench_methods_cost_s10f.csv`, row `flexprefill_fusedmeans`): the side programs hold launch slots
 # that the stats programs' shared memory limits to two per multiprocessor, and each reads its blocks 32 rows at a time
 _FUSED_MEANS = False
+# On CUDA the whole estimate (the reads of q and k included) is replayed from one CUDA graph captured on the first
+# call per layout (`_whole_lists`): the kernels that read q and k take their addresses from a two-entry device table
+# that each call refills, so the graph replays on any q and k of that layout, and the host issues a handful of
+# launches instead of about forty (the estimate was bound by its host at 32K). Where the layout does not allow it
+# (the row-block score kernels, T == S, unit last strides, 16-byte aligned q and k viewable as [-1, T, D]) the
+# eager reads and the graph-replayed tail run as before. The reads are then `kernels/block_means`' means (the
+# `_POOL_KERNEL` path: equal up to the order of the fp32 sums) and q_last by `scaled_last_rows` (torch's values).
+# Session 10, not yet run on a GPU; bench_methods row `flexprefill_wholegraph`
+_WHOLE_GRAPH = False
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -430,15 +440,93 @@ def parts_from_reads(scores: torch.Tensor, q_last: torch.Tensor, k_mean: torch.T
     return pooled, budget.masked_fill(query_aware, minb), qa_blocks, query_aware
 
 
+def _table_reads(q: torch.Tensor, k: torch.Tensor, table: torch.Tensor, block_size: int, scale: float):
+    """`official_reads`' tensors (fused scores kernel, `_POOL_KERNEL` means) with q's and k's addresses read from
+    `table[0]` / `table[1]` when the kernels run; q and k give the layout."""
+    from sparsebench.kernels.block_means import block_means_triton
+    from sparsebench.kernels.last_q_scores.triton import last_q_scores_triton, scaled_last_rows
+
+    q_last = scaled_last_rows(q, block_size, scale, table=table, slot=0)
+    vertical, slash = last_q_scores_triton(q_last, k, 1.0, k_table=(table, 1))
+    scores = torch.stack([vertical, slash.flip(-1)]).div_(block_size)
+    return (scores, q_last, block_means_triton(k, block_size, table=table, slot=1),
+            block_means_triton(q, block_size, scale, table=table, slot=0))
+
+
+def _whole_ok(q: torch.Tensor, k: torch.Tensor, block_size: int, scores_kernel: str) -> bool:
+    """Whether `_WHOLE_GRAPH` can take this call (its module comment)."""
+    if not (_WHOLE_GRAPH and q.is_cuda and q.shape[2] == k.shape[2] and q.dtype == k.dtype):
+        return False
+    from sparsebench.kernels.last_q_scores.triton import means_supported
+
+    if not (fused_scores(scores_kernel, q, q.shape[-1], block_size) and means_supported(q.shape[-1], block_size)):
+        return False
+    for x in (q, k):
+        if x.stride(-1) != 1 or x.data_ptr() % 16:
+            return False
+        try:
+            x.view(-1, x.shape[-2], x.shape[-1])
+        except RuntimeError:
+            return False
+    return True
+
+
+def _lastq_switches() -> tuple:
+    lq = sys.modules.get("sparsebench.kernels.last_q_scores.triton")
+    names = ("_TRANS_SCORES", "_TRANS_FOLD_L", "_ROWS_STAGES", "_WRAP_GATHER", "_FAST", "_ASM_ROUND", "_RB_SCORES",
+             "_RB_STATS", "_TPP", "_ROWS_BLOCK_N", "_FUSED_ROW_STATS", "_FUSED_STATS_MAX_RB", "_COMBINE_KERNEL")
+    return tuple(getattr(lq, n, None) for n in names) if lq else ()
+
+
+_whole_graphs: dict = {}
+
+
+def _whole_lists(q: torch.Tensor, k: torch.Tensor, rule: dict, scale: float, block_size: int
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`official_lists` replayed from one CUDA graph per layout (`_WHOLE_GRAPH`): the table is refilled with q's and
+    k's addresses, the graph replayed, its outputs cloned (the next replay overwrites them)."""
+    cover = sys.modules.get("sparsebench.kernels.cover.triton")
+    key = (tuple(q.shape), tuple(k.shape), q.stride(), k.stride(), q.dtype, q.device, float(scale), block_size,
+           tuple(sorted(rule.items())), _COVER_KERNEL, _BLOCKS_KERNEL, _SWITCH_KERNEL,
+           torch.is_inference_mode_enabled(), _lastq_switches(),
+           (cover.CHUNK, cover.BLOCK, cover.SKIP_FROM, cover.HIST_2D, cover.SKIP_UPPER, cover.EMPTY_EXIT)
+           if _COVER_KERNEL and cover else None)
+    with torch.no_grad(), torch.cuda.device(q.device):
+        entry = _whole_graphs.get(key)
+        if entry is None:
+            table = torch.empty(2, dtype=torch.int64, device=q.device)
+            table[0].fill_(q.data_ptr())
+            table[1].fill_(k.data_ptr())
+            main = torch.cuda.current_stream(q.device)
+            side = torch.cuda.Stream(device=q.device)
+            side.wait_stream(main)
+            with torch.cuda.stream(side):  # compile and warm every kernel outside the capture
+                _lists_from_reads(_table_reads(q, k, table, block_size, scale), rule, True)
+            main.wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                outs = _lists_from_reads(_table_reads(q, k, table, block_size, scale), rule, True)
+            while len(_whole_graphs) >= _GRAPH_TAIL_CACHE:
+                _whole_graphs.pop(next(iter(_whole_graphs)))
+            entry = _whole_graphs[key] = (graph, table, outs)
+        graph, table, outs = entry
+        table[0].fill_(q.data_ptr())
+        table[1].fill_(k.data_ptr())
+        graph.replay()
+        return tuple(t.clone() for t in outs)
+
+
 def official_lists(q: torch.Tensor, k: torch.Tensor, *, gamma: float, tau: float, minb: int, maxb: int,
                    block_size: int, scale: float, max_elems: int = MAX_SCORE_ELEMS, scores_kernel: str = "torch"
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Official FlexPrefill block lists (`Selection` layout, every key block as list width: no host
-    synchronisation), eagerly or with the tail replayed from a CUDA graph (`_GRAPH_TAIL`): `(idx, counts,
-    query_aware)`; arguments of `official_parts`."""
+    synchronisation), eagerly, with the tail replayed from a CUDA graph (`_GRAPH_TAIL`), or all of it replayed from
+    one graph (`_WHOLE_GRAPH`): `(idx, counts, query_aware)`; arguments of `official_parts`."""
+    rule = {"gamma": gamma, "tau": tau, "minb": minb, "maxb": maxb, "block_size": block_size}
+    if _whole_ok(q, k, block_size, scores_kernel):
+        return _whole_lists(q, k, rule, scale, block_size)
     reads = official_reads(q, k, block_size=block_size, scale=scale, max_elems=max_elems,
                            scores_kernel=scores_kernel)
-    rule = {"gamma": gamma, "tau": tau, "minb": minb, "maxb": maxb, "block_size": block_size}
     use_triton = runs_triton(q)
     if _GRAPH_TAIL and q.is_cuda:
         return _graph_tail(reads, rule, use_triton)

@@ -87,7 +87,8 @@ GPU_COST_VARIANTS = (("minference_vs_torch", "minference", {"pattern": "vertical
                      ("flexprefill_s10c", "flexprefill", {}),
                      ("flexprefill_s9path", "flexprefill", {}),
                      ("minference_vs_s9path", "minference", {"pattern": "vertical_slash"}),
-                     ("flexprefill_fusedmeans", "flexprefill", {}))
+                     ("flexprefill_fusedmeans", "flexprefill", {}),
+                     ("flexprefill_wholegraph", "flexprefill", {}))
 # environment a variant runs under (switches that are not constructor knobs, read at call time)
 VARIANT_ENV = {"xattn_s8_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"},
                "xattn_s16_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"}}
@@ -158,6 +159,9 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
     "minference_vs_s9path": [(_LASTQ, "_ROWS_STAGES", 2), (_LASTQ, "_TRANS_SCORES", False)],
     # not a default (slower, session 10): FlexPrefill's block means from extra programs of the stats launch
     "flexprefill_fusedmeans": [("sparsebench.methods.flexprefill", "_FUSED_MEANS", True)],
+    # session 10, not a default until timed: the whole estimate replayed from one CUDA graph (q's and k's addresses
+    # from a device table)
+    "flexprefill_wholegraph": [("sparsebench.methods.flexprefill", "_WHOLE_GRAPH", True)],
     # kernels/cover's digit blocks of 256 entries, or chunks of 2048 (defaults 128 and 4096)
     "flexprefill_coverb256": [("sparsebench.kernels.cover.triton", "BLOCK", 256)],
     "flexprefill_cover2k": [("sparsebench.kernels.cover.triton", "CHUNK", 2048)],

@@ -359,6 +359,34 @@ def test_address_tables_interpret(case, request, interpret_verdicts):
     assert_verdict(interpret_verdicts, request)
 
 
+def _check_table_reads(case):
+    """FlexPrefill's reads for its whole-estimate graph (`_table_reads`, q's and k's addresses from a table that
+    here holds other tensors than the layout's) equal `official_reads` of those tensors with the fused scores kernel
+    and `kernels/block_means` (`_POOL_KERNEL`), bit for bit."""
+    from sparsebench.methods import flexprefill as fp
+
+    H, HKV, T, D, dtype = case
+    g = torch.Generator().manual_seed(11)
+    dt = getattr(torch, dtype)
+    q0, q1 = (torch.randn(1, H, T, D, generator=g).to(dt) for _ in range(2))
+    k0, k1 = (torch.randn(1, HKV, T, D, generator=g).to(dt) for _ in range(2))
+    table = torch.tensor([q1.data_ptr(), k1.data_ptr()], dtype=torch.int64)
+    got = fp._table_reads(q0, k0, table, 64, 0.125)
+    with switched(fp, _POOL_KERNEL=True):
+        want = fp.official_reads(q1, k1, block_size=64, scale=0.125, scores_kernel="triton")
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+
+
+TABLE_READS_CASES = [pytest.param((4, 2, 300, 64, "bfloat16"), id="tablereads-H4-HKV2-T300-bf16"),
+                     pytest.param((2, 1, 200, 32, "float32"), id="tablereads-H2-HKV1-T200-fp32")]
+
+
+@pytest.mark.parametrize("case", TABLE_READS_CASES)
+def test_flexprefill_table_reads_interpret(case, request, interpret_verdicts):
+    assert_verdict(interpret_verdicts, request)
+
+
 def test_tables_bad_arguments_raise():
     from sparsebench.kernels.last_q_scores.triton import last_q_scores_triton, scaled_last_rows
 
@@ -681,7 +709,7 @@ if __name__ == "__main__" and sys.argv[1:] == ["--interpret"]:
                          (_with_switches(_check_case), SWITCH_CASES),
                          (_with_switches(_check_importance), IMP_SWITCH_CASES), (_check_combine, COMBINE_CASES),
                          (_check_means, MEANS_CASES), (_check_flex_means, FLEX_MEANS_CASES),
-                         (_check_table, TABLE_CASES)):
+                         (_check_table, TABLE_CASES), (_check_table_reads, TABLE_READS_CASES)):
         report_verdicts(check, cases)
 
 

@@ -658,6 +658,40 @@ def test_gpu_session10_switches_select_the_same(T, H, HKV, D):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("T,H,HKV,D", [(8192, 8, 2, 128), (5000, 4, 1, 256)])
+def test_gpu_whole_graph_equals_eager(T, H, HKV, D):
+    """The whole estimate replayed from one CUDA graph (`_WHOLE_GRAPH`) lists the same blocks and decides the same
+    patterns as the eager reads with the same means kernel (`_POOL_KERNEL`), call after call on new q and k of one
+    layout (the table carries their addresses); a layout it cannot take (q not 16-byte aligned) runs the usual
+    path and still agrees."""
+    from sparsebench.testing import assert_same_lists, switched
+
+    dev = torch.device("cuda")
+    m = FlexPrefill()
+    ctx = AttnContext(0, H, HKV, D, D ** -0.5)
+    fp._whole_graphs.clear()
+    firsts = []
+    for seed in (SEED, SEED + 1, SEED + 2):
+        g = torch.Generator(device=dev).manual_seed(seed)
+        q = (3 * torch.randn(1, H, T, D, device=dev, generator=g)).bfloat16()
+        k = (3 * torch.randn(1, HKV, T, D, device=dev, generator=g)).bfloat16()
+        with switched(fp, _POOL_KERNEL=True, _SIDE_MEANS=False):
+            with switched(fp, _WHOLE_GRAPH=False):
+                eager, d_eager = m.select(q, k, ctx), m.last_decision
+            with switched(fp, _WHOLE_GRAPH=True):
+                whole, d_whole = m.select(q, k, ctx), m.last_decision
+        assert_same_lists(whole, eager)
+        assert torch.equal(d_whole, d_eager)
+        firsts.append(whole.kv_indices.clone())
+    assert len(fp._whole_graphs) == 1
+    assert not torch.equal(firsts[0], firsts[1]) or not torch.equal(firsts[1], firsts[2])
+    q_odd = torch.empty(q.numel() + 1, dtype=q.dtype, device=dev)[1:].view(q.shape).copy_(q)  # 2 bytes off
+    with switched(fp, _POOL_KERNEL=True, _SIDE_MEANS=False, _WHOLE_GRAPH=True):
+        assert not fp._whole_ok(q_odd, k, m.block_size, m.scores_kernel)
+        assert_same_lists(m.select(q_odd, k, ctx), eager)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("variant", ["official", "sparse_frontier"])
 def test_gpu_triton_executor_matches_reference_bf16(variant):
     dev = torch.device("cuda")
