@@ -245,12 +245,8 @@ def _whole_tile(tile, S, L, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, FAST: t
     return False
 
 
-def _block_logits(q, k_base, sks, tile, keys, key_ok, row, row_ok, scale, S, L,
-                  D: tl.constexpr, BLOCK_N: tl.constexpr, INTERPRET: tl.constexpr, PREC: tl.constexpr,
-                  CAUSAL: tl.constexpr, ROUND_DOT: tl.constexpr, whole=False, ASM_ROUND: tl.constexpr = False):
-    """`_tile_logits` for the row-block kernels: the block's query rows `q [RB, D]` are already loaded (once per
-    program); one `[BLOCK_N, D]` K tile (key tile `tile`, whose keys are `keys`), one dot over the whole head dim,
-    the same roundings and masks (in K's dtype, which is the queries')."""
+def _k_tile(k_base, sks, tile, key_ok, D: tl.constexpr, BLOCK_N: tl.constexpr, INTERPRET: tl.constexpr):
+    """Key tile `tile` `[BLOCK_N, D]` of a KV head (fp32 under the interpreter)."""
     dd = tl.arange(0, D)
     # 64-bit tile start plus 32-bit offsets within the tile (loop invariant; the wrappers check BLOCK_N * sks
     # fits): a 64-bit multiply per key row and tile made up about a tenth of the scores loop on sm_90
@@ -258,7 +254,16 @@ def _block_logits(q, k_base, sks, tile, keys, key_ok, row, row_ok, scale, S, L,
     kt = tl.load(k_base + (tile * BLOCK_N).to(tl.int64) * sks + koff, mask=key_ok[:, None], other=0.0)
     if INTERPRET:
         kt = kt.to(tl.float32)
-    acc = tl.dot(q, tl.trans(kt), input_precision=PREC)
+    return kt
+
+
+def _block_logits(q, k_base, sks, tile, keys, key_ok, row, row_ok, scale, S, L,
+                  D: tl.constexpr, BLOCK_N: tl.constexpr, INTERPRET: tl.constexpr, PREC: tl.constexpr,
+                  CAUSAL: tl.constexpr, ROUND_DOT: tl.constexpr, whole=False, ASM_ROUND: tl.constexpr = False):
+    """`_tile_logits` for the row-block kernels: the block's query rows `q [RB, D]` are already loaded (once per
+    program); one `[BLOCK_N, D]` K tile (key tile `tile`, whose keys are `keys`), one dot over the whole head dim,
+    the same roundings and masks (in K's dtype, which is the queries')."""
+    acc = tl.dot(q, tl.trans(_k_tile(k_base, sks, tile, key_ok, D, BLOCK_N, INTERPRET)), input_precision=PREC)
     return _round_and_mask(acc, k_base.dtype.element_ty, row, row_ok, keys, key_ok, scale, S, L, CAUSAL, ROUND_DOT,
                            whole, ASM_ROUND)
 
@@ -268,12 +273,7 @@ def _block_logits_t(q, k_base, sks, tile, keys, key_ok, row, row_ok, scale, S, L
                     whole=False, ASM_ROUND: tl.constexpr = False):
     """`_block_logits` transposed, `[BLOCK_N, RB]` (key, row), causal and rounded alike: the K tile is the dot's
     first operand, so each key's logits over the block's rows lie in one quad of a warp (`TRANS`)."""
-    dd = tl.arange(0, D)
-    koff = tl.arange(0, BLOCK_N)[:, None] * sks + dd[None, :]
-    kt = tl.load(k_base + (tile * BLOCK_N).to(tl.int64) * sks + koff, mask=key_ok[:, None], other=0.0)
-    if INTERPRET:
-        kt = kt.to(tl.float32)
-    acc = tl.dot(kt, tl.trans(q), input_precision=PREC)
+    acc = tl.dot(_k_tile(k_base, sks, tile, key_ok, D, BLOCK_N, INTERPRET), tl.trans(q), input_precision=PREC)
     if ASM_ROUND:
         s = _round_bf16(acc * scale)
     else:
@@ -293,6 +293,20 @@ def _block_rows(q_head, row, row_ok, sqt, D: tl.constexpr, INTERPRET: tl.constex
     return q
 
 
+def _block_mean(head, blk, row_stride, S, NB, D: tl.constexpr, MBS: tl.constexpr, BR: tl.constexpr):
+    """fp32 mean `[D]` of rows blk * MBS ... of a head (`head`: its first row), summed BR rows at a time; zeros past
+    the S rows or for blk >= NB."""
+    dd = tl.arange(0, D)
+    rr = tl.arange(0, BR)
+    acc = tl.zeros([D], dtype=tl.float32)
+    for r0 in range(0, MBS, BR):
+        rows = blk * MBS + r0 + rr
+        x = tl.load(head + rows.to(tl.int64)[:, None] * row_stride + dd[None, :],
+                    mask=((rows < S) & (blk < NB))[:, None], other=0.0)
+        acc += tl.sum(x.to(tl.float32), 0)
+    return acc / tl.maximum(tl.minimum(MBS, S - blk * MBS), 1).to(tl.float32)
+
+
 def _side_means(QF, K, QM, KM, j, b, h, H, G, S, sqfb, sqfh, sqft, skb, skh, sks, sqmb, sqmh, skmb, skmh, NB, SJ,
                 q_scale, D: tl.constexpr, MBS: tl.constexpr, BR: tl.constexpr, DT: tl.constexpr,
                 I_QB: tl.constexpr, I_KB: tl.constexpr, INTERPRET: tl.constexpr):
@@ -301,34 +315,20 @@ def _side_means(QF, K, QM, KM, j, b, h, H, G, S, sqfb, sqfh, sqft, skb, skh, sks
     a KV head share its blocks), as `kernels/block_means` computes them (fp32 sums of MBS rows, BR rows at a time,
     divided by the row count, rounded to DT; the queries' mean times q_scale rounded again)."""
     dd = tl.arange(0, D)
-    rr = tl.arange(0, BR)
     q_head = QF + b * sqfb + h * sqfh
     n_q = (NB - j + SJ - 1) // SJ
     for i in range(0, I_QB if INTERPRET else n_q):
         blk = j + SJ * i
-        acc = tl.zeros([D], dtype=tl.float32)
-        for r0 in range(0, MBS, BR):
-            rows = blk * MBS + r0 + rr
-            x = tl.load(q_head + rows.to(tl.int64)[:, None] * sqft + dd[None, :],
-                        mask=((rows < S) & (blk < NB))[:, None], other=0.0)
-            acc += tl.sum(x.to(tl.float32), 0)
-        count = tl.maximum(tl.minimum(MBS, S - blk * MBS), 1).to(tl.float32)
-        mean = _to_dtype(_to_dtype(acc / count, DT).to(tl.float32) * q_scale, DT)
+        mean = _to_dtype(_to_dtype(_block_mean(q_head, blk, sqft, S, NB, D, MBS, BR), DT).to(tl.float32) * q_scale,
+                         DT)
         tl.store(QM + b * sqmb + h * sqmh + blk.to(tl.int64) * D + dd, mean, mask=(blk < NB) & (dd < D))
     k_head = K + b * skb + (h // G) * skh
     first = h % G + G * j
     n_k = (NB - first + SJ * G - 1) // (SJ * G)
     for i in range(0, I_KB if INTERPRET else n_k):
         blk = first + SJ * G * i
-        acc = tl.zeros([D], dtype=tl.float32)
-        for r0 in range(0, MBS, BR):
-            rows = blk * MBS + r0 + rr
-            x = tl.load(k_head + rows.to(tl.int64)[:, None] * sks + dd[None, :],
-                        mask=((rows < S) & (blk < NB))[:, None], other=0.0)
-            acc += tl.sum(x.to(tl.float32), 0)
-        count = tl.maximum(tl.minimum(MBS, S - blk * MBS), 1).to(tl.float32)
-        tl.store(KM + b * skmb + (h // G) * skmh + blk.to(tl.int64) * D + dd, _to_dtype(acc / count, DT),
-                 mask=(blk < NB) & (dd < D))
+        tl.store(KM + b * skmb + (h // G) * skmh + blk.to(tl.int64) * D + dd,
+                 _to_dtype(_block_mean(k_head, blk, sks, S, NB, D, MBS, BR), DT), mask=(blk < NB) & (dd < D))
 
 
 def _lastq_stats_rows(Q, K, MT, LT, sqb, sqh, sqt, skb, skh, sks, smb, smt, S, L, H, G, scale,
@@ -551,7 +551,8 @@ def _scaled_last_rows(Q, OUT, QT, qslot, T, sqb, sqh, sqt, H, scale, D: tl.const
 _kernels = per_mode((_lastq_stats, _lastq_scores, _lastq_stats_rows, _lastq_scores_rows, _combine_parts,
                      _scaled_last_rows),
                     (_tile_logits, _block_logits, _block_rows, _round_and_mask, _ex2, _probs, _exp_sum, _whole_tile,
-                     _round_bf16, _block_logits_t, _scores_tiles_t, _side_means, _to_dtype))
+                     _round_bf16, _block_logits_t, _scores_tiles_t, _side_means, _to_dtype, _block_mean,
+                     _k_tile))
 
 
 def _pow2ceil(x: int) -> int:

@@ -606,31 +606,43 @@ def test_gpu_long_bf16_fits(T, H, HKV, D, variant):
         assert bm[..., r, 0].all() and bm[..., r, r].all()
 
 
+def _replays_agree(m, ctx, shape, eager_sw: dict, graph_sw: dict, cache: dict):
+    """Three calls on new q and k of one shape: the selection (lists and pattern decisions) with `graph_sw` equals
+    the one with `eager_sw`, one graph captured in `cache` serves all three, and the lists change with the inputs
+    (the replays read the new ones). Returns the last q, k and eager selection."""
+    from sparsebench.testing import assert_same_lists, switched
+
+    cache.clear()
+    firsts = []
+    for seed in (SEED, SEED + 1, SEED + 2):
+        q, k = _gpu_qk(*shape, seed)
+        with switched(fp, **eager_sw):
+            eager, d_eager = m.select(q, k, ctx), m.last_decision
+        with switched(fp, **graph_sw):
+            got, d_got = m.select(q, k, ctx), m.last_decision
+        assert_same_lists(got, eager)
+        assert torch.equal(d_got, d_eager)
+        firsts.append(got.kv_indices.clone())
+    assert len(cache) == 1
+    assert not torch.equal(firsts[0], firsts[1]) or not torch.equal(firsts[1], firsts[2])
+    return q, k, eager
+
+
+def _gpu_qk(H: int, HKV: int, T: int, D: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """bf16 q `[1, H, T, D]` and k `[1, HKV, T, D]` on the GPU, 3 x standard normal (peaked enough to select)."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    q = 3 * torch.randn(1, H, T, D, device="cuda", generator=g)
+    return q.bfloat16(), (3 * torch.randn(1, HKV, T, D, device="cuda", generator=g)).bfloat16()
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("T,H,HKV,D,tau", [(8192, 8, 2, 128, 0.1), (5000, 4, 1, 256, 0.5)])
 def test_gpu_graph_tail_equals_eager(T, H, HKV, D, tau):
     """The official rule with its tail replayed from a CUDA graph (`_GRAPH_TAIL`) lists the same blocks and decides
     the same patterns as eagerly, call after call on new inputs of one shape (the replay reads the new reads)."""
-    from sparsebench.testing import assert_same_lists, switched
-
-    dev = torch.device("cuda")
     m = FlexPrefill(tau=tau)
     ctx = AttnContext(0, H, HKV, D, D ** -0.5)
-    fp._graph_tails.clear()
-    firsts = []
-    for seed in (SEED, SEED + 1, SEED + 2):
-        g = torch.Generator(device=dev).manual_seed(seed)
-        q = (3 * torch.randn(1, H, T, D, device=dev, generator=g)).bfloat16()
-        k = (3 * torch.randn(1, HKV, T, D, device=dev, generator=g)).bfloat16()
-        with switched(fp, _GRAPH_TAIL=False):
-            eager, d_eager = m.select(q, k, ctx), m.last_decision
-        with switched(fp, _GRAPH_TAIL=True):
-            graphed, d_graphed = m.select(q, k, ctx), m.last_decision
-        assert_same_lists(graphed, eager)
-        assert torch.equal(d_graphed, d_eager)
-        firsts.append(graphed.kv_indices.clone())
-    assert len(fp._graph_tails) == 1
-    assert not torch.equal(firsts[0], firsts[1]) or not torch.equal(firsts[1], firsts[2])
+    _replays_agree(m, ctx, (H, HKV, T, D), {"_GRAPH_TAIL": False}, {"_GRAPH_TAIL": True}, fp._graph_tails)
 
 
 @pytest.mark.gpu
@@ -642,12 +654,9 @@ def test_gpu_session10_switches_select_the_same(T, H, HKV, D):
     import sparsebench.kernels.cover.triton as CT
     from sparsebench.testing import assert_same_lists, switched
 
-    dev = torch.device("cuda")
     m = FlexPrefill()
     ctx = AttnContext(0, H, HKV, D, D ** -0.5)
-    g = torch.Generator(device=dev).manual_seed(SEED)
-    q = (3 * torch.randn(1, H, T, D, device=dev, generator=g)).bfloat16()
-    k = (3 * torch.randn(1, HKV, T, D, device=dev, generator=g)).bfloat16()
+    q, k = _gpu_qk(H, HKV, T, D, SEED)
     with switched(fp, _SIDE_MEANS=False), switched(CT, SKIP_UPPER=False, EMPTY_EXIT=False):
         want, d_want = m.select(q, k, ctx), m.last_decision
     for side, upper, empty in ((True, False, False), (False, True, False), (False, False, True), (True, True, True)):
@@ -666,26 +675,12 @@ def test_gpu_whole_graph_equals_eager(T, H, HKV, D):
     path and still agrees."""
     from sparsebench.testing import assert_same_lists, switched
 
-    dev = torch.device("cuda")
     m = FlexPrefill()
     ctx = AttnContext(0, H, HKV, D, D ** -0.5)
-    fp._whole_graphs.clear()
-    firsts = []
-    for seed in (SEED, SEED + 1, SEED + 2):
-        g = torch.Generator(device=dev).manual_seed(seed)
-        q = (3 * torch.randn(1, H, T, D, device=dev, generator=g)).bfloat16()
-        k = (3 * torch.randn(1, HKV, T, D, device=dev, generator=g)).bfloat16()
-        with switched(fp, _POOL_KERNEL=True, _SIDE_MEANS=False):
-            with switched(fp, _WHOLE_GRAPH=False):
-                eager, d_eager = m.select(q, k, ctx), m.last_decision
-            with switched(fp, _WHOLE_GRAPH=True):
-                whole, d_whole = m.select(q, k, ctx), m.last_decision
-        assert_same_lists(whole, eager)
-        assert torch.equal(d_whole, d_eager)
-        firsts.append(whole.kv_indices.clone())
-    assert len(fp._whole_graphs) == 1
-    assert not torch.equal(firsts[0], firsts[1]) or not torch.equal(firsts[1], firsts[2])
-    q_odd = torch.empty(q.numel() + 1, dtype=q.dtype, device=dev)[1:].view(q.shape).copy_(q)  # 2 bytes off
+    same = {"_POOL_KERNEL": True, "_SIDE_MEANS": False}
+    q, k, eager = _replays_agree(m, ctx, (H, HKV, T, D), {**same, "_WHOLE_GRAPH": False},
+                                 {**same, "_WHOLE_GRAPH": True}, fp._whole_graphs)
+    q_odd = torch.empty(q.numel() + 1, dtype=q.dtype, device="cuda")[1:].view(q.shape).copy_(q)  # 2 bytes off
     with switched(fp, _POOL_KERNEL=True, _SIDE_MEANS=False, _WHOLE_GRAPH=True):
         assert not fp._whole_ok(q_odd, k, m.block_size, m.scores_kernel)
         assert_same_lists(m.select(q_odd, k, ctx), eager)
