@@ -1,6 +1,8 @@
 """Triton kernel for `kernels/block_means` (semantics in naive.py): one program per (head, block of rows) sums the
 block's rows in fp32, divides by their count, rounds to the input dtype and applies the scale, one launch instead
-of the reference's sum, count, division, cast and multiply. Equal to it up to the order of the fp32 sums (exact
+of the reference's sum, count, division, cast and multiply. (Its users, FlexPrefill's `_POOL_KERNEL` and
+`_WHOLE_GRAPH`, are off by default; since session 10 the rows are summed per row slot and reduced once per block,
+not yet timed on a GPU.) Equal to it up to the order of the fp32 sums (exact
 where they are, e.g. 16-bit inputs whose sums need at most 24 significant bits) and, for a short last block of a
 row count that is not a power of two, the rounding of the GPU's fp32 division.
 Under `TRITON_INTERPRET=1` (set before triton is imported) the loop over rows takes the constexpr length `I_S`.
@@ -41,14 +43,17 @@ def _means_fwd(X, OUT, N, D, size, sxh, sxn, soh, son, scale, HAS_SCALE: tl.cons
     blk = tl.program_id(1)
     dd = tl.arange(0, BD)
     row0 = blk * size
-    acc = tl.zeros([BD], dtype=tl.float32)
+    # [BR, BD] running sums, reduced over the rows once after the loop (a reduction per load crossed warps through
+    # shared memory each time: offline sm_90, 12 shared-memory stores and 16 shuffles per iteration before)
+    acc2 = tl.zeros([BR, BD], dtype=tl.float32)
     for r0 in range(0, I_S if INTERPRET else size, BR):
         rr = r0 + tl.arange(0, BR)
         rows = row0 + rr
         ok = (rr < size) & (rows < N)
         x = tl.load(X + h * sxh + rows.to(tl.int64)[:, None] * sxn + dd[None, :], mask=ok[:, None] & (dd < D)[None, :],
                     other=0.0)
-        acc += tl.sum(x.to(tl.float32), 0)
+        acc2 += x.to(tl.float32)
+    acc = tl.sum(acc2, 0)
     count = tl.minimum(size, N - row0).to(tl.float32)
     mean = _to_dtype(acc / count, DT)
     if HAS_SCALE:

@@ -298,13 +298,13 @@ def _block_mean(head, blk, row_stride, S, NB, D: tl.constexpr, MBS: tl.constexpr
     the S rows or for blk >= NB."""
     dd = tl.arange(0, D)
     rr = tl.arange(0, BR)
-    acc = tl.zeros([D], dtype=tl.float32)
+    acc = tl.zeros([BR, D], dtype=tl.float32)  # reduced over the rows once, after the loop
     for r0 in range(0, MBS, BR):
         rows = blk * MBS + r0 + rr
         x = tl.load(head + rows.to(tl.int64)[:, None] * row_stride + dd[None, :],
                     mask=((rows < S) & (blk < NB))[:, None], other=0.0)
-        acc += tl.sum(x.to(tl.float32), 0)
-    return acc / tl.maximum(tl.minimum(MBS, S - blk * MBS), 1).to(tl.float32)
+        acc += x.to(tl.float32)
+    return tl.sum(acc, 0) / tl.maximum(tl.minimum(MBS, S - blk * MBS), 1).to(tl.float32)
 
 
 def _side_means(QF, K, QM, KM, j, b, h, H, G, S, sqfb, sqfh, sqft, skb, skh, sks, sqmb, sqmh, skmb, skmh, NB, SJ,
