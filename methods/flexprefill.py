@@ -207,6 +207,12 @@ def diagonal_sums(p: torch.Tensor, out: torch.Tensor | None = None) -> torch.Ten
     return out
 
 
+def _stacked_scores(vertical: torch.Tensor, slash: torch.Tensor, n: int) -> torch.Tensor:
+    """`scores [2, ...]` from the fused kernel's column sums and its slash sums indexed by offset (flipped into
+    `diagonal_sums`' order), both divided by the n queries."""
+    return torch.stack([vertical, slash.flip(-1)]).div_(n)
+
+
 def last_query_scores(q: torch.Tensor, k: torch.Tensor, n: int, scale: float,
                       max_elems: int = MAX_SCORE_ELEMS, kernel: str = "torch") -> tuple[torch.Tensor, torch.Tensor]:
     """Vertical and slash scores of the last `n` queries (T == S), and those queries pre-scaled.
@@ -230,7 +236,7 @@ def last_query_scores(q: torch.Tensor, k: torch.Tensor, n: int, scale: float,
         from sparsebench.kernels.last_q_scores import last_q_scores_triton
 
         vertical, slash = last_q_scores_triton(q_last, k, 1.0)
-        return torch.stack([vertical, slash.flip(-1)]).div_(n), q_last
+        return _stacked_scores(vertical, slash, n), q_last
     qg = q_last.view(B, HKV, G, n, D)
     scores = torch.empty(2, B, HKV, G, S, dtype=torch.float32, device=q.device)
     rows = torch.arange(n, device=q.device)
@@ -377,7 +383,7 @@ def official_reads(q: torch.Tensor, k: torch.Tensor, *, block_size: int, scale: 
             check_fused_device("flexprefill", q)
             q_last = q[:, :, q.shape[2] - block_size:] * scale
             vertical, slash, k_mean, q_mean = last_q_scores_and_means_triton(q_last, k, 1.0, q, block_size, scale)
-            return torch.stack([vertical, slash.flip(-1)]).div_(block_size), q_last, k_mean, q_mean
+            return _stacked_scores(vertical, slash, block_size), q_last, k_mean, q_mean
     means = block_means_naive
     if _POOL_KERNEL and runs_triton(q):
         from sparsebench.kernels.block_means import block_means_triton as means
@@ -448,8 +454,8 @@ def _table_reads(q: torch.Tensor, k: torch.Tensor, table: torch.Tensor, block_si
 
     q_last = scaled_last_rows(q, block_size, scale, table=table, slot=0)
     vertical, slash = last_q_scores_triton(q_last, k, 1.0, k_table=(table, 1))
-    scores = torch.stack([vertical, slash.flip(-1)]).div_(block_size)
-    return (scores, q_last, block_means_triton(k, block_size, table=table, slot=1),
+    return (_stacked_scores(vertical, slash, block_size), q_last,
+            block_means_triton(k, block_size, table=table, slot=1),
             block_means_triton(q, block_size, scale, table=table, slot=0))
 
 
@@ -485,35 +491,49 @@ def _whole_lists(q: torch.Tensor, k: torch.Tensor, rule: dict, scale: float, blo
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`official_lists` replayed from one CUDA graph per layout (`_WHOLE_GRAPH`): the table is refilled with q's and
     k's addresses, the graph replayed, its outputs cloned (the next replay overwrites them)."""
-    cover = sys.modules.get("sparsebench.kernels.cover.triton")
     key = (tuple(q.shape), tuple(k.shape), q.stride(), k.stride(), q.dtype, q.device, float(scale), block_size,
-           tuple(sorted(rule.items())), _COVER_KERNEL, _BLOCKS_KERNEL, _SWITCH_KERNEL,
-           torch.is_inference_mode_enabled(), _lastq_switches(),
-           (cover.CHUNK, cover.BLOCK, cover.SKIP_FROM, cover.HIST_2D, cover.SKIP_UPPER, cover.EMPTY_EXIT)
-           if _COVER_KERNEL and cover else None)
+           tuple(sorted(rule.items())), _switches_key(), _lastq_switches())
     with torch.no_grad(), torch.cuda.device(q.device):
         entry = _whole_graphs.get(key)
         if entry is None:
             table = torch.empty(2, dtype=torch.int64, device=q.device)
             table[0].fill_(q.data_ptr())
             table[1].fill_(k.data_ptr())
-            main = torch.cuda.current_stream(q.device)
-            side = torch.cuda.Stream(device=q.device)
-            side.wait_stream(main)
-            with torch.cuda.stream(side):  # compile and warm every kernel outside the capture
-                _lists_from_reads(_table_reads(q, k, table, block_size, scale), rule, True)
-            main.wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                outs = _lists_from_reads(_table_reads(q, k, table, block_size, scale), rule, True)
-            while len(_whole_graphs) >= _GRAPH_TAIL_CACHE:
-                _whole_graphs.pop(next(iter(_whole_graphs)))
-            entry = _whole_graphs[key] = (graph, table, outs)
+            entry = _capture(_whole_graphs, key, table,
+                             lambda: _lists_from_reads(_table_reads(q, k, table, block_size, scale), rule, True))
         graph, table, outs = entry
         table[0].fill_(q.data_ptr())
         table[1].fill_(k.data_ptr())
         graph.replay()
         return tuple(t.clone() for t in outs)
+
+
+def _capture(cache: dict, key, inputs, run) -> tuple:
+    """`(graph, inputs, outputs of run())` stored in `cache` under `key` (the oldest entry dropped past
+    `_GRAPH_TAIL_CACHE`): `run` once on a side stream, which compiles and warms every kernel outside the capture, then
+    captured."""
+    dev = torch.cuda.current_device()
+    side = torch.cuda.Stream(device=dev)
+    side.wait_stream(torch.cuda.current_stream(dev))
+    with torch.cuda.stream(side):
+        run()
+    torch.cuda.current_stream(dev).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = run()
+    while len(cache) >= _GRAPH_TAIL_CACHE:
+        cache.pop(next(iter(cache)))
+    cache[key] = (graph, inputs, outs)
+    return cache[key]
+
+
+def _switches_key() -> tuple:
+    """The FlexPrefill kernel switches and kernels/cover's settings a captured graph was built with; inference mode
+    too, since its tensors cannot be written outside it (nor normal ones inside)."""
+    cover = sys.modules.get("sparsebench.kernels.cover.triton")
+    return (_COVER_KERNEL, _BLOCKS_KERNEL, _SWITCH_KERNEL, torch.is_inference_mode_enabled(),
+            (cover.CHUNK, cover.BLOCK, cover.SKIP_FROM, cover.HIST_2D, cover.SKIP_UPPER, cover.EMPTY_EXIT)
+            if _COVER_KERNEL and cover else None)
 
 
 def official_lists(q: torch.Tensor, k: torch.Tensor, *, gamma: float, tau: float, minb: int, maxb: int,
@@ -555,36 +575,18 @@ _GRAPH_TAIL_CACHE = 2
 def _graph_tail(reads, rule: dict, use_triton: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`_lists_from_reads` replayed from a CUDA graph captured on the first call per key: the reads are copied into
     the graph's input buffers and its outputs cloned (the next replay overwrites them)."""
-    cover = sys.modules.get("sparsebench.kernels.cover.triton")
-    # inference mode in the key: its tensors cannot be written outside it (nor normal ones inside)
     key = (tuple((t.shape, t.dtype, t.stride()) for t in reads), reads[0].device, tuple(sorted(rule.items())),
-           use_triton, _COVER_KERNEL, _BLOCKS_KERNEL, _SWITCH_KERNEL, torch.is_inference_mode_enabled(),
-           (cover.CHUNK, cover.BLOCK, cover.SKIP_FROM, cover.HIST_2D, cover.SKIP_UPPER, cover.EMPTY_EXIT)
-           if _COVER_KERNEL and cover else None)
+           use_triton, _switches_key())
     with torch.no_grad(), torch.cuda.device(reads[0].device):
-        return _replay(key, reads, rule, use_triton)
-
-
-def _replay(key, reads, rule: dict, use_triton: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    entry = _graph_tails.get(key)
-    if entry is None:
-        static = tuple(t.detach().clone() for t in reads)
-        side = torch.cuda.Stream(device=static[0].device)
-        side.wait_stream(torch.cuda.current_stream(static[0].device))
-        with torch.cuda.stream(side):  # compile and warm every kernel outside the capture
-            _lists_from_reads(static, rule, use_triton)
-        torch.cuda.current_stream(static[0].device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            outs = _lists_from_reads(static, rule, use_triton)
-        while len(_graph_tails) >= _GRAPH_TAIL_CACHE:
-            _graph_tails.pop(next(iter(_graph_tails)))
-        entry = _graph_tails[key] = (graph, static, outs)
-    graph, static, outs = entry
-    for dst, src in zip(static, reads):
-        dst.copy_(src)
-    graph.replay()
-    return tuple(t.clone() for t in outs)
+        entry = _graph_tails.get(key)
+        if entry is None:
+            static = tuple(t.detach().clone() for t in reads)
+            entry = _capture(_graph_tails, key, static, lambda: _lists_from_reads(static, rule, use_triton))
+        graph, static, outs = entry
+        for dst, src in zip(static, reads):
+            dst.copy_(src)
+        graph.replay()
+        return tuple(t.clone() for t in outs)
 
 
 def official_block_mask(q: torch.Tensor, k: torch.Tensor, **kw) -> tuple[torch.Tensor, torch.Tensor]:

@@ -241,18 +241,15 @@ def _cover_hist(X, X2, BV, HC, HM, ST, R1, N, N2, CH, sx, sx2, R, C, COLS: tl.co
         else:
             hit = ok[:, None] & (((key >> (28 - 4 * D)) & 15).to(tl.int32)[:, None] == bins[None, :])
             xb = x[:, None]
+        live = True
         if D >= SKIP_FROM:
             # blocks without an entry matching the prefix skip the [BLOCK, 16] work (the test is a reduction over
             # the block, a barrier each time: only from the digit where such blocks get common)
-            if tl.max(ok.to(tl.int32)) > 0:
-                cnt += hit.to(tl.int32)
-                mass += tl.where(hit, xb, 0.0)
+            live = tl.max(ok.to(tl.int32)) > 0
         elif SKIP_UPPER:
             # a scalar test, uniform over the program: no reduction, no barrier
-            if not _upper(c * CH + b0, tril, COLS, BLOCK):
-                cnt += hit.to(tl.int32)
-                mass += tl.where(hit, xb, 0.0)
-        else:
+            live = not _upper(c * CH + b0, tril, COLS, BLOCK)
+        if live:
             cnt += hit.to(tl.int32)
             mass += tl.where(hit, xb, 0.0)
     tl.store(HC + out, tl.sum(cnt, 0))

@@ -63,7 +63,7 @@ import torch
 import triton.language as tl
 
 from .._jit import per_mode
-from ..block_means.triton import _to_dtype
+from ..block_means.triton import _DTYPES, _to_dtype
 from .naive import _check
 
 __all__ = ["last_q_importance_triton", "last_q_scores_and_means_triton", "last_q_scores_triton", "scaled_last_rows",
@@ -759,7 +759,6 @@ _TRANS_FOLD_L = False
 _ROWS_STAGES = 3
 # blocks of queries a side program of `last_q_scores_and_means_triton` averages (and a G-th as many key blocks)
 _MEANS_PER_PROGRAM = 8
-_TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 _FUSED_STATS_MAX_S = 1 << 15
 # one row block since session 10: FlexPrefill's 128 queries (two blocks) at 32K keys took 0.987 ms without the
 # fusion against 1.042 ms with it (H200, `bench_methods_cost_s10b.csv`, row `flexprefill_nofusedstats`)
@@ -819,7 +818,7 @@ def _rows_path(q, k, scale: float, L: int, S: int, importance: bool, block_n: in
         side = {"MEANS": True, "NPT": npg, "QF": qf, "QM": q_mean, "KM": k_mean, "sqfb": qf.stride(0),
                 "sqfh": qf.stride(1), "sqft": qf.stride(2), "sqmb": q_mean.stride(0), "sqmh": q_mean.stride(1),
                 "skmb": k_mean.stride(0), "skmh": k_mean.stride(1), "NB": nb, "SJ": sj, "q_scale": float(q_scale),
-                "MBS": size, "BR": max(1, min(size, 4096 // D)), "DT": _TL_DTYPES[q.dtype],
+                "MBS": size, "BR": max(1, min(size, 4096 // D)), "DT": _DTYPES[q.dtype],
                 "I_QB": -(-nb // sj) if interpret else 0, "I_KB": -(-nb // (sj * G)) if interpret else 0}
     if k_table is not None and means is not None:
         raise ValueError("k_table and means together are not supported")
@@ -876,13 +875,13 @@ def scaled_last_rows(q: torch.Tensor, n: int, scale: float, table: torch.Tensor 
     if q.stride(-1) != 1 or not 16 <= n <= T or n & (n - 1) or not _rows_ok(D):
         raise ValueError(f"scaled_last_rows: q {tuple(q.shape)} (last stride {q.stride(-1)}), n={n}: need a unit last "
                          f"stride, n a power of two in [16, T], a power-of-two head dim in [16, 256]")
-    if q.dtype not in _TL_DTYPES:
-        raise ValueError(f"q dtype {q.dtype} is not one of {sorted(map(str, _TL_DTYPES))}")
+    if q.dtype not in _DTYPES:
+        raise ValueError(f"q dtype {q.dtype} is not one of {sorted(map(str, _DTYPES))}")
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
     out = torch.empty(B, H, n, D, dtype=q.dtype, device=q.device)
     rb = min(n, max(1, 4096 // D))
     _kernels(interpret)[5][(B * H, n // rb)](q, out, table, slot, T, q.stride(0), q.stride(1), q.stride(2), H,
-                                             float(scale), D=D, RB=rb, DT=_TL_DTYPES[q.dtype],
+                                             float(scale), D=D, RB=rb, DT=_DTYPES[q.dtype],
                                              Q_TABLE=table is not None, num_warps=4)
     return out
 
