@@ -158,11 +158,24 @@ _FUSED_MEANS = False
 # (the row-block score kernels, T == S, unit last strides, 16-byte aligned q and k viewable as [-1, T, D]) the
 # eager reads and the graph-replayed tail run as before. The reads are then `kernels/block_means`' means (the
 # `_POOL_KERNEL` path: equal up to the order of the fp32 sums) and q_last by `scaled_last_rows` (torch's values).
-# Session 10, not yet run on a GPU; bench_methods row `flexprefill_wholegraph`
-_WHOLE_GRAPH = False
+# On by default since session 11: 0.820 / 1.589 / 3.72 ms against 0.990 / 1.600 / 3.76 ms eagerly with the graph-
+# replayed tail at 32K / 64K / 128K, the host's issue time 0.25 against 0.97 ms at 32K (H200, Llama-3.1-8B heads,
+# `bench_methods_cost_s11a.csv`, rows `flexprefill` / `flexprefill_wholegraph` when it was off); row
+# `flexprefill_nowholegraph` turns it off
+_WHOLE_GRAPH = True
+# inside that graph, the block means of q and k (bound by memory bandwidth) on a branch beside the last queries' score
+# passes (bound by instruction latency) instead of after them (`_WHOLE_SIDE`)
+_WHOLE_SIDE = True
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+def _side_stream(device: torch.device) -> torch.cuda.Stream:
+    side = _side_streams.get(device)
+    if side is None:
+        side = _side_streams[device] = torch.cuda.Stream(device=device)
+    return side
+
+
 def _head_chunks(HKV: int, G: int, per_head: int, max_elems: int) -> Iterator[tuple[int, int, int, int]]:
     """(kv0, kv1, g0, g1) slices of query heads whose score matrices hold at most `max_elems` elements together."""
     if G * per_head <= max_elems:
@@ -393,9 +406,7 @@ def official_reads(q: torch.Tensor, k: torch.Tensor, *, block_size: int, scale: 
         q_mean = means(q, block_size, scale)
         return scores, q_last, k_mean, q_mean
     main = torch.cuda.current_stream(q.device)
-    side = _side_streams.get(q.device)
-    if side is None:
-        side = _side_streams[q.device] = torch.cuda.Stream(device=q.device)
+    side = _side_stream(q.device)
     side.wait_stream(main)  # q and k are written on the caller's stream
     with torch.cuda.stream(side):
         k_mean = means(k, block_size)
@@ -452,11 +463,24 @@ def _table_reads(q: torch.Tensor, k: torch.Tensor, table: torch.Tensor, block_si
     from sparsebench.kernels.block_means import block_means_triton
     from sparsebench.kernels.last_q_scores.triton import last_q_scores_triton, scaled_last_rows
 
+    def means():
+        return (block_means_triton(k, block_size, table=table, slot=1),
+                block_means_triton(q, block_size, scale, table=table, slot=0))
+
+    if _WHOLE_SIDE:
+        # captured as a fork and a join: the graph then holds the means and the score passes as parallel branches
+        main = torch.cuda.current_stream(q.device)
+        side = _side_stream(q.device)
+        side.wait_stream(main)
+        with torch.cuda.stream(side):
+            k_mean, q_mean = means()
     q_last = scaled_last_rows(q, block_size, scale, table=table, slot=0)
     vertical, slash = last_q_scores_triton(q_last, k, 1.0, k_table=(table, 1))
-    return (_stacked_scores(vertical, slash, block_size), q_last,
-            block_means_triton(k, block_size, table=table, slot=1),
-            block_means_triton(q, block_size, scale, table=table, slot=0))
+    if _WHOLE_SIDE:
+        main.wait_stream(side)
+    else:
+        k_mean, q_mean = means()
+    return _stacked_scores(vertical, slash, block_size), q_last, k_mean, q_mean
 
 
 def _whole_ok(q: torch.Tensor, k: torch.Tensor, block_size: int, scores_kernel: str) -> bool:
@@ -531,7 +555,7 @@ def _switches_key() -> tuple:
     """The FlexPrefill kernel switches and kernels/cover's settings a captured graph was built with; inference mode
     too, since its tensors cannot be written outside it (nor normal ones inside)."""
     cover = sys.modules.get("sparsebench.kernels.cover.triton")
-    return (_COVER_KERNEL, _BLOCKS_KERNEL, _SWITCH_KERNEL, torch.is_inference_mode_enabled(),
+    return (_COVER_KERNEL, _BLOCKS_KERNEL, _SWITCH_KERNEL, _WHOLE_SIDE, torch.is_inference_mode_enabled(),
             (cover.CHUNK, cover.BLOCK, cover.SKIP_FROM, cover.HIST_2D, cover.SKIP_UPPER, cover.EMPTY_EXIT)
             if _COVER_KERNEL and cover else None)
 

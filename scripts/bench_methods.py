@@ -88,7 +88,8 @@ GPU_COST_VARIANTS = (("minference_vs_torch", "minference", {"pattern": "vertical
                      ("flexprefill_s9path", "flexprefill", {}),
                      ("minference_vs_s9path", "minference", {"pattern": "vertical_slash"}),
                      ("flexprefill_fusedmeans", "flexprefill", {}),
-                     ("flexprefill_wholegraph", "flexprefill", {}))
+                     ("flexprefill_nowholegraph", "flexprefill", {}),
+                     ("flexprefill_nowholeside", "flexprefill", {}))
 # environment a variant runs under (switches that are not constructor knobs, read at call time)
 VARIANT_ENV = {"xattn_s8_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"},
                "xattn_s16_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"}}
@@ -96,6 +97,9 @@ VARIANT_ENV = {"xattn_s8_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"},
 _ANTIDIAG = "sparsebench.kernels.antidiag_score.triton"
 _LASTQ = "sparsebench.kernels.last_q_scores.triton"
 _VS = "sparsebench.kernels.vertical_slash.triton"
+# FlexPrefill's eager path (since session 11 the estimate is replayed from one CUDA graph by default): rows whose
+# switches act on it (the means, the graph-replayed tail) run with it
+_EAGER = ("sparsebench.methods.flexprefill", "_WHOLE_GRAPH", False)
 VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the masked, unflattened loop
     "xattn_s8_noflat": [(_ANTIDIAG, "_FLATTEN", False), (_ANTIDIAG, "_SPLIT", False)],
     "xattn_s16_noflat": [(_ANTIDIAG, "_FLATTEN", False), (_ANTIDIAG, "_SPLIT", False)],
@@ -125,7 +129,7 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
     # the settings session 9's defaults replaced: FlexPrefill's cover counts and global cover by sorts instead of
     # kernels/cover, its rule after the reads launched eagerly instead of from a CUDA graph, kernels/cover's 16K chunks
     "flexprefill_nocoverkernel": [("sparsebench.methods.flexprefill", "_COVER_KERNEL", False)],
-    "flexprefill_nographtail": [("sparsebench.methods.flexprefill", "_GRAPH_TAIL", False)],
+    "flexprefill_nographtail": [_EAGER, ("sparsebench.methods.flexprefill", "_GRAPH_TAIL", False)],
     "flexprefill_cover16k": [("sparsebench.kernels.cover.triton", "CHUNK", 16384)],
     # kernels/cover's digit blocks built in 1-D and broadcast (until session 9) instead of as [BLOCK, 1] columns
     "flexprefill_hist1d": [("sparsebench.kernels.cover.triton", "HIST_2D", False)],
@@ -134,9 +138,9 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
     # (FlexPrefill's 128 queries at 32K keys): session 9's path. Not a default: the side stream's means by
     # kernels/block_means
     "flexprefill_noskipupper": [("sparsebench.kernels.cover.triton", "SKIP_UPPER", False)],
-    "flexprefill_nosidemeans": [("sparsebench.methods.flexprefill", "_SIDE_MEANS", False)],
-    "flexprefill_sidepool": [("sparsebench.methods.flexprefill", "_POOL_KERNEL", True)],
-    "flexprefill_s9defaults": [("sparsebench.kernels.cover.triton", "SKIP_UPPER", False),
+    "flexprefill_nosidemeans": [_EAGER, ("sparsebench.methods.flexprefill", "_SIDE_MEANS", False)],
+    "flexprefill_sidepool": [_EAGER, ("sparsebench.methods.flexprefill", "_POOL_KERNEL", True)],
+    "flexprefill_s9defaults": [_EAGER, ("sparsebench.kernels.cover.triton", "SKIP_UPPER", False),
                                ("sparsebench.methods.flexprefill", "_SIDE_MEANS", False),
                                (_LASTQ, "_FUSED_STATS_MAX_RB", 2)],
     # the setting session 10's default replaced: the row-block scores pass on untransposed tiles. Not a default:
@@ -152,16 +156,18 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
     "minference_vs_st2": [(_LASTQ, "_ROWS_STAGES", 2)],
     "flexprefill_noemptyexit": [("sparsebench.kernels.cover.triton", "EMPTY_EXIT", False)],
     "flexprefill_s10c": [(_LASTQ, "_ROWS_STAGES", 2), ("sparsebench.kernels.cover.triton", "EMPTY_EXIT", False)],
-    "flexprefill_s9path": [(_LASTQ, "_ROWS_STAGES", 2), ("sparsebench.kernels.cover.triton", "EMPTY_EXIT", False),
+    "flexprefill_s9path": [_EAGER, (_LASTQ, "_ROWS_STAGES", 2),
+                           ("sparsebench.kernels.cover.triton", "EMPTY_EXIT", False),
                            (_LASTQ, "_TRANS_SCORES", False), ("sparsebench.kernels.cover.triton", "SKIP_UPPER", False),
                            ("sparsebench.methods.flexprefill", "_SIDE_MEANS", False),
                            (_LASTQ, "_FUSED_STATS_MAX_RB", 2)],
     "minference_vs_s9path": [(_LASTQ, "_ROWS_STAGES", 2), (_LASTQ, "_TRANS_SCORES", False)],
     # not a default (slower, session 10): FlexPrefill's block means from extra programs of the stats launch
-    "flexprefill_fusedmeans": [("sparsebench.methods.flexprefill", "_FUSED_MEANS", True)],
-    # session 10, not a default until timed: the whole estimate replayed from one CUDA graph (q's and k's addresses
-    # from a device table)
-    "flexprefill_wholegraph": [("sparsebench.methods.flexprefill", "_WHOLE_GRAPH", True)],
+    "flexprefill_fusedmeans": [_EAGER, ("sparsebench.methods.flexprefill", "_FUSED_MEANS", True)],
+    # the setting session 11's default replaced: the estimate eagerly, its tail replayed from a CUDA graph, instead of
+    # all of it from one graph; and in that graph the block means after the score passes instead of beside them
+    "flexprefill_nowholegraph": [_EAGER],
+    "flexprefill_nowholeside": [("sparsebench.methods.flexprefill", "_WHOLE_SIDE", False)],
     # kernels/cover's digit blocks of 256 entries, or chunks of 2048 (defaults 128 and 4096)
     "flexprefill_coverb256": [("sparsebench.kernels.cover.triton", "BLOCK", 256)],
     "flexprefill_cover2k": [("sparsebench.kernels.cover.triton", "CHUNK", 2048)],
@@ -176,7 +182,7 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
     "flexprefill_noblockskernel": [("sparsebench.methods.flexprefill", "_BLOCKS_KERNEL", False)],
     "flexprefill_noswitchkernel": [("sparsebench.methods.flexprefill", "_SWITCH_KERNEL", False)],
     # not a default (slower in session 9): FlexPrefill's block means of Q and K by kernels/block_means
-    "flexprefill_poolkernel": [("sparsebench.methods.flexprefill", "_POOL_KERNEL", True)],
+    "flexprefill_poolkernel": [_EAGER, ("sparsebench.methods.flexprefill", "_POOL_KERNEL", True)],
     # the setting session 9's default replaced: the row-block passes' logits rounded to bf16 by a cast (with which
     # the compiler computed the scores pass's probabilities twice, once per layout) instead of a packed conversion
     "minference_vs_noasmround": [(_LASTQ, "_ASM_ROUND", False)],
