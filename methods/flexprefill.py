@@ -164,7 +164,10 @@ _FUSED_MEANS = False
 # `flexprefill_nowholegraph` turns it off
 _WHOLE_GRAPH = True
 # inside that graph, the block means of q and k (bound by memory bandwidth) on a branch beside the last queries' score
-# passes (bound by instruction latency) instead of after them (`_WHOLE_SIDE`)
+# passes (bound by instruction latency) instead of after them. On by default since session 11: 0.793 / 1.554 /
+# 3.695 ms against 0.820 / 1.587 / 3.726 ms at 32K / 64K / 128K (H200, `bench_methods_cost_s11b.csv`; row
+# `flexprefill_nowholeside`). Little overlap: the scores pass's programs fill the registers, only the stats pass
+# leaves room beside it
 _WHOLE_SIDE = True
 
 
@@ -467,7 +470,8 @@ def _table_reads(q: torch.Tensor, k: torch.Tensor, table: torch.Tensor, block_si
         return (block_means_triton(k, block_size, table=table, slot=1),
                 block_means_triton(q, block_size, scale, table=table, slot=0))
 
-    if _WHOLE_SIDE:
+    side_branch = _WHOLE_SIDE and q.is_cuda
+    if side_branch:
         # captured as a fork and a join: the graph then holds the means and the score passes as parallel branches
         main = torch.cuda.current_stream(q.device)
         side = _side_stream(q.device)
@@ -476,7 +480,7 @@ def _table_reads(q: torch.Tensor, k: torch.Tensor, table: torch.Tensor, block_si
             k_mean, q_mean = means()
     q_last = scaled_last_rows(q, block_size, scale, table=table, slot=0)
     vertical, slash = last_q_scores_triton(q_last, k, 1.0, k_table=(table, 1))
-    if _WHOLE_SIDE:
+    if side_branch:
         main.wait_stream(side)
     else:
         k_mean, q_mean = means()

@@ -109,6 +109,7 @@ def flexprefill_off_and_on(switch, shape, dtype: str = "float32", **knobs):
     k = torch.randn(1, HKV, T, D, generator=g).to(getattr(torch, dtype))
     m = fp.FlexPrefill(**{"min_budget": 64, "block_size": 32, "scores_kernel": "torch", **knobs})
     ctx = AttnContext(layer_idx=0, num_heads=H, num_kv_heads=HKV, head_dim=D, scale=D ** -0.5)
-    (off, d_off), (on, d_on) = off_and_on(fp, switch, lambda: (m.select(q, k, ctx), m.last_decision))
+    with switched(fp, _WHOLE_GRAPH=False):  # the switches FlexPrefill's tests turn act on its eager path
+        (off, d_off), (on, d_on) = off_and_on(fp, switch, lambda: (m.select(q, k, ctx), m.last_decision))
     assert_same_lists(on, off)
     return d_off, d_on

@@ -294,9 +294,9 @@ def _check_flex_means(case):
     k = torch.randint(-128, 128, (1, HKV, T, D), generator=g).float() / 16
     ctx = AttnContext(0, H, HKV, D, 1 / math.sqrt(D))
     m = fp.FlexPrefill(scores_kernel="triton", gamma=0.5, tau=0.3, min_budget=64, block_size=64)
-    with switched(fp, _FUSED_MEANS=False):
+    with switched(fp, _FUSED_MEANS=False, _WHOLE_GRAPH=False):
         want, d_want = m.select(q, k, ctx), m.last_decision
-    with switched(fp, _FUSED_MEANS=True):
+    with switched(fp, _FUSED_MEANS=True, _WHOLE_GRAPH=False):
         got, d_got = m.select(q, k, ctx), m.last_decision
     assert torch.equal(got.to_block_mask(), want.to_block_mask()) and torch.equal(d_got, d_want)
     assert bool(d_want.all()) and 0.2 < want.density() < 0.7

@@ -642,7 +642,8 @@ def test_gpu_graph_tail_equals_eager(T, H, HKV, D, tau):
     the same patterns as eagerly, call after call on new inputs of one shape (the replay reads the new reads)."""
     m = FlexPrefill(tau=tau)
     ctx = AttnContext(0, H, HKV, D, D ** -0.5)
-    _replays_agree(m, ctx, (H, HKV, T, D), {"_GRAPH_TAIL": False}, {"_GRAPH_TAIL": True}, fp._graph_tails)
+    _replays_agree(m, ctx, (H, HKV, T, D), {"_GRAPH_TAIL": False, "_WHOLE_GRAPH": False},
+                   {"_GRAPH_TAIL": True, "_WHOLE_GRAPH": False}, fp._graph_tails)
 
 
 @pytest.mark.gpu
@@ -657,10 +658,10 @@ def test_gpu_session10_switches_select_the_same(T, H, HKV, D):
     m = FlexPrefill()
     ctx = AttnContext(0, H, HKV, D, D ** -0.5)
     q, k = _gpu_qk(H, HKV, T, D, SEED)
-    with switched(fp, _SIDE_MEANS=False), switched(CT, SKIP_UPPER=False, EMPTY_EXIT=False):
+    with switched(fp, _SIDE_MEANS=False, _WHOLE_GRAPH=False), switched(CT, SKIP_UPPER=False, EMPTY_EXIT=False):
         want, d_want = m.select(q, k, ctx), m.last_decision
     for side, upper, empty in ((True, False, False), (False, True, False), (False, False, True), (True, True, True)):
-        with switched(fp, _SIDE_MEANS=side), switched(CT, SKIP_UPPER=upper, EMPTY_EXIT=empty):
+        with switched(fp, _SIDE_MEANS=side, _WHOLE_GRAPH=False), switched(CT, SKIP_UPPER=upper, EMPTY_EXIT=empty):
             got, d_got = m.select(q, k, ctx), m.last_decision
         assert_same_lists(got, want)
         assert torch.equal(d_got, d_want)
@@ -668,18 +669,19 @@ def test_gpu_session10_switches_select_the_same(T, H, HKV, D):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("T,H,HKV,D", [(8192, 8, 2, 128), (5000, 4, 1, 256)])
-def test_gpu_whole_graph_equals_eager(T, H, HKV, D):
-    """The whole estimate replayed from one CUDA graph (`_WHOLE_GRAPH`) lists the same blocks and decides the same
-    patterns as the eager reads with the same means kernel (`_POOL_KERNEL`), call after call on new q and k of one
-    layout (the table carries their addresses); a layout it cannot take (q not 16-byte aligned) runs the usual
-    path and still agrees."""
+@pytest.mark.parametrize("side", [True, False])
+def test_gpu_whole_graph_equals_eager(T, H, HKV, D, side):
+    """The whole estimate replayed from one CUDA graph (`_WHOLE_GRAPH`), its means on a branch of their own
+    (`_WHOLE_SIDE`) or not, lists the same blocks and decides the same patterns as the eager reads with the same
+    means kernel (`_POOL_KERNEL`), call after call on new q and k of one layout (the table carries their addresses);
+    a layout it cannot take (q not 16-byte aligned) runs the usual path and still agrees."""
     from sparsebench.testing import assert_same_lists, switched
 
     m = FlexPrefill()
     ctx = AttnContext(0, H, HKV, D, D ** -0.5)
     same = {"_POOL_KERNEL": True, "_SIDE_MEANS": False}
     q, k, eager = _replays_agree(m, ctx, (H, HKV, T, D), {**same, "_WHOLE_GRAPH": False},
-                                 {**same, "_WHOLE_GRAPH": True}, fp._whole_graphs)
+                                 {**same, "_WHOLE_GRAPH": True, "_WHOLE_SIDE": side}, fp._whole_graphs)
     q_odd = torch.empty(q.numel() + 1, dtype=q.dtype, device="cuda")[1:].view(q.shape).copy_(q)  # 2 bytes off
     with switched(fp, _POOL_KERNEL=True, _SIDE_MEANS=False, _WHOLE_GRAPH=True):
         assert not fp._whole_ok(q_odd, k, m.block_size, m.scores_kernel)
