@@ -111,6 +111,9 @@ SCAN_CHUNK_MIN = 64  # shortest chunk of the two-level scan
 # replayed tail below and 4K-entry chunks: the whole estimate took 1.133 / 2.155 / 5.502 ms against 1.258 / 2.372 /
 # 5.634 ms with the tail alone at 32K / 64K / 128K (`bench_methods_cost_s9c.csv`; row `flexprefill_nocoverkernel`)
 _COVER_KERNEL = True
+# with it, the rows whose cut the rule does not use are left out (`skip` of `cover_pair_triton`): the vertical and
+# slash counts of the query-aware heads, whose budgets are minb, and the global cover of the other heads. Untimed
+_COVER_SKIP = True
 # the block lists from the block scores, budgets and query-aware cover by `kernels/flex_blocks` (two launches: ranks
 # by counting, then each row's lists) instead of a stable sort, the mask and `stable_partition` (about twenty torch
 # ops, for an estimate bound by its host below 128K). On by default since session 9: the whole estimate took 2.67 /
@@ -378,7 +381,8 @@ def official_parts(q: torch.Tensor, k: torch.Tensor, *, gamma: float, tau: float
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The inputs of the official block rule (module docstring, steps 2-5 and 7's cover) for q `[B, H, N, D]`,
     k `[B, HKV, N, D]`: `(pooled [2, B, H, nb]` fp32 block scores, `budget [2, B, H]` (query-aware heads at minb),
-    `qa_blocks [B, H, nb, nb]` the global cover of the block scores (causal blocks only), `query_aware [B, H])`;
+    `qa_blocks [B, H, nb, nb]` the global cover of the block scores (causal blocks only; all False for the heads
+    that are not query-aware, which do not use it), `query_aware [B, H])`;
     `kernels/flex_blocks` turns them into blocks. `maxb` is the block cap before it is cut to nb."""
     return parts_from_reads(*official_reads(q, k, block_size=block_size, scale=scale, max_elems=max_elems,
                                             scores_kernel=scores_kernel),
@@ -452,11 +456,20 @@ def parts_from_reads(scores: torch.Tensor, q_last: torch.Tensor, k_mean: torch.T
     if paired:
         from sparsebench.kernels.cover import cover_pair_triton
 
-        counts, qa_blocks = cover_pair_triton(scores.view(-1, N), gamma, attn.view(B * H, nb * nb), gamma * nb, nb)
+        skip = None
+        if _COVER_SKIP:
+            # the counts of the query-aware heads (their budgets become minb below) and the global cover of the others
+            # (unused by the rule) are not worked out
+            qa = query_aware.view(-1)
+            skip = torch.cat((qa, qa, ~qa))
+        counts, qa_blocks = cover_pair_triton(scores.view(-1, N), gamma, attn.view(B * H, nb * nb), gamma * nb, nb,
+                                              skip=skip)
         budget = budget_from_count(counts.view(2, B, H), minb, maxb)
         qa_blocks = qa_blocks.view(B, H, nb, nb)
+        if not _COVER_SKIP:
+            qa_blocks &= query_aware[..., None, None]
     else:
-        qa_blocks = global_cover_mask(attn, gamma * nb, support=tril)
+        qa_blocks = global_cover_mask(attn, gamma * nb, support=tril) & query_aware[..., None, None]
     return pooled, budget.masked_fill(query_aware, minb), qa_blocks, query_aware
 
 
@@ -559,7 +572,7 @@ def _switches_key() -> tuple:
     """The FlexPrefill kernel switches and kernels/cover's settings a captured graph was built with; inference mode
     too, since its tensors cannot be written outside it (nor normal ones inside)."""
     cover = sys.modules.get("sparsebench.kernels.cover.triton")
-    return (_COVER_KERNEL, _BLOCKS_KERNEL, _SWITCH_KERNEL, _WHOLE_SIDE, torch.is_inference_mode_enabled(),
+    return (_COVER_KERNEL, _COVER_SKIP, _BLOCKS_KERNEL, _SWITCH_KERNEL, _WHOLE_SIDE, torch.is_inference_mode_enabled(),
             (cover.CHUNK, cover.BLOCK, cover.SKIP_FROM, cover.HIST_2D, cover.SKIP_UPPER, cover.EMPTY_EXIT)
             if _COVER_KERNEL and cover else None)
 

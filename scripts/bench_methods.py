@@ -89,7 +89,8 @@ GPU_COST_VARIANTS = (("minference_vs_torch", "minference", {"pattern": "vertical
                      ("minference_vs_s9path", "minference", {"pattern": "vertical_slash"}),
                      ("flexprefill_fusedmeans", "flexprefill", {}),
                      ("flexprefill_nowholegraph", "flexprefill", {}),
-                     ("flexprefill_nowholeside", "flexprefill", {}))
+                     ("flexprefill_nowholeside", "flexprefill", {}),
+                     ("flexprefill_nocoverskip", "flexprefill", {}))
 # environment a variant runs under (switches that are not constructor knobs, read at call time)
 VARIANT_ENV = {"xattn_s8_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"},
                "xattn_s16_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"}}
@@ -168,6 +169,8 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
     # all of it from one graph; and in that graph the block means after the score passes instead of beside them
     "flexprefill_nowholegraph": [_EAGER],
     "flexprefill_nowholeside": [("sparsebench.methods.flexprefill", "_WHOLE_SIDE", False)],
+    # session 11: kernels/cover working out every row, also those whose cut the rule does not use
+    "flexprefill_nocoverskip": [("sparsebench.methods.flexprefill", "_COVER_SKIP", False)],
     # kernels/cover's digit blocks of 256 entries, or chunks of 2048 (defaults 128 and 4096)
     "flexprefill_coverb256": [("sparsebench.kernels.cover.triton", "BLOCK", 256)],
     "flexprefill_cover2k": [("sparsebench.kernels.cover.triton", "CHUNK", 2048)],

@@ -40,6 +40,10 @@ do_bench); with the block skip, FlexPrefill's estimate took 3.20 against 3.11 ms
 softmax scores holds an entry matching the prefix through the first three or four digits, so those launches did the
 full [BLOCK, 16] work: hence the compaction after three, not yet timed.)
 
+Rows flagged in `skip` (`cover_pair_triton`) are not worked on: every launch's programs of such a row return at
+once, its count is 0 and its mask row all False (FlexPrefill needs the counts of its vertical-slash heads only and
+the global cover of its query-aware heads only).
+
 Under `TRITON_INTERPRET=1` (set before triton is imported) the loops take the constexpr lengths `I_CH`, `I_C`.
 """
 from __future__ import annotations
@@ -133,11 +137,20 @@ def _state(ST, row):
             tl.load(base + 6), tl.load(base + 7))
 
 
+def _skipped(SK, row, HAS_SKIP: tl.constexpr):
+    """Whether the row is flagged in `SK` (a row of zeros' state, never read, when it is)."""
+    if HAS_SKIP:
+        return tl.load(SK + row) != 0
+    return False
+
+
 def _cover_decide(HC, HM, ST, R, C, R1, target, target2, D: tl.constexpr, CB: tl.constexpr, I_C: tl.constexpr,
-                  INTERPRET: tl.constexpr):
+                  INTERPRET: tl.constexpr, SK=None, HAS_SKIP: tl.constexpr = False):
     """Program (row): digit `D` from its tables (summed over the chunks in a fixed order): the highest bin b whose
     mass, with everything above the prefix, exceeds the target; the row's state advanced by it (`_state`)."""
     row = tl.program_id(0).to(tl.int64)
+    if _skipped(SK, row, HAS_SKIP):
+        return
     tgt = tl.where(row >= R1, target2, target)
     bins = tl.arange(0, 16)
     cc = tl.arange(0, CB)
@@ -197,12 +210,15 @@ def _before(HC, row, R, C, c, b, D: tl.constexpr, CB: tl.constexpr, I_C: tl.cons
 
 def _cover_hist(X, X2, BV, HC, HM, ST, R1, N, N2, CH, sx, sx2, R, C, COLS: tl.constexpr, D: tl.constexpr,
                 BLOCK: tl.constexpr, I_CH: tl.constexpr, INTERPRET: tl.constexpr, SKIP_FROM: tl.constexpr = 0,
-                TWO_D: tl.constexpr = False, SKIP_UPPER: tl.constexpr = False, EMPTY_EXIT: tl.constexpr = False):
+                TWO_D: tl.constexpr = False, SKIP_UPPER: tl.constexpr = False, EMPTY_EXIT: tl.constexpr = False,
+                SK=None, HAS_SKIP: tl.constexpr = False):
     """Program (chunk, row): count and mass of key digit `D` over the chunk's entries that match the digits fixed so
     far -> `HC / HM[D, row, chunk]`. Digits below FULL read the row, the others the row's compacted candidates
     (`BV`, each row's slot at `_cand`)."""
     c = tl.program_id(0)
     row = tl.program_id(1).to(tl.int64)
+    if _skipped(SK, row, HAS_SKIP):
+        return
     x_row, n, tril = _row(X, X2, row, R1, N, N2, sx, sx2)
     prefix, _, _, _, _, _, _, n_cand = _state(ST, row)
     slot = BV + _cand(row, R1, N, N2)
@@ -258,11 +274,13 @@ def _cover_hist(X, X2, BV, HC, HM, ST, R1, N, N2, CH, sx, sx2, R, C, COLS: tl.co
 
 def _cover_compact(X, X2, BV, BI, HC, ST, R1, N, N2, CH, sx, sx2, R, C, COLS: tl.constexpr, BLOCK: tl.constexpr,
                    CB: tl.constexpr, I_CH: tl.constexpr, I_C: tl.constexpr, INTERPRET: tl.constexpr,
-                   SKIP_UPPER: tl.constexpr = False):
+                   SKIP_UPPER: tl.constexpr = False, SK=None, HAS_SKIP: tl.constexpr = False):
     """Program (chunk, row): the chunk's entries that match the first FULL digits, values and indices, written in
     index order after those of the earlier chunks (their counts from digit FULL - 1)."""
     c = tl.program_id(0)
     row = tl.program_id(1).to(tl.int64)
+    if _skipped(SK, row, HAS_SKIP):
+        return
     x_row, n, tril = _row(X, X2, row, R1, N, N2, sx, sx2)
     prefix, _, _, _, b_last, _, _, _ = _state(ST, row)
     taken = _before(HC, row, R, C, c, b_last, _FULL - 1, CB, I_C, INTERPRET)
@@ -282,40 +300,44 @@ def _cover_compact(X, X2, BV, BI, HC, ST, R1, N, N2, CH, sx, sx2, R, C, COLS: tl
             taken += tl.sum(keep)
 
 
-def _cover_count(ST, CNT, target):
-    """Program (row of the count matrix): the cover count from the row's state after every digit."""
+def _cover_count(ST, CNT, target, SK=None, HAS_SKIP: tl.constexpr = False):
+    """Program (row of the count matrix): the cover count from the row's state after every digit (0 if skipped)."""
     row = tl.program_id(0).to(tl.int64)
     prefix, mass_above, cnt_above, all_in, _, ties, valid, _ = _state(ST, row)
     fit = _fit(prefix, mass_above, ties, target)
-    tl.store(CNT + row, (tl.where(all_in, valid, cnt_above + fit) + 1).to(tl.int64))
+    n = (tl.where(all_in, valid, cnt_above + fit) + 1).to(tl.int64)
+    tl.store(CNT + row, tl.where(_skipped(SK, row, HAS_SKIP), 0, n))
 
 
 def _cover_mask(X2, ST, OUT, R1, N2, CH, sx2, so, COLS: tl.constexpr, BLOCK: tl.constexpr, I_CH: tl.constexpr,
-                INTERPRET: tl.constexpr):
+                INTERPRET: tl.constexpr, SK=None, HAS_SKIP: tl.constexpr = False):
     """Program (chunk, row of the mask matrix): the mask over the chunk, keys above t' (every entry when the row is
-    within the target); the ties of t' that fit are set afterwards by `_cover_ties`."""
+    within the target; none when it is skipped); the ties of t' that fit are set afterwards by `_cover_ties`."""
     c = tl.program_id(0)
     r2 = tl.program_id(1).to(tl.int64)
     row = R1 + r2
     prefix, _, _, all_in, _, _, _, _ = _state(ST, row)
+    live = not _skipped(SK, row, HAS_SKIP)
     offs = tl.arange(0, BLOCK)
     for b0 in range(0, I_CH if INTERPRET else tl.minimum(CH, N2 - c * CH), BLOCK):
         idx = c * CH + b0 + offs
         inside = (idx < N2) & (b0 + offs < CH)
-        ok, x, key = _entries(X2 + r2 * sx2, idx, inside, COLS, True)
+        ok, x, key = _entries(X2 + r2 * sx2, idx, inside & live, COLS, True)
         keep = tl.where(all_in, ok, ok & (key > prefix))
         tl.store(OUT + r2 * so + idx, keep.to(tl.int8), mask=inside)
 
 
 def _cover_ties(BV, BI, HC, ST, OUT, R1, N, N2, CH, so, R, C, target2, NDIG: tl.constexpr, BLOCK: tl.constexpr,
                 CB: tl.constexpr, I_CH: tl.constexpr, I_C: tl.constexpr, INTERPRET: tl.constexpr,
-                EMPTY_EXIT: tl.constexpr = False):
+                EMPTY_EXIT: tl.constexpr = False, SK=None, HAS_SKIP: tl.constexpr = False):
     """Program (chunk of candidates, row of the mask matrix): sets the ties of t' whose rank among the row's ties
     (index order: the candidates keep it; the ties in earlier chunks from the last digit's counts) is below the
     number that fit."""
     c = tl.program_id(0)
     r2 = tl.program_id(1).to(tl.int64)
     row = R1 + r2
+    if _skipped(SK, row, HAS_SKIP):
+        return
     prefix, mass_above, _, all_in, b_last, ties, _, n_cand = _state(ST, row)
     if EMPTY_EXIT:
         if c * CH >= n_cand:  # no candidate in this chunk: nothing to set
@@ -337,11 +359,12 @@ def _cover_ties(BV, BI, HC, ST, OUT, R1, N, N2, CH, so, R, C, target2, NDIG: tl.
 
 
 _kernels = per_mode((_cover_hist, _cover_compact, _cover_count, _cover_mask, _cover_ties, _cover_decide),
-                    (_monotone, _entries, _row, _state, _fit, _before, _cand, _upper))
+                    (_monotone, _entries, _row, _state, _fit, _before, _cand, _upper, _skipped))
 
 
-def _launch(x, target, x2, target2, cols, chunk, block, num_warps):
-    """Counts of `x`'s rows and the mask of `x2`'s (either may be None) in one set of launches."""
+def _launch(x, target, x2, target2, cols, chunk, block, num_warps, skip=None):
+    """Counts of `x`'s rows and the mask of `x2`'s (either may be None) in one set of launches; rows flagged in `skip`
+    (bool [R1 + R2], on the device) left out."""
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
     if chunk < 16 or chunk & (chunk - 1):
         raise ValueError(f"chunk={chunk} must be a power of two >= 16")
@@ -364,6 +387,10 @@ def _launch(x, target, x2, target2, cols, chunk, block, num_warps):
     bv = torch.empty(R1 * N + R2 * N2, dtype=torch.float32, device=dev)
     bi = torch.empty(R1 * N + R2 * N2, dtype=torch.int32, device=dev)
     hist_k, compact_k, count_k, mask_k, ties_k, decide_k = _kernels(interpret)
+    if skip is not None and (skip.dtype != torch.bool or tuple(skip.shape) != (R,) or skip.device != dev):
+        raise ValueError(f"skip must be a bool [{R}] tensor on {dev}; got {skip.dtype} {tuple(skip.shape)} on "
+                         f"{skip.device}")
+    sk = {} if skip is None else {"SK": skip.view(torch.int8), "HAS_SKIP": True}
     t1, t2 = float(target), float(target2)
     loops = {"CB": 8, "I_C": C if interpret else 0, "INTERPRET": interpret}
     rows = {"I_CH": chunk if interpret else 0, "num_warps": num_warps}
@@ -373,20 +400,20 @@ def _launch(x, target, x2, target2, cols, chunk, block, num_warps):
         if d == FULL:
             # the write passes hold no [BLOCK, 16] sums: longer blocks (at 256 their scans spill on sm_90)
             compact_k[(C, R)](*both, bv, bi, hc, st, *dims, BLOCK=min(4 * block, chunk), SKIP_UPPER=SKIP_UPPER,
-                              **rows, **loops)
+                              **rows, **loops, **sk)
         hist_k[(C, R)](*both, bv, hc, hm, st, *dims, D=d, BLOCK=block, SKIP_FROM=SKIP_FROM, TWO_D=HIST_2D,
-                       SKIP_UPPER=SKIP_UPPER, EMPTY_EXIT=EMPTY_EXIT, **rows, INTERPRET=interpret)
-        decide_k[(R,)](hc, hm, st, R, C, R1, t1, t2, D=d, num_warps=1, **loops)
+                       SKIP_UPPER=SKIP_UPPER, EMPTY_EXIT=EMPTY_EXIT, **rows, INTERPRET=interpret, **sk)
+        decide_k[(R,)](hc, hm, st, R, C, R1, t1, t2, D=d, num_warps=1, **loops, **sk)
     cnt = out = None
     if R1:
         cnt = torch.empty(R1, dtype=torch.int64, device=dev)
-        count_k[(R1,)](st, cnt, t1, num_warps=1)
+        count_k[(R1,)](st, cnt, t1, num_warps=1, **sk)
     if R2:
         out = torch.empty(R2, N2, dtype=torch.int8, device=dev)
         mask_k[(C, R2)](xb, st, out, R1, N2, chunk, xb.stride(0), out.stride(0), cols,
-                        BLOCK=min(4 * block, chunk), **rows, INTERPRET=interpret)
+                        BLOCK=min(4 * block, chunk), **rows, INTERPRET=interpret, **sk)
         ties_k[(C, R2)](bv, bi, hc, st, out, R1, N, N2, chunk, out.stride(0), R, C, t2, NDIG=DIGITS,
-                        BLOCK=min(4 * block, chunk), EMPTY_EXIT=EMPTY_EXIT, **rows, **loops)
+                        BLOCK=min(4 * block, chunk), EMPTY_EXIT=EMPTY_EXIT, **rows, **loops, **sk)
         out = out.view(torch.bool)
     return cnt, out
 
@@ -408,12 +435,14 @@ def cover_mask_triton(x: torch.Tensor, target: float, cols: int, chunk: int | No
 
 
 def cover_pair_triton(x: torch.Tensor, target: float, x2: torch.Tensor, target2: float, cols2: int,
-                      chunk: int | None = None, block: int | None = None, num_warps: int = 4
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+                      chunk: int | None = None, block: int | None = None, num_warps: int = 4,
+                      skip: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """`(cover_count_triton(x, target), cover_mask_triton(x2, target2, cols2))` in one set of launches (20 instead
-    of 38; FlexPrefill's cover counts and global cover). The rows of both are cut into chunks of the same length."""
+    of 38; FlexPrefill's cover counts and global cover). The rows of both are cut into chunks of the same length.
+    `skip` (bool `[R1 + R2]` on the device: x's rows, then x2's): flagged rows are left out, their counts 0 and
+    mask rows all False."""
     _check(x, target)
     _check(x2, target2)
     _check_cols(x2, cols2)
-    return _launch(x, target, x2, target2, cols2, chunk or CHUNK, block or BLOCK, num_warps)
+    return _launch(x, target, x2, target2, cols2, chunk or CHUNK, block or BLOCK, num_warps, skip)
 

@@ -797,6 +797,9 @@ def _rows_path(q, k, scale: float, L: int, S: int, importance: bool, block_n: in
     `k_table` `(table, slot)`: both passes read K's address from the int64 device tensor `table[slot]` when they run
     (k only gives shape, strides and dtype)."""
     B, H, _, D = q.shape
+    # a unit scale (FlexPrefill's queries come scaled) as the int 1, which Triton specializes as a constant: the
+    # passes' products by it fold away (one multiply a logit fewer)
+    scale = 1 if float(scale) == 1.0 else float(scale)
     rb_stats = min(_RB_STATS, max(16, _pow2ceil(L)))
     RB = min(_RB_SCORES, max(16, _pow2ceil(L)))
     NRB = -(-L // RB)
@@ -824,7 +827,7 @@ def _rows_path(q, k, scale: float, L: int, S: int, importance: bool, block_n: in
         raise ValueError("k_table and means together are not supported")
     ktab = {} if k_table is None else {"KT": k_table[0], "kslot": k_table[1], "K_TABLE": True}
     kernels[2][(npg + sj, B * H, -(-L // rb_stats))](q, k, mt, lt, *strides, mt.stride(0), mt.stride(1), S, L, H, G,
-                                                      float(scale), CAUSAL=not importance, ROUND_DOT=importance,
+                                                      scale, CAUSAL=not importance, ROUND_DOT=importance,
                                                       EVEN=L % rb_stats == 0, ASM_ROUND=asm_round,
                                                       **{**common, "RB": rb_stats}, **side, **ktab)
     grid = (npg, B * H, NRB)
@@ -843,7 +846,7 @@ def _rows_path(q, k, scale: float, L: int, S: int, importance: bool, block_n: in
         BT = _pow2ceil(block_n + RB - 1)
         dg = torch.empty(NRB, B * H, nt, BT, dtype=torch.float32, device=dev)
     kernels[3][grid](q, k, m, l, v, dg, *strides, m.stride(0), v.stride(0), v.stride(1), dg.stride(0), dg.stride(1),
-                     dg.stride(2) if not importance else 0, S, L, H, G, nt, float(scale), BT=BT,
+                     dg.stride(2) if not importance else 0, S, L, H, G, nt, scale, BT=BT,
                      IMPORTANCE=importance, EVEN=L % RB == 0,
                      WRAP=_WRAP_GATHER and not importance and RB <= block_n and BT == 2 * block_n, **stats_in,
                      ASM_ROUND=asm_round, TRANS=_TRANS_SCORES and _WRAP_GATHER and not importance and RB == block_n,

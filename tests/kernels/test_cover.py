@@ -72,6 +72,25 @@ def _check_pair(case):
     assert torch.equal(mask, cover_mask_naive(x2, target2, nb))
 
 
+def _check_skip(case):
+    """Rows flagged in `skip` are left out (count 0, mask row all False); every other row as the reference."""
+    from sparsebench.kernels.cover import cover_pair_triton
+
+    (kind, R, N, target), (kind2, R2, nb, target2), block, flags = case
+    x = _rows(kind, R, N, seed=1)
+    x2 = _tril_rows(R2, nb, seed=2) if kind2 == "soft" else _rows(kind2, R2, nb * nb, seed=2)
+    skip = torch.tensor(flags, dtype=torch.bool)
+    cnt, mask = cover_pair_triton(x, target, x2, target2, nb, chunk=2 * block, block=block, skip=skip)
+    sc, sm = skip[:R], skip[R:]
+    assert torch.equal(cnt[~sc], cover_count_naive(x, target)[~sc]) and (cnt[sc] == 0).all()
+    assert torch.equal(mask[~sm], cover_mask_naive(x2, target2, nb)[~sm]) and not mask[sm].any()
+
+
+SKIP_CASES = [pytest.param((("soft", 3, 300, 0.95), ("soft", 3, 12, 0.95 * 12), 32, (1, 0, 1, 0, 1, 0)),
+                           id="skip-soft"),
+              pytest.param((("grid", 2, 40, 0.5), ("grid", 2, 16, 3.0), 16, (0, 1, 1, 0)), id="skip-grid")]
+
+
 def _check_upper(case):
     """`SKIP_UPPER`: mask rows whose blocks lie wholly above the diagonal skip them (blocks and compaction blocks
     shorter than the matrix rows, so that some do); the same mask, alone and paired with counts."""
@@ -113,12 +132,16 @@ def _check_flex(case):
     T, H, HKV, D, seed = case
     g = torch.Generator().manual_seed(seed)
     q, k = torch.randn(1, H, T, D, generator=g), torch.randn(1, HKV, T, D, generator=g)
+    q[:, 0] *= 4  # a peaked head, vertical-slash beside the flat ones' query-aware pattern
     kw = dict(gamma=0.9, tau=0.1, minb=2, maxb=10**9, block_size=32, scale=D ** -0.5)
     with switched(fp, _COVER_KERNEL=False):
         want = fp.official_block_mask(q, k, **kw)
-    with switched(fp, _COVER_KERNEL=True):
-        got = fp.official_block_mask(q, k, **kw)
-    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    # with and without leaving out the rows the rule does not use (a mix of query-aware and vertical-slash heads)
+    for skip in (True, False):
+        with switched(fp, _COVER_KERNEL=True, _COVER_SKIP=skip):
+            got = fp.official_block_mask(q, k, **kw)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert 0 < want[1].sum() < want[1].numel()
 
 
 FLEX_CASES = [pytest.param(c, id="flex-T{}-H{}-HKV{}-D{}-s{}".format(*c)) for c in ((640, 4, 2, 32, 0),
@@ -128,7 +151,8 @@ EXIT_CASES = [pytest.param((("band", 2, 300, 150.0), ("band", 2, 32, 277.0), 16)
               pytest.param((("soft", 2, 300, 0.95), ("soft", 2, 24, 0.95 * 24), 16), id="exit-soft")]
 
 
-@pytest.mark.parametrize("case", COUNT_CASES + MASK_CASES + PAIR_CASES + FLEX_CASES + UPPER_CASES + EXIT_CASES)
+@pytest.mark.parametrize("case", COUNT_CASES + MASK_CASES + PAIR_CASES + FLEX_CASES + UPPER_CASES + EXIT_CASES
+                         + SKIP_CASES)
 def test_triton_interpret_matches_reference(case, request, interpret_verdicts):
     assert_verdict(interpret_verdicts, request)
 
@@ -168,6 +192,12 @@ def test_triton_gpu_default_chunks_match_reference():
 
     cnt, mask = cover_pair_triton(x, 0.95, a, 0.95 * 512, 512)
     assert torch.equal(cnt.cpu(), got) and torch.equal(mask.cpu(), want_mask)
+    # every other row left out, as FlexPrefill leaves out the cuts its rule does not use: the others unchanged
+    skip = (torch.arange(96, device="cuda") % 2).bool()
+    cnt, mask = cover_pair_triton(x, 0.95, a, 0.95 * 512, 512, skip=skip)
+    sc, sm = skip[:64].cpu(), skip[64:].cpu()
+    assert torch.equal(cnt.cpu()[~sc], got[~sc]) and (cnt.cpu()[sc] == 0).all()
+    assert torch.equal(mask.cpu()[~sm], want_mask[~sm]) and not mask.cpu()[sm].any()
 
 
 def test_reference_hand_case():
@@ -187,3 +217,4 @@ if __name__ == "__main__" and sys.argv[1:] == ["--interpret"]:
     report_verdicts(_check_flex, FLEX_CASES)
     report_verdicts(_check_upper, UPPER_CASES)
     report_verdicts(_check_empty_exit, EXIT_CASES)
+    report_verdicts(_check_skip, SKIP_CASES)
