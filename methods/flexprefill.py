@@ -112,7 +112,10 @@ SCAN_CHUNK_MIN = 64  # shortest chunk of the two-level scan
 # 5.634 ms with the tail alone at 32K / 64K / 128K (`bench_methods_cost_s9c.csv`; row `flexprefill_nocoverkernel`)
 _COVER_KERNEL = True
 # with it, the rows whose cut the rule does not use are left out (`skip` of `cover_pair_triton`): the vertical and
-# slash counts of the query-aware heads, whose budgets are minb, and the global cover of the other heads. Untimed
+# slash counts of the query-aware heads, whose budgets are minb, and the global cover of the other heads. On by
+# default since session 11: 0.772 / 1.441 / 3.391 ms against 0.788 / 1.552 / 3.741 ms at 32K / 64K / 128K (H200,
+# Llama-3.1-8B heads, random q and k: every head query-aware; `bench_methods_cost_s11c.csv`, row
+# `flexprefill_nocoverskip`)
 _COVER_SKIP = True
 # the block lists from the block scores, budgets and query-aware cover by `kernels/flex_blocks` (two launches: ranks
 # by counting, then each row's lists) instead of a stable sort, the mask and `stable_partition` (about twenty torch
@@ -573,7 +576,8 @@ def _switches_key() -> tuple:
     too, since its tensors cannot be written outside it (nor normal ones inside)."""
     cover = sys.modules.get("sparsebench.kernels.cover.triton")
     return (_COVER_KERNEL, _COVER_SKIP, _BLOCKS_KERNEL, _SWITCH_KERNEL, _WHOLE_SIDE, torch.is_inference_mode_enabled(),
-            (cover.CHUNK, cover.BLOCK, cover.SKIP_FROM, cover.HIST_2D, cover.SKIP_UPPER, cover.EMPTY_EXIT)
+            (cover.CHUNK, cover.SHORT_CHUNK, cover.SHORT_ROWS, cover.BLOCK, cover.SKIP_FROM, cover.HIST_2D,
+             cover.SKIP_UPPER, cover.EMPTY_EXIT)
             if _COVER_KERNEL and cover else None)
 
 

@@ -91,7 +91,8 @@ GPU_COST_VARIANTS = (("minference_vs_torch", "minference", {"pattern": "vertical
                      ("flexprefill_nowholegraph", "flexprefill", {}),
                      ("flexprefill_nowholeside", "flexprefill", {}),
                      ("flexprefill_nocoverskip", "flexprefill", {}),
-                     ("flexprefill_cover1k", "flexprefill", {}))
+                     ("flexprefill_cover1k", "flexprefill", {}),
+                     ("flexprefill_cover4k", "flexprefill", {}))
 # environment a variant runs under (switches that are not constructor knobs, read at call time)
 VARIANT_ENV = {"xattn_s8_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"},
                "xattn_s16_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"}}
@@ -174,8 +175,12 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
     "flexprefill_nocoverskip": [("sparsebench.methods.flexprefill", "_COVER_SKIP", False)],
     # kernels/cover's digit blocks of 256 entries, or chunks of 2048 (defaults 128 and 4096)
     "flexprefill_coverb256": [("sparsebench.kernels.cover.triton", "BLOCK", 256)],
-    "flexprefill_cover2k": [("sparsebench.kernels.cover.triton", "CHUNK", 2048)],
-    "flexprefill_cover1k": [("sparsebench.kernels.cover.triton", "CHUNK", 1024)],
+    "flexprefill_cover2k": [("sparsebench.kernels.cover.triton", "CHUNK", 2048),
+                            ("sparsebench.kernels.cover.triton", "SHORT_CHUNK", 2048)],
+    "flexprefill_cover1k": [("sparsebench.kernels.cover.triton", "CHUNK", 1024),
+                            ("sparsebench.kernels.cover.triton", "SHORT_CHUNK", 1024)],
+    # the chunks before session 11: 4096 entries also for rows of at most 64K entries (FlexPrefill at 32K keys)
+    "flexprefill_cover4k": [("sparsebench.kernels.cover.triton", "SHORT_CHUNK", 4096)],
     # the columns and the diagonals by two top_set calls instead of one paired call
     "minference_vs_topsettwo": [("sparsebench.methods.minference", "_TOP_SET_PAIR", False)],
     "minference_vs_s6": [(_LASTQ, "_ROWS_MIN_L", 65), (_LASTQ, "_WRAP_GATHER", False),

@@ -70,6 +70,14 @@ SKIP_FROM = FULL
 # since session 9 (with the per-row digit decisions): FlexPrefill's counts and global cover took 781 vs 859 us at 64K
 # and 488 vs 493 us at 32K against 16K chunks (H200, do_bench; `results/logs/cover_variants_s9.txt`)
 CHUNK = 4096
+# rows of at most SHORT_ROWS entries (the longer of the two matrices' rows) take chunks of SHORT_CHUNK: more programs
+# for short rows, whose chunks otherwise walk serially. With FlexPrefill's unused cuts left out (its `_COVER_SKIP`),
+# its estimate took 0.711 ms with 2048-entry chunks against 0.772 ms with 4096 at 32K keys (H200, Llama-3.1-8B
+# heads: 256 x 256 block scores, the longest rows), 1.447 / 3.675 against 1.433 / 3.388 ms at 64K / 128K; 1024
+# entries were slower than 2048 everywhere (session 11, `bench_methods_cost_s11d.csv`, rows `flexprefill_cover2k` /
+# `_cover1k`; row `flexprefill_cover4k` keeps 4096)
+SHORT_ROWS = 1 << 16
+SHORT_CHUNK = 2048
 BLOCK = 128
 # the digit launches' block as a [BLOCK, 1] column (`TWO_D` of `_cover_hist`; a third of the full-row passes'
 # instructions in offline sm_90 builds): FlexPrefill's estimate took 1.043 / 1.906 / 4.709 ms with it against 1.095 /
@@ -362,6 +370,13 @@ _kernels = per_mode((_cover_hist, _cover_compact, _cover_count, _cover_mask, _co
                     (_monotone, _entries, _row, _state, _fit, _before, _cand, _upper, _skipped))
 
 
+def _default_chunk(x, x2) -> int:
+    """`SHORT_CHUNK` where the longer rows of x and x2 (either may be None) have at most `SHORT_ROWS` entries, else
+    `CHUNK`."""
+    longest = max(0 if t is None else t.shape[-1] for t in (x, x2))
+    return SHORT_CHUNK if longest <= SHORT_ROWS else CHUNK
+
+
 def _launch(x, target, x2, target2, cols, chunk, block, num_warps, skip=None):
     """Counts of `x`'s rows and the mask of `x2`'s (either may be None) in one set of launches; rows flagged in `skip`
     (bool [R1 + R2], on the device) left out."""
@@ -423,7 +438,7 @@ def cover_count_triton(x: torch.Tensor, target: float, chunk: int | None = None,
     """int64 `[R]` of `cover_count_naive` (arguments as there), up to the rounding in the module docstring; rows cut
     into chunks of `chunk` entries (a power of two), each program walking its chunk `block` entries at a time."""
     _check(x, target)
-    return _launch(x, target, None, 0.0, 1, chunk or CHUNK, block or BLOCK, num_warps)[0]
+    return _launch(x, target, None, 0.0, 1, chunk or _default_chunk(x, None), block or BLOCK, num_warps)[0]
 
 
 def cover_mask_triton(x: torch.Tensor, target: float, cols: int, chunk: int | None = None,
@@ -431,7 +446,7 @@ def cover_mask_triton(x: torch.Tensor, target: float, cols: int, chunk: int | No
     """bool like `x` of `cover_mask_naive` (arguments as there), up to the rounding in the module docstring."""
     _check(x, target)
     _check_cols(x, cols)
-    return _launch(None, 0.0, x, target, cols, chunk or CHUNK, block or BLOCK, num_warps)[1]
+    return _launch(None, 0.0, x, target, cols, chunk or _default_chunk(None, x), block or BLOCK, num_warps)[1]
 
 
 def cover_pair_triton(x: torch.Tensor, target: float, x2: torch.Tensor, target2: float, cols2: int,
@@ -444,5 +459,6 @@ def cover_pair_triton(x: torch.Tensor, target: float, x2: torch.Tensor, target2:
     _check(x, target)
     _check(x2, target2)
     _check_cols(x2, cols2)
-    return _launch(x, target, x2, target2, cols2, chunk or CHUNK, block or BLOCK, num_warps, skip)
+    return _launch(x, target, x2, target2, cols2, chunk or _default_chunk(x, x2), block or BLOCK, num_warps,
+                   skip)
 
