@@ -175,6 +175,9 @@ _WHOLE_GRAPH = True
 # `flexprefill_nowholeside`). Little overlap: the scores pass's programs fill the registers, only the stats pass
 # leaves room beside it
 _WHOLE_SIDE = True
+# the fused scores kernel's combine launch writes `scores` itself (stacked, the slash flipped, divided by n; the same
+# values) instead of torch's flip, stack and division after it. Untimed
+_STACK_IN_COMBINE = True
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -255,10 +258,11 @@ def last_query_scores(q: torch.Tensor, k: torch.Tensor, n: int, scale: float,
         # the fused kernel (kernels/last_q_scores) with the pre-scaled queries and scale 1: its fp32 dot rounded
         # once to the input dtype is what torch.matmul of q_last returns; its slash is indexed by offset
         check_fused_device("flexprefill", q)
-        from sparsebench.kernels.last_q_scores import last_q_scores_triton
+        from sparsebench.kernels.last_q_scores.triton import last_q_scores_stacked_triton, last_q_scores_triton
 
-        vertical, slash = last_q_scores_triton(q_last, k, 1.0)
-        return _stacked_scores(vertical, slash, n), q_last
+        if _STACK_IN_COMBINE:
+            return last_q_scores_stacked_triton(q_last, k, 1.0, n), q_last
+        return _stacked_scores(*last_q_scores_triton(q_last, k, 1.0), n), q_last
     qg = q_last.view(B, HKV, G, n, D)
     scores = torch.empty(2, B, HKV, G, S, dtype=torch.float32, device=q.device)
     rows = torch.arange(n, device=q.device)
@@ -480,7 +484,8 @@ def _table_reads(q: torch.Tensor, k: torch.Tensor, table: torch.Tensor, block_si
     """`official_reads`' tensors (fused scores kernel, `_POOL_KERNEL` means) with q's and k's addresses read from
     `table[0]` / `table[1]` when the kernels run; q and k give the layout."""
     from sparsebench.kernels.block_means import block_means_triton
-    from sparsebench.kernels.last_q_scores.triton import last_q_scores_triton, scaled_last_rows
+    from sparsebench.kernels.last_q_scores.triton import (last_q_scores_stacked_triton, last_q_scores_triton,
+                                                          scaled_last_rows)
 
     def means():
         return (block_means_triton(k, block_size, table=table, slot=1),
@@ -495,12 +500,15 @@ def _table_reads(q: torch.Tensor, k: torch.Tensor, table: torch.Tensor, block_si
         with torch.cuda.stream(side):
             k_mean, q_mean = means()
     q_last = scaled_last_rows(q, block_size, scale, table=table, slot=0)
-    vertical, slash = last_q_scores_triton(q_last, k, 1.0, k_table=(table, 1))
+    if _STACK_IN_COMBINE:
+        scores = last_q_scores_stacked_triton(q_last, k, 1.0, block_size, k_table=(table, 1))
+    else:
+        scores = _stacked_scores(*last_q_scores_triton(q_last, k, 1.0, k_table=(table, 1)), block_size)
     if side_branch:
         main.wait_stream(side)
     else:
         k_mean, q_mean = means()
-    return _stacked_scores(vertical, slash, block_size), q_last, k_mean, q_mean
+    return scores, q_last, k_mean, q_mean
 
 
 def _whole_ok(q: torch.Tensor, k: torch.Tensor, block_size: int, scores_kernel: str) -> bool:
@@ -575,7 +583,8 @@ def _switches_key() -> tuple:
     """The FlexPrefill kernel switches and kernels/cover's settings a captured graph was built with; inference mode
     too, since its tensors cannot be written outside it (nor normal ones inside)."""
     cover = sys.modules.get("sparsebench.kernels.cover.triton")
-    return (_COVER_KERNEL, _COVER_SKIP, _BLOCKS_KERNEL, _SWITCH_KERNEL, _WHOLE_SIDE, torch.is_inference_mode_enabled(),
+    return (_COVER_KERNEL, _COVER_SKIP, _BLOCKS_KERNEL, _SWITCH_KERNEL, _WHOLE_SIDE, _STACK_IN_COMBINE,
+            torch.is_inference_mode_enabled(),
             (cover.CHUNK, cover.SHORT_CHUNK, cover.SHORT_ROWS, cover.BLOCK, cover.SKIP_FROM, cover.HIST_2D,
              cover.SKIP_UPPER, cover.EMPTY_EXIT)
             if _COVER_KERNEL and cover else None)

@@ -66,8 +66,8 @@ from .._jit import per_mode
 from ..block_means.triton import _DTYPES, _to_dtype
 from .naive import _check
 
-__all__ = ["last_q_importance_triton", "last_q_scores_and_means_triton", "last_q_scores_triton", "scaled_last_rows",
-           "supports"]
+__all__ = ["last_q_importance_triton", "last_q_scores_and_means_triton", "last_q_scores_stacked_triton",
+           "last_q_scores_triton", "scaled_last_rows", "supports"]
 
 
 _LOG2E = tl.constexpr(1.4426950408889634)
@@ -507,11 +507,14 @@ def _scores_tiles_t(q, k_base, sks, m, inv_l, row, row_ok, v_base, d_base, sdt, 
 
 
 def _combine_parts(DG, V, OUT_S, OUT_V, sdr, sdn, sdt, svr, svn, S, L, NT, RB, NRB: tl.constexpr,
-                   BO: tl.constexpr, BLOCK_N: tl.constexpr, BT: tl.constexpr, W: tl.constexpr, HAS_V: tl.constexpr):
+                   BO: tl.constexpr, BLOCK_N: tl.constexpr, BT: tl.constexpr, W: tl.constexpr, HAS_V: tl.constexpr,
+                   STACK: tl.constexpr = False, plane=0, inv_n=1.0):
     """Program (row n, run of BO offsets): slash[n, o] = the sum of every diagonal partial that holds offset o, and
     with `HAS_V` vertical[n, o] = the sum of the row blocks' column sums. Partial t of key tile j and row block rb is
     offset o = S - L - BLOCK_N + 1 - j * BLOCK_N + rb * RB + t; for one (o, rb) the tiles holding it are W
-    consecutive ones. Fixed order (row blocks, then tiles in ascending order): deterministic."""
+    consecutive ones. Fixed order (row blocks, then tiles in ascending order): deterministic. With `STACK` (and
+    `HAS_V`) both go to one buffer `OUT_S [2, N, S]` (`plane` = N * S), times `inv_n`: the vertical sums as they are,
+    the slash sums at S - 1 - o (FlexPrefill's `scores`: stacked, the slash flipped, both divided by n)."""
     n = tl.program_id(0).to(tl.int64)
     o = tl.program_id(1) * BO + tl.arange(0, BO)
     o_ok = o < S
@@ -528,9 +531,13 @@ def _combine_parts(DG, V, OUT_S, OUT_V, sdr, sdn, sdt, svr, svn, S, L, NT, RB, N
             acc += tl.load(DG + rb * sdr + n * sdn + j.to(tl.int64) * sdt + t, mask=ok, other=0.0)
         if HAS_V:
             acc_v += tl.load(V + rb * svr + n * svn + o, mask=o_ok, other=0.0)
-    tl.store(OUT_S + n * S + o, acc, mask=o_ok)
-    if HAS_V:
-        tl.store(OUT_V + n * S + o, acc_v, mask=o_ok)
+    if STACK:
+        tl.store(OUT_S + n * S + o, acc_v * inv_n, mask=o_ok)
+        tl.store(OUT_S + plane + n * S + (S - 1 - o), acc * inv_n, mask=o_ok)
+    else:
+        tl.store(OUT_S + n * S + o, acc, mask=o_ok)
+        if HAS_V:
+            tl.store(OUT_V + n * S + o, acc_v, mask=o_ok)
 
 
 def _scaled_last_rows(Q, OUT, QT, qslot, T, sqb, sqh, sqt, H, scale, D: tl.constexpr, RB: tl.constexpr,
@@ -598,20 +605,24 @@ def _overlap_add(dg: torch.Tensor, S: int, L: int, block_n: int) -> torch.Tensor
     return acc.view(N, -1)[:, -c0:-c0 + S]
 
 
-def _combine(dg: torch.Tensor, v: torch.Tensor | None, S: int, L: int, block_n: int, RB: int, interpret: bool
-             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _combine(dg: torch.Tensor, v: torch.Tensor | None, S: int, L: int, block_n: int, RB: int, interpret: bool,
+             stacked: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`(slash [N, S], vertical [N, S] or None)` from the diagonal partials `dg [NRB, N, n_tiles, BT]` and (if given)
     the row blocks' column sums `v [NRB, N, S]`, by one kernel (`_combine_parts`): the same sums as `_overlap_add`
-    after adding the row blocks, in another fixed order."""
+    after adding the row blocks, in another fixed order. With `stacked` = n (v given): `(scores [2, N, S], None)`,
+    `torch.stack([vertical, slash.flip(-1)]) * (1 / n)` in fp32 as torch's division by a host scalar computes it."""
     NRB, N, nt, BT = dg.shape
-    out_s = torch.empty(N, S, dtype=torch.float32, device=dg.device)
-    out_v = torch.empty(N, S, dtype=torch.float32, device=dg.device) if v is not None else out_s
+    out_s = torch.empty((2, N, S) if stacked else (N, S), dtype=torch.float32, device=dg.device)
+    out_v = torch.empty(N, S, dtype=torch.float32, device=dg.device) if v is not None and not stacked else out_s
     vv = v if v is not None else dg
     BO = 256
     _kernels(interpret)[4][(N, -(-S // BO))](
         dg, vv, out_s, out_v, dg.stride(0), dg.stride(1), dg.stride(2), vv.stride(0) if v is not None else 0,
         vv.stride(1) if v is not None else 0, S, L, nt, RB, NRB=NRB, BO=BO, BLOCK_N=block_n, BT=BT, W=-(-BT // block_n),
-        HAS_V=v is not None, num_warps=4)
+        HAS_V=v is not None, STACK=bool(stacked), plane=N * S,
+        inv_n=float(torch.tensor(1.0, dtype=torch.float32) / stacked) if stacked else 1.0, num_warps=4)
+    if stacked:
+        return out_s, None
     return out_s, (out_v if v is not None else None)
 
 
@@ -790,7 +801,7 @@ def _use_rows(rows: bool | None, D: int, pack_heads: bool, L: int, importance: b
 
 
 def _rows_path(q, k, scale: float, L: int, S: int, importance: bool, block_n: int, tpp: int, num_warps: int,
-               num_stages: int, interpret: bool, prec: str, G: int, means=None, k_table=None):
+               num_stages: int, interpret: bool, prec: str, G: int, means=None, k_table=None, stacked=None):
     """Both passes through the row-block kernels: `(vertical, slash)` (slash None with `importance`, where `S` is
     n_keys and vertical holds the column means). `means` `(q_full [B, H, S, D], size, q_scale, k_mean, q_mean)`:
     the stats launch also writes the block means into `k_mean [B, HKV, nb, D]` and `q_mean [B, H, nb, D]`.
@@ -854,6 +865,8 @@ def _rows_path(q, k, scale: float, L: int, S: int, importance: bool, block_n: in
     if importance:
         vertical = v[0] if NRB == 1 else v.sum(0)
         return vertical / L, None
+    if _COMBINE_KERNEL and stacked:
+        return _combine(dg, v, S, L, block_n, RB, interpret, stacked)[0], None
     if _COMBINE_KERNEL:
         slash, vertical = _combine(dg, v if NRB > 1 else None, S, L, block_n, RB, interpret)
         return (v[0] if NRB == 1 else vertical), slash
@@ -919,10 +932,24 @@ def last_q_scores_and_means_triton(q_last: torch.Tensor, k: torch.Tensor, scale:
     return vertical.view(B, H, S), slash.reshape(B, H, S), k_mean, q_mean
 
 
+def last_q_scores_stacked_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float, n: int,
+                                 k_table: tuple[torch.Tensor, int] | None = None) -> torch.Tensor:
+    """`torch.stack([vertical, slash.flip(-1)]).div_(n)` `[2, B, H, S]` of `last_q_scores_triton(q_last, k, scale,
+    k_table=k_table)` (FlexPrefill's `scores`, the slash sums in diagonal order): on the row-block path with the
+    combine kernel written so by it where n is a power of two (a product by 1 / n: exact, as torch's division), else
+    by torch."""
+    got = last_q_scores_triton(q_last, k, scale, k_table=k_table, _stacked=n if n & (n - 1) == 0 else None)
+    if isinstance(got, torch.Tensor):
+        return got
+    vertical, slash = got
+    return torch.stack([vertical, slash.flip(-1)]).div_(n)
+
+
 def last_q_scores_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float, block_n: int | None = None,
                          num_warps: int = 4, num_stages: int | None = None, pack_heads: bool = False,
                          rows: bool | None = None, tiles_per_program: int | None = None,
-                         k_table: tuple[torch.Tensor, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                         k_table: tuple[torch.Tensor, int] | None = None, _stacked: int | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """`(vertical [B, H, S], slash [B, H, S])` fp32 of `last_q_scores_naive` (arguments as there).
 
     `pack_heads`: one program per (key tile, KV head) serving its G query heads, else one per (key tile, query
@@ -936,7 +963,7 @@ def last_q_scores_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float, bl
     multiple of 16 bytes.
 
     Scratch: fp32 `[B*H, n_tiles, L]` twice (pass 1) and `[B*H, n_tiles, BT]` (diagonal partials), n_tiles =
-    ceil(S / block_n), BT = next power of two >= block_n + L - 1.
+    ceil(S / block_n), BT = next power of two >= block_n + L - 1. (`_stacked`: `last_q_scores_stacked_triton`'s.)
     """
     B, H, L, D, HKV, S = _check(q_last, k)
     why = supports(D, L)
@@ -952,7 +979,10 @@ def last_q_scores_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float, bl
         raise ValueError("k_table needs the row-block kernels")
     if use_rows:
         vertical, slash = _rows_path(q, k, scale, L, S, False, block_n, tiles_per_program or _TPP, num_warps,
-                                     num_stages or _ROWS_STAGES, interpret, prec, G, k_table=k_table)
+                                     num_stages or _ROWS_STAGES, interpret, prec, G, k_table=k_table,
+                                     stacked=_stacked)
+        if slash is None:  # the combine kernel wrote them stacked
+            return vertical.view(2, B, H, S)
         return vertical.view(B, H, S), slash.reshape(B, H, S)
     num_stages = num_stages or 2
     BT = _pow2ceil(block_n + NCH * RC - 1)

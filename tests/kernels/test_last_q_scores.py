@@ -378,6 +378,46 @@ def _check_table_reads(case):
         assert a.dtype == b.dtype and torch.equal(a, b)
 
 
+def _check_stacked(case, device="cpu"):
+    """`last_q_scores_stacked_triton` (the combine launch writing FlexPrefill's stacked, flipped and divided scores)
+    equals torch's stack, flip and division of `last_q_scores_triton`'s outputs bit for bit (one and two row blocks;
+    a last-query count that is not a power of two takes torch's path); FlexPrefill's reads with and without it
+    (`_STACK_IN_COMBINE`) are the same."""
+    from sparsebench.kernels.last_q_scores.triton import last_q_scores_stacked_triton, last_q_scores_triton
+    from sparsebench.methods import flexprefill as fp
+
+    H, HKV, L, S, D, dtype = case
+    g = torch.Generator().manual_seed(5)
+    dt = getattr(torch, dtype)
+    q = torch.randn(1, H, L, D, generator=g).to(dt).to(device)
+    k = torch.randn(1, HKV, S, D, generator=g).to(dt).to(device)
+    v, sl = last_q_scores_triton(q, k, 0.2)
+    assert torch.equal(last_q_scores_stacked_triton(q, k, 0.2, L), torch.stack([v, sl.flip(-1)]).div_(L))
+    qf = torch.randn(1, H, S, D, generator=g).to(dt).to(device)
+    reads = [off for off in off_and_on(fp, "_STACK_IN_COMBINE", lambda: fp.official_reads(
+        qf, k, block_size=L, scale=0.125, scores_kernel="triton"))]
+    for a, b in zip(*reads):
+        assert torch.equal(a, b)
+
+
+STACKED_CASES = [pytest.param((4, 2, 128, 300, 64, "float32"), id="stacked-L128-two-row-blocks"),
+                 pytest.param((2, 1, 64, 257, 32, "float32"), id="stacked-L64-one-row-block"),
+                 pytest.param((2, 2, 48, 200, 32, "float32"), id="stacked-L48-torch")]
+
+
+@pytest.mark.parametrize("case", STACKED_CASES)
+def test_stacked_scores_interpret(case, request, interpret_verdicts):
+    assert_verdict(interpret_verdicts, request)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("case", [pytest.param((32, 8, 128, 32768, 128, "bfloat16"), id="stacked-llama-32K"),
+                                  pytest.param((4, 1, 128, 5000, 256, "bfloat16"), id="stacked-gemma-D256")])
+def test_stacked_scores_gpu(case):
+    _check_stacked(case, device="cuda")
+
+
 TABLE_READS_CASES = [pytest.param((4, 2, 300, 64, "bfloat16"), id="tablereads-H4-HKV2-T300-bf16"),
                      pytest.param((2, 1, 200, 32, "float32"), id="tablereads-H2-HKV1-T200-fp32")]
 
@@ -709,7 +749,8 @@ if __name__ == "__main__" and sys.argv[1:] == ["--interpret"]:
                          (_with_switches(_check_case), SWITCH_CASES),
                          (_with_switches(_check_importance), IMP_SWITCH_CASES), (_check_combine, COMBINE_CASES),
                          (_check_means, MEANS_CASES), (_check_flex_means, FLEX_MEANS_CASES),
-                         (_check_table, TABLE_CASES), (_check_table_reads, TABLE_READS_CASES)):
+                         (_check_table, TABLE_CASES), (_check_table_reads, TABLE_READS_CASES),
+                         (_check_stacked, STACKED_CASES)):
         report_verdicts(check, cases)
 
 
