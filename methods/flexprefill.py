@@ -176,7 +176,9 @@ _WHOLE_GRAPH = True
 # leaves room beside it
 _WHOLE_SIDE = True
 # the fused scores kernel's combine launch writes `scores` itself (stacked, the slash flipped, divided by n; the same
-# values) instead of torch's flip, stack and division after it. Untimed
+# values) instead of torch's flip, stack and division after it. On by default since session 11: 0.702 / 1.416 / 3.339
+# ms against 0.715 / 1.436 / 3.383 ms at 32K / 64K / 128K (H200, `bench_methods_cost_s11f.csv`, row
+# `flexprefill_nostackcombine`)
 _STACK_IN_COMBINE = True
 
 
