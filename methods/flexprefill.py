@@ -534,7 +534,8 @@ def _whole_ok(q: torch.Tensor, k: torch.Tensor, block_size: int, scores_kernel: 
 def _lastq_switches() -> tuple:
     lq = sys.modules.get("sparsebench.kernels.last_q_scores.triton")
     names = ("_TRANS_SCORES", "_TRANS_FOLD_L", "_ROWS_STAGES", "_WRAP_GATHER", "_FAST", "_ASM_ROUND", "_RB_SCORES",
-             "_RB_STATS", "_TPP", "_ROWS_BLOCK_N", "_FUSED_ROW_STATS", "_FUSED_STATS_MAX_RB", "_COMBINE_KERNEL")
+             "_RB_STATS", "_TPP", "_ROWS_BLOCK_N", "_FUSED_ROW_STATS", "_FUSED_STATS_MAX_RB", "_COMBINE_KERNEL",
+             "_STATS_KERNEL")
     return tuple(getattr(lq, n, None) for n in names) if lq else ()
 
 

@@ -93,7 +93,8 @@ GPU_COST_VARIANTS = (("minference_vs_torch", "minference", {"pattern": "vertical
                      ("flexprefill_nocoverskip", "flexprefill", {}),
                      ("flexprefill_cover1k", "flexprefill", {}),
                      ("flexprefill_cover4k", "flexprefill", {}),
-                     ("flexprefill_nostackcombine", "flexprefill", {}))
+                     ("flexprefill_nostackcombine", "flexprefill", {}),
+                     ("flexprefill_statskernel", "flexprefill", {}))
 # environment a variant runs under (switches that are not constructor knobs, read at call time)
 VARIANT_ENV = {"xattn_s8_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"},
                "xattn_s16_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"}}
@@ -176,6 +177,8 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
     "flexprefill_nocoverskip": [("sparsebench.methods.flexprefill", "_COVER_SKIP", False)],
     # session 11: the scores stacked, flipped and divided by torch after the combine launch
     "flexprefill_nostackcombine": [("sparsebench.methods.flexprefill", "_STACK_IN_COMBINE", False)],
+    # session 11, not a default until timed: the row statistics between the passes reduced by one Triton launch
+    "flexprefill_statskernel": [(_LASTQ, "_STATS_KERNEL", True)],
     # kernels/cover's digit blocks of 256 entries, or chunks of 2048 (defaults 128 and 4096)
     "flexprefill_coverb256": [("sparsebench.kernels.cover.triton", "BLOCK", 256)],
     "flexprefill_cover2k": [("sparsebench.kernels.cover.triton", "CHUNK", 2048),

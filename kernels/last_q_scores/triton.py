@@ -540,6 +540,30 @@ def _combine_parts(DG, V, OUT_S, OUT_V, sdr, sdn, sdt, svr, svn, S, L, NT, RB, N
             tl.store(OUT_V + n * S + o, acc_v, mask=o_ok)
 
 
+def _stats_reduce(MT, LT, M, LS, NP, L, smb, smt, BP: tl.constexpr, BL: tl.constexpr, I_NP: tl.constexpr,
+                  INTERPRET: tl.constexpr):
+    """Program (row n, block of BL query rows): `_row_stats` in one launch, `M[n] = max over the parts of MT[n]`,
+    `LS[n] = sum over the parts of LT * exp(MT - M)` (`[NP, L]` parts of row n, program stride `smt`; parts in
+    ascending order, BP at a time)."""
+    n = tl.program_id(0).to(tl.int64)
+    r = tl.program_id(1) * BL + tl.arange(0, BL)
+    r_ok = r < L
+    pp = tl.arange(0, BP)
+    m = tl.full([BL], float("-inf"), dtype=tl.float32)
+    for p0 in range(0, I_NP if INTERPRET else NP, BP):
+        ok = ((p0 + pp) < NP)[:, None] & r_ok[None, :]
+        at = n * smb + (p0 + pp).to(tl.int64)[:, None] * smt + r[None, :]
+        m = tl.maximum(m, tl.max(tl.load(MT + at, mask=ok, other=float("-inf")), 0))
+    l = tl.zeros([BL], dtype=tl.float32)
+    for p0 in range(0, I_NP if INTERPRET else NP, BP):
+        ok = ((p0 + pp) < NP)[:, None] & r_ok[None, :]
+        at = n * smb + (p0 + pp).to(tl.int64)[:, None] * smt + r[None, :]
+        mt = tl.load(MT + at, mask=ok, other=float("-inf"))
+        l += tl.sum(tl.where(ok, tl.load(LT + at, mask=ok, other=0.0) * tl.exp(mt - m[None, :]), 0.0), 0)
+    tl.store(M + n * L + r, m, mask=r_ok)
+    tl.store(LS + n * L + r, l, mask=r_ok)
+
+
 def _scaled_last_rows(Q, OUT, QT, qslot, T, sqb, sqh, sqt, H, scale, D: tl.constexpr, RB: tl.constexpr,
                       DT: tl.constexpr, Q_TABLE: tl.constexpr):
     """Program (query head, block of RB rows): `OUT[bh, i] = q[b, h, T - n + i] * scale` rounded to DT (the product
@@ -556,7 +580,7 @@ def _scaled_last_rows(Q, OUT, QT, qslot, T, sqb, sqh, sqt, H, scale, D: tl.const
 
 
 _kernels = per_mode((_lastq_stats, _lastq_scores, _lastq_stats_rows, _lastq_scores_rows, _combine_parts,
-                     _scaled_last_rows),
+                     _scaled_last_rows, _stats_reduce),
                     (_tile_logits, _block_logits, _block_rows, _round_and_mask, _ex2, _probs, _exp_sum, _whole_tile,
                      _round_bf16, _block_logits_t, _scores_tiles_t, _side_means, _to_dtype, _block_mean,
                      _k_tile))
@@ -585,9 +609,25 @@ def supports(head_dim: int, last_q: int) -> str | None:
 
 def _row_stats(mt: torch.Tensor, lt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's final softmax `(m, l)` `[B*H, L]` from pass 1's per-part maxima and sums `[B*H, parts, L]` (parts:
-    key tiles or programs), reduced over the parts in a fixed order (deterministic: no atomics)."""
+    key tiles or programs), reduced over the parts in a fixed order (deterministic: no atomics). With
+    `_STATS_KERNEL` by one launch (`_stats_reduce`: the same maximum, the sum in another fixed order, Triton's exp)
+    instead of torch's four."""
+    if _STATS_KERNEL and mt.is_cuda == (os.environ.get("TRITON_INTERPRET") != "1") and mt.stride(-1) == 1:
+        N, NP, L = mt.shape
+        m = torch.empty(N, L, dtype=torch.float32, device=mt.device)
+        l = torch.empty_like(m)
+        interpret = not mt.is_cuda
+        BL = min(128, max(16, _pow2ceil(L)))
+        _kernels(interpret)[6][(N, -(-L // BL))](mt, lt, m, l, NP, L, mt.stride(0), mt.stride(1), BP=16, BL=BL,
+                                                 I_NP=NP if interpret else 0, INTERPRET=interpret, num_warps=4)
+        return m, l
     m = mt.amax(1)
     return m, (lt * torch.exp(mt - m[:, None])).sum(1)
+
+
+# `_row_stats` by one Triton launch instead of torch's amax, subtraction, exp, product and sum (FlexPrefill's two row
+# blocks of 128 queries, which do not fuse the reduction into the scores pass). Off: untimed (session 11)
+_STATS_KERNEL = False
 
 
 def _overlap_add(dg: torch.Tensor, S: int, L: int, block_n: int) -> torch.Tensor:

@@ -418,6 +418,43 @@ def test_stacked_scores_gpu(case):
     _check_stacked(case, device="cuda")
 
 
+def _check_stats_kernel(case, device="cpu"):
+    """`_row_stats` by one launch (`_STATS_KERNEL`) against torch's: the same maxima, the sums within rounding (another
+    order, Triton's exp), a row whose parts are all -inf but one included; and the scores of 128 queries over many
+    programs (two row blocks, so the reduction is not fused) within rounding of torch's reduction."""
+    from sparsebench.kernels.last_q_scores import triton as lq
+
+    N, NP, L, S = case
+    g = torch.Generator().manual_seed(3)
+    mt = (torch.randn(N, NP, L, generator=g) * 5).to(device)
+    lt = (torch.rand(N, NP, L, generator=g) * 50).to(device)
+    mt[0, 1:, 3] = float("-inf")
+    (m0, l0), (m1, l1) = off_and_on(lq, "_STATS_KERNEL", lambda: lq._row_stats(mt, lt))
+    assert torch.equal(m0, m1)
+    torch.testing.assert_close(l1, l0, rtol=1e-6, atol=0)
+    q = torch.randn(1, 4, 128, 64, generator=g).to(device)
+    k = torch.randn(1, 2, S, 64, generator=g).to(device)
+    with switched(lq, _TPP=2):  # many programs, many parts to reduce
+        (v0, s0), (v1, s1) = off_and_on(lq, "_STATS_KERNEL", lambda: lq.last_q_scores_triton(q, k, 0.125))
+    torch.testing.assert_close(v1, v0, rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(s1, s0, rtol=1e-5, atol=1e-9)
+
+
+STATS_KERNEL_CASES = [pytest.param((3, 37, 100, 900), id="statskernel-37parts"),
+                      pytest.param((2, 5, 16, 300), id="statskernel-5parts")]
+
+
+@pytest.mark.parametrize("case", STATS_KERNEL_CASES)
+def test_stats_kernel_interpret(case, request, interpret_verdicts):
+    assert_verdict(interpret_verdicts, request)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_stats_kernel_gpu():
+    _check_stats_kernel((32, 32, 128, 32768), device="cuda")
+
+
 TABLE_READS_CASES = [pytest.param((4, 2, 300, 64, "bfloat16"), id="tablereads-H4-HKV2-T300-bf16"),
                      pytest.param((2, 1, 200, 32, "float32"), id="tablereads-H2-HKV1-T200-fp32")]
 
@@ -750,7 +787,7 @@ if __name__ == "__main__" and sys.argv[1:] == ["--interpret"]:
                          (_with_switches(_check_importance), IMP_SWITCH_CASES), (_check_combine, COMBINE_CASES),
                          (_check_means, MEANS_CASES), (_check_flex_means, FLEX_MEANS_CASES),
                          (_check_table, TABLE_CASES), (_check_table_reads, TABLE_READS_CASES),
-                         (_check_stacked, STACKED_CASES)):
+                         (_check_stacked, STACKED_CASES), (_check_stats_kernel, STATS_KERNEL_CASES)):
         report_verdicts(check, cases)
 
 
