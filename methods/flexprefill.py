@@ -54,7 +54,9 @@ Deviations from the official code:
   official code pools in the input dtype. Matmuls run in the input dtype and softmaxes in fp32, as officially.
 - The pooled query-aware matrix is computed for every head and used where the switch chose query-aware, which keeps
   selection free of host synchronisation (the official code loops over the query-aware heads); the selection is the
-  same, and `estimation_flops` counts all heads, as executed.
+  same, and `estimation_flops` counts all heads, as executed. With `kernels/cover` (below) the cuts the rule does
+  not use are left out (`_COVER_SKIP`, since session 11): the cover counts of the query-aware heads (their budgets
+  are min_budget) and the global cover of the others; `official_parts` returns the latter as all False.
 - Execution: the Selection runs on sparsebench's executors instead of the official Triton block-wise kernel.
 - Running sums on CUDA: the cover counts and the global cover scan few long rows in two levels (`scan_rows`), whose
   rounding differs from torch.cumsum's (itself not sequential on CUDA): a running sum within rounding of its
@@ -62,9 +64,11 @@ Deviations from the official code:
   (`_COVER_KERNEL`, since session 9) both cuts come from `kernels/cover` instead (a radix descent on the values' bit
   patterns with fp32 sums per chunk and digit, no sort): the same rule, with the same kind of rounding at the
   threshold.
-- Launching: on CUDA the rule after the reads of q and k is replayed from a CUDA graph captured on the first call
-  per shape (`_GRAPH_TAIL`): the same kernels on the same values (tested equal), launched at once. With
-  `_WHOLE_GRAPH` (off by default) the reads too, their kernels taking q's and k's addresses from a device table.
+- Launching: on CUDA the whole estimate is replayed from one CUDA graph captured on the first call per layout
+  (`_WHOLE_GRAPH`, since session 11), its kernels taking q's and k's addresses from a device table, the block means
+  on a branch of their own (`_WHOLE_SIDE`); where the layout does not allow it, the rule after the reads of q and k
+  is replayed from a graph captured per shape (`_GRAPH_TAIL`). The same kernels on the same values (tested equal),
+  launched at once; a new layout costs one capture (an estimate run twice).
 - `variant="sparse_frontier"`: ties as above; T < approximation_size runs dense (the Sparse Frontier code fails
   there); nv and ns are capped at T (its `topk` fails beyond); the model's scale as above; execution through
   `kernels/vertical_slash` (each slash band rounded out to the aligned 64 x 64 blocks it crosses, a superset of
