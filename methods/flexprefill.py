@@ -184,6 +184,12 @@ _WHOLE_SIDE = True
 # ms against 0.715 / 1.436 / 3.383 ms at 32K / 64K / 128K (H200, `bench_methods_cost_s11f.csv`, row
 # `flexprefill_nostackcombine`)
 _STACK_IN_COMBINE = True
+# the whole graph's block means by this many programs a multiprocessor walking all blocks in turn (None: a program a
+# block). A program a block fills the GPU with the means first (they are launched with the first tiny kernel of the
+# other branch), so the score passes mostly wait (session 11: the branch saved 27 of the means' 123 us at 32K);
+# a few resident programs might run beside the stats pass instead. Off: untimed (rows `flexprefill_meanspersist1`,
+# `_meanspersist2`)
+_WHOLE_MEANS_PER_SM: int | None = None
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -493,9 +499,13 @@ def _table_reads(q: torch.Tensor, k: torch.Tensor, table: torch.Tensor, block_si
     from sparsebench.kernels.last_q_scores.triton import (last_q_scores_stacked_triton, last_q_scores_triton,
                                                           scaled_last_rows)
 
+    programs = None
+    if _WHOLE_MEANS_PER_SM and q.is_cuda:
+        programs = _WHOLE_MEANS_PER_SM * torch.cuda.get_device_properties(q.device).multi_processor_count
+
     def means():
-        return (block_means_triton(k, block_size, table=table, slot=1),
-                block_means_triton(q, block_size, scale, table=table, slot=0))
+        return (block_means_triton(k, block_size, table=table, slot=1, programs=programs),
+                block_means_triton(q, block_size, scale, table=table, slot=0, programs=programs))
 
     side_branch = _WHOLE_SIDE and q.is_cuda
     if side_branch:
@@ -591,6 +601,7 @@ def _switches_key() -> tuple:
     too, since its tensors cannot be written outside it (nor normal ones inside)."""
     cover = sys.modules.get("sparsebench.kernels.cover.triton")
     return (_COVER_KERNEL, _COVER_SKIP, _BLOCKS_KERNEL, _SWITCH_KERNEL, _WHOLE_SIDE, _STACK_IN_COMBINE,
+            _WHOLE_MEANS_PER_SM,
             torch.is_inference_mode_enabled(),
             (cover.CHUNK, cover.SHORT_CHUNK, cover.SHORT_ROWS, cover.BLOCK, cover.SKIP_FROM, cover.HIST_2D,
              cover.SKIP_UPPER, cover.EMPTY_EXIT)

@@ -94,7 +94,9 @@ GPU_COST_VARIANTS = (("minference_vs_torch", "minference", {"pattern": "vertical
                      ("flexprefill_cover1k", "flexprefill", {}),
                      ("flexprefill_cover4k", "flexprefill", {}),
                      ("flexprefill_nostackcombine", "flexprefill", {}),
-                     ("flexprefill_statskernel", "flexprefill", {}))
+                     ("flexprefill_statskernel", "flexprefill", {}),
+                     ("flexprefill_meanspersist1", "flexprefill", {}),
+                     ("flexprefill_meanspersist2", "flexprefill", {}))
 # environment a variant runs under (switches that are not constructor knobs, read at call time)
 VARIANT_ENV = {"xattn_s8_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"},
                "xattn_s16_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"}}
@@ -179,6 +181,9 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
     "flexprefill_nostackcombine": [("sparsebench.methods.flexprefill", "_STACK_IN_COMBINE", False)],
     # session 11, not a default until timed: the row statistics between the passes reduced by one Triton launch
     "flexprefill_statskernel": [(_LASTQ, "_STATS_KERNEL", True)],
+    # session 11, not a default until timed: the whole graph's block means by 1 or 2 resident programs a multiprocessor
+    "flexprefill_meanspersist1": [("sparsebench.methods.flexprefill", "_WHOLE_MEANS_PER_SM", 1)],
+    "flexprefill_meanspersist2": [("sparsebench.methods.flexprefill", "_WHOLE_MEANS_PER_SM", 2)],
     # kernels/cover's digit blocks of 256 entries, or chunks of 2048 (defaults 128 and 4096)
     "flexprefill_coverb256": [("sparsebench.kernels.cover.triton", "BLOCK", 256)],
     "flexprefill_cover2k": [("sparsebench.kernels.cover.triton", "CHUNK", 2048),

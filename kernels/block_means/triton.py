@@ -35,12 +35,28 @@ def _to_dtype(x, DT: tl.constexpr):
 
 def _means_fwd(X, OUT, N, D, size, sxh, sxn, soh, son, scale, HAS_SCALE: tl.constexpr, DT: tl.constexpr,
                BD: tl.constexpr, BR: tl.constexpr, I_S: tl.constexpr, INTERPRET: tl.constexpr, XT=None, slot=0,
-               FROM_TABLE: tl.constexpr = False):
+               FROM_TABLE: tl.constexpr = False, NB=1, NITEMS=1, PERSIST: tl.constexpr = False, I_IT: tl.constexpr = 0):
+    """Program (head, block); with `PERSIST` program p of a 1-D grid takes the (head, block) items p, p + grid, ...
+    of the NITEMS = heads x NB (the same sums per block)."""
     if FROM_TABLE:
         # x's address read at run time (a CUDA graph replays with whatever the table then holds)
         X = tl.multiple_of(tl.load(XT + slot).to(tl.pointer_type(DT)), 16)
-    h = tl.program_id(0).to(tl.int64)
-    blk = tl.program_id(1)
+    if PERSIST:
+        pid = tl.program_id(0)
+        grid = tl.num_programs(0)
+        for i in range(0, I_IT if INTERPRET else (NITEMS - pid + grid - 1) // grid):
+            item = pid + i * grid
+            if item < NITEMS:
+                _block_mean_out(X, OUT, item // NB, item % NB, N, D, size, sxh, sxn, soh, son, scale, HAS_SCALE, DT,
+                                BD, BR, I_S, INTERPRET)
+    else:
+        _block_mean_out(X, OUT, tl.program_id(0), tl.program_id(1), N, D, size, sxh, sxn, soh, son, scale, HAS_SCALE,
+                        DT, BD, BR, I_S, INTERPRET)
+
+
+def _block_mean_out(X, OUT, h, blk, N, D, size, sxh, sxn, soh, son, scale, HAS_SCALE: tl.constexpr, DT: tl.constexpr,
+                    BD: tl.constexpr, BR: tl.constexpr, I_S: tl.constexpr, INTERPRET: tl.constexpr):
+    h = h.to(tl.int64)
     dd = tl.arange(0, BD)
     row0 = blk * size
     # [BR, BD] running sums, reduced over the rows once after the loop (a reduction per load crossed warps through
@@ -61,14 +77,18 @@ def _means_fwd(X, OUT, N, D, size, sxh, sxn, soh, son, scale, HAS_SCALE: tl.cons
     tl.store(OUT + h * soh + blk * son + dd, mean, mask=dd < D)
 
 
-_kernel = per_mode((_means_fwd,), (_to_dtype,), one=True)
+_kernel = per_mode((_means_fwd,), (_to_dtype, _block_mean_out), one=True)
 
 
 def block_means_triton(x: torch.Tensor, size: int, scale: float | None = None, table: torch.Tensor | None = None,
-                       slot: int = 0) -> torch.Tensor:
+                       slot: int = 0, programs: int | None = None) -> torch.Tensor:
     """`block_means_naive(x, size, scale)` (arguments as there) for `x [..., N, D]` of fp32, fp16 or bf16, up to the
     order of the fp32 sums. With `table` (int64, on x's device) the kernel reads the address of the tensor to average
-    from `table[slot]` when it runs: `x` then only gives the shape, strides and dtype of that tensor."""
+    from `table[slot]` when it runs: `x` then only gives the shape, strides and dtype of that tensor. `programs`: that
+    many programs walk all (head, block) items in turn (few resident programs, e.g. beside another kernel) instead
+    of one program an item; the same values."""
+    if programs is not None and programs < 1:
+        raise ValueError(f"programs={programs} must be at least 1")
     if x.dim() < 2 or size < 1:
         raise ValueError(f"x must be [..., N, D] and size >= 1; got {tuple(x.shape)}, size={size}")
     if x.dtype not in _DTYPES:
@@ -85,9 +105,12 @@ def block_means_triton(x: torch.Tensor, size: int, scale: float | None = None, t
         xr = xr.contiguous()
     out = torch.empty(xr.shape[0], nb, D, dtype=x.dtype, device=x.device)
     bd = max(16, triton.next_power_of_2(D))
-    _kernel(interpret)[(xr.shape[0], nb)](
+    items = xr.shape[0] * nb
+    grid = (min(programs, items),) if programs else (xr.shape[0], nb)
+    _kernel(interpret)[grid](
         xr, out, N, D, size, xr.stride(0), xr.stride(1), out.stride(0), out.stride(1),
         1.0 if scale is None else float(scale), HAS_SCALE=scale is not None, DT=_DTYPES[x.dtype], BD=bd,
         BR=max(1, min(triton.next_power_of_2(size), 4096 // bd)), I_S=size if interpret else 0, INTERPRET=interpret,
-        num_warps=4, XT=table, slot=slot, FROM_TABLE=table is not None)
+        num_warps=4, XT=table, slot=slot, FROM_TABLE=table is not None, NB=nb, NITEMS=items,
+        PERSIST=programs is not None, I_IT=-(-items // grid[0]) if interpret and programs else 0)
     return out.view(*lead, nb, D)
