@@ -48,8 +48,9 @@ def _check(case, device="cpu"):
         assert torch.allclose(got.cpu(), want, rtol=1e-6, atol=1e-6)
     else:
         assert torch.equal(got.cpu(), want)
-    # a few programs walking every (head, block) item in turn: the same values, bit for bit
-    for programs in (1, 3):
+    # a few programs walking every (head, block) item in turn: the same values, bit for bit (on the 64K case a
+    # resident program or two per multiprocessor, as FlexPrefill's `_WHOLE_MEANS_PER_SM` would take)
+    for programs in (1, 3) if x.numel() < 1 << 20 else (264,):
         assert torch.equal(block_means_triton(x, bs, scale, programs=programs), got)
 
 
