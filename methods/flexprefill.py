@@ -179,11 +179,6 @@ _WHOLE_GRAPH = True
 # `flexprefill_nowholeside`). Little overlap: the scores pass's programs fill the registers, only the stats pass
 # leaves room beside it
 _WHOLE_SIDE = True
-# the fused scores kernel's combine launch writes `scores` itself (stacked, the slash flipped, divided by n; the same
-# values) instead of torch's flip, stack and division after it. On by default since session 11: 0.702 / 1.416 / 3.339
-# ms against 0.715 / 1.436 / 3.383 ms at 32K / 64K / 128K (H200, `bench_methods_cost_s11f.csv`, row
-# `flexprefill_nostackcombine`)
-_STACK_IN_COMBINE = True
 # the whole graph's block means by this many programs a multiprocessor walking all blocks in turn (None: a program a
 # block). A program a block fills the GPU with the means first (they are launched with the first tiny kernel of the
 # other branch), so the score passes mostly wait (session 11: the branch saved 27 of the means' 123 us at 32K);
@@ -244,12 +239,6 @@ def diagonal_sums(p: torch.Tensor, out: torch.Tensor | None = None) -> torch.Ten
     return out
 
 
-def _stacked_scores(vertical: torch.Tensor, slash: torch.Tensor, n: int) -> torch.Tensor:
-    """`scores [2, ...]` from the fused kernel's column sums and its slash sums indexed by offset (flipped into
-    `diagonal_sums`' order), both divided by the n queries."""
-    return torch.stack([vertical, slash.flip(-1)]).div_(n)
-
-
 def last_query_scores(q: torch.Tensor, k: torch.Tensor, n: int, scale: float,
                       max_elems: int = MAX_SCORE_ELEMS, kernel: str = "torch") -> tuple[torch.Tensor, torch.Tensor]:
     """Vertical and slash scores of the last `n` queries (T == S), and those queries pre-scaled.
@@ -270,11 +259,9 @@ def last_query_scores(q: torch.Tensor, k: torch.Tensor, n: int, scale: float,
         # the fused kernel (kernels/last_q_scores) with the pre-scaled queries and scale 1: its fp32 dot rounded
         # once to the input dtype is what torch.matmul of q_last returns; its slash is indexed by offset
         check_fused_device("flexprefill", q)
-        from sparsebench.kernels.last_q_scores.triton import last_q_scores_stacked_triton, last_q_scores_triton
+        from sparsebench.kernels.last_q_scores.triton import last_q_scores_stacked_triton
 
-        if _STACK_IN_COMBINE:
-            return last_q_scores_stacked_triton(q_last, k, 1.0, n), q_last
-        return _stacked_scores(*last_q_scores_triton(q_last, k, 1.0), n), q_last
+        return last_q_scores_stacked_triton(q_last, k, 1.0, n), q_last
     qg = q_last.view(B, HKV, G, n, D)
     scores = torch.empty(2, B, HKV, G, S, dtype=torch.float32, device=q.device)
     rows = torch.arange(n, device=q.device)
@@ -416,13 +403,14 @@ def official_reads(q: torch.Tensor, k: torch.Tensor, *, block_size: int, scale: 
     `q_last [B, H, bs, D]` the scaled last queries, `k_mean [B, HKV, nb, D]` the key block means, `q_mean
     [B, H, nb, D]` the scaled query block means). Everything after it works on these small tensors only."""
     if _FUSED_MEANS and q.shape[2] == k.shape[2] and fused_scores(scores_kernel, q, q.shape[-1], block_size):
+        from sparsebench.kernels.last_q_scores.naive import stack_scores
         from sparsebench.kernels.last_q_scores.triton import last_q_scores_and_means_triton, means_supported
 
         if means_supported(q.shape[-1], block_size):
             check_fused_device("flexprefill", q)
             q_last = q[:, :, q.shape[2] - block_size:] * scale
             vertical, slash, k_mean, q_mean = last_q_scores_and_means_triton(q_last, k, 1.0, q, block_size, scale)
-            return _stacked_scores(vertical, slash, block_size), q_last, k_mean, q_mean
+            return stack_scores(vertical, slash, block_size), q_last, k_mean, q_mean
     means = block_means_naive
     if _POOL_KERNEL and runs_triton(q):
         from sparsebench.kernels.block_means import block_means_triton as means
@@ -496,8 +484,7 @@ def _table_reads(q: torch.Tensor, k: torch.Tensor, table: torch.Tensor, block_si
     """`official_reads`' tensors (fused scores kernel, `_POOL_KERNEL` means) with q's and k's addresses read from
     `table[0]` / `table[1]` when the kernels run; q and k give the layout."""
     from sparsebench.kernels.block_means import block_means_triton
-    from sparsebench.kernels.last_q_scores.triton import (last_q_scores_stacked_triton, last_q_scores_triton,
-                                                          scaled_last_rows)
+    from sparsebench.kernels.last_q_scores.triton import last_q_scores_stacked_triton, scaled_last_rows
 
     programs = None
     if _WHOLE_MEANS_PER_SM and q.is_cuda:
@@ -516,10 +503,7 @@ def _table_reads(q: torch.Tensor, k: torch.Tensor, table: torch.Tensor, block_si
         with torch.cuda.stream(side):
             k_mean, q_mean = means()
     q_last = scaled_last_rows(q, block_size, scale, table=table, slot=0)
-    if _STACK_IN_COMBINE:
-        scores = last_q_scores_stacked_triton(q_last, k, 1.0, block_size, k_table=(table, 1))
-    else:
-        scores = _stacked_scores(*last_q_scores_triton(q_last, k, 1.0, k_table=(table, 1)), block_size)
+    scores = last_q_scores_stacked_triton(q_last, k, 1.0, block_size, k_table=(table, 1))
     if side_branch:
         main.wait_stream(side)
     else:
@@ -549,7 +533,7 @@ def _lastq_switches() -> tuple:
     lq = sys.modules.get("sparsebench.kernels.last_q_scores.triton")
     names = ("_TRANS_SCORES", "_TRANS_FOLD_L", "_ROWS_STAGES", "_WRAP_GATHER", "_FAST", "_ASM_ROUND", "_RB_SCORES",
              "_RB_STATS", "_TPP", "_ROWS_BLOCK_N", "_FUSED_ROW_STATS", "_FUSED_STATS_MAX_RB", "_COMBINE_KERNEL",
-             "_STATS_KERNEL")
+             "_STATS_KERNEL", "_STACK_IN_COMBINE")
     return tuple(getattr(lq, n, None) for n in names) if lq else ()
 
 
@@ -600,8 +584,7 @@ def _switches_key() -> tuple:
     """The FlexPrefill kernel switches and kernels/cover's settings a captured graph was built with; inference mode
     too, since its tensors cannot be written outside it (nor normal ones inside)."""
     cover = sys.modules.get("sparsebench.kernels.cover.triton")
-    return (_COVER_KERNEL, _COVER_SKIP, _BLOCKS_KERNEL, _SWITCH_KERNEL, _WHOLE_SIDE, _STACK_IN_COMBINE,
-            _WHOLE_MEANS_PER_SM,
+    return (_COVER_KERNEL, _COVER_SKIP, _BLOCKS_KERNEL, _SWITCH_KERNEL, _WHOLE_SIDE, _WHOLE_MEANS_PER_SM,
             torch.is_inference_mode_enabled(),
             (cover.CHUNK, cover.SHORT_CHUNK, cover.SHORT_ROWS, cover.BLOCK, cover.SKIP_FROM, cover.HIST_2D,
              cover.SKIP_UPPER, cover.EMPTY_EXIT)

@@ -178,7 +178,7 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
     # session 11: kernels/cover working out every row, also those whose cut the rule does not use
     "flexprefill_nocoverskip": [("sparsebench.methods.flexprefill", "_COVER_SKIP", False)],
     # session 11: the scores stacked, flipped and divided by torch after the combine launch
-    "flexprefill_nostackcombine": [("sparsebench.methods.flexprefill", "_STACK_IN_COMBINE", False)],
+    "flexprefill_nostackcombine": [(_LASTQ, "_STACK_IN_COMBINE", False)],
     # session 11, not a default until timed: the row statistics between the passes reduced by one Triton launch
     "flexprefill_statskernel": [(_LASTQ, "_STATS_KERNEL", True)],
     # session 11, not a default until timed: the whole graph's block means by 1 or 2 resident programs a multiprocessor

@@ -18,6 +18,12 @@ from __future__ import annotations
 import torch
 
 
+def stack_scores(vertical: torch.Tensor, slash: torch.Tensor, n: int) -> torch.Tensor:
+    """`[2, ...]`: the column sums and the slash sums (indexed by offset here, flipped into diagonal order: the main
+    diagonal last), both divided by the n queries (FlexPrefill's `scores`)."""
+    return torch.stack([vertical, slash.flip(-1)]).div_(n)
+
+
 def _check(q_last: torch.Tensor, k: torch.Tensor, causal: bool = True):
     if q_last.dim() != 4 or k.dim() != 4 or q_last.shape[0] != k.shape[0] or q_last.shape[3] != k.shape[3]:
         raise ValueError(f"q_last {tuple(q_last.shape)} and k {tuple(k.shape)} must be [B, H, L, D] and "

@@ -64,7 +64,8 @@ import triton.language as tl
 
 from .._jit import per_mode
 from ..block_means.triton import _DTYPES, _to_dtype
-from .naive import _check
+from .. import runs_triton
+from .naive import _check, stack_scores
 
 __all__ = ["last_q_importance_triton", "last_q_scores_and_means_triton", "last_q_scores_stacked_triton",
            "last_q_scores_triton", "scaled_last_rows", "supports"]
@@ -612,11 +613,11 @@ def _row_stats(mt: torch.Tensor, lt: torch.Tensor) -> tuple[torch.Tensor, torch.
     key tiles or programs), reduced over the parts in a fixed order (deterministic: no atomics). With
     `_STATS_KERNEL` by one launch (`_stats_reduce`: the same maximum, the sum in another fixed order, Triton's exp)
     instead of torch's four."""
-    if _STATS_KERNEL and mt.is_cuda == (os.environ.get("TRITON_INTERPRET") != "1") and mt.stride(-1) == 1:
+    if _STATS_KERNEL and runs_triton(mt) and mt.stride(-1) == 1:
         N, NP, L = mt.shape
         m = torch.empty(N, L, dtype=torch.float32, device=mt.device)
         l = torch.empty_like(m)
-        interpret = not mt.is_cuda
+        interpret = os.environ.get("TRITON_INTERPRET") == "1"
         BL = min(128, max(16, _pow2ceil(L)))
         _kernels(interpret)[6][(N, -(-L // BL))](mt, lt, m, l, NP, L, mt.stride(0), mt.stride(1), BP=16, BL=BL,
                                                  I_NP=NP if interpret else 0, INTERPRET=interpret, num_warps=4)
@@ -808,6 +809,11 @@ _TRANS_FOLD_L = False
 # host-bound on that instance; `bench_methods_cost_s10d.csv`, rows `*_st3` when 2 was the default). Rows `*_st2`
 # keep 2
 _ROWS_STAGES = 3
+# `last_q_scores_stacked_triton`'s scores written by the combine launch itself (stacked, the slash flipped, divided
+# by n; the same values) instead of torch's flip, stack and division after it. On by default since session 11:
+# FlexPrefill's estimate took 0.702 / 1.416 / 3.339 ms against 0.715 / 1.436 / 3.383 ms at 32K / 64K / 128K (H200,
+# `bench_methods_cost_s11f.csv`, row `flexprefill_nostackcombine`)
+_STACK_IN_COMBINE = True
 # blocks of queries a side program of `last_q_scores_and_means_triton` averages (and a G-th as many key blocks)
 _MEANS_PER_PROGRAM = 8
 _FUSED_STATS_MAX_S = 1 << 15
@@ -976,13 +982,11 @@ def last_q_scores_stacked_triton(q_last: torch.Tensor, k: torch.Tensor, scale: f
                                  k_table: tuple[torch.Tensor, int] | None = None) -> torch.Tensor:
     """`torch.stack([vertical, slash.flip(-1)]).div_(n)` `[2, B, H, S]` of `last_q_scores_triton(q_last, k, scale,
     k_table=k_table)` (FlexPrefill's `scores`, the slash sums in diagonal order): on the row-block path with the
-    combine kernel written so by it where n is a power of two (a product by 1 / n: exact, as torch's division), else
-    by torch."""
-    got = last_q_scores_triton(q_last, k, scale, k_table=k_table, _stacked=n if n & (n - 1) == 0 else None)
-    if isinstance(got, torch.Tensor):
-        return got
-    vertical, slash = got
-    return torch.stack([vertical, slash.flip(-1)]).div_(n)
+    combine kernel written so by it (`_STACK_IN_COMBINE`) where n is a power of two (a product by 1 / n: exact, as
+    torch's division), else by torch (`naive.stack_scores`)."""
+    stacked = n if _STACK_IN_COMBINE and n & (n - 1) == 0 else None
+    got = last_q_scores_triton(q_last, k, scale, k_table=k_table, _stacked=stacked)
+    return got if isinstance(got, torch.Tensor) else stack_scores(*got, n)
 
 
 def last_q_scores_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float, block_n: int | None = None,

@@ -383,6 +383,7 @@ def _check_stacked(case, device="cpu"):
     equals torch's stack, flip and division of `last_q_scores_triton`'s outputs bit for bit (one and two row blocks;
     a last-query count that is not a power of two takes torch's path); FlexPrefill's reads with and without it
     (`_STACK_IN_COMBINE`) are the same."""
+    from sparsebench.kernels.last_q_scores import triton as lq
     from sparsebench.kernels.last_q_scores.triton import last_q_scores_stacked_triton, last_q_scores_triton
     from sparsebench.methods import flexprefill as fp
 
@@ -394,7 +395,7 @@ def _check_stacked(case, device="cpu"):
     v, sl = last_q_scores_triton(q, k, 0.2)
     assert torch.equal(last_q_scores_stacked_triton(q, k, 0.2, L), torch.stack([v, sl.flip(-1)]).div_(L))
     qf = torch.randn(1, H, S, D, generator=g).to(dt).to(device)
-    reads = [off for off in off_and_on(fp, "_STACK_IN_COMBINE", lambda: fp.official_reads(
+    reads = [off for off in off_and_on(lq, "_STACK_IN_COMBINE", lambda: fp.official_reads(
         qf, k, block_size=L, scale=0.125, scores_kernel="triton"))]
     for a, b in zip(*reads):
         assert torch.equal(a, b)
