@@ -382,6 +382,26 @@ def _lastq_stats_rows(Q, K, MT, LT, sqb, sqh, sqt, skb, skh, sks, smb, smt, S, L
     tl.store(LT + out, l, mask=row_ok)
 
 
+def _part_stats(MT, LT, base, NP, smt, row, row_ok, PB: tl.constexpr, I_NP: tl.constexpr, INTERPRET: tl.constexpr):
+    """The rows' final `(m, l)` from pass 1's per-part partials at `MT / LT + base` (`[NP, rows]`, part stride
+    `smt`), reduced over the parts in ascending order, PB at a time: the maximum, then the sum of l * exp(m_part - m)
+    (m 0 on rows outside `row_ok`)."""
+    pp = tl.arange(0, PB)
+    m = tl.full(row.shape, float("-inf"), dtype=tl.float32)
+    for p0 in range(0, I_NP if INTERPRET else NP, PB):
+        at = base + (p0 + pp).to(tl.int64)[:, None] * smt + row[None, :]
+        ok = ((p0 + pp) < NP)[:, None] & row_ok[None, :]
+        m = tl.maximum(m, tl.max(tl.load(MT + at, mask=ok, other=float("-inf")), 0))
+    m = tl.where(row_ok, m, 0.0)
+    l = tl.zeros(row.shape, dtype=tl.float32)
+    for p0 in range(0, I_NP if INTERPRET else NP, PB):
+        at = base + (p0 + pp).to(tl.int64)[:, None] * smt + row[None, :]
+        ok = ((p0 + pp) < NP)[:, None] & row_ok[None, :]
+        mt = tl.load(MT + at, mask=ok, other=float("-inf"))
+        l += tl.sum(tl.load(LT + at, mask=ok, other=0.0) * tl.exp(mt - m[None, :]), 0)
+    return m, l
+
+
 def _lastq_scores_rows(Q, K, M, LS, V, DG, sqb, sqh, sqt, skb, skh, sks, smb, svr, svb, sdr, sdb, sdt, S, L, H, G,
                        NT, scale, D: tl.constexpr, RB: tl.constexpr, BLOCK_N: tl.constexpr, BT: tl.constexpr,
                        TPP: tl.constexpr, INTERPRET: tl.constexpr, PREC: tl.constexpr, IMPORTANCE: tl.constexpr,
@@ -411,19 +431,7 @@ def _lastq_scores_rows(Q, K, M, LS, V, DG, sqb, sqh, sqt, skb, skh, sks, smb, sv
     q = _block_rows(Q + b * sqb + h * sqh, row, row_ok, sqt, D, INTERPRET)
     k_base = K + b * skb + (h // G) * skh
     if STATS_IN:
-        pp = tl.arange(0, PB)
-        m = tl.full([RB], float("-inf"), dtype=tl.float32)
-        for p0 in range(0, I_NPG if INTERPRET else NPG, PB):
-            at = bh * smb + (p0 + pp).to(tl.int64)[:, None] * smt + row[None, :]
-            ok = ((p0 + pp) < NPG)[:, None] & row_ok[None, :]
-            m = tl.maximum(m, tl.max(tl.load(M + at, mask=ok, other=float("-inf")), 0))
-        m = tl.where(row_ok, m, 0.0)
-        l = tl.zeros([RB], dtype=tl.float32)
-        for p0 in range(0, I_NPG if INTERPRET else NPG, PB):
-            at = bh * smb + (p0 + pp).to(tl.int64)[:, None] * smt + row[None, :]
-            ok = ((p0 + pp) < NPG)[:, None] & row_ok[None, :]
-            mt = tl.load(M + at, mask=ok, other=float("-inf"))
-            l += tl.sum(tl.load(LS + at, mask=ok, other=0.0) * tl.exp(mt - m[None, :]), 0)
+        m, l = _part_stats(M, LS, bh * smb, NPG, smt, row, row_ok, PB, I_NPG, INTERPRET)
         inv_l = 1.0 / tl.where(row_ok, l, 1.0)
     else:
         m = tl.load(M + bh * smb + row, mask=row_ok, other=0.0)
@@ -543,24 +551,12 @@ def _combine_parts(DG, V, OUT_S, OUT_V, sdr, sdn, sdt, svr, svn, S, L, NT, RB, N
 
 def _stats_reduce(MT, LT, M, LS, NP, L, smb, smt, BP: tl.constexpr, BL: tl.constexpr, I_NP: tl.constexpr,
                   INTERPRET: tl.constexpr):
-    """Program (row n, block of BL query rows): `_row_stats` in one launch, `M[n] = max over the parts of MT[n]`,
-    `LS[n] = sum over the parts of LT * exp(MT - M)` (`[NP, L]` parts of row n, program stride `smt`; parts in
-    ascending order, BP at a time)."""
+    """Program (row n, block of BL query rows): `_row_stats` in one launch (`_part_stats`, as the scores pass's
+    `STATS_IN` reduces them)."""
     n = tl.program_id(0).to(tl.int64)
     r = tl.program_id(1) * BL + tl.arange(0, BL)
     r_ok = r < L
-    pp = tl.arange(0, BP)
-    m = tl.full([BL], float("-inf"), dtype=tl.float32)
-    for p0 in range(0, I_NP if INTERPRET else NP, BP):
-        ok = ((p0 + pp) < NP)[:, None] & r_ok[None, :]
-        at = n * smb + (p0 + pp).to(tl.int64)[:, None] * smt + r[None, :]
-        m = tl.maximum(m, tl.max(tl.load(MT + at, mask=ok, other=float("-inf")), 0))
-    l = tl.zeros([BL], dtype=tl.float32)
-    for p0 in range(0, I_NP if INTERPRET else NP, BP):
-        ok = ((p0 + pp) < NP)[:, None] & r_ok[None, :]
-        at = n * smb + (p0 + pp).to(tl.int64)[:, None] * smt + r[None, :]
-        mt = tl.load(MT + at, mask=ok, other=float("-inf"))
-        l += tl.sum(tl.where(ok, tl.load(LT + at, mask=ok, other=0.0) * tl.exp(mt - m[None, :]), 0.0), 0)
+    m, l = _part_stats(MT, LT, n * smb, NP, smt, r, r_ok, BP, I_NP, INTERPRET)
     tl.store(M + n * L + r, m, mask=r_ok)
     tl.store(LS + n * L + r, l, mask=r_ok)
 
@@ -583,7 +579,7 @@ def _scaled_last_rows(Q, OUT, QT, qslot, T, sqb, sqh, sqt, H, scale, D: tl.const
 _kernels = per_mode((_lastq_stats, _lastq_scores, _lastq_stats_rows, _lastq_scores_rows, _combine_parts,
                      _scaled_last_rows, _stats_reduce),
                     (_tile_logits, _block_logits, _block_rows, _round_and_mask, _ex2, _probs, _exp_sum, _whole_tile,
-                     _round_bf16, _block_logits_t, _scores_tiles_t, _side_means, _to_dtype, _block_mean,
+                     _round_bf16, _block_logits_t, _scores_tiles_t, _side_means, _to_dtype, _block_mean, _part_stats,
                      _k_tile))
 
 
