@@ -179,12 +179,6 @@ _WHOLE_GRAPH = True
 # `flexprefill_nowholeside`). Little overlap: the scores pass's programs fill the registers, only the stats pass
 # leaves room beside it
 _WHOLE_SIDE = True
-# the whole graph's block means by this many programs a multiprocessor walking all blocks in turn (None: a program a
-# block). A program a block fills the GPU with the means first (they are launched with the first tiny kernel of the
-# other branch), so the score passes mostly wait (session 11: the branch saved 27 of the means' 123 us at 32K);
-# a few resident programs might run beside the stats pass instead. Off: untimed (rows `flexprefill_meanspersist1`,
-# `_meanspersist2`)
-_WHOLE_MEANS_PER_SM: int | None = None
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -486,13 +480,9 @@ def _table_reads(q: torch.Tensor, k: torch.Tensor, table: torch.Tensor, block_si
     from sparsebench.kernels.block_means import block_means_triton
     from sparsebench.kernels.last_q_scores.triton import last_q_scores_stacked_triton, scaled_last_rows
 
-    programs = None
-    if _WHOLE_MEANS_PER_SM and q.is_cuda:
-        programs = _WHOLE_MEANS_PER_SM * torch.cuda.get_device_properties(q.device).multi_processor_count
-
     def means():
-        return (block_means_triton(k, block_size, table=table, slot=1, programs=programs),
-                block_means_triton(q, block_size, scale, table=table, slot=0, programs=programs))
+        return (block_means_triton(k, block_size, table=table, slot=1),
+                block_means_triton(q, block_size, scale, table=table, slot=0))
 
     side_branch = _WHOLE_SIDE and q.is_cuda
     if side_branch:
@@ -533,7 +523,7 @@ def _lastq_switches() -> tuple:
     lq = sys.modules.get("sparsebench.kernels.last_q_scores.triton")
     names = ("_TRANS_SCORES", "_TRANS_FOLD_L", "_ROWS_STAGES", "_WRAP_GATHER", "_FAST", "_ASM_ROUND", "_RB_SCORES",
              "_RB_STATS", "_TPP", "_ROWS_BLOCK_N", "_FUSED_ROW_STATS", "_FUSED_STATS_MAX_RB", "_COMBINE_KERNEL",
-             "_STATS_KERNEL", "_STACK_IN_COMBINE")
+             "_STATS_KERNEL", "_STACK_IN_COMBINE", "_STATS_BL", "_STATS_BP")
     return tuple(getattr(lq, n, None) for n in names) if lq else ()
 
 
@@ -584,10 +574,15 @@ def _switches_key() -> tuple:
     """The FlexPrefill kernel switches and kernels/cover's settings a captured graph was built with; inference mode
     too, since its tensors cannot be written outside it (nor normal ones inside)."""
     cover = sys.modules.get("sparsebench.kernels.cover.triton")
-    return (_COVER_KERNEL, _COVER_SKIP, _BLOCKS_KERNEL, _SWITCH_KERNEL, _WHOLE_SIDE, _WHOLE_MEANS_PER_SM,
-            torch.is_inference_mode_enabled(),
+    means = sys.modules.get("sparsebench.kernels.block_means.triton")
+    switch = sys.modules.get("sparsebench.kernels.flex_switch.triton")
+    blocks = sys.modules.get("sparsebench.kernels.flex_blocks.triton")
+    return (_COVER_KERNEL, _COVER_SKIP, _BLOCKS_KERNEL, _SWITCH_KERNEL, _WHOLE_SIDE, torch.is_inference_mode_enabled(),
+            (means.TILE, means.WARPS) if means else None,
+            (switch.Q_TILE, switch.K_TILE, switch.WARPS) if switch else None,
+            blocks.ONE_WALK if blocks else None,
             (cover.CHUNK, cover.SHORT_CHUNK, cover.SHORT_ROWS, cover.BLOCK, cover.SKIP_FROM, cover.HIST_2D,
-             cover.SKIP_UPPER, cover.EMPTY_EXIT)
+             cover.SKIP_UPPER, cover.EMPTY_EXIT, cover.FOLD_DECIDE, cover.DECIDE_CB, cover.DECIDE_WARPS)
             if _COVER_KERNEL and cover else None)
 
 

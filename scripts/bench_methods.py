@@ -94,15 +94,19 @@ GPU_COST_VARIANTS = (("minference_vs_torch", "minference", {"pattern": "vertical
                      ("flexprefill_cover1k", "flexprefill", {}),
                      ("flexprefill_cover4k", "flexprefill", {}),
                      ("flexprefill_nostackcombine", "flexprefill", {}),
-                     ("flexprefill_statskernel", "flexprefill", {}),
-                     ("flexprefill_meanspersist1", "flexprefill", {}),
-                     ("flexprefill_meanspersist2", "flexprefill", {}))
+                     ("flexprefill_nostatskernel", "flexprefill", {}),
+                     ("flexprefill_statsbl128", "flexprefill", {}),
+                     ("flexprefill_switch4k", "flexprefill", {}),
+                     ("flexprefill_twowalks", "flexprefill", {}),
+                     ("flexprefill_folddecide", "flexprefill", {}),
+                     ("flexprefill_decidecb8", "flexprefill", {}))
 # environment a variant runs under (switches that are not constructor knobs, read at call time)
 VARIANT_ENV = {"xattn_s8_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"},
                "xattn_s16_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"}}
 # module attributes a variant runs under (switches read from the module at call time): (module, name, value)
 _ANTIDIAG = "sparsebench.kernels.antidiag_score.triton"
 _LASTQ = "sparsebench.kernels.last_q_scores.triton"
+_SWITCH = "sparsebench.kernels.flex_switch.triton"
 _VS = "sparsebench.kernels.vertical_slash.triton"
 # FlexPrefill's eager path (since session 11 the estimate is replayed from one CUDA graph by default): rows whose
 # switches act on it (the means, the graph-replayed tail) run with it
@@ -179,11 +183,17 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
     "flexprefill_nocoverskip": [("sparsebench.methods.flexprefill", "_COVER_SKIP", False)],
     # session 11: the scores stacked, flipped and divided by torch after the combine launch
     "flexprefill_nostackcombine": [(_LASTQ, "_STACK_IN_COMBINE", False)],
-    # session 11, not a default until timed: the row statistics between the passes reduced by one Triton launch
-    "flexprefill_statskernel": [(_LASTQ, "_STATS_KERNEL", True)],
-    # session 11, not a default until timed: the whole graph's block means by 1 or 2 resident programs a multiprocessor
-    "flexprefill_meanspersist1": [("sparsebench.methods.flexprefill", "_WHOLE_MEANS_PER_SM", 1)],
-    "flexprefill_meanspersist2": [("sparsebench.methods.flexprefill", "_WHOLE_MEANS_PER_SM", 2)],
+    # the settings session 12's defaults replaced: the row statistics between the passes reduced by torch's four
+    # launches; `_stats_reduce` at 128 rows a program and 16 parts a step; kernels/flex_switch walking the last queries
+    # and the key-block means in steps of 4096 / 8192 elements by 4 warps; kernels/flex_blocks listing a row in two
+    # walks; kernels/cover's decisions reading 8 chunks' tables a step
+    "flexprefill_nostatskernel": [(_LASTQ, "_STATS_KERNEL", False)],
+    "flexprefill_statsbl128": [(_LASTQ, "_STATS_BL", 128), (_LASTQ, "_STATS_BP", 16)],
+    "flexprefill_switch4k": [(_SWITCH, "Q_TILE", 4096), (_SWITCH, "K_TILE", 8192), (_SWITCH, "WARPS", 4)],
+    "flexprefill_twowalks": [("sparsebench.kernels.flex_blocks.triton", "ONE_WALK", False)],
+    "flexprefill_decidecb8": [("sparsebench.kernels.cover.triton", "DECIDE_CB", 8)],
+    # session 12, not a default until timed: each cover digit decided by the row's last hist program
+    "flexprefill_folddecide": [("sparsebench.kernels.cover.triton", "FOLD_DECIDE", True)],
     # kernels/cover's digit blocks of 256 entries, or chunks of 2048 (defaults 128 and 4096)
     "flexprefill_coverb256": [("sparsebench.kernels.cover.triton", "BLOCK", 256)],
     "flexprefill_cover2k": [("sparsebench.kernels.cover.triton", "CHUNK", 2048),

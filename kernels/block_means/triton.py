@@ -1,8 +1,7 @@
 """Triton kernel for `kernels/block_means` (semantics in naive.py): one program per (head, block of rows) sums the
 block's rows in fp32, divides by their count, rounds to the input dtype and applies the scale, one launch instead
-of the reference's sum, count, division, cast and multiply. (Its users, FlexPrefill's `_POOL_KERNEL` and
-`_WHOLE_GRAPH`, are off by default; since session 10 the rows are summed per row slot and reduced once per block,
-not yet timed on a GPU.) Equal to it up to the order of the fp32 sums (exact
+of the reference's sum, count, division, cast and multiply (FlexPrefill's `_WHOLE_GRAPH` means; the rows are summed
+per row slot and reduced once per block). Equal to it up to the order of the fp32 sums (exact
 where they are, e.g. 16-bit inputs whose sums need at most 24 significant bits) and, for a short last block of a
 row count that is not a power of two, the rounding of the GPU's fp32 division.
 Under `TRITON_INTERPRET=1` (set before triton is imported) the loop over rows takes the constexpr length `I_S`.
@@ -35,23 +34,13 @@ def _to_dtype(x, DT: tl.constexpr):
 
 def _means_fwd(X, OUT, N, D, size, sxh, sxn, soh, son, scale, HAS_SCALE: tl.constexpr, DT: tl.constexpr,
                BD: tl.constexpr, BR: tl.constexpr, I_S: tl.constexpr, INTERPRET: tl.constexpr, XT=None, slot=0,
-               FROM_TABLE: tl.constexpr = False, NB=1, NITEMS=1, PERSIST: tl.constexpr = False, I_IT: tl.constexpr = 0):
-    """Program (head, block); with `PERSIST` program p of a 1-D grid takes the (head, block) items p, p + grid, ...
-    of the NITEMS = heads x NB (the same sums per block)."""
+               FROM_TABLE: tl.constexpr = False):
+    """Program (head, block)."""
     if FROM_TABLE:
         # x's address read at run time (a CUDA graph replays with whatever the table then holds)
         X = tl.multiple_of(tl.load(XT + slot).to(tl.pointer_type(DT)), 16)
-    if PERSIST:
-        pid = tl.program_id(0)
-        grid = tl.num_programs(0)
-        for i in range(0, I_IT if INTERPRET else (NITEMS - pid + grid - 1) // grid):
-            item = pid + i * grid
-            if item < NITEMS:
-                _block_mean_out(X, OUT, item // NB, item % NB, N, D, size, sxh, sxn, soh, son, scale, HAS_SCALE, DT,
-                                BD, BR, I_S, INTERPRET)
-    else:
-        _block_mean_out(X, OUT, tl.program_id(0), tl.program_id(1), N, D, size, sxh, sxn, soh, son, scale, HAS_SCALE,
-                        DT, BD, BR, I_S, INTERPRET)
+    _block_mean_out(X, OUT, tl.program_id(0), tl.program_id(1), N, D, size, sxh, sxn, soh, son, scale, HAS_SCALE,
+                    DT, BD, BR, I_S, INTERPRET)
 
 
 def _block_mean_out(X, OUT, h, blk, N, D, size, sxh, sxn, soh, son, scale, HAS_SCALE: tl.constexpr, DT: tl.constexpr,
@@ -80,15 +69,20 @@ def _block_mean_out(X, OUT, h, blk, N, D, size, sxh, sxn, soh, son, scale, HAS_S
 _kernel = per_mode((_means_fwd,), (_to_dtype, _block_mean_out), one=True)
 
 
+# elements of x loaded by one step of a program's loop over its block's rows (rows per step = TILE // the padded head
+# dim), and the warps of a program. Session 12 (H200, FlexPrefill's means of 32 query heads and 8 key heads of
+# 32K x 128 bf16 in blocks of 128, profiled): 110.6 us (3.0 TB/s) at 4096 / 4 warps; 116 / 129 us at 8192 / 16384;
+# 130-250 us at 8 or 16 warps. (A few resident programs a multiprocessor walking every block, session 11's
+# `programs=`, took 340-612 us inside FlexPrefill's graph against 123 us and was removed)
+TILE = 4096
+WARPS = 4
+
+
 def block_means_triton(x: torch.Tensor, size: int, scale: float | None = None, table: torch.Tensor | None = None,
-                       slot: int = 0, programs: int | None = None) -> torch.Tensor:
+                       slot: int = 0) -> torch.Tensor:
     """`block_means_naive(x, size, scale)` (arguments as there) for `x [..., N, D]` of fp32, fp16 or bf16, up to the
     order of the fp32 sums. With `table` (int64, on x's device) the kernel reads the address of the tensor to average
-    from `table[slot]` when it runs: `x` then only gives the shape, strides and dtype of that tensor. `programs`: that
-    many programs walk all (head, block) items in turn (few resident programs, e.g. beside another kernel) instead
-    of one program an item; the same values."""
-    if programs is not None and programs < 1:
-        raise ValueError(f"programs={programs} must be at least 1")
+    from `table[slot]` when it runs: `x` then only gives the shape, strides and dtype of that tensor."""
     if x.dim() < 2 or size < 1:
         raise ValueError(f"x must be [..., N, D] and size >= 1; got {tuple(x.shape)}, size={size}")
     if x.dtype not in _DTYPES:
@@ -105,12 +99,9 @@ def block_means_triton(x: torch.Tensor, size: int, scale: float | None = None, t
         xr = xr.contiguous()
     out = torch.empty(xr.shape[0], nb, D, dtype=x.dtype, device=x.device)
     bd = max(16, triton.next_power_of_2(D))
-    items = xr.shape[0] * nb
-    grid = (min(programs, items),) if programs else (xr.shape[0], nb)
-    _kernel(interpret)[grid](
+    _kernel(interpret)[(xr.shape[0], nb)](
         xr, out, N, D, size, xr.stride(0), xr.stride(1), out.stride(0), out.stride(1),
         1.0 if scale is None else float(scale), HAS_SCALE=scale is not None, DT=_DTYPES[x.dtype], BD=bd,
-        BR=max(1, min(triton.next_power_of_2(size), 4096 // bd)), I_S=size if interpret else 0, INTERPRET=interpret,
-        num_warps=4, XT=table, slot=slot, FROM_TABLE=table is not None, NB=nb, NITEMS=items,
-        PERSIST=programs is not None, I_IT=-(-items // grid[0]) if interpret and programs else 0)
+        BR=max(1, min(triton.next_power_of_2(size), TILE // bd)), I_S=size if interpret else 0, INTERPRET=interpret,
+        num_warps=WARPS, XT=table, slot=slot, FROM_TABLE=table is not None)
     return out.view(*lead, nb, D)

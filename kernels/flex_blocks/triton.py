@@ -59,11 +59,21 @@ def _row_flags(KEEP, QA, qa_on, bh, r, c, NB, BH):
     return ok & (kv | ks | qa)
 
 
-def _fb_lists(KEEP, QA, QAW, IDX, CNT, NB, BH, BC: tl.constexpr, I_NB: tl.constexpr, INTERPRET: tl.constexpr):
+def _fb_lists(KEEP, QA, QAW, IDX, CNT, NB, BH, BC: tl.constexpr, I_NB: tl.constexpr, INTERPRET: tl.constexpr,
+              ONE: tl.constexpr = False):
     r = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     qa_on = tl.load(QAW + bh) != 0
     out = IDX + (bh * NB + r) * NB
+    if ONE:
+        # the whole row in one block (NB <= BC): its flags once, every block's place from one scan
+        c = tl.arange(0, BC)
+        f = _row_flags(KEEP, QA, qa_on, bh, r, c, NB, BH).to(tl.int32)
+        listed_before = tl.cumsum(f, 0) - f
+        count = tl.sum(f)
+        tl.store(out + tl.where(f != 0, listed_before, count + c - listed_before), c, mask=c < NB)
+        tl.store(CNT + bh * NB + r, count)
+        return
     count = tl.zeros([], dtype=tl.int32)
     for c0 in range(0, I_NB if INTERPRET else NB, BC):
         c = c0 + tl.arange(0, BC)
@@ -82,6 +92,11 @@ def _fb_lists(KEEP, QA, QAW, IDX, CNT, NB, BH, BC: tl.constexpr, I_NB: tl.conste
 
 
 _kernels = per_mode((_fb_keep, _fb_lists), (_forced, _row_flags))
+# rows of at most 1024 blocks listed in one walk (`_fb_lists`' ONE: the flags read once, one scan) instead of two
+# (the listed blocks, then the others); the same lists. On since session 12: FlexPrefill's estimate 0.664 / 1.345 /
+# 3.124 ms against 0.667 / 1.366 / 3.222 ms at 32K / 64K / 128K (H200, Llama-3.1-8B heads,
+# `bench_methods_cost_s12a.csv`, row `flexprefill_twowalks`; the lists' launch 10.4 against 18.3 us at 32K, profiled)
+ONE_WALK = True
 
 
 def flex_blocks_triton(pooled: torch.Tensor, budget: torch.Tensor, qa_blocks: torch.Tensor,
@@ -106,5 +121,6 @@ def flex_blocks_triton(pooled: torch.Tensor, budget: torch.Tensor, qa_blocks: to
     # programs for Llama-3.1-8B heads), each walking all nb^2 pairs (session 9; not yet timed apart)
     keep_k[(2 * BH, -(-nb // bi))](p, bud, keep, nb, BH, BI=bi, BJ=bi, I_NB=i_nb, INTERPRET=interpret, num_warps=4)
     bc = min(1024, max(16, triton.next_power_of_2(nb)))
-    lists_k[(nb, BH)](keep, qa, qaw, idx, cnt, nb, BH, BC=bc, I_NB=i_nb, INTERPRET=interpret, num_warps=4)
+    lists_k[(nb, BH)](keep, qa, qaw, idx, cnt, nb, BH, BC=bc, I_NB=i_nb, INTERPRET=interpret, num_warps=4,
+                      ONE=ONE_WALK and nb <= bc)
     return idx, cnt

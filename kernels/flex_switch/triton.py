@@ -75,6 +75,15 @@ def _switch_fwd(QL, KM, VERT, QA, DIST, H, G, n, nb, D, sqb, sqh, sqn, skb, skh,
 _kernel = per_mode((_switch_fwd,), (_logits,), one=True)
 
 _DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
+# elements loaded by one step of the walk over the last queries (Q_TILE) and over the key-block means (K_TILE), and
+# the warps of a program. Since session 12 16384 / 32768 / 8: FlexPrefill's 128 last queries and 256 key blocks of
+# 128 dims in one step each, 6.7 against 14.6 us a launch for 32 heads (H200, profiled; 9.3 against 19.0 us inside
+# its whole graph, where it follows the score passes). Session 11's 4096 / 8192 / 4 (bench row `flexprefill_switch4k`):
+# FlexPrefill's estimate 0.669 / 1.353 / 3.130 ms against 0.664 / 1.345 / 3.124 ms at 32K / 64K / 128K
+# (`bench_methods_cost_s12a.csv`)
+Q_TILE = 16384
+K_TILE = 32768
+WARPS = 8
 
 
 def flex_switch_triton(q_last: torch.Tensor, k_mean: torch.Tensor, vertical: torch.Tensor,
@@ -99,6 +108,8 @@ def flex_switch_triton(q_last: torch.Tensor, k_mean: torch.Tensor, vertical: tor
     _kernel(interpret)[(B * H,)](
         q_last, k_mean, vertical, qa, dist, H, H // HKV, n, nb, D, q_last.stride(0), q_last.stride(1),
         q_last.stride(2), k_mean.stride(0), k_mean.stride(1), k_mean.stride(2), vertical.stride(0),
-        vertical.stride(1), float(tau), DT=_DTYPES[q_last.dtype], BD=bd, BR=max(1, 4096 // bd), BN=max(1, 8192 // bd),
-        I_N=n if interpret else 0, I_NB=nb if interpret else 0, INTERPRET=interpret, num_warps=4)
+        vertical.stride(1), float(tau), DT=_DTYPES[q_last.dtype], BD=bd,
+        BR=max(1, min(triton.next_power_of_2(n), Q_TILE // bd)),
+        BN=max(1, min(triton.next_power_of_2(nb), K_TILE // bd)),
+        I_N=n if interpret else 0, I_NB=nb if interpret else 0, INTERPRET=interpret, num_warps=WARPS)
     return qa.view(torch.bool), dist

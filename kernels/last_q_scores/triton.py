@@ -614,8 +614,9 @@ def _row_stats(mt: torch.Tensor, lt: torch.Tensor) -> tuple[torch.Tensor, torch.
         m = torch.empty(N, L, dtype=torch.float32, device=mt.device)
         l = torch.empty_like(m)
         interpret = os.environ.get("TRITON_INTERPRET") == "1"
-        BL = min(128, max(16, _pow2ceil(L)))
-        _kernels(interpret)[6][(N, -(-L // BL))](mt, lt, m, l, NP, L, mt.stride(0), mt.stride(1), BP=16, BL=BL,
+        BL = min(_STATS_BL, max(16, _pow2ceil(L)))
+        BP = min(_STATS_BP, max(16, _pow2ceil(NP)))
+        _kernels(interpret)[6][(N, -(-L // BL))](mt, lt, m, l, NP, L, mt.stride(0), mt.stride(1), BP=BP, BL=BL,
                                                  I_NP=NP if interpret else 0, INTERPRET=interpret, num_warps=4)
         return m, l
     m = mt.amax(1)
@@ -623,8 +624,16 @@ def _row_stats(mt: torch.Tensor, lt: torch.Tensor) -> tuple[torch.Tensor, torch.
 
 
 # `_row_stats` by one Triton launch instead of torch's amax, subtraction, exp, product and sum (FlexPrefill's two row
-# blocks of 128 queries, which do not fuse the reduction into the scores pass). Off: untimed (session 11)
-_STATS_KERNEL = False
+# blocks of 128 queries, which do not fuse the reduction into the scores pass). On since session 12: FlexPrefill's
+# estimate 0.664 / 1.345 / 3.124 ms against 0.673 / 1.346 / 3.115 ms at 32K / 64K / 128K (H200, Llama-3.1-8B heads,
+# `bench_methods_cost_s12a.csv`, row `flexprefill_nostatskernel`; profiled at 32K, one 6 us launch for torch's 17 us
+# reduction and two elementwise ops)
+_STATS_KERNEL = True
+# `_stats_reduce`'s rows a program and parts a step. 32 and 64 since session 12: 5.7 against 13.5-14.7 us a call at
+# FlexPrefill's 32K (profiled; 32 programs at session 11's 128 and 16), the same estimate time within noise (row
+# `flexprefill_statsbl128`: 0.663 / 1.345 / 3.116 ms)
+_STATS_BL = 32
+_STATS_BP = 64
 
 
 def _overlap_add(dg: torch.Tensor, S: int, L: int, block_n: int) -> torch.Tensor:

@@ -48,10 +48,6 @@ def _check(case, device="cpu"):
         assert torch.allclose(got.cpu(), want, rtol=1e-6, atol=1e-6)
     else:
         assert torch.equal(got.cpu(), want)
-    # a few programs walking every (head, block) item in turn: the same values, bit for bit (on the 64K case a
-    # resident program or two per multiprocessor, as FlexPrefill's `_WHOLE_MEANS_PER_SM` would take)
-    for programs in (1, 3) if x.numel() < 1 << 20 else (264,):
-        assert torch.equal(block_means_triton(x, bs, scale, programs=programs), got)
 
 
 def _check_table(case):
@@ -77,8 +73,6 @@ TABLE_CASES = [pytest.param(c.values[0], id=f"table-{c.id}") for c in CASES[:2]]
 def test_table_needs_a_view():
     from sparsebench.kernels.block_means import block_means_triton
 
-    with pytest.raises(ValueError, match="programs=0 must be at least 1"):
-        block_means_triton(torch.zeros(1, 8, 16), 4, programs=0)
     x = torch.zeros(2, 8, 3, 16).transpose(1, 2)  # [2, 3, 8, 16] whose [-1, 8, 16] reshape is a copy
     with pytest.raises(ValueError, match="must be viewable"):
         block_means_triton(x, 4, table=torch.zeros(1, dtype=torch.int64))

@@ -59,14 +59,18 @@ CASES = [pytest.param(c, id="B{}-H{}-nb{}-ties{}-s{}".format(*c)) for c in (
 
 
 def _check(case, device="cpu"):
-    from sparsebench.kernels.flex_blocks import flex_blocks_triton
+    """Bit for bit the reference, the lists written in two walks over each row or in one (`ONE_WALK`)."""
+    import sparsebench.kernels.flex_blocks.triton as FB
+    from sparsebench.testing import switched
 
     B, H, nb, ties, seed = case
     args = [t.to(device) for t in _inputs(B, H, nb, ties, seed)]
     want = flex_blocks_naive(*[t.cpu() for t in args])
-    got = flex_blocks_triton(*args, block=32)  # several rank blocks a row from nb 37 on
-    for a, b in zip(got, want):
-        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.cpu(), b)
+    for one in (False, True):
+        with switched(FB, ONE_WALK=one):
+            got = FB.flex_blocks_triton(*args, block=32)  # several rank blocks a row from nb 37 on
+        for a, b in zip(got, want):
+            assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.cpu(), b)
 
 
 def _check_flex(shape):
