@@ -99,7 +99,8 @@ GPU_COST_VARIANTS = (("minference_vs_torch", "minference", {"pattern": "vertical
                      ("flexprefill_switch4k", "flexprefill", {}),
                      ("flexprefill_twowalks", "flexprefill", {}),
                      ("flexprefill_folddecide", "flexprefill", {}),
-                     ("flexprefill_decidecb8", "flexprefill", {}))
+                     ("flexprefill_decidecb8", "flexprefill", {}),
+                     ("flexprefill_histunroll1", "flexprefill", {}))
 # environment a variant runs under (switches that are not constructor knobs, read at call time)
 VARIANT_ENV = {"xattn_s8_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"},
                "xattn_s16_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"}}
@@ -192,6 +193,8 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
     "flexprefill_switch4k": [(_SWITCH, "Q_TILE", 4096), (_SWITCH, "K_TILE", 8192), (_SWITCH, "WARPS", 4)],
     "flexprefill_twowalks": [("sparsebench.kernels.flex_blocks.triton", "ONE_WALK", False)],
     "flexprefill_decidecb8": [("sparsebench.kernels.cover.triton", "DECIDE_CB", 8)],
+    # kernels/cover's digit launches a block a loop step (session 12 made it 4)
+    "flexprefill_histunroll1": [("sparsebench.kernels.cover.triton", "HIST_UNROLL", 1)],
     # session 12, not a default until timed: each cover digit decided by the row's last hist program
     "flexprefill_folddecide": [("sparsebench.kernels.cover.triton", "FOLD_DECIDE", True)],
     # kernels/cover's digit blocks of 256 entries, or chunks of 2048 (defaults 128 and 4096)

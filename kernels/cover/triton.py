@@ -107,6 +107,13 @@ FOLD_DECIDE = False
 # 3.124 ms; its decisions 15.4 against 22.8 us a call at 32K, profiled); 4 warps were slower than 1 (20.3 us)
 DECIDE_CB = 64
 DECIDE_WARPS = 1
+# the digit launches' blocks a loop step (`_hist_chunk`'s UNROLL; 1: a block a step, with the skip tests). 4 since
+# session 12: each step's loads were waited for one block after another. FlexPrefill's estimate at 32K (H200,
+# Llama-3.1-8B heads, whole graph; `results/logs/flexprefill_knobs_s12.txt`): its digit launches 79.8 against 101.5
+# us a call (profiled), 641 against 663-675 us (do_bench); 2, 8 and 16: 86.0, 81.3, 81.8 us. The whole estimate
+# 0.642 / 1.310 / 3.111 ms against 0.664 / 1.341 / 3.102 ms at 32K / 64K / 128K (`bench_methods_cost_s12b.csv`;
+# bench row `flexprefill_histunroll1` keeps 1)
+HIST_UNROLL = 4
 
 
 def _entries(x_row, idx, ok, COLS, tril):
@@ -241,7 +248,7 @@ def _cover_hist(X, X2, BV, HC, HM, ST, R1, N, N2, CH, sx, sx2, R, C, COLS: tl.co
                 BLOCK: tl.constexpr, I_CH: tl.constexpr, INTERPRET: tl.constexpr, SKIP_FROM: tl.constexpr = 0,
                 TWO_D: tl.constexpr = False, SKIP_UPPER: tl.constexpr = False, EMPTY_EXIT: tl.constexpr = False,
                 SK=None, HAS_SKIP: tl.constexpr = False, FOLD: tl.constexpr = False, CTR=None, target=0.0,
-                target2=0.0, CB: tl.constexpr = 8, I_C: tl.constexpr = 0):
+                target2=0.0, CB: tl.constexpr = 8, I_C: tl.constexpr = 0, UNROLL: tl.constexpr = 1):
     """Program (chunk, row): count and mass of key digit `D` over the chunk's entries that match the digits fixed so
     far -> `HC / HM[D, row, chunk]`. Digits below FULL read the row, the others the row's compacted candidates
     (`BV`, each row's slot at `_cand`). With `FOLD` the row's last program to finish also decides the digit
@@ -262,7 +269,7 @@ def _cover_hist(X, X2, BV, HC, HM, ST, R1, N, N2, CH, sx, sx2, R, C, COLS: tl.co
         tl.store(HM + out, tl.zeros([16], dtype=tl.float32))
     else:
         _hist_chunk(x_row, n, tril, prefix, n_cand, slot, HC, HM, out, c, CH, COLS, D, BLOCK, I_CH, INTERPRET,
-                    SKIP_FROM, TWO_D, SKIP_UPPER)
+                    SKIP_FROM, TWO_D, SKIP_UPPER, UNROLL)
     if FOLD:
         # the tables of every program of the row are in memory (fences at GPU scope around the count) before the
         # last one reads them; one launch instead of two a digit
@@ -283,7 +290,7 @@ def _fence():
 
 def _hist_chunk(x_row, n, tril, prefix, n_cand, slot, HC, HM, out, c, CH, COLS: tl.constexpr, D: tl.constexpr,
                 BLOCK: tl.constexpr, I_CH: tl.constexpr, INTERPRET: tl.constexpr, SKIP_FROM: tl.constexpr,
-                TWO_D: tl.constexpr, SKIP_UPPER: tl.constexpr):
+                TWO_D: tl.constexpr, SKIP_UPPER: tl.constexpr, UNROLL: tl.constexpr = 1):
     """`_cover_hist`'s tables of one chunk."""
     bins = tl.arange(0, 16)
     # TWO_D: the block's entries as a [BLOCK, 1] column from the start. Built in 1-D and broadcast, every per-entry
@@ -295,34 +302,41 @@ def _hist_chunk(x_row, n, tril, prefix, n_cand, slot, HC, HM, out, c, CH, COLS: 
     cnt = tl.zeros([BLOCK, 16], dtype=tl.int32)
     mass = tl.zeros([BLOCK, 16], dtype=tl.float32)
     # only the chunk's part inside the row (or its candidates): a shorter row's idle chunks skip their loop
-    for b0 in range(0, I_CH if INTERPRET else tl.minimum(CH, tl.where(D >= _FULL, n_cand, n) - c * CH), BLOCK):
-        idx = c * CH + b0 + offs
-        inside = (idx < n) & (b0 + offs < CH)
-        if D >= _FULL:
-            ok = inside & (idx < n_cand)
-            x = tl.load(slot + idx, mask=ok, other=0.0)
-            key = _monotone(x)
-        else:
-            ok, x, key = _entries(x_row, idx, inside, COLS, tril)
-        if D > 0:
-            ok = ok & ((key >> (32 - 4 * D)) == (prefix >> (32 - 4 * D)))
-        if TWO_D:
-            hit = ok & (((key >> (28 - 4 * D)) & 15).to(tl.int32) == bins[None, :])
-            xb = x
-        else:
-            hit = ok[:, None] & (((key >> (28 - 4 * D)) & 15).to(tl.int32)[:, None] == bins[None, :])
-            xb = x[:, None]
-        live = True
-        if D >= SKIP_FROM:
-            # blocks without an entry matching the prefix skip the [BLOCK, 16] work (the test is a reduction over
-            # the block, a barrier each time: only from the digit where such blocks get common)
-            live = tl.max(ok.to(tl.int32)) > 0
-        elif SKIP_UPPER:
-            # a scalar test, uniform over the program: no reduction, no barrier
-            live = not _upper(c * CH + b0, tril, COLS, BLOCK)
-        if live:
-            cnt += hit.to(tl.int32)
-            mass += tl.where(hit, xb, 0.0)
+    for b00 in range(0, I_CH if INTERPRET else tl.minimum(CH, tl.where(D >= _FULL, n_cand, n) - c * CH),
+                     BLOCK * UNROLL):
+        # UNROLL > 1: that many blocks a step in straight-line code (no skip tests), so that their loads are issued
+        # together instead of one block's latency after another's
+        for u in tl.static_range(UNROLL):
+            b0 = b00 + u * BLOCK
+            idx = c * CH + b0 + offs
+            inside = (idx < n) & (b0 + offs < CH)
+            if D >= _FULL:
+                ok = inside & (idx < n_cand)
+                x = tl.load(slot + idx, mask=ok, other=0.0)
+                key = _monotone(x)
+            else:
+                ok, x, key = _entries(x_row, idx, inside, COLS, tril)
+            if D > 0:
+                ok = ok & ((key >> (32 - 4 * D)) == (prefix >> (32 - 4 * D)))
+            if TWO_D:
+                hit = ok & (((key >> (28 - 4 * D)) & 15).to(tl.int32) == bins[None, :])
+                xb = x
+            else:
+                hit = ok[:, None] & (((key >> (28 - 4 * D)) & 15).to(tl.int32)[:, None] == bins[None, :])
+                xb = x[:, None]
+            live = True
+            if UNROLL > 1:
+                pass
+            elif D >= SKIP_FROM:
+                # blocks without an entry matching the prefix skip the [BLOCK, 16] work (the test is a reduction
+                # over the block, a barrier each time: only from the digit where such blocks get common)
+                live = tl.max(ok.to(tl.int32)) > 0
+            elif SKIP_UPPER:
+                # a scalar test, uniform over the program: no reduction, no barrier
+                live = not _upper(c * CH + b0, tril, COLS, BLOCK)
+            if live:
+                cnt += hit.to(tl.int32)
+                mass += tl.where(hit, xb, 0.0)
     tl.store(HC + out, tl.sum(cnt, 0))
     tl.store(HM + out, tl.sum(mass, 0))
 
@@ -470,7 +484,7 @@ def _launch(x, target, x2, target2, cols, chunk, block, num_warps, skip=None):
                               **rows, **loops, **sk)
         hist_k[(C, R)](*both, bv, hc, hm, st, *dims, D=d, BLOCK=block, SKIP_FROM=SKIP_FROM, TWO_D=HIST_2D,
                        SKIP_UPPER=SKIP_UPPER, EMPTY_EXIT=EMPTY_EXIT, **rows, **sk, FOLD=FOLD_DECIDE, CTR=ctr,
-                       target=t1, target2=t2, **loops)
+                       target=t1, target2=t2, **loops, UNROLL=max(1, min(HIST_UNROLL, chunk // block)))
         if not FOLD_DECIDE:
             decide_k[(R,)](hc, hm, st, R, C, R1, t1, t2, D=d, num_warps=DECIDE_WARPS, **loops, **sk)
     cnt = out = None

@@ -133,6 +133,18 @@ def _check_fold(case):
             _check_pair(case)
 
 
+def _check_unroll(case):
+    """`HIST_UNROLL`: the digit launches walk two blocks a step without the skip tests (the chunks here are two
+    blocks long): the same counts and mask, rows left out or not."""
+    import sparsebench.kernels.cover.triton as CT
+
+    with switched(CT, HIST_UNROLL=4):
+        if len(case) == 4:
+            _check_skip(case)
+        else:
+            _check_pair(case)
+
+
 PAIR_CASES = [pytest.param((("soft", 3, 300, 0.95), ("soft", 2, 12, 0.95 * 12), 32), id="pair-soft-longer-counts"),
               pytest.param((("grid", 2, 40, 0.5), ("grid", 3, 16, 3.0), 16), id="pair-grid-longer-masks")]
 
@@ -164,10 +176,11 @@ EXIT_CASES = [pytest.param((("band", 2, 300, 150.0), ("band", 2, 32, 277.0), 16)
 
 
 FOLD_CASES = [pytest.param(c.values[0], id=f"fold-{c.id}") for c in PAIR_CASES + SKIP_CASES]
+UNROLL_CASES = [pytest.param(c.values[0], id=f"unroll-{c.id}") for c in PAIR_CASES + SKIP_CASES + EXIT_CASES]
 
 
 @pytest.mark.parametrize("case", COUNT_CASES + MASK_CASES + PAIR_CASES + FLEX_CASES + UPPER_CASES + EXIT_CASES
-                         + SKIP_CASES + FOLD_CASES)
+                         + SKIP_CASES + FOLD_CASES + UNROLL_CASES)
 def test_triton_interpret_matches_reference(case, request, interpret_verdicts):
     assert_verdict(interpret_verdicts, request)
 
@@ -189,15 +202,15 @@ def test_triton_gpu_mask_matches_reference(case):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("fold", [False, True])
-def test_triton_gpu_default_chunks_match_reference(fold):
+@pytest.mark.parametrize("fold,unroll", [(False, 1), (True, 1), (False, 4)])
+def test_triton_gpu_default_chunks_match_reference(fold, unroll):
     """FlexPrefill's shapes at the kernels' default chunk and block: cover counts over 64 rows of 64K softmax scores,
     the global cover over 32 causal 512 x 512 block-score matrices; each digit decided by a launch of its own or by
     the row's last hist program (`FOLD_DECIDE`)."""
     import sparsebench.kernels.cover.triton as CT
     from sparsebench.testing import switched
 
-    with switched(CT, FOLD_DECIDE=fold):
+    with switched(CT, FOLD_DECIDE=fold, HIST_UNROLL=unroll):
         _gpu_default_chunks()
 
 
@@ -247,3 +260,4 @@ if __name__ == "__main__" and sys.argv[1:] == ["--interpret"]:
     report_verdicts(_check_empty_exit, EXIT_CASES)
     report_verdicts(_check_skip, SKIP_CASES)
     report_verdicts(_check_fold, FOLD_CASES)
+    report_verdicts(_check_unroll, UNROLL_CASES)
