@@ -132,6 +132,11 @@ _BLOCKS_KERNEL = True
 # tau may decide the other way). On by default since session 9: 2.81 / 3.05 / 7.36 ms against 3.01 / 3.08 / 7.38 ms
 # without (`bench_methods_cost_s9.csv`; row `flexprefill_noswitchkernel` turns it off)
 _SWITCH_KERNEL = True
+# the query-aware block scores (the block means' products, the causal mask, the fp32 softmax) by `kernels/block_scores`
+# in one launch instead of torch's matmul, mask, cast and softmax (four launches, 23 us a call at FlexPrefill's 32K
+# shapes on an H200, session 12's profile); equal up to rounding (a logit may round to the neighbouring value of the
+# input dtype). Off: untimed (row `flexprefill_qascoreskernel`)
+_QA_SCORES_KERNEL = False
 # the block means of the keys and of the scaled queries by `kernels/block_means` (one launch each, reading every block
 # once) instead of torch's sum, counts, division, cast and multiply; equal up to the order of the fp32 sums. Off:
 # slower in the whole estimate in session 9 (3.20 / 3.28 / 7.80 ms against 3.01 / 3.08 / 7.38 ms at 32K / 64K /
@@ -450,9 +455,14 @@ def parts_from_reads(scores: torch.Tensor, q_last: torch.Tensor, k_mean: torch.T
         query_aware = flex_switch_naive(q_last, k_mean, pooled[0], tau)[0]
 
     _, _, above, tril = block_tables(nb, scores.device)
-    logits = torch.matmul(q_mean.view(B, HKV, G * nb, D), k_mean.transpose(-1, -2)).view(B, H, nb, nb)
-    attn = torch.softmax(logits.masked_fill_(above, float("-inf")), dim=-1, dtype=torch.float32)
-    del logits
+    if _QA_SCORES_KERNEL and use_triton and D >= 16:
+        from sparsebench.kernels.block_scores import block_scores_triton
+
+        attn = block_scores_triton(q_mean, k_mean)
+    else:
+        logits = torch.matmul(q_mean.view(B, HKV, G * nb, D), k_mean.transpose(-1, -2)).view(B, H, nb, nb)
+        attn = torch.softmax(logits.masked_fill_(above, float("-inf")), dim=-1, dtype=torch.float32)
+        del logits
     # only the causal half can be non-zero: sort and scan that half (row-major, as tril_indices lists it)
     if paired:
         from sparsebench.kernels.cover import cover_pair_triton
@@ -577,7 +587,8 @@ def _switches_key() -> tuple:
     means = sys.modules.get("sparsebench.kernels.block_means.triton")
     switch = sys.modules.get("sparsebench.kernels.flex_switch.triton")
     blocks = sys.modules.get("sparsebench.kernels.flex_blocks.triton")
-    return (_COVER_KERNEL, _COVER_SKIP, _BLOCKS_KERNEL, _SWITCH_KERNEL, _WHOLE_SIDE, torch.is_inference_mode_enabled(),
+    return (_COVER_KERNEL, _COVER_SKIP, _BLOCKS_KERNEL, _SWITCH_KERNEL, _QA_SCORES_KERNEL, _WHOLE_SIDE,
+            torch.is_inference_mode_enabled(),
             (means.TILE, means.WARPS) if means else None,
             (switch.Q_TILE, switch.K_TILE, switch.WARPS) if switch else None,
             blocks.ONE_WALK if blocks else None,

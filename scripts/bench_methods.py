@@ -100,7 +100,8 @@ GPU_COST_VARIANTS = (("minference_vs_torch", "minference", {"pattern": "vertical
                      ("flexprefill_twowalks", "flexprefill", {}),
                      ("flexprefill_folddecide", "flexprefill", {}),
                      ("flexprefill_decidecb8", "flexprefill", {}),
-                     ("flexprefill_histunroll1", "flexprefill", {}))
+                     ("flexprefill_histunroll1", "flexprefill", {}),
+                     ("flexprefill_qascoreskernel", "flexprefill", {}))
 # environment a variant runs under (switches that are not constructor knobs, read at call time)
 VARIANT_ENV = {"xattn_s8_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"},
                "xattn_s16_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"}}
@@ -195,6 +196,8 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
     "flexprefill_decidecb8": [("sparsebench.kernels.cover.triton", "DECIDE_CB", 8)],
     # kernels/cover's digit launches a block a loop step (session 12 made it 4)
     "flexprefill_histunroll1": [("sparsebench.kernels.cover.triton", "HIST_UNROLL", 1)],
+    # session 12, not a default until timed: the query-aware block scores by kernels/block_scores in one launch
+    "flexprefill_qascoreskernel": [("sparsebench.methods.flexprefill", "_QA_SCORES_KERNEL", True)],
     # session 12, not a default until timed: each cover digit decided by the row's last hist program
     "flexprefill_folddecide": [("sparsebench.kernels.cover.triton", "FOLD_DECIDE", True)],
     # kernels/cover's digit blocks of 256 entries, or chunks of 2048 (defaults 128 and 4096)

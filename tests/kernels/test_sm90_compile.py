@@ -218,6 +218,18 @@ def test_flex_switch(D, compiled):
     assert use["spill_stores"] == use["spill_loads"] == 0, use
 
 
+@pytest.mark.parametrize("nb,D", [(256, 128), (1024, 128), (128, 256)])
+def test_block_scores(nb, D, compiled):
+    """kernels/block_scores at FlexPrefill's 32K and 128K shapes (bf16, Llama-3.1-8B heads) and gemma3's head dim,
+    without spills."""
+    from sparsebench.kernels.block_scores import block_scores_triton
+
+    block_scores_triton(torch.zeros(1, 32, nb, D, dtype=torch.bfloat16), torch.zeros(1, 8, nb, D, dtype=torch.bfloat16))
+    _check(compiled, 1)
+    use = _ptxas_usage(compiled[0][1])
+    assert use["spill_stores"] == use["spill_loads"] == 0, use
+
+
 @pytest.mark.parametrize("D", [128, 256])
 def test_block_means(D, compiled):
     """kernels/block_means on bf16 queries (FlexPrefill's block 128, scaled), without spills."""
