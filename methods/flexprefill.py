@@ -594,7 +594,7 @@ def _switches_key() -> tuple:
             blocks.ONE_WALK if blocks else None,
             (cover.CHUNK, cover.SHORT_CHUNK, cover.SHORT_ROWS, cover.BLOCK, cover.SKIP_FROM, cover.HIST_2D,
              cover.SKIP_UPPER, cover.EMPTY_EXIT, cover.FOLD_DECIDE, cover.DECIDE_CB, cover.DECIDE_WARPS,
-             cover.HIST_UNROLL)
+             cover.HIST_UNROLL, cover.WRITE_BLOCK)
             if _COVER_KERNEL and cover else None)
 
 

@@ -101,7 +101,8 @@ GPU_COST_VARIANTS = (("minference_vs_torch", "minference", {"pattern": "vertical
                      ("flexprefill_folddecide", "flexprefill", {}),
                      ("flexprefill_decidecb8", "flexprefill", {}),
                      ("flexprefill_histunroll1", "flexprefill", {}),
-                     ("flexprefill_qascoreskernel", "flexprefill", {}))
+                     ("flexprefill_qascoreskernel", "flexprefill", {}),
+                     ("flexprefill_writeblock2k", "flexprefill", {}))
 # environment a variant runs under (switches that are not constructor knobs, read at call time)
 VARIANT_ENV = {"xattn_s8_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"},
                "xattn_s16_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"}}
@@ -198,6 +199,8 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
     "flexprefill_histunroll1": [("sparsebench.kernels.cover.triton", "HIST_UNROLL", 1)],
     # session 12, not a default until timed: the query-aware block scores by kernels/block_scores in one launch
     "flexprefill_qascoreskernel": [("sparsebench.methods.flexprefill", "_QA_SCORES_KERNEL", True)],
+    # session 12, not a default until timed: kernels/cover's compaction, mask and ties a 2048-entry chunk a step
+    "flexprefill_writeblock2k": [("sparsebench.kernels.cover.triton", "WRITE_BLOCK", 2048)],
     # session 12, not a default until timed: each cover digit decided by the row's last hist program
     "flexprefill_folddecide": [("sparsebench.kernels.cover.triton", "FOLD_DECIDE", True)],
     # kernels/cover's digit blocks of 256 entries, or chunks of 2048 (defaults 128 and 4096)

@@ -135,10 +135,11 @@ def _check_fold(case):
 
 def _check_unroll(case):
     """`HIST_UNROLL`: the digit launches walk two blocks a step without the skip tests (the chunks here are two
-    blocks long): the same counts and mask, rows left out or not."""
+    blocks long); and the write launches 16 entries a step (`WRITE_BLOCK`): the same counts and mask, rows left out
+    or not."""
     import sparsebench.kernels.cover.triton as CT
 
-    with switched(CT, HIST_UNROLL=4):
+    with switched(CT, HIST_UNROLL=4, WRITE_BLOCK=16):
         if len(case) == 4:
             _check_skip(case)
         else:
@@ -202,15 +203,16 @@ def test_triton_gpu_mask_matches_reference(case):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("fold,unroll", [(False, 1), (True, 1), (False, 4)])
-def test_triton_gpu_default_chunks_match_reference(fold, unroll):
+@pytest.mark.parametrize("fold,unroll,write", [(False, 1, None), (True, 1, None), (False, 4, None), (False, 4, 4096)])
+def test_triton_gpu_default_chunks_match_reference(fold, unroll, write):
     """FlexPrefill's shapes at the kernels' default chunk and block: cover counts over 64 rows of 64K softmax scores,
     the global cover over 32 causal 512 x 512 block-score matrices; each digit decided by a launch of its own or by
-    the row's last hist program (`FOLD_DECIDE`)."""
+    the row's last hist program (`FOLD_DECIDE`); a block or four a digit step (`HIST_UNROLL`); the write launches a
+    chunk a step (`WRITE_BLOCK`)."""
     import sparsebench.kernels.cover.triton as CT
     from sparsebench.testing import switched
 
-    with switched(CT, FOLD_DECIDE=fold, HIST_UNROLL=unroll):
+    with switched(CT, FOLD_DECIDE=fold, HIST_UNROLL=unroll, WRITE_BLOCK=write):
         _gpu_default_chunks()
 
 
