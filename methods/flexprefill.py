@@ -593,7 +593,7 @@ def _switches_key() -> tuple:
             (switch.Q_TILE, switch.K_TILE, switch.WARPS) if switch else None,
             blocks.ONE_WALK if blocks else None,
             (cover.CHUNK, cover.SHORT_CHUNK, cover.SHORT_ROWS, cover.BLOCK, cover.SKIP_FROM, cover.HIST_2D,
-             cover.SKIP_UPPER, cover.EMPTY_EXIT, cover.FOLD_DECIDE, cover.DECIDE_CB, cover.DECIDE_WARPS,
+             cover.SKIP_UPPER, cover.EMPTY_EXIT, cover.DECIDE_CB, cover.DECIDE_WARPS,
              cover.HIST_UNROLL, cover.WRITE_BLOCK)
             if _COVER_KERNEL and cover else None)
 

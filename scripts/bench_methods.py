@@ -98,7 +98,6 @@ GPU_COST_VARIANTS = (("minference_vs_torch", "minference", {"pattern": "vertical
                      ("flexprefill_statsbl128", "flexprefill", {}),
                      ("flexprefill_switch4k", "flexprefill", {}),
                      ("flexprefill_twowalks", "flexprefill", {}),
-                     ("flexprefill_folddecide", "flexprefill", {}),
                      ("flexprefill_decidecb8", "flexprefill", {}),
                      ("flexprefill_histunroll1", "flexprefill", {}),
                      ("flexprefill_qascoreskernel", "flexprefill", {}),
@@ -201,8 +200,6 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
     "flexprefill_qascoreskernel": [("sparsebench.methods.flexprefill", "_QA_SCORES_KERNEL", True)],
     # session 12, not a default until timed: kernels/cover's compaction, mask and ties a 2048-entry chunk a step
     "flexprefill_writeblock2k": [("sparsebench.kernels.cover.triton", "WRITE_BLOCK", 2048)],
-    # session 12, not a default until timed: each cover digit decided by the row's last hist program
-    "flexprefill_folddecide": [("sparsebench.kernels.cover.triton", "FOLD_DECIDE", True)],
     # kernels/cover's digit blocks of 256 entries, or chunks of 2048 (defaults 128 and 4096)
     "flexprefill_coverb256": [("sparsebench.kernels.cover.triton", "BLOCK", 256)],
     "flexprefill_cover2k": [("sparsebench.kernels.cover.triton", "CHUNK", 2048),

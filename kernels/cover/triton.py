@@ -97,11 +97,6 @@ SKIP_UPPER = True
 # estimate took 1.663 / 3.949 ms with it against 1.741 / 4.306 ms at 64K / 128K (0.921 against 0.904 ms at 32K,
 # host-bound there; `bench_methods_cost_s10d.csv`, row `flexprefill_emptyexit`); row `flexprefill_noemptyexit`
 EMPTY_EXIT = True
-# each digit's decision by the last program of the row to finish its hist (an atomic count per row, fences at GPU
-# scope) instead of a launch of its own: 8 launches fewer, but the decision then ends each hist launch. Off: no
-# faster (session 12, FlexPrefill's estimate 0.663 / 1.332 / 3.140 ms with it against 0.664 / 1.345 / 3.124 ms at
-# 32K / 64K / 128K, H200, `bench_methods_cost_s12a.csv`, row `flexprefill_folddecide`)
-FOLD_DECIDE = False
 # chunks whose tables a digit's decision (and `_before`) reads in one step, and the decision's warps. 64 since session
 # 12 (8 before: FlexPrefill's estimate 0.668 / 1.352 / 3.179 ms, row `flexprefill_decidecb8`, against 0.664 / 1.345 /
 # 3.124 ms; its decisions 15.4 against 22.8 us a call at 32K, profiled); 4 warps were slower than 1 (20.3 us)
@@ -175,18 +170,11 @@ def _skipped(SK, row, HAS_SKIP: tl.constexpr):
 
 def _cover_decide(HC, HM, ST, R, C, R1, target, target2, D: tl.constexpr, CB: tl.constexpr, I_C: tl.constexpr,
                   INTERPRET: tl.constexpr, SK=None, HAS_SKIP: tl.constexpr = False):
-    """Program (row): `_decide_row` of digit `D`."""
+    """Program (row): digit `D` from its tables (summed over the chunks in a fixed order): the highest bin b whose
+    mass, with everything above the prefix, exceeds the target; the row's state advanced by it (`_state`)."""
     row = tl.program_id(0).to(tl.int64)
     if _skipped(SK, row, HAS_SKIP):
         return
-    _decide_row(HC, HM, ST, R, C, R1, row, target, target2, D, CB, I_C, INTERPRET, False)
-
-
-def _decide_row(HC, HM, ST, R, C, R1, row, target, target2, D: tl.constexpr, CB: tl.constexpr, I_C: tl.constexpr,
-                INTERPRET: tl.constexpr, CG: tl.constexpr):
-    """Digit `D` of the row from its tables (summed over the chunks in a fixed order): the highest bin b whose mass,
-    with everything above the prefix, exceeds the target; the row's state advanced by it (`_state`). `CG`: the
-    tables are read past L1 (written by other programs of the same launch)."""
     tgt = tl.where(row >= R1, target2, target)
     bins = tl.arange(0, 16)
     cc = tl.arange(0, CB)
@@ -197,12 +185,8 @@ def _decide_row(HC, HM, ST, R, C, R1, row, target, target2, D: tl.constexpr, CB:
     for c0 in range(0, I_C if INTERPRET else C, CB):
         off = base + (c0 + cc)[:, None] * 16 + bins[None, :]
         live = (c0 + cc < C)[:, None]
-        if CG:
-            cnt += tl.sum(tl.load(HC + off, mask=live, other=0, cache_modifier=".cg"), 0)
-            mass += tl.sum(tl.load(HM + off, mask=live, other=0.0, cache_modifier=".cg"), 0)
-        else:
-            cnt += tl.sum(tl.load(HC + off, mask=live, other=0), 0)
-            mass += tl.sum(tl.load(HM + off, mask=live, other=0.0), 0)
+        cnt += tl.sum(tl.load(HC + off, mask=live, other=0), 0)
+        mass += tl.sum(tl.load(HM + off, mask=live, other=0.0), 0)
     # the mass of bins >= b, for every b; the cut lies in the highest bin where it exceeds the target
     suffix = tl.cumsum(mass, 0, reverse=True)
     b_cross = tl.max(tl.where(mass_above + suffix > tgt, bins, -1))
@@ -251,12 +235,10 @@ def _before(HC, row, R, C, c, b, D: tl.constexpr, CB: tl.constexpr, I_C: tl.cons
 def _cover_hist(X, X2, BV, HC, HM, ST, R1, N, N2, CH, sx, sx2, R, C, COLS: tl.constexpr, D: tl.constexpr,
                 BLOCK: tl.constexpr, I_CH: tl.constexpr, INTERPRET: tl.constexpr, SKIP_FROM: tl.constexpr = 0,
                 TWO_D: tl.constexpr = False, SKIP_UPPER: tl.constexpr = False, EMPTY_EXIT: tl.constexpr = False,
-                SK=None, HAS_SKIP: tl.constexpr = False, FOLD: tl.constexpr = False, CTR=None, target=0.0,
-                target2=0.0, CB: tl.constexpr = 8, I_C: tl.constexpr = 0, UNROLL: tl.constexpr = 1):
+                SK=None, HAS_SKIP: tl.constexpr = False, UNROLL: tl.constexpr = 1):
     """Program (chunk, row): count and mass of key digit `D` over the chunk's entries that match the digits fixed so
     far -> `HC / HM[D, row, chunk]`. Digits below FULL read the row, the others the row's compacted candidates
-    (`BV`, each row's slot at `_cand`). With `FOLD` the row's last program to finish also decides the digit
-    (`_decide_row`), counted in on the row's counter `CTR[row]`, which it sets back to 0."""
+    (`BV`, each row's slot at `_cand`)."""
     c = tl.program_id(0)
     row = tl.program_id(1).to(tl.int64)
     if _skipped(SK, row, HAS_SKIP):
@@ -274,22 +256,6 @@ def _cover_hist(X, X2, BV, HC, HM, ST, R1, N, N2, CH, sx, sx2, R, C, COLS: tl.co
     else:
         _hist_chunk(x_row, n, tril, prefix, n_cand, slot, HC, HM, out, c, CH, COLS, D, BLOCK, I_CH, INTERPRET,
                     SKIP_FROM, TWO_D, SKIP_UPPER, UNROLL)
-    if FOLD:
-        # the tables of every program of the row are in memory (fences at GPU scope around the count) before the
-        # last one reads them; one launch instead of two a digit
-        if not INTERPRET:
-            _fence()
-        tl.debug_barrier()
-        if tl.atomic_add(CTR + row, 1) == C - 1:
-            if not INTERPRET:
-                _fence()
-            tl.store(CTR + row, 0)
-            _decide_row(HC, HM, ST, R, C, R1, row, target, target2, D, CB, I_C, INTERPRET, True)
-
-
-def _fence():
-    """fence.acq_rel.gpu in every thread."""
-    tl.inline_asm_elementwise("fence.acq_rel.gpu; mov.u32 $0, 0;", "=r", [], dtype=tl.int32, is_pure=False, pack=1)
 
 
 def _hist_chunk(x_row, n, tril, prefix, n_cand, slot, HC, HM, out, c, CH, COLS: tl.constexpr, D: tl.constexpr,
@@ -432,8 +398,7 @@ def _cover_ties(BV, BI, HC, ST, OUT, R1, N, N2, CH, so, R, C, target2, NDIG: tl.
 
 
 _kernels = per_mode((_cover_hist, _cover_compact, _cover_count, _cover_mask, _cover_ties, _cover_decide),
-                    (_monotone, _entries, _row, _state, _fit, _before, _cand, _upper, _skipped, _decide_row, _fence,
-                     _hist_chunk))
+                    (_monotone, _entries, _row, _state, _fit, _before, _cand, _upper, _skipped, _hist_chunk))
 
 
 def _default_chunk(x, x2) -> int:
@@ -462,10 +427,8 @@ def _launch(x, target, x2, target2, cols, chunk, block, num_warps, skip=None):
     dev = xa.device
     hc = torch.empty(DIGITS, R, C, 16, dtype=torch.int32, device=dev)
     hm = torch.empty(DIGITS, R, C, 16, dtype=torch.float32, device=dev)
-    # each row's state after the digits so far (`_state`), all zero before the first; then the rows' counters of
-    # FOLD_DECIDE (one memset for both)
-    zs = torch.zeros(R * 9, dtype=torch.int32, device=dev)
-    st, ctr = zs[:R * 8].view(R, 8), zs[R * 8:]
+    # each row's state after the digits so far (`_state`), all zero before the first
+    st = torch.zeros(R, 8, dtype=torch.int32, device=dev)
     # the candidates after FULL digits (at most the whole row): values and indices, in index order
     bv = torch.empty(R1 * N + R2 * N2, dtype=torch.float32, device=dev)
     bi = torch.empty(R1 * N + R2 * N2, dtype=torch.int32, device=dev)
@@ -488,10 +451,9 @@ def _launch(x, target, x2, target2, cols, chunk, block, num_warps, skip=None):
             compact_k[(C, R)](*both, bv, bi, hc, st, *dims, BLOCK=wblock, SKIP_UPPER=SKIP_UPPER,
                               **rows, **loops, **sk)
         hist_k[(C, R)](*both, bv, hc, hm, st, *dims, D=d, BLOCK=block, SKIP_FROM=SKIP_FROM, TWO_D=HIST_2D,
-                       SKIP_UPPER=SKIP_UPPER, EMPTY_EXIT=EMPTY_EXIT, **rows, **sk, FOLD=FOLD_DECIDE, CTR=ctr,
-                       target=t1, target2=t2, **loops, UNROLL=max(1, min(HIST_UNROLL, chunk // block)))
-        if not FOLD_DECIDE:
-            decide_k[(R,)](hc, hm, st, R, C, R1, t1, t2, D=d, num_warps=DECIDE_WARPS, **loops, **sk)
+                       SKIP_UPPER=SKIP_UPPER, EMPTY_EXIT=EMPTY_EXIT, **rows, INTERPRET=interpret, **sk,
+                       UNROLL=max(1, min(HIST_UNROLL, chunk // block)))
+        decide_k[(R,)](hc, hm, st, R, C, R1, t1, t2, D=d, num_warps=DECIDE_WARPS, **loops, **sk)
     cnt = out = None
     if R1:
         cnt = torch.empty(R1, dtype=torch.int64, device=dev)

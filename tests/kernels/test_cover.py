@@ -121,18 +121,6 @@ def _check_empty_exit(case):
         _check_pair(case)
 
 
-def _check_fold(case):
-    """`FOLD_DECIDE` the other way from its default (the digit decided by the row's last hist program, or by a launch
-    of its own): the same counts and mask, rows left out or not."""
-    import sparsebench.kernels.cover.triton as CT
-
-    with switched(CT, FOLD_DECIDE=not CT.FOLD_DECIDE):
-        if len(case) == 4:
-            _check_skip(case)
-        else:
-            _check_pair(case)
-
-
 def _check_unroll(case):
     """`HIST_UNROLL`: the digit launches walk two blocks a step without the skip tests (the chunks here are two
     blocks long); and the write launches 16 entries a step (`WRITE_BLOCK`): the same counts and mask, rows left out
@@ -176,12 +164,11 @@ EXIT_CASES = [pytest.param((("band", 2, 300, 150.0), ("band", 2, 32, 277.0), 16)
               pytest.param((("soft", 2, 300, 0.95), ("soft", 2, 24, 0.95 * 24), 16), id="exit-soft")]
 
 
-FOLD_CASES = [pytest.param(c.values[0], id=f"fold-{c.id}") for c in PAIR_CASES + SKIP_CASES]
 UNROLL_CASES = [pytest.param(c.values[0], id=f"unroll-{c.id}") for c in PAIR_CASES + SKIP_CASES + EXIT_CASES]
 
 
 @pytest.mark.parametrize("case", COUNT_CASES + MASK_CASES + PAIR_CASES + FLEX_CASES + UPPER_CASES + EXIT_CASES
-                         + SKIP_CASES + FOLD_CASES + UNROLL_CASES)
+                         + SKIP_CASES + UNROLL_CASES)
 def test_triton_interpret_matches_reference(case, request, interpret_verdicts):
     assert_verdict(interpret_verdicts, request)
 
@@ -203,16 +190,15 @@ def test_triton_gpu_mask_matches_reference(case):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("fold,unroll,write", [(False, 1, None), (True, 1, None), (False, 4, None), (False, 4, 4096)])
-def test_triton_gpu_default_chunks_match_reference(fold, unroll, write):
+@pytest.mark.parametrize("unroll,write", [(1, None), (4, None), (4, 4096)])
+def test_triton_gpu_default_chunks_match_reference(unroll, write):
     """FlexPrefill's shapes at the kernels' default chunk and block: cover counts over 64 rows of 64K softmax scores,
-    the global cover over 32 causal 512 x 512 block-score matrices; each digit decided by a launch of its own or by
-    the row's last hist program (`FOLD_DECIDE`); a block or four a digit step (`HIST_UNROLL`); the write launches a
-    chunk a step (`WRITE_BLOCK`)."""
+    the global cover over 32 causal 512 x 512 block-score matrices; a block or four a digit step (`HIST_UNROLL`); the
+    write launches a chunk a step (`WRITE_BLOCK`)."""
     import sparsebench.kernels.cover.triton as CT
     from sparsebench.testing import switched
 
-    with switched(CT, FOLD_DECIDE=fold, HIST_UNROLL=unroll, WRITE_BLOCK=write):
+    with switched(CT, HIST_UNROLL=unroll, WRITE_BLOCK=write):
         _gpu_default_chunks()
 
 
@@ -261,5 +247,4 @@ if __name__ == "__main__" and sys.argv[1:] == ["--interpret"]:
     report_verdicts(_check_upper, UPPER_CASES)
     report_verdicts(_check_empty_exit, EXIT_CASES)
     report_verdicts(_check_skip, SKIP_CASES)
-    report_verdicts(_check_fold, FOLD_CASES)
     report_verdicts(_check_unroll, UNROLL_CASES)
