@@ -184,6 +184,13 @@ _WHOLE_GRAPH = True
 # `flexprefill_nowholeside`). Little overlap: the scores pass's programs fill the registers, only the stats pass
 # leaves room beside it
 _WHOLE_SIDE = True
+# that branch's block means by this many resident programs a multiprocessor (`kernels/block_means`' `programs=`: each
+# block loaded whole, the next one's load in flight; 4 warps at most 208 registers, which fit beside the stats pass's
+# two programs) instead of a program a block. A program a block fills the GPU once the stats pass drains, and the
+# scores pass waits for them (session 12's timeline: the query means at 120-207 us, the scores pass from 201 us); a
+# program beside each pair of stats programs might finish them within the stats pass. (Session 11's resident means,
+# one 32-row load in flight a program, took 340-611 us.) Off: untimed (row `flexprefill_meansresident1`)
+_WHOLE_MEANS_RESIDENT: int | None = None
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -490,9 +497,13 @@ def _table_reads(q: torch.Tensor, k: torch.Tensor, table: torch.Tensor, block_si
     from sparsebench.kernels.block_means import block_means_triton
     from sparsebench.kernels.last_q_scores.triton import last_q_scores_stacked_triton, scaled_last_rows
 
+    programs = None
+    if _WHOLE_MEANS_RESIDENT and q.is_cuda:
+        programs = _WHOLE_MEANS_RESIDENT * torch.cuda.get_device_properties(q.device).multi_processor_count
+
     def means():
-        return (block_means_triton(k, block_size, table=table, slot=1),
-                block_means_triton(q, block_size, scale, table=table, slot=0))
+        return (block_means_triton(k, block_size, table=table, slot=1, programs=programs),
+                block_means_triton(q, block_size, scale, table=table, slot=0, programs=programs))
 
     side_branch = _WHOLE_SIDE and q.is_cuda
     if side_branch:
@@ -588,8 +599,9 @@ def _switches_key() -> tuple:
     switch = sys.modules.get("sparsebench.kernels.flex_switch.triton")
     blocks = sys.modules.get("sparsebench.kernels.flex_blocks.triton")
     return (_COVER_KERNEL, _COVER_SKIP, _BLOCKS_KERNEL, _SWITCH_KERNEL, _QA_SCORES_KERNEL, _WHOLE_SIDE,
-            torch.is_inference_mode_enabled(),
-            (means.TILE, means.WARPS) if means else None,
+            _WHOLE_MEANS_RESIDENT, torch.is_inference_mode_enabled(),
+            (means.TILE, means.WARPS, means.RESIDENT_WARPS, means.RESIDENT_MAXNREG, means.RESIDENT_TILE)
+            if means else None,
             (switch.Q_TILE, switch.K_TILE, switch.WARPS) if switch else None,
             blocks.ONE_WALK if blocks else None,
             (cover.CHUNK, cover.SHORT_CHUNK, cover.SHORT_ROWS, cover.BLOCK, cover.SKIP_FROM, cover.HIST_2D,
