@@ -32,6 +32,15 @@ def _to_dtype(x, DT: tl.constexpr):
     return x.to(DT)
 
 
+def _mean_of(acc, count, scale, HAS_SCALE: tl.constexpr, DT: tl.constexpr):
+    """The block mean from its fp32 sums as the reference rounds it: divided by the row count, rounded to DT, then
+    (`HAS_SCALE`) times the scale, rounded again."""
+    mean = _to_dtype(acc / count, DT)
+    if HAS_SCALE:
+        mean = _to_dtype(mean.to(tl.float32) * scale, DT)
+    return mean
+
+
 def _means_fwd(X, OUT, N, D, size, sxh, sxn, soh, son, scale, HAS_SCALE: tl.constexpr, DT: tl.constexpr,
                BD: tl.constexpr, BR: tl.constexpr, I_S: tl.constexpr, INTERPRET: tl.constexpr, XT=None, slot=0,
                FROM_TABLE: tl.constexpr = False):
@@ -39,13 +48,8 @@ def _means_fwd(X, OUT, N, D, size, sxh, sxn, soh, son, scale, HAS_SCALE: tl.cons
     if FROM_TABLE:
         # x's address read at run time (a CUDA graph replays with whatever the table then holds)
         X = tl.multiple_of(tl.load(XT + slot).to(tl.pointer_type(DT)), 16)
-    _block_mean_out(X, OUT, tl.program_id(0), tl.program_id(1), N, D, size, sxh, sxn, soh, son, scale, HAS_SCALE,
-                    DT, BD, BR, I_S, INTERPRET)
-
-
-def _block_mean_out(X, OUT, h, blk, N, D, size, sxh, sxn, soh, son, scale, HAS_SCALE: tl.constexpr, DT: tl.constexpr,
-                    BD: tl.constexpr, BR: tl.constexpr, I_S: tl.constexpr, INTERPRET: tl.constexpr):
-    h = h.to(tl.int64)
+    h = tl.program_id(0).to(tl.int64)
+    blk = tl.program_id(1)
     dd = tl.arange(0, BD)
     row0 = blk * size
     # [BR, BD] running sums, reduced over the rows once after the loop (a reduction per load crossed warps through
@@ -58,12 +62,8 @@ def _block_mean_out(X, OUT, h, blk, N, D, size, sxh, sxn, soh, son, scale, HAS_S
         x = tl.load(X + h * sxh + rows.to(tl.int64)[:, None] * sxn + dd[None, :], mask=ok[:, None] & (dd < D)[None, :],
                     other=0.0)
         acc2 += x.to(tl.float32)
-    acc = tl.sum(acc2, 0)
     count = tl.minimum(size, N - row0).to(tl.float32)
-    mean = _to_dtype(acc / count, DT)
-    if HAS_SCALE:
-        mean = _to_dtype(mean.to(tl.float32) * scale, DT)
-    tl.store(OUT + h * soh + blk * son + dd, mean, mask=dd < D)
+    tl.store(OUT + h * soh + blk * son + dd, _mean_of(tl.sum(acc2, 0), count, scale, HAS_SCALE, DT), mask=dd < D)
 
 
 def _item_tile(X, item, NITEMS, NB, N, D, size, sxh, sxn, BD: tl.constexpr, BS: tl.constexpr):
@@ -94,15 +94,13 @@ def _means_resident(X, OUT, N, D, size, sxh, sxn, soh, son, scale, NB, NITEMS, H
         x_next = _item_tile(X, item + grid, NITEMS, NB, N, D, size, sxh, sxn, BD, BS)
         blk = item % NB
         count = tl.minimum(size, N - blk * size).to(tl.float32)
-        mean = _to_dtype(tl.sum(x.to(tl.float32), 0) / count, DT)
-        if HAS_SCALE:
-            mean = _to_dtype(mean.to(tl.float32) * scale, DT)
+        mean = _mean_of(tl.sum(x.to(tl.float32), 0), count, scale, HAS_SCALE, DT)
         tl.store(OUT + (item // NB).to(tl.int64) * soh + blk * son + dd, mean, mask=(dd < D) & (item < NITEMS))
         x = x_next
 
 
-_kernel = per_mode((_means_fwd,), (_to_dtype, _block_mean_out), one=True)
-_resident = per_mode((_means_resident,), (_to_dtype, _item_tile), one=True)
+_kernel = per_mode((_means_fwd,), (_to_dtype, _mean_of), one=True)
+_resident = per_mode((_means_resident,), (_to_dtype, _mean_of, _item_tile), one=True)
 
 
 # elements of x loaded by one step of a program's loop over its block's rows (rows per step = TILE // the padded head

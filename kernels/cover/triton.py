@@ -246,27 +246,19 @@ def _cover_hist(X, X2, BV, HC, HM, ST, R1, N, N2, CH, sx, sx2, R, C, COLS: tl.co
     x_row, n, tril = _row(X, X2, row, R1, N, N2, sx, sx2)
     prefix, _, _, _, _, _, _, n_cand = _state(ST, row)
     slot = BV + _cand(row, R1, N, N2)
-    out = ((D * R + row) * C + c) * 16 + tl.arange(0, 16)
-    # a chunk past the row's candidates (most of them, after the compaction) stores zeros, without the [BLOCK, 16]
-    # sums and their reduction
-    empty = EMPTY_EXIT and D >= _FULL and c * CH >= n_cand
-    if empty:
-        tl.store(HC + out, tl.zeros([16], dtype=tl.int32))
-        tl.store(HM + out, tl.zeros([16], dtype=tl.float32))
-    else:
-        _hist_chunk(x_row, n, tril, prefix, n_cand, slot, HC, HM, out, c, CH, COLS, D, BLOCK, I_CH, INTERPRET,
-                    SKIP_FROM, TWO_D, SKIP_UPPER, UNROLL)
-
-
-def _hist_chunk(x_row, n, tril, prefix, n_cand, slot, HC, HM, out, c, CH, COLS: tl.constexpr, D: tl.constexpr,
-                BLOCK: tl.constexpr, I_CH: tl.constexpr, INTERPRET: tl.constexpr, SKIP_FROM: tl.constexpr,
-                TWO_D: tl.constexpr, SKIP_UPPER: tl.constexpr, UNROLL: tl.constexpr = 1):
-    """`_cover_hist`'s tables of one chunk."""
     bins = tl.arange(0, 16)
     # TWO_D: the block's entries as a [BLOCK, 1] column from the start. Built in 1-D and broadcast, every per-entry
     # value was recomputed for each bin a thread holds and moved between layouts through shared memory (offline
     # sm_90: 358 / 173 instructions per full-row iteration at digit 0 / 1-2 in 1-D, 121 / 124 in 2-D)
     offs = tl.arange(0, BLOCK)[:, None] if TWO_D else tl.arange(0, BLOCK)
+    out = ((D * R + row) * C + c) * 16 + bins
+    if EMPTY_EXIT and D >= _FULL:
+        # a chunk past the row's candidates (most of them, after the compaction) stores zeros, without the [BLOCK, 16]
+        # sums and their reduction
+        if c * CH >= n_cand:
+            tl.store(HC + out, tl.zeros([16], dtype=tl.int32))
+            tl.store(HM + out, tl.zeros([16], dtype=tl.float32))
+            return
     # [BLOCK, 16] running sums in registers, reduced over the block once at the end (a reduction per block costs
     # cross-thread traffic every iteration)
     cnt = tl.zeros([BLOCK, 16], dtype=tl.int32)
@@ -295,13 +287,11 @@ def _hist_chunk(x_row, n, tril, prefix, n_cand, slot, HC, HM, out, c, CH, COLS: 
                 hit = ok[:, None] & (((key >> (28 - 4 * D)) & 15).to(tl.int32)[:, None] == bins[None, :])
                 xb = x[:, None]
             live = True
-            if UNROLL > 1:
-                pass
-            elif D >= SKIP_FROM:
+            if UNROLL == 1 and D >= SKIP_FROM:
                 # blocks without an entry matching the prefix skip the [BLOCK, 16] work (the test is a reduction
                 # over the block, a barrier each time: only from the digit where such blocks get common)
                 live = tl.max(ok.to(tl.int32)) > 0
-            elif SKIP_UPPER:
+            elif UNROLL == 1 and SKIP_UPPER:
                 # a scalar test, uniform over the program: no reduction, no barrier
                 live = not _upper(c * CH + b0, tril, COLS, BLOCK)
             if live:
@@ -398,7 +388,7 @@ def _cover_ties(BV, BI, HC, ST, OUT, R1, N, N2, CH, so, R, C, target2, NDIG: tl.
 
 
 _kernels = per_mode((_cover_hist, _cover_compact, _cover_count, _cover_mask, _cover_ties, _cover_decide),
-                    (_monotone, _entries, _row, _state, _fit, _before, _cand, _upper, _skipped, _hist_chunk))
+                    (_monotone, _entries, _row, _state, _fit, _before, _cand, _upper, _skipped))
 
 
 def _default_chunk(x, x2) -> int:
