@@ -134,9 +134,11 @@ _BLOCKS_KERNEL = True
 _SWITCH_KERNEL = True
 # the query-aware block scores (the block means' products, the causal mask, the fp32 softmax) by `kernels/block_scores`
 # in one launch instead of torch's matmul, mask, cast and softmax (four launches, 23 us a call at FlexPrefill's 32K
-# shapes on an H200, session 12's profile); equal up to rounding (a logit may round to the neighbouring value of the
-# input dtype). Off: untimed (row `flexprefill_qascoreskernel`)
-_QA_SCORES_KERNEL = False
+# shapes on an H200, session 12's profile; the kernel 17.6 us, session 13); equal up to rounding (a logit may round to
+# the neighbouring value of the input dtype). On by default since session 13: the whole estimate took 0.631 / 1.282 /
+# 2.944 ms against 0.638 / 1.306 / 3.085 ms at 32K / 64K / 128K (H200, Llama-3.1-8B heads, `bench_methods_cost_s13a
+# .csv`; row `flexprefill_noqascoreskernel` turns it off)
+_QA_SCORES_KERNEL = True
 # the block means of the keys and of the scaled queries by `kernels/block_means` (one launch each, reading every block
 # once) instead of torch's sum, counts, division, cast and multiply; equal up to the order of the fp32 sums. Off:
 # slower in the whole estimate in session 9 (3.20 / 3.28 / 7.80 ms against 3.01 / 3.08 / 7.38 ms at 32K / 64K /
@@ -184,13 +186,6 @@ _WHOLE_GRAPH = True
 # `flexprefill_nowholeside`). Little overlap: the scores pass's programs fill the registers, only the stats pass
 # leaves room beside it
 _WHOLE_SIDE = True
-# that branch's block means by this many resident programs a multiprocessor (`kernels/block_means`' `programs=`: each
-# block loaded whole, the next one's load in flight; 4 warps at most 208 registers, which fit beside the stats pass's
-# two programs) instead of a program a block. A program a block fills the GPU once the stats pass drains, and the
-# scores pass waits for them (session 12's timeline: the query means at 120-207 us, the scores pass from 201 us); a
-# program beside each pair of stats programs might finish them within the stats pass. (Session 11's resident means,
-# one 32-row load in flight a program, took 340-611 us.) Off: untimed (row `flexprefill_meansresident1`)
-_WHOLE_MEANS_RESIDENT: int | None = None
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -497,13 +492,9 @@ def _table_reads(q: torch.Tensor, k: torch.Tensor, table: torch.Tensor, block_si
     from sparsebench.kernels.block_means import block_means_triton
     from sparsebench.kernels.last_q_scores.triton import last_q_scores_stacked_triton, scaled_last_rows
 
-    programs = None
-    if _WHOLE_MEANS_RESIDENT and q.is_cuda:
-        programs = _WHOLE_MEANS_RESIDENT * torch.cuda.get_device_properties(q.device).multi_processor_count
-
     def means():
-        return (block_means_triton(k, block_size, table=table, slot=1, programs=programs),
-                block_means_triton(q, block_size, scale, table=table, slot=0, programs=programs))
+        return (block_means_triton(k, block_size, table=table, slot=1),
+                block_means_triton(q, block_size, scale, table=table, slot=0))
 
     side_branch = _WHOLE_SIDE and q.is_cuda
     if side_branch:
@@ -599,14 +590,13 @@ def _switches_key() -> tuple:
     switch = sys.modules.get("sparsebench.kernels.flex_switch.triton")
     blocks = sys.modules.get("sparsebench.kernels.flex_blocks.triton")
     return (_COVER_KERNEL, _COVER_SKIP, _BLOCKS_KERNEL, _SWITCH_KERNEL, _QA_SCORES_KERNEL, _WHOLE_SIDE,
-            _WHOLE_MEANS_RESIDENT, torch.is_inference_mode_enabled(),
-            (means.TILE, means.WARPS, means.RESIDENT_WARPS, means.RESIDENT_MAXNREG, means.RESIDENT_TILE)
+            torch.is_inference_mode_enabled(), (means.TILE, means.WARPS)
             if means else None,
             (switch.Q_TILE, switch.K_TILE, switch.WARPS) if switch else None,
             blocks.ONE_WALK if blocks else None,
             (cover.CHUNK, cover.SHORT_CHUNK, cover.SHORT_ROWS, cover.BLOCK, cover.SKIP_FROM, cover.HIST_2D,
              cover.SKIP_UPPER, cover.EMPTY_EXIT, cover.DECIDE_CB, cover.DECIDE_WARPS,
-             cover.HIST_UNROLL, cover.WRITE_BLOCK)
+             cover.HIST_UNROLL)
             if _COVER_KERNEL and cover else None)
 
 

@@ -100,9 +100,7 @@ GPU_COST_VARIANTS = (("minference_vs_torch", "minference", {"pattern": "vertical
                      ("flexprefill_twowalks", "flexprefill", {}),
                      ("flexprefill_decidecb8", "flexprefill", {}),
                      ("flexprefill_histunroll1", "flexprefill", {}),
-                     ("flexprefill_qascoreskernel", "flexprefill", {}),
-                     ("flexprefill_writeblock2k", "flexprefill", {}),
-                     ("flexprefill_meansresident1", "flexprefill", {}))
+                     ("flexprefill_noqascoreskernel", "flexprefill", {}))
 # environment a variant runs under (switches that are not constructor knobs, read at call time)
 VARIANT_ENV = {"xattn_s8_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"},
                "xattn_s16_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"}}
@@ -197,12 +195,8 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
     "flexprefill_decidecb8": [("sparsebench.kernels.cover.triton", "DECIDE_CB", 8)],
     # kernels/cover's digit launches a block a loop step (session 12 made it 4)
     "flexprefill_histunroll1": [("sparsebench.kernels.cover.triton", "HIST_UNROLL", 1)],
-    # session 12, not a default until timed: the query-aware block scores by kernels/block_scores in one launch
-    "flexprefill_qascoreskernel": [("sparsebench.methods.flexprefill", "_QA_SCORES_KERNEL", True)],
-    # session 12, not a default until timed: kernels/cover's compaction, mask and ties a 2048-entry chunk a step
-    "flexprefill_writeblock2k": [("sparsebench.kernels.cover.triton", "WRITE_BLOCK", 2048)],
-    # session 12, not a default until timed: the whole graph's block means by one resident program a multiprocessor
-    "flexprefill_meansresident1": [("sparsebench.methods.flexprefill", "_WHOLE_MEANS_RESIDENT", 1)],
+    # the setting session 13's default replaced: the query-aware block scores by torch's four launches
+    "flexprefill_noqascoreskernel": [("sparsebench.methods.flexprefill", "_QA_SCORES_KERNEL", False)],
     # kernels/cover's digit blocks of 256 entries, or chunks of 2048 (defaults 128 and 4096)
     "flexprefill_coverb256": [("sparsebench.kernels.cover.triton", "BLOCK", 256)],
     "flexprefill_cover2k": [("sparsebench.kernels.cover.triton", "CHUNK", 2048),

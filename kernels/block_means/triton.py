@@ -66,71 +66,25 @@ def _means_fwd(X, OUT, N, D, size, sxh, sxn, soh, son, scale, HAS_SCALE: tl.cons
     tl.store(OUT + h * soh + blk * son + dd, _mean_of(tl.sum(acc2, 0), count, scale, HAS_SCALE, DT), mask=dd < D)
 
 
-def _item_tile(X, item, NITEMS, NB, N, D, size, sxh, sxn, BD: tl.constexpr, BS: tl.constexpr):
-    """The whole block of (head, block) item `item` as one `[BS, BD]` tile in x's dtype (zeros past the block, x, or
-    the last item)."""
-    h = (item // NB).to(tl.int64)
-    rr = tl.arange(0, BS)
-    rows = (item % NB) * size + rr
-    dd = tl.arange(0, BD)
-    ok = (rr < size) & (rows < N) & (item < NITEMS)
-    return tl.load(X + h * sxh + rows.to(tl.int64)[:, None] * sxn + dd[None, :], mask=ok[:, None] & (dd < D)[None, :],
-                   other=0.0)
-
-
-def _means_resident(X, OUT, N, D, size, sxh, sxn, soh, son, scale, NB, NITEMS, HAS_SCALE: tl.constexpr,
-                    DT: tl.constexpr, BD: tl.constexpr, BS: tl.constexpr, I_IT: tl.constexpr, INTERPRET: tl.constexpr,
-                    XT=None, slot=0, FROM_TABLE: tl.constexpr = False):
-    """Program p of a 1-D grid: the (head, block) items p, p + grid, ..., each block loaded whole, the next one's
-    load issued before the current one is summed (two blocks in flight a program)."""
-    if FROM_TABLE:
-        X = tl.multiple_of(tl.load(XT + slot).to(tl.pointer_type(DT)), 16)
-    pid = tl.program_id(0)
-    grid = tl.num_programs(0)
-    dd = tl.arange(0, BD)
-    x = _item_tile(X, pid, NITEMS, NB, N, D, size, sxh, sxn, BD, BS)
-    for i in range(0, I_IT if INTERPRET else (NITEMS - pid + grid - 1) // grid):
-        item = pid + i * grid
-        x_next = _item_tile(X, item + grid, NITEMS, NB, N, D, size, sxh, sxn, BD, BS)
-        blk = item % NB
-        count = tl.minimum(size, N - blk * size).to(tl.float32)
-        mean = _mean_of(tl.sum(x.to(tl.float32), 0), count, scale, HAS_SCALE, DT)
-        tl.store(OUT + (item // NB).to(tl.int64) * soh + blk * son + dd, mean, mask=(dd < D) & (item < NITEMS))
-        x = x_next
-
-
 _kernel = per_mode((_means_fwd,), (_to_dtype, _mean_of), one=True)
-_resident = per_mode((_means_resident,), (_to_dtype, _mean_of, _item_tile), one=True)
 
 
 # elements of x loaded by one step of a program's loop over its block's rows (rows per step = TILE // the padded head
 # dim), and the warps of a program. Session 12 (H200, FlexPrefill's means of 32 query heads and 8 key heads of
 # 32K x 128 bf16 in blocks of 128, profiled): 110.6 us (3.0 TB/s) at 4096 / 4 warps; 116 / 129 us at 8192 / 16384;
 # 130-250 us at 8 or 16 warps. (A few resident programs a multiprocessor walking every block, session 11's
-# `programs=`, took 340-612 us inside FlexPrefill's graph against 123 us and was removed)
+# `programs=`, took 340-612 us inside FlexPrefill's graph against 123 us and was removed; session 12's, each block
+# loaded whole with the next in flight, one program a multiprocessor beside the stats pass, made the whole estimate
+# 0.663 / 1.356 / 3.182 ms against 0.638 / 1.306 / 3.085 ms at 32K / 64K / 128K, session 13, and was removed too)
 TILE = 4096
 WARPS = 4
-# `programs=`' warps a program, its register cap (None: the compiler's choice) and the largest block it takes whole
-# (elements of the padded [rows, head dim] tile; larger blocks take a program a block). Offline sm_90 builds at
-# FlexPrefill's shapes (bf16, 128 x 128 blocks): 209 / 116 / 64 registers at 4 / 8 / 16 warps uncapped, 208 without
-# spills capped at 208 (200: 12 bytes of spills). Beside FlexPrefill's stats pass (2 programs of 4 warps at 148
-# registers, 38,912 of a multiprocessor's 65,536 once rounded to the allocation unit of 8 a thread) one such program
-# fits at 4 warps and at most 208 registers (26,624). Untimed (session 12)
-RESIDENT_WARPS = 4
-RESIDENT_MAXNREG: int | None = 208
-RESIDENT_TILE = 16384
 
 
 def block_means_triton(x: torch.Tensor, size: int, scale: float | None = None, table: torch.Tensor | None = None,
-                       slot: int = 0, programs: int | None = None) -> torch.Tensor:
+                       slot: int = 0) -> torch.Tensor:
     """`block_means_naive(x, size, scale)` (arguments as there) for `x [..., N, D]` of fp32, fp16 or bf16, up to the
     order of the fp32 sums. With `table` (int64, on x's device) the kernel reads the address of the tensor to average
-    from `table[slot]` when it runs: `x` then only gives the shape, strides and dtype of that tensor. `programs`: at
-    most that many programs walk all (head, block) items in turn, each block loaded whole with the next one's load in
-    flight (`_means_resident`; a few resident programs, e.g. beside another kernel), where a block fits
-    `RESIDENT_TILE`; the same values up to the order of the fp32 sums."""
-    if programs is not None and programs < 1:
-        raise ValueError(f"programs={programs} must be at least 1")
+    from `table[slot]` when it runs: `x` then only gives the shape, strides and dtype of that tensor."""
     if x.dim() < 2 or size < 1:
         raise ValueError(f"x must be [..., N, D] and size >= 1; got {tuple(x.shape)}, size={size}")
     if x.dtype not in _DTYPES:
@@ -147,17 +101,6 @@ def block_means_triton(x: torch.Tensor, size: int, scale: float | None = None, t
         xr = xr.contiguous()
     out = torch.empty(xr.shape[0], nb, D, dtype=x.dtype, device=x.device)
     bd = max(16, triton.next_power_of_2(D))
-    bs = triton.next_power_of_2(size)
-    if programs is not None and bs * bd <= RESIDENT_TILE:
-        items = xr.shape[0] * nb
-        grid = min(programs, items)
-        _resident(interpret)[(grid,)](
-            xr, out, N, D, size, xr.stride(0), xr.stride(1), out.stride(0), out.stride(1),
-            1.0 if scale is None else float(scale), nb, items, HAS_SCALE=scale is not None, DT=_DTYPES[x.dtype],
-            BD=bd, BS=bs, I_IT=-(-items // grid) if interpret else 0, INTERPRET=interpret,
-            num_warps=RESIDENT_WARPS, XT=table, slot=slot, FROM_TABLE=table is not None,
-            **({"maxnreg": RESIDENT_MAXNREG} if RESIDENT_MAXNREG and not interpret else {}))
-        return out.view(*lead, nb, D)
     _kernel(interpret)[(xr.shape[0], nb)](
         xr, out, N, D, size, xr.stride(0), xr.stride(1), out.stride(0), out.stride(1),
         1.0 if scale is None else float(scale), HAS_SCALE=scale is not None, DT=_DTYPES[x.dtype], BD=bd,

@@ -1,6 +1,6 @@
 """Triton kernel for `kernels/block_scores` (semantics in naive.py): one program per (batch entry and query head,
 block of BM query-block rows) takes the rows' products with the key-block means BN columns at a time (fp32 dots
-rounded to the input dtype, as the matmul returns them), masks the blocks above the diagonal, and writes the fp32
+rounded to the input dtype, as the matmul returns them; fp32 inputs in full fp32, not TF32), masks the blocks above the diagonal, and writes the fp32
 softmax in three walks over the columns up to the block's last row: the maximum, the sum of exp(x - max), then
 exp(x - max) / sum (the reference's formula); the columns after it get zeros. One launch instead of the
 reference's matmul, mask, cast and softmax.
@@ -25,19 +25,20 @@ from .naive import _check
 __all__ = ["block_scores_triton"]
 
 
-def _logits(qm, K, c, r, nb, skn, dd, D: tl.constexpr, DT: tl.constexpr, INTERPRET: tl.constexpr):
+def _logits(qm, K, c, r, nb, skn, dd, D: tl.constexpr, DT: tl.constexpr, INTERPRET: tl.constexpr,
+            PREC: tl.constexpr):
     """The rows' logits against key blocks `c` (rounded to DT), -inf above the diagonal and past nb."""
     kt = tl.load(K + c.to(tl.int64)[:, None] * skn + dd[None, :], mask=(c < nb)[:, None] & (dd < D)[None, :],
                  other=0.0)
     if INTERPRET:
         kt = kt.to(tl.float32)
-    s = _to_dtype(tl.dot(qm, tl.trans(kt)), DT).to(tl.float32)
+    s = _to_dtype(tl.dot(qm, tl.trans(kt), input_precision=PREC), DT).to(tl.float32)
     return tl.where((c[None, :] <= r[:, None]) & (c < nb)[None, :], s, float("-inf"))
 
 
 def _block_scores_fwd(QM, KM, OUT, H, G, nb, D, sqb, sqh, sqn, skb, skh, skn, sob, soh, son,
                       BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, DT: tl.constexpr, I_NB: tl.constexpr,
-                      INTERPRET: tl.constexpr):
+                      INTERPRET: tl.constexpr, PREC: tl.constexpr):
     bh = tl.program_id(0).to(tl.int64)
     b = bh // H
     h = bh % H
@@ -54,17 +55,17 @@ def _block_scores_fwd(QM, KM, OUT, H, G, nb, D, sqb, sqh, sqn, skb, skh, skn, so
     hi = tl.minimum(nb, (tl.program_id(1) + 1) * BM)
     m = tl.full([BM], float("-inf"), dtype=tl.float32)
     for c0 in range(0, I_NB if INTERPRET else hi, BN):
-        m = tl.maximum(m, tl.max(_logits(qm, k_base, c0 + cols, r, nb, skn, dd, D, DT, INTERPRET), 1))
+        m = tl.maximum(m, tl.max(_logits(qm, k_base, c0 + cols, r, nb, skn, dd, D, DT, INTERPRET, PREC), 1))
     m = tl.where(r_ok, m, 0.0)
     l = tl.zeros([BM], dtype=tl.float32)
     for c0 in range(0, I_NB if INTERPRET else hi, BN):
-        l += tl.sum(tl.exp(_logits(qm, k_base, c0 + cols, r, nb, skn, dd, D, DT, INTERPRET) - m[:, None]), 1)
+        l += tl.sum(tl.exp(_logits(qm, k_base, c0 + cols, r, nb, skn, dd, D, DT, INTERPRET, PREC) - m[:, None]), 1)
     l = tl.where(r_ok, l, 1.0)
     out = OUT + b * sob + h * soh + r.to(tl.int64)[:, None] * son
     for c0 in range(0, I_NB if INTERPRET else nb, BN):
         c = c0 + cols
         if c0 < hi:
-            p = tl.exp(_logits(qm, k_base, c, r, nb, skn, dd, D, DT, INTERPRET) - m[:, None]) / l[:, None]
+            p = tl.exp(_logits(qm, k_base, c, r, nb, skn, dd, D, DT, INTERPRET, PREC) - m[:, None]) / l[:, None]
         else:  # wholly above the diagonal: zeros, without the products
             p = tl.zeros([BM, BN], dtype=tl.float32)
         tl.store(out + c[None, :], p, mask=r_ok[:, None] & (c < nb)[None, :])
@@ -97,5 +98,5 @@ def block_scores_triton(q_mean: torch.Tensor, k_mean: torch.Tensor) -> torch.Ten
         q_mean, k_mean, out, H, H // k_mean.shape[1], nb, D, q_mean.stride(0), q_mean.stride(1), q_mean.stride(2),
         k_mean.stride(0), k_mean.stride(1), k_mean.stride(2), out.stride(0), out.stride(1), out.stride(2),
         BD=bd, BM=bm, BN=bn, DT=_DTYPES[q_mean.dtype], I_NB=-(-nb // bn) * bn if interpret else 0,
-        INTERPRET=interpret, num_warps=WARPS)
+        INTERPRET=interpret, PREC="ieee" if q_mean.dtype == torch.float32 else "tf32", num_warps=WARPS)
     return out

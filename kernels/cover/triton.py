@@ -102,10 +102,6 @@ EMPTY_EXIT = True
 # 3.124 ms; its decisions 15.4 against 22.8 us a call at 32K, profiled); 4 warps were slower than 1 (20.3 us)
 DECIDE_CB = 64
 DECIDE_WARPS = 1
-# the write launches' block (compaction, mask, ties; at most a chunk); None: 4 digit blocks (512 entries, four
-# serial steps a 2048-entry chunk). Untimed; offline sm_90 builds at FlexPrefill's 32K shapes without spills up to a
-# whole chunk (the compaction 101 / 163 registers at 1024 / 2048; row `flexprefill_writeblock2k`)
-WRITE_BLOCK: int | None = None
 # the digit launches' blocks a loop step (`_hist_chunk`'s UNROLL; 1: a block a step, with the skip tests). 4 since
 # session 12: each step's loads were waited for one block after another. FlexPrefill's estimate at 32K (H200,
 # Llama-3.1-8B heads, whole graph; `results/logs/flexprefill_knobs_s12.txt`): its digit launches 79.8 against 101.5
@@ -434,7 +430,8 @@ def _launch(x, target, x2, target2, cols, chunk, block, num_warps, skip=None):
     rows = {"I_CH": chunk if interpret else 0, "num_warps": num_warps}
     both = (xa, xb)
     dims = (R1, N, N2, chunk, xa.stride(0), xb.stride(0), R, C, cols)
-    wblock = min(WRITE_BLOCK or 4 * block, chunk)
+    # (2048-entry write blocks, session 12: no faster, `results/logs/flexprefill_knobs_s13.txt`)
+    wblock = min(4 * block, chunk)
     for d in range(DIGITS):
         if d == FULL:
             # the write passes hold no [BLOCK, 16] sums: longer blocks (at 256 their scans spill on sm_90)
