@@ -1,9 +1,9 @@
 """Triton kernel for `kernels/block_scores` (semantics in naive.py): one program per (batch entry and query head,
 block of BM query-block rows) takes the rows' products with the key-block means BN columns at a time (fp32 dots
-rounded to the input dtype, as the matmul returns them; fp32 inputs in full fp32, not TF32), masks the blocks above the diagonal, and writes the fp32
-softmax in three walks over the columns up to the block's last row: the maximum, the sum of exp(x - max), then
-exp(x - max) / sum (the reference's formula); the columns after it get zeros. One launch instead of the
-reference's matmul, mask, cast and softmax.
+rounded to the input dtype, as the matmul returns them; fp32 inputs in full fp32, not TF32), masks the blocks above
+the diagonal, and writes the fp32 softmax in three walks over the columns up to the block's last row: the maximum,
+the sum of exp(x - max), then exp(x - max) / sum (the reference's formula); the columns after it get zeros. One
+launch instead of the reference's matmul, mask, cast and softmax.
 
 Equal to the reference up to rounding: the dots and the softmax's sum are added in another order (a logit may round
 to the neighbouring value of the input dtype), and the exponential is Triton's.
