@@ -186,6 +186,16 @@ _WHOLE_GRAPH = True
 # `flexprefill_nowholeside`). Little overlap: the scores pass's programs fill the registers, only the stats pass
 # leaves room beside it
 _WHOLE_SIDE = True
+# that branch's block means of q and k in ONE launch of this many resident programs a multiprocessor (`kernels/
+# block_means`' `block_means_pair_triton`: 4 warps at most 208 registers, which fit beside two programs of the stats
+# pass) instead of two launches of a program a block. Kernels of concurrent branches take the GPU in launch order: a
+# grid of a program a block takes every slot first, and a kernel launched after it gets only what is left once all
+# of its programs are placed; so the query means, launched behind the key means, waited for the stats pass's last
+# wave and then held the scores pass back (session 12's timeline: the query means at 120-207 us, the scores pass
+# from 201 us), and session 12's resident means in two launches (the second again behind the stats pass) were
+# slower. One resident grid, launched at the graph's root while the stats pass waits for `scaled_last_rows`, is
+# placed whole before the stats pass, which then fills the rest. Off: untimed (row `flexprefill_meanspair1`)
+_WHOLE_MEANS_PAIR: int | None = None
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -490,9 +500,13 @@ def _table_reads(q: torch.Tensor, k: torch.Tensor, table: torch.Tensor, block_si
     """`official_reads`' tensors (fused scores kernel, `_POOL_KERNEL` means) with q's and k's addresses read from
     `table[0]` / `table[1]` when the kernels run; q and k give the layout."""
     from sparsebench.kernels.block_means import block_means_triton
+    from sparsebench.kernels.block_means.triton import block_means_pair_triton, pair_supported
     from sparsebench.kernels.last_q_scores.triton import last_q_scores_stacked_triton, scaled_last_rows
 
     def means():
+        if _WHOLE_MEANS_PAIR and q.is_cuda and pair_supported(q.shape[-1], block_size):
+            sms = torch.cuda.get_device_properties(q.device).multi_processor_count
+            return block_means_pair_triton(q, k, block_size, scale, _WHOLE_MEANS_PAIR * sms, table=table)
         return (block_means_triton(k, block_size, table=table, slot=1),
                 block_means_triton(q, block_size, scale, table=table, slot=0))
 
@@ -590,7 +604,8 @@ def _switches_key() -> tuple:
     switch = sys.modules.get("sparsebench.kernels.flex_switch.triton")
     blocks = sys.modules.get("sparsebench.kernels.flex_blocks.triton")
     return (_COVER_KERNEL, _COVER_SKIP, _BLOCKS_KERNEL, _SWITCH_KERNEL, _QA_SCORES_KERNEL, _WHOLE_SIDE,
-            torch.is_inference_mode_enabled(), (means.TILE, means.WARPS)
+            _WHOLE_MEANS_PAIR, torch.is_inference_mode_enabled(),
+            (means.TILE, means.WARPS, means.PAIR_WARPS, means.PAIR_MAXNREG, means.PAIR_TILE)
             if means else None,
             (switch.Q_TILE, switch.K_TILE, switch.WARPS) if switch else None,
             blocks.ONE_WALK if blocks else None,

@@ -241,6 +241,20 @@ def test_block_means(D, compiled):
     assert use["spill_stores"] == use["spill_loads"] == 0, use
 
 
+@pytest.mark.parametrize("D", [64, 128])
+def test_block_means_pair(D, compiled):
+    """kernels/block_means' paired resident launch at FlexPrefill's shapes (bf16, block 128, addresses from a table):
+    within its register cap (the room beside two stats programs) without spills."""
+    from sparsebench.kernels.block_means import block_means_pair_triton
+    from sparsebench.kernels.block_means import triton as bm
+
+    q, k = torch.zeros(1, 32, 4096, D, dtype=torch.bfloat16), torch.zeros(1, 8, 4096, D, dtype=torch.bfloat16)
+    block_means_pair_triton(q, k, 128, 0.088, 132, table=torch.zeros(2, dtype=torch.int64))
+    _check(compiled, 1)
+    use = _ptxas_usage(compiled[0][1])
+    assert use["spill_stores"] == use["spill_loads"] == 0 and use["registers"] <= bm.PAIR_MAXNREG, use
+
+
 def _ptxas_usage(kernel) -> dict:
     """Registers per thread and spill bytes of a compiled kernel, from `ptxas -v` on its PTX for sm_90a (the
     compiled kernel's own counts come from the driver, which needs a GPU)."""
