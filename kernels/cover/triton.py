@@ -44,7 +44,23 @@ Rows flagged in `skip` (`cover_pair_triton`) are not worked on: every launch's p
 once, its count is 0 and its mask row all False (FlexPrefill needs the counts of its vertical-slash heads only and
 the global cover of its query-aware heads only).
 
-Under `TRITON_INTERPRET=1` (set before triton is imported) the loops take the constexpr lengths `I_CH`, `I_C`.
+Resident path (`RESIDENT`, off: no faster on an H200, see its comment): the same cut in ONE launch, one program of
+`RESIDENT_WARPS` warps a row (count rows, then mask rows, as above; `skip` honoured), for rows of at most
+`RESIDENT_MAX` participating entries. At FlexPrefill's 32K shapes the launches above took ~129 us on an H200, mostly
+launch and small-kernel latency. The row's values stay in registers for the whole search: a main tile of P entries
+(a power of two; `[NT, E]`, E consecutive entries a thread) and a small tail tile for the rest (32768 + 128 for the
+256 x 256 block scores' triangle of 32896); a mask row's entries in row-major order of its lower triangle (entry s at
+(r, c), s = r(r + 1) / 2 + c, by an fp32 sqrt and an exact integer correction). t' is found by bisection on the
+32-bit key between the row's smallest and largest keys, each step one masked fp32 sum over the row (values whose
+key >= mid; tested on the values, which order as the keys) reduced over the program by tl.sum: fp32 addition is
+monotone in each argument and the tree is fixed, so the computed f is non-increasing and the bisection well defined.
+Then f(t' + 1), v*, the ties and `_fit` as above. The mask keeps the keys above t' and the ties up to the position of
+the fit-th tie in index order, found (only when some ties fit and some do not) by a second bisection over the
+positions on per-thread tie bitmasks; every other entry of the mask row is written False. Deterministic (fixed
+reduction order, no atomics). Offline sm_90 build at 32K: 61 registers a thread, no spills (its budget at 1024
+threads: 64).
+
+Under `TRITON_INTERPRET=1` (set before triton is imported) the loops take the constexpr lengths `I_CH`, `I_C`, `I_N2`.
 """
 from __future__ import annotations
 
@@ -109,6 +125,15 @@ DECIDE_WARPS = 1
 # 0.642 / 1.310 / 3.111 ms against 0.664 / 1.341 / 3.102 ms at 32K / 64K / 128K (`bench_methods_cost_s12b.csv`;
 # bench row `flexprefill_histunroll1` keeps 1)
 HIST_UNROLL = 4
+# the resident path (module docstring): one launch, one program a row holding the row in registers. Off: no faster
+# in FlexPrefill's estimate on an H200 (session 13, 32K, do_bench: 630.7 against 630.9 us alone, 559.4 against 559.6
+# us with the session's graph switches; profiled, the global cover of 32 rows of 256 x 256 block scores took 83 us
+# in one launch, about 2.8 us a bisection step, each step two reductions over 1024 threads). RESIDENT_MAX: the longest row (participating entries) it takes, FlexPrefill's 32K shapes
+# with room; longer rows take the launches above. RESIDENT_WARPS: its warps (1024 threads: 32 entries a thread at
+# 32K, within the 64 registers a thread that a 1024-thread program may use)
+RESIDENT = False
+RESIDENT_MAX = 32768 + 1024
+RESIDENT_WARPS = 32
 
 
 def _entries(x_row, idx, ok, COLS, tril):
@@ -383,8 +408,189 @@ def _cover_ties(BV, BI, HC, ST, OUT, R1, N, N2, CH, so, R, C, target2, NDIG: tl.
         seen += tl.sum(eq)
 
 
+def _value(key):
+    """The fp32 value of a monotone key (the inverse of `_monotone`; key 0x80000000 is +0.0)."""
+    sign = tl.full([], 0x80000000, tl.uint32)
+    ones = tl.full([], 0xFFFFFFFF, tl.uint32)
+    return tl.where((key & sign) != 0, key ^ sign, key ^ ones).to(tl.float32, bitcast=True)
+
+
+def _support(s, COLS: tl.constexpr, RECT: tl.constexpr):
+    """Index in a mask row of its participating entry `s`: the s-th entry in row-major order of the lower triangle of
+    the row read as `[N2 / COLS, COLS]`, (r, c) with s = r(r + 1) / 2 + c while r < COLS, then (RECT: more matrix
+    rows than COLS) COLS entries a matrix row."""
+    # fp32 sqrt is within one of the exact root here (s < 2^24); the two steps after it make r exact
+    r = ((tl.sqrt(8.0 * s.to(tl.float32) + 1.0) - 1.0) * 0.5).to(tl.int32)
+    r = tl.where(r * (r + 1) // 2 > s, r - 1, r)
+    r = tl.where((r + 1) * (r + 2) // 2 <= s, r + 1, r)
+    c = s - r * (r + 1) // 2
+    if RECT:
+        TRI: tl.constexpr = COLS * (COLS + 1) // 2
+        past = s >= TRI
+        r = tl.where(past, COLS + (s - TRI) // COLS, r)
+        c = tl.where(past, (s - TRI) % COLS, c)
+    return r * COLS + c
+
+
+def _take(x_row, s, S, tril, COLS: tl.constexpr, RECT: tl.constexpr, FULL: tl.constexpr = False):
+    """Values of the participating entries `s` (of a mask row if `tril`, else of a count row: index s); NaN past the
+    row's `S` (false in every comparison below, so those slots never count, never enter a sum and never cross the
+    cut). FULL: every row has all of them (no bounds test)."""
+    idx = tl.where(tril, _support(s, COLS, RECT), s)
+    if FULL:
+        return tl.load(x_row + idx)
+    return tl.load(x_row + idx, mask=s < S, other=float("nan"))
+
+
+def _mass(xm, xt, v, T: tl.constexpr):
+    """f at the key of `v`: the fp32 sum of the values >= v (keys >= its key) over the main and the tail tile, each
+    reduced by one fixed tree."""
+    f = tl.sum(tl.where(xm >= v, xm, 0.0))
+    if T > 0:
+        f += tl.sum(tl.where(xt >= v, xt, 0.0))
+    return f
+
+
+def _key_range(x, lo, hi):
+    """`(lo, hi)` widened by the keys of the smallest and largest values `x` (NaN slots left out; the keys order as
+    the values, so only the two extremes are made keys)."""
+    kmin = tl.min(_monotone(tl.min(tl.where(x == x, x, float("inf")))), 0)
+    kmax = tl.max(_monotone(tl.max(tl.where(x == x, x, float("-inf")))), 0)
+    return tl.minimum(lo, kmin), tl.maximum(hi, kmax)
+
+
+def _popc(b):
+    """Set bits of each uint32 (SWAR: shifts and adds, the same in the interpreter)."""
+    b = b - ((b >> 1) & 0x55555555)
+    b = (b & 0x33333333) + ((b >> 2) & 0x33333333)
+    b = (b + (b >> 4)) & 0x0F0F0F0F
+    b = b + (b >> 8)
+    return ((b + (b >> 16)) & 0x3F).to(tl.int32)
+
+
+def _from(bits, th):
+    """`bits` (bit e: slot e of a main-tile line) keeping the slots e >= th only."""
+    ones = tl.full(bits.shape, 0xFFFFFFFF, tl.uint32)
+    return tl.where(th >= 32, 0, bits & (ones << tl.minimum(tl.maximum(th, 0), 31).to(tl.uint32)))
+
+
+def _first(bits, xt, v, m, E: tl.constexpr, NT: tl.constexpr, T: tl.constexpr):
+    """Ties of v* at support positions <= m: in the main tile from the lines' tie bits (slot e of line t is position
+    t * E + E - 1 - e, so the slots e >= t * E + E - 1 - m), then in the tail."""
+    n = tl.sum(_popc(_from(bits, tl.arange(0, NT) * E + (E - 1) - m)))
+    if T > 0:
+        n += tl.sum(((xt == v) & (E * NT + tl.arange(0, T) <= m)).to(tl.int32))
+    return n
+
+
+def _slots(E: tl.constexpr, NT: tl.constexpr):
+    """Support indices of the main tile `[NT, E]`: s = t * E + E - 1 - e, a line of E consecutive positions (at most
+    32: its flags are the bits of one uint32), one line a thread across the threads. Descending along axis 1:
+    ascending, the compiler sees that axis contiguous and lays the threads along it instead (a line then spans a
+    warp, and the per-line sums become shuffles)."""
+    return tl.arange(0, NT)[:, None] * E + (E - 1 - tl.arange(0, E))[None, :]
+
+
+def _clear(out_row, N2, COLS: tl.constexpr, ALL, ZB: tl.constexpr, I_N2: tl.constexpr, INTERPRET: tl.constexpr):
+    """False over a mask row's entries above the diagonal (all of them if `ALL`): the resident path writes its rows
+    whole, into torch.empty."""
+    zo = tl.arange(0, ZB)
+    for z0 in range(0, I_N2 if INTERPRET else N2, ZB):
+        idx = z0 + zo
+        tl.store(out_row + idx, tl.zeros([ZB], dtype=tl.int8), mask=(idx < N2) & ((idx % COLS > idx // COLS) | ALL))
+
+
+def _cover_resident(X, X2, CNT, OUT, R1, N, N2, S2, sx, sx2, so, target, target2, COLS: tl.constexpr,
+                    RECT: tl.constexpr, E: tl.constexpr, NT: tl.constexpr, FULL: tl.constexpr, T: tl.constexpr,
+                    ZB: tl.constexpr, I_N2: tl.constexpr, INTERPRET: tl.constexpr, SK=None,
+                    HAS_SKIP: tl.constexpr = False):
+    """Program (row; the count matrix's rows, then the mask matrix's): the whole cut of the row in one program, its
+    participating entries held in registers (a main tile `[NT, E]` of P and a tail of T) through a bisection on the
+    key. FULL: every row fills the main tile."""
+    P: tl.constexpr = E * NT
+    row = tl.program_id(0).to(tl.int64)
+    x_row, n, tril = _row(X, X2, row, R1, N, N2, sx, sx2)
+    if _skipped(SK, row, HAS_SKIP):
+        if tril:
+            _clear(OUT + (row - R1) * so, N2, COLS, True, ZB, I_N2, INTERPRET)
+        else:
+            tl.store(CNT + row, tl.zeros([], dtype=tl.int64))
+        return
+    tgt = tl.where(tril, target2, target)
+    S = tl.where(tril, S2, n)
+    xm = _take(x_row, _slots(E, NT), S, tril, COLS, RECT, FULL)
+    lo, hi = _key_range(xm, tl.full([], 0xFFFFFFFF, tl.uint32), tl.full([], 0, tl.uint32))
+    xt = xm  # a stand-in when there is no tail (never read then)
+    if T > 0:
+        xt = _take(x_row, P + tl.arange(0, T), S, tril, COLS, RECT)
+        lo, hi = _key_range(xt, lo, hi)
+    # every entry's key is >= lo: f(lo) is the row's mass, and the cut exists (the largest key t' with f(t') >
+    # target) unless the row is within the target. Invariant: f(lo) > target, t' in [lo, hi), f_hi = f(hi) (0 at
+    # one past the largest key). The computed f is non-increasing in the key (each added value is >= 0 and fp32
+    # addition is monotone in each argument over the fixed tree), so the bisection is well defined.
+    all_in = _mass(xm, xt, _value(lo), T) <= tgt
+    hi = tl.where(all_in, lo + 1, hi + 1)
+    f_hi = tl.zeros([], dtype=tl.float32)
+    # a runtime loop over the key bits that differ between the row's extremes (at most 32 steps), one masked sum
+    # over the row each; the test key >= mid is made on the values (x >= the value of mid: the same order, no
+    # per-entry key in registers)
+    while hi - lo > 1:
+        mid = lo + ((hi - lo) >> 1)
+        f = _mass(xm, xt, _value(mid), T)
+        up = f > tgt
+        lo = tl.where(up, mid, lo)
+        hi = tl.where(up, hi, mid)
+        f_hi = tl.where(up, f_hi, f)
+    v = _value(lo)  # v*: the value of t'
+    ties = tl.sum((xm == v).to(tl.int32))
+    if T > 0:
+        ties += tl.sum((xt == v).to(tl.int32))
+    fit = _fit(lo, f_hi, ties, tgt)
+    if tril:
+        # keys above t' and the first `fit` ties in index order (support order is index order). A row within the
+        # target ends with t' = its smallest key: everything above it and all its ties, every entry
+        fit = tl.where(all_in, ties, fit)
+        # each line's entries above v* and ties of v* as bits (slot e: bit e), so that the values die here
+        e = tl.arange(0, E)[None, :].to(tl.uint32)
+        over = tl.sum((xm > v).to(tl.uint32) << e, 1)
+        bits = tl.sum((xm == v).to(tl.uint32) << e, 1)
+        # the position of the fit-th tie, by bisection over the positions on the lines' tie bits (one uint32 a
+        # thread; a block-wide scan of the 32 tie flags a thread took 320 shuffles and spilled on sm_90). It loops
+        # only where some ties fit and some do not (rare on softmax scores); none fit: -1, all of them: S - 1.
+        # Invariant: fewer than fit ties at positions <= p_lo, at least fit at positions <= p_hi
+        p_lo = tl.where(fit <= 0, -2, tl.where(fit >= ties, S - 2, -1))
+        p_hi = tl.where(fit <= 0, -1, S - 1)
+        while p_hi - p_lo > 1:
+            mid = (p_lo + p_hi) // 2
+            enough = _first(bits, xt, v, mid, E, NT, T) >= fit
+            p_lo = tl.where(enough, p_lo, mid)
+            p_hi = tl.where(enough, mid, p_hi)
+        # the key loop left hi = lo + 1: z is 0, unknown to the compiler, so the support indices and the row mask
+        # are recomputed here from the thread ids instead of being merged with the loads' and held through the
+        # loops (32 more registers a thread at 32K)
+        z = (hi - lo - 1).to(tl.int32)
+        out_row = OUT + (row - R1) * so
+        s = z + _slots(E, NT)
+        kept = (over | _from(bits, tl.arange(0, NT) * E + (E - 1) - p_hi))[:, None]
+        tl.store(out_row + _support(s, COLS, RECT), ((kept >> e) & 1).to(tl.int8), mask=(s < S) | FULL)
+        if T > 0:
+            s = z + P + tl.arange(0, T)
+            keep = (xt > v) | ((xt == v) & (s <= p_hi))
+            tl.store(out_row + _support(s, COLS, RECT), keep.to(tl.int8), mask=s < S)
+        _clear(out_row, N2, COLS, False, ZB, I_N2, INTERPRET)
+    else:
+        above = tl.sum((xm > v).to(tl.int32))
+        if T > 0:
+            above += tl.sum((xt > v).to(tl.int32))
+        tl.store(CNT + row, (tl.where(all_in, S, above + fit) + 1).to(tl.int64))
+
+
 _kernels = per_mode((_cover_hist, _cover_compact, _cover_count, _cover_mask, _cover_ties, _cover_decide),
                     (_monotone, _entries, _row, _state, _fit, _before, _cand, _upper, _skipped))
+_resident_kernel = per_mode((_cover_resident,), (_monotone, _row, _skipped, _fit, _value, _support, _take, _mass,
+                                                _key_range, _popc, _from, _first, _slots,
+                                                _clear),
+                            one=True)
 
 
 def _default_chunk(x, x2) -> int:
@@ -392,6 +598,63 @@ def _default_chunk(x, x2) -> int:
     `CHUNK`."""
     longest = max(0 if t is None else t.shape[-1] for t in (x, x2))
     return SHORT_CHUNK if longest <= SHORT_ROWS else CHUNK
+
+
+def _skip_kw(skip, R, dev) -> dict:
+    """The kernels' arguments for `skip` (bool `[R]` on `dev`, or None), checked."""
+    if skip is not None and (skip.dtype != torch.bool or tuple(skip.shape) != (R,) or skip.device != dev):
+        raise ValueError(f"skip must be a bool [{R}] tensor on {dev}; got {skip.dtype} {tuple(skip.shape)} on "
+                         f"{skip.device}")
+    return {} if skip is None else {"SK": skip.view(torch.int8), "HAS_SKIP": True}
+
+
+def _support_len(n2: int, cols: int) -> int:
+    """Entries of a mask row of n2 that take part: the lower triangle of `[n2 / cols, cols]`."""
+    rows = n2 // cols
+    sq = min(rows, cols)
+    return sq * (sq + 1) // 2 + (rows - sq) * cols
+
+
+def _resident_fits(x, x2, cols) -> bool:
+    """Whether the resident path takes the call: `RESIDENT` on, and every row's participating entries (x's rows, x2's
+    lower triangles; either may be None) between 1 and `RESIDENT_MAX`."""
+    lens = ([] if x is None else [x.shape[1]]) + ([] if x2 is None else [_support_len(x2.shape[1], cols)])
+    return RESIDENT and 0 < min(lens) and max(lens) <= RESIDENT_MAX
+
+
+def _resident(x, target, x2, target2, cols, skip=None):
+    """`_launch`'s results in one launch of `_cover_resident`, one program a row (x's rows, then x2's)."""
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    x = x if x is None or x.stride(-1) == 1 else x.contiguous()
+    x2 = x2 if x2 is None or x2.stride(-1) == 1 else x2.contiguous()
+    R1, N = (0, 0) if x is None else x.shape
+    R2, N2 = (0, 0) if x2 is None else x2.shape
+    S2 = 0 if x2 is None else _support_len(N2, cols)
+    xa = x if x is not None else x2  # a stand-in where a matrix is absent (its rows never read)
+    xb = x2 if x2 is not None else xa
+    dev = xa.device
+    sk = _skip_kw(skip, R1 + R2, dev)
+    # tiles from the longest row: the largest power of two within it, and the rest rounded up to one (FlexPrefill's
+    # 32K shapes: 32768 + 0 for the counts, 32768 + 128 for 256 x 256 block scores)
+    longest = max(N, S2)
+    P = max(16, 1 << (longest.bit_length() - 1))
+    T = 0 if longest <= P else max(16, triton.next_power_of_2(longest - P))
+    # E entries a main-tile line (at most 32: a line's flags are the bits of one uint32), a line a thread where the
+    # warps allow: 32 x 1024 at 32K
+    warps = min(RESIDENT_WARPS, max(1, P // 1024))
+    E = min(32, max(1, P // (32 * warps)))
+    cnt = torch.empty(max(R1, 1), dtype=torch.int64, device=dev)
+    out = torch.empty(max(R2, 1), max(N2, 1), dtype=torch.int8, device=dev)
+    # the mask rows' zero pass: four entries a thread a step
+    zb = min(4 * 32 * warps, max(16, triton.next_power_of_2(N2)))
+    # FULL: every row fills the main tile, whose loads then go without bounds tests (FlexPrefill's 32K shapes; with
+    # the tests, ptxas spilled 8-12 bytes there)
+    full = min(n for n in (N, S2) if n) >= P
+    _resident_kernel(interpret)[(R1 + R2,)](
+        xa, xb, cnt, out, R1, N, N2, S2, xa.stride(0), xb.stride(0), out.stride(0), float(target), float(target2),
+        cols, RECT=N2 // cols > cols, E=E, NT=P // E, FULL=full, T=T, ZB=zb, I_N2=N2 if interpret else 0,
+        INTERPRET=interpret, num_warps=warps, **sk)
+    return (cnt if R1 else None), (out.view(torch.bool) if R2 else None)
 
 
 def _launch(x, target, x2, target2, cols, chunk, block, num_warps, skip=None):
@@ -419,10 +682,7 @@ def _launch(x, target, x2, target2, cols, chunk, block, num_warps, skip=None):
     bv = torch.empty(R1 * N + R2 * N2, dtype=torch.float32, device=dev)
     bi = torch.empty(R1 * N + R2 * N2, dtype=torch.int32, device=dev)
     hist_k, compact_k, count_k, mask_k, ties_k, decide_k = _kernels(interpret)
-    if skip is not None and (skip.dtype != torch.bool or tuple(skip.shape) != (R,) or skip.device != dev):
-        raise ValueError(f"skip must be a bool [{R}] tensor on {dev}; got {skip.dtype} {tuple(skip.shape)} on "
-                         f"{skip.device}")
-    sk = {} if skip is None else {"SK": skip.view(torch.int8), "HAS_SKIP": True}
+    sk = _skip_kw(skip, R, dev)
     t1, t2 = float(target), float(target2)
     # the decisions read every chunk's tables in one step up to DECIDE_CB chunks
     loops = {"CB": min(DECIDE_CB, max(8, triton.next_power_of_2(C))), "I_C": C if interpret else 0,
@@ -456,19 +716,27 @@ def _launch(x, target, x2, target2, cols, chunk, block, num_warps, skip=None):
 
 
 def cover_count_triton(x: torch.Tensor, target: float, chunk: int | None = None, block: int | None = None,
-                       num_warps: int = 4) -> torch.Tensor:
+                       num_warps: int = 4, skip: torch.Tensor | None = None) -> torch.Tensor:
     """int64 `[R]` of `cover_count_naive` (arguments as there), up to the rounding in the module docstring; rows cut
-    into chunks of `chunk` entries (a power of two), each program walking its chunk `block` entries at a time."""
+    into chunks of `chunk` entries (a power of two), each program walking its chunk `block` entries at a time.
+    `skip` (bool `[R]` on the device): flagged rows are left out, their counts 0."""
     _check(x, target)
-    return _launch(x, target, None, 0.0, 1, chunk or _default_chunk(x, None), block or BLOCK, num_warps)[0]
+    if _resident_fits(x, None, 1):
+        return _resident(x, target, None, 0.0, 1, skip)[0]
+    return _launch(x, target, None, 0.0, 1, chunk or _default_chunk(x, None), block or BLOCK, num_warps, skip)[0]
 
 
 def cover_mask_triton(x: torch.Tensor, target: float, cols: int, chunk: int | None = None,
-                      block: int | None = None, num_warps: int = 4) -> torch.Tensor:
-    """bool like `x` of `cover_mask_naive` (arguments as there), up to the rounding in the module docstring."""
+                      block: int | None = None, num_warps: int = 4, skip: torch.Tensor | None = None
+                      ) -> torch.Tensor:
+    """bool like `x` of `cover_mask_naive` (arguments as there), up to the rounding in the module docstring. `skip`
+    (bool `[R]` on the device): flagged rows are left out, all False."""
     _check(x, target)
     _check_cols(x, cols)
-    return _launch(None, 0.0, x, target, cols, chunk or _default_chunk(None, x), block or BLOCK, num_warps)[1]
+    if _resident_fits(None, x, cols):
+        return _resident(None, 0.0, x, target, cols, skip)[1]
+    return _launch(None, 0.0, x, target, cols, chunk or _default_chunk(None, x), block or BLOCK, num_warps,
+                   skip)[1]
 
 
 def cover_pair_triton(x: torch.Tensor, target: float, x2: torch.Tensor, target2: float, cols2: int,
@@ -481,6 +749,8 @@ def cover_pair_triton(x: torch.Tensor, target: float, x2: torch.Tensor, target2:
     _check(x, target)
     _check(x2, target2)
     _check_cols(x2, cols2)
+    if _resident_fits(x, x2, cols2):
+        return _resident(x, target, x2, target2, cols2, skip)
     return _launch(x, target, x2, target2, cols2, chunk or _default_chunk(x, x2), block or BLOCK, num_warps,
                    skip)
 

@@ -84,6 +84,11 @@ def _check_skip(case):
     sc, sm = skip[:R], skip[R:]
     assert torch.equal(cnt[~sc], cover_count_naive(x, target)[~sc]) and (cnt[sc] == 0).all()
     assert torch.equal(mask[~sm], cover_mask_naive(x2, target2, nb)[~sm]) and not mask[sm].any()
+    # the single-matrix calls take `skip` too (their own rows only)
+    from sparsebench.kernels.cover import cover_count_triton, cover_mask_triton
+
+    assert torch.equal(cover_count_triton(x, target, chunk=2 * block, block=block, skip=sc), cnt)
+    assert torch.equal(cover_mask_triton(x2, target2, nb, chunk=2 * block, block=block, skip=sm), mask)
 
 
 SKIP_CASES = [pytest.param((("soft", 3, 300, 0.95), ("soft", 3, 12, 0.95 * 12), 32, (1, 0, 1, 0, 1, 0)),
@@ -166,8 +171,72 @@ EXIT_CASES = [pytest.param((("band", 2, 300, 150.0), ("band", 2, 32, 277.0), 16)
 UNROLL_CASES = [pytest.param(c.values[0], id=f"unroll-{c.id}") for c in PAIR_CASES + SKIP_CASES + EXIT_CASES]
 
 
+def _resident_rows(kind: str, R: int, n: int, cols: int, seed: int) -> torch.Tensor:
+    """R rows for the resident cases: `n` entries (counts; cols 0) or an (n / cols) x cols matrix each (masks), of
+    `_rows`' kinds, "tril" (softmax rows of a causal matrix), or "zero" (all zero: the row within any target >= 0)."""
+    if kind == "tril":
+        return _tril_rows(R, cols, seed=seed)
+    if kind == "zero":
+        return torch.zeros(R, n)
+    return _rows(kind, R, n, seed=seed)
+
+
+def _check_resident(case):
+    """`RESIDENT`: one launch, one program a row, the row in registers (lines of several entries a thread here: the
+    small tiles take one warp). Counts and mask equal to the reference where the sums are exact (grid and band rows,
+    all-zero rows, rows within the target, target 0) and to the launches it replaces everywhere (softmax rows too),
+    alone and paired, rows left out or not. A count matrix `(kind, R, N, target)`, a mask matrix `(kind, R2, N2,
+    cols, target2)`; options: `skip` flags, `max` for `RESIDENT_MAX` (longer rows take the launches: the same
+    results)."""
+    import sparsebench.kernels.cover.triton as CT
+
+    (kind, R, N, target), (kind2, R2, N2, cols, target2), opts = case
+    x = _resident_rows(kind, R, N, 0, seed=3)
+    x2 = _resident_rows(kind2, R2, N2, cols, seed=4)
+    skip = None if opts.get("skip") is None else torch.tensor(opts["skip"], dtype=torch.bool)
+    limit = opts.get("max", CT.RESIDENT_MAX)
+    with switched(CT, RESIDENT=False):
+        old = CT.cover_pair_triton(x, target, x2, target2, cols, chunk=32, block=16, skip=skip)
+    with switched(CT, RESIDENT=True, RESIDENT_MAX=limit):
+        assert CT._resident_fits(x, x2, cols) == (max(N, CT._support_len(N2, cols)) <= limit)
+        got = (CT.cover_count_triton(x, target), CT.cover_mask_triton(x2, target2, cols))
+        pair = CT.cover_pair_triton(x, target, x2, target2, cols, skip=skip)
+    assert got[0].dtype == torch.int64 and got[1].dtype == torch.bool and got[1].shape == x2.shape
+    if kind != "soft" and kind2 != "tril":
+        assert torch.equal(got[0], cover_count_naive(x, target))
+        assert torch.equal(got[1], cover_mask_naive(x2, target2, cols))
+    sc = torch.zeros(R, dtype=torch.bool) if skip is None else skip[:R]
+    sm = torch.zeros(R2, dtype=torch.bool) if skip is None else skip[R:]
+    assert torch.equal(pair[0], old[0]) and torch.equal(pair[1], old[1])
+    assert torch.equal(pair[0][~sc], got[0][~sc]) and (pair[0][sc] == 0).all()
+    assert torch.equal(pair[1][~sm], got[1][~sm]) and not pair[1][sm].any()
+    # every entry above the diagonal False (the kernel writes the whole row into torch.empty)
+    upper = (torch.arange(N2) % cols) > (torch.arange(N2) // cols)
+    assert not got[1][:, upper].any() and not pair[1][:, upper].any()
+
+
+RESIDENT_CASES = [pytest.param(c, id=i) for i, c in [
+    # binary grid, many ties at the cut; odd cols (support 28 / 91 / 528: main tile and tail), a ragged count row
+    ("resident-grid-7", (("grid", 3, 37, 0.5), ("grid", 2, 49, 7, 0.75), {})),
+    ("resident-grid-13", (("grid", 2, 300, 2.0), ("grid", 3, 169, 13, 1.5), {})),
+    # one narrow band: ties over many lines, rows left out
+    ("resident-band-skip", (("band", 2, 256, 150.0), ("band", 2, 32 * 32, 32, 300.0), {"skip": (1, 0, 0, 1)})),
+    # rectangular masks: more matrix rows than cols (20 x 7) and fewer (5 x 13); count rows shorter than the support
+    ("resident-rect-20x7", (("grid", 2, 64, 0.25), ("grid", 2, 140, 7, 1.0), {})),
+    ("resident-rect-5x13", (("grid", 2, 16, 0.25), ("grid", 2, 65, 13, 0.5), {})),
+    # rows within the target (count: the whole row + 1; mask: the whole triangle), target 0, all-zero rows
+    ("resident-within", (("grid", 2, 100, 1000.0), ("grid", 2, 49, 7, 1000.0), {})),
+    ("resident-target0", (("grid", 2, 50, 0.0), ("grid", 2, 169, 13, 0.0), {})),
+    ("resident-zero", (("zero", 2, 50, 0.5), ("zero", 2, 49, 7, 0.0), {})),
+    # softmax rows against the launches (their sums group otherwise; these agree)
+    ("resident-soft-skip", (("soft", 3, 500, 0.95), ("tril", 2, 16 * 16, 16, 0.95 * 16), {"skip": (0, 1, 0, 0, 1)})),
+    # count rows longer than RESIDENT_MAX: every call takes the launches
+    ("resident-fallback", (("grid", 2, 300, 0.5), ("grid", 2, 49, 7, 0.75), {"max": 64})),
+]]
+
+
 @pytest.mark.parametrize("case", COUNT_CASES + MASK_CASES + PAIR_CASES + FLEX_CASES + UPPER_CASES + EXIT_CASES
-                         + SKIP_CASES + UNROLL_CASES)
+                         + SKIP_CASES + UNROLL_CASES + RESIDENT_CASES)
 def test_triton_interpret_matches_reference(case, request, interpret_verdicts):
     assert_verdict(interpret_verdicts, request)
 
@@ -198,6 +267,33 @@ def test_triton_gpu_default_chunks_match_reference(unroll):
 
     with switched(CT, HIST_UNROLL=unroll):
         _gpu_default_chunks()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_triton_gpu_resident_matches_reference():
+    """The resident path (`RESIDENT` on) at FlexPrefill's 32K shapes, as it calls it: counts of 64 rows of 32K
+    softmax scores and the global cover of 32 causal 256 x 256 block-score matrices in one launch; exact on grid rows,
+    rows left out as flagged."""
+    import sparsebench.kernels.cover.triton as CT
+    from sparsebench.kernels.cover import cover_pair_triton
+
+    x, a = _rows("soft", 64, 32768).cuda(), _tril_rows(32, 256).cuda()
+    g, g2 = _rows("grid", 8, 32768, seed=1).cuda(), _rows("grid", 4, 256 * 256, seed=2).cuda()
+    skip = (torch.arange(96, device="cuda") % 3 == 0)
+    with switched(CT, RESIDENT=True):
+        cnt, mask = cover_pair_triton(x, 0.95, a, 0.95 * 256, 256)
+        gc, gm = cover_pair_triton(g, 500.0, g2, 300.0, 256)
+        sc_cnt, sc_mask = cover_pair_triton(x, 0.95, a, 0.95 * 256, 256, skip=skip)
+    want = cover_count_naive(x.cpu(), 0.95)
+    # the running sums' rounding (module doc of triton.py): a count may move by one entry
+    assert (cnt.cpu() - want).abs().max().item() <= 1 and (cnt.cpu() == want).float().mean().item() >= 0.9
+    assert torch.equal(mask.cpu(), cover_mask_naive(a.cpu(), 0.95 * 256, 256))
+    assert torch.equal(gc.cpu(), cover_count_naive(g.cpu(), 500.0))
+    assert torch.equal(gm.cpu(), cover_mask_naive(g2.cpu(), 300.0, 256))
+    sc, sm = skip[:64].cpu(), skip[64:].cpu()
+    assert torch.equal(sc_cnt.cpu()[~sc], cnt.cpu()[~sc]) and (sc_cnt.cpu()[sc] == 0).all()
+    assert torch.equal(sc_mask.cpu()[~sm], mask.cpu()[~sm]) and not sc_mask.cpu()[sm].any()
 
 
 def _gpu_default_chunks():
@@ -246,3 +342,4 @@ if __name__ == "__main__" and sys.argv[1:] == ["--interpret"]:
     report_verdicts(_check_empty_exit, EXIT_CASES)
     report_verdicts(_check_skip, SKIP_CASES)
     report_verdicts(_check_unroll, UNROLL_CASES)
+    report_verdicts(_check_resident, RESIDENT_CASES)

@@ -332,3 +332,19 @@ def test_cover(compiled):
     for name, k in compiled:
         use = _ptxas_usage(k)
         assert use["spill_stores"] == use["spill_loads"] == 0, (name, use)
+
+
+def test_cover_resident(compiled, monkeypatch):
+    """kernels/cover's resident path (`RESIDENT` on) at FlexPrefill's 32K shapes, as its paired call runs it: counts
+    of 64 rows of 32K scores and the global cover of 32 causal 256 x 256 block-score matrices (support 32896: a main
+    tile of 32768 and a tail of 128) in one launch of 32 warps, within 64 registers a thread and without spills."""
+    import sparsebench.kernels.cover.triton as CT
+
+    monkeypatch.setattr(CT, "RESIDENT", True)
+    CT.cover_pair_triton(torch.zeros(64, 32768), 0.95, torch.zeros(32, 256 * 256), 0.95 * 256, 256)
+    assert [n for n, _ in compiled] == ["_cover_resident"]
+    _check(compiled, 1)
+    use = _ptxas_usage(compiled[0][1])
+    assert use["spill_stores"] == use["spill_loads"] == 0, use
+    # 1024 threads a program: at most 64 registers each (an SM's 64K)
+    assert use["registers"] <= 64, use
