@@ -128,9 +128,10 @@ HIST_UNROLL = 4
 # the resident path (module docstring): one launch, one program a row holding the row in registers. Off: no faster
 # in FlexPrefill's estimate on an H200 (session 13, 32K, do_bench: 630.7 against 630.9 us alone, 559.4 against 559.6
 # us with the session's graph switches; profiled, the global cover of 32 rows of 256 x 256 block scores took 83 us
-# in one launch, about 2.8 us a bisection step, each step two reductions over 1024 threads). RESIDENT_MAX: the longest row (participating entries) it takes, FlexPrefill's 32K shapes
-# with room; longer rows take the launches above. RESIDENT_WARPS: its warps (1024 threads: 32 entries a thread at
-# 32K, within the 64 registers a thread that a 1024-thread program may use)
+# in one launch, about 2.8 us a bisection step, each step two reductions over 1024 threads). RESIDENT_MAX: the
+# longest row (participating entries) it takes, FlexPrefill's 32K shapes with room; longer rows take the launches
+# above. RESIDENT_WARPS: its warps (1024 threads: 32 entries a thread at 32K, within the 64 registers a thread that a
+# 1024-thread program may use)
 RESIDENT = False
 RESIDENT_MAX = 32768 + 1024
 RESIDENT_WARPS = 32
