@@ -186,16 +186,33 @@ _WHOLE_GRAPH = True
 # `flexprefill_nowholeside`). Little overlap: the scores pass's programs fill the registers, only the stats pass
 # leaves room beside it
 _WHOLE_SIDE = True
-# that branch's block means of q and k in ONE launch of this many resident programs a multiprocessor (`kernels/
-# block_means`' `block_means_pair_triton`: 4 warps at most 208 registers, which fit beside two programs of the stats
-# pass) instead of two launches of a program a block. Kernels of concurrent branches take the GPU in launch order: a
-# grid of a program a block takes every slot first, and a kernel launched after it gets only what is left once all
-# of its programs are placed; so the query means, launched behind the key means, waited for the stats pass's last
-# wave and then held the scores pass back (session 12's timeline: the query means at 120-207 us, the scores pass
-# from 201 us), and session 12's resident means in two launches (the second again behind the stats pass) were
-# slower. One resident grid, launched at the graph's root while the stats pass waits for `scaled_last_rows`, is
-# placed whole before the stats pass, which then fills the rest. Off: untimed (row `flexprefill_meanspair1`)
-_WHOLE_MEANS_PAIR: int | None = None
+# inside that graph, the query-aware block scores (`kernels/block_scores`) and their global cover (`kernels/cover`)
+# for every head on the means' branch, right after the means, instead of after the pattern switch for the query-
+# aware heads only: neither needs the last queries' scores, so they run beside the score passes and the tail; the
+# switch then only picks the heads' masks (the branch joins there; the tail waits only for the key means before the
+# switch), and the tail's cover takes the vertical and slash counts alone. The same kernels on the same values: the
+# same lists. On by default since session 13 (with the three switches below; H200, Llama-3.1-8B heads, random q and
+# k, do_bench: 559.6 against 630.9 us at 32K without any of the four, 575.7 with this one alone, 567.7 with the
+# other three alone; 1239.7 against 1283.2 us at 64K; `results/logs/flexprefill_knobs_s13.txt`; bench rows
+# `flexprefill_noqaside`, `flexprefill_s12graph`)
+_QA_SIDE = True
+# the means' branch forked after `scaled_last_rows` and captured after the score passes, so that the graph's nodes
+# list the stats pass before the means (both wait for `scaled_last_rows`): the one-wave stats pass
+# (`_WHOLE_STATS_PERSIST`) is then placed first and the means take the slots it leaves, beside it. Kernels of
+# concurrent branches take the GPU in launch order: a later kernel gets slots only once every program of the earlier
+# ones is placed (session 12's timeline: the query means at 120-207 us, after the stats pass's 10-119 us, then holding
+# back the scores pass). With the persistent stats pass and the late fork the stats pass and the means overlap
+# (profiled at 32K: 145 us beside 52 + 123 us of means, against 95 and 30 + 87 us alone). On since session 13
+_LATE_FORK = True
+# the whole graph captured on a high-priority stream (the means' branch keeps the default, lowest, priority): the
+# blocks of the main chain (the stats reduction, the scores pass, the tail) are placed before the waiting blocks of
+# the means, which fill what is left (profiled at 32K: the scores pass right after the stats pass instead of after
+# the query means). On since session 13
+_MAIN_PRIORITY = True
+# the graph's stats pass as this many resident programs a multiprocessor (`kernels/last_q_scores`' `persist`: one
+# wave, so that the means launched after it find the slots it leaves at once; two stats programs a multiprocessor by
+# shared memory, capped at `_STATS_PERSIST_MAXNREG` registers). None: a program a unit. On (2) since session 13
+_WHOLE_STATS_PERSIST: int | None = 2
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -445,10 +462,13 @@ def official_reads(q: torch.Tensor, k: torch.Tensor, *, block_size: int, scale: 
 
 
 def parts_from_reads(scores: torch.Tensor, q_last: torch.Tensor, k_mean: torch.Tensor, q_mean: torch.Tensor, *,
-                     gamma: float, tau: float, minb: int, maxb: int, block_size: int, use_triton: bool
+                     gamma: float, tau: float, minb: int, maxb: int, block_size: int, use_triton: bool,
+                     early: torch.Tensor | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """`official_parts` from `official_reads`' tensors (`use_triton`: the kernel switches apply). No host
-    synchronisation and shapes fixed by the input shapes: on CUDA it can be captured in a graph (`_GRAPH_TAIL`)."""
+    synchronisation and shapes fixed by the input shapes: on CUDA it can be captured in a graph (`_GRAPH_TAIL`).
+    `early`: the global cover of every head's query-aware block scores, already worked out (`_early_cover`), or
+    `(that mask, a function to call before reading it)` (the graph's branch that computes it joins there)."""
     _, B, H, N = scores.shape
     HKV, nb, D = k_mean.shape[1], k_mean.shape[2], k_mean.shape[3]
     G = H // HKV
@@ -466,6 +486,16 @@ def parts_from_reads(scores: torch.Tensor, q_last: torch.Tensor, k_mean: torch.T
     else:
         query_aware = flex_switch_naive(q_last, k_mean, pooled[0], tau)[0]
 
+    if early is not None:
+        from sparsebench.kernels.cover import cover_count_triton
+
+        qa = query_aware.view(-1)
+        counts = cover_count_triton(scores.view(-1, N), gamma, skip=torch.cat((qa, qa)) if _COVER_SKIP else None)
+        budget = budget_from_count(counts.view(2, B, H), minb, maxb)
+        if isinstance(early, tuple):
+            early, join = early
+            join()
+        return pooled, budget.masked_fill(query_aware, minb), early & query_aware[..., None, None], query_aware
     _, _, above, tril = block_tables(nb, scores.device)
     if _QA_SCORES_KERNEL and use_triton and D >= 16:
         from sparsebench.kernels.block_scores import block_scores_triton
@@ -496,35 +526,71 @@ def parts_from_reads(scores: torch.Tensor, q_last: torch.Tensor, k_mean: torch.T
     return pooled, budget.masked_fill(query_aware, minb), qa_blocks, query_aware
 
 
-def _table_reads(q: torch.Tensor, k: torch.Tensor, table: torch.Tensor, block_size: int, scale: float):
+def _early_cover(q_mean: torch.Tensor, k_mean: torch.Tensor, gamma: float) -> torch.Tensor:
+    """bool `[B, H, nb, nb]`: every head's global cover of its query-aware block scores (`_QA_SIDE`)."""
+    from sparsebench.kernels.block_scores import block_scores_triton
+    from sparsebench.kernels.cover import cover_mask_triton
+
+    B, H, nb, _ = q_mean.shape
+    attn = block_scores_triton(q_mean, k_mean)
+    return cover_mask_triton(attn.view(B * H, nb * nb), gamma * nb, nb).view(B, H, nb, nb)
+
+
+def _qa_side_ok(q: torch.Tensor) -> bool:
+    return _QA_SIDE and _QA_SCORES_KERNEL and _COVER_KERNEL and q.is_cuda and q.shape[-1] >= 16
+
+
+def _table_reads(q: torch.Tensor, k: torch.Tensor, table: torch.Tensor, block_size: int, scale: float,
+                 gamma: float | None = None):
     """`official_reads`' tensors (fused scores kernel, `_POOL_KERNEL` means) with q's and k's addresses read from
-    `table[0]` / `table[1]` when the kernels run; q and k give the layout."""
+    `table[0]` / `table[1]` when the kernels run; q and k give the layout. With `_QA_SIDE` (and `gamma`) a fifth:
+    `_early_cover`'s mask, worked out on the means' branch."""
     from sparsebench.kernels.block_means import block_means_triton
-    from sparsebench.kernels.block_means.triton import block_means_pair_triton, pair_supported
     from sparsebench.kernels.last_q_scores.triton import last_q_scores_stacked_triton, scaled_last_rows
 
     def means():
-        if _WHOLE_MEANS_PAIR and q.is_cuda and pair_supported(q.shape[-1], block_size):
-            sms = torch.cuda.get_device_properties(q.device).multi_processor_count
-            return block_means_pair_triton(q, k, block_size, scale, _WHOLE_MEANS_PAIR * sms, table=table)
         return (block_means_triton(k, block_size, table=table, slot=1),
                 block_means_triton(q, block_size, scale, table=table, slot=0))
 
+    keys_done = torch.cuda.Event() if q.is_cuda else None
+
+    def side_work():
+        k_mean, q_mean = means()
+        if keys_done is not None:
+            keys_done.record()
+        return k_mean, q_mean, (_early_cover(q_mean, k_mean, gamma) if gamma is not None and _qa_side_ok(q)
+                                else None)
+
     side_branch = _WHOLE_SIDE and q.is_cuda
+    late = side_branch and _LATE_FORK
     if side_branch:
         # captured as a fork and a join: the graph then holds the means and the score passes as parallel branches
         main = torch.cuda.current_stream(q.device)
         side = _side_stream(q.device)
-        side.wait_stream(main)
-        with torch.cuda.stream(side):
-            k_mean, q_mean = means()
+        if not late:
+            side.wait_stream(main)
+            with torch.cuda.stream(side):
+                k_mean, q_mean, early = side_work()
     q_last = scaled_last_rows(q, block_size, scale, table=table, slot=0)
-    scores = last_q_scores_stacked_triton(q_last, k, 1.0, block_size, k_table=(table, 1))
-    if side_branch:
+    if late:
+        forked = torch.cuda.Event()
+        forked.record(main)
+    scores = last_q_scores_stacked_triton(q_last, k, 1.0, block_size, k_table=(table, 1),
+                                          stats_programs=_WHOLE_STATS_PERSIST if q.is_cuda else None)
+    if late:
+        side.wait_event(forked)
+        with torch.cuda.stream(side):
+            k_mean, q_mean, early = side_work()
+    if side_branch and early is not None:
+        # the tail waits for the key means (the pattern switch reads them) and joins the rest of the branch (the
+        # query means, the early cover) only where it reads the cover
+        main.wait_event(keys_done)
+        early = (early, lambda: main.wait_stream(side))
+    elif side_branch:
         main.wait_stream(side)
     else:
-        k_mean, q_mean = means()
-    return scores, q_last, k_mean, q_mean
+        k_mean, q_mean, early = side_work()
+    return (scores, q_last, k_mean, q_mean) + ((early,) if early is not None else ())
 
 
 def _whole_ok(q: torch.Tensor, k: torch.Tensor, block_size: int, scores_kernel: str) -> bool:
@@ -549,7 +615,7 @@ def _lastq_switches() -> tuple:
     lq = sys.modules.get("sparsebench.kernels.last_q_scores.triton")
     names = ("_TRANS_SCORES", "_TRANS_FOLD_L", "_ROWS_STAGES", "_WRAP_GATHER", "_FAST", "_ASM_ROUND", "_RB_SCORES",
              "_RB_STATS", "_TPP", "_ROWS_BLOCK_N", "_FUSED_ROW_STATS", "_FUSED_STATS_MAX_RB", "_COMBINE_KERNEL",
-             "_STATS_KERNEL", "_STACK_IN_COMBINE", "_STATS_BL", "_STATS_BP")
+             "_STATS_KERNEL", "_STACK_IN_COMBINE", "_STATS_BL", "_STATS_BP", "_STATS_PERSIST_MAXNREG")
     return tuple(getattr(lq, n, None) for n in names) if lq else ()
 
 
@@ -569,7 +635,8 @@ def _whole_lists(q: torch.Tensor, k: torch.Tensor, rule: dict, scale: float, blo
             table[0].fill_(q.data_ptr())
             table[1].fill_(k.data_ptr())
             entry = _capture(_whole_graphs, key, table,
-                             lambda: _lists_from_reads(_table_reads(q, k, table, block_size, scale), rule, True))
+                             lambda: _lists_from_reads(_table_reads(q, k, table, block_size, scale, rule["gamma"]),
+                                                       rule, True))
         graph, table, outs = entry
         table[0].fill_(q.data_ptr())
         table[1].fill_(k.data_ptr())
@@ -588,7 +655,8 @@ def _capture(cache: dict, key, inputs, run) -> tuple:
         run()
     torch.cuda.current_stream(dev).wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    high = torch.cuda.Stream(device=dev, priority=-1) if _MAIN_PRIORITY and cache is _whole_graphs else None
+    with torch.cuda.graph(graph, stream=high):
         outs = run()
     while len(cache) >= _GRAPH_TAIL_CACHE:
         cache.pop(next(iter(cache)))
@@ -604,8 +672,8 @@ def _switches_key() -> tuple:
     switch = sys.modules.get("sparsebench.kernels.flex_switch.triton")
     blocks = sys.modules.get("sparsebench.kernels.flex_blocks.triton")
     return (_COVER_KERNEL, _COVER_SKIP, _BLOCKS_KERNEL, _SWITCH_KERNEL, _QA_SCORES_KERNEL, _WHOLE_SIDE,
-            _WHOLE_MEANS_PAIR, torch.is_inference_mode_enabled(),
-            (means.TILE, means.WARPS, means.PAIR_WARPS, means.PAIR_MAXNREG, means.PAIR_TILE)
+            _QA_SIDE, _LATE_FORK, _MAIN_PRIORITY, _WHOLE_STATS_PERSIST, torch.is_inference_mode_enabled(),
+            (means.TILE, means.WARPS)
             if means else None,
             (switch.Q_TILE, switch.K_TILE, switch.WARPS) if switch else None,
             blocks.ONE_WALK if blocks else None,
@@ -633,7 +701,7 @@ def official_lists(q: torch.Tensor, k: torch.Tensor, *, gamma: float, tau: float
 
 
 def _lists_from_reads(reads, rule: dict, use_triton: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    parts = parts_from_reads(*reads, **rule, use_triton=use_triton)
+    parts = parts_from_reads(*reads[:4], **rule, use_triton=use_triton, early=reads[4] if len(reads) > 4 else None)
     if _BLOCKS_KERNEL and use_triton:
         from sparsebench.kernels.flex_blocks import flex_blocks_triton
 

@@ -101,7 +101,8 @@ GPU_COST_VARIANTS = (("minference_vs_torch", "minference", {"pattern": "vertical
                      ("flexprefill_decidecb8", "flexprefill", {}),
                      ("flexprefill_histunroll1", "flexprefill", {}),
                      ("flexprefill_noqascoreskernel", "flexprefill", {}),
-                     ("flexprefill_meanspair1", "flexprefill", {}))
+                     ("flexprefill_noqaside", "flexprefill", {}),
+                     ("flexprefill_s12graph", "flexprefill", {}))
 # environment a variant runs under (switches that are not constructor knobs, read at call time)
 VARIANT_ENV = {"xattn_s8_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"},
                "xattn_s16_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"}}
@@ -198,8 +199,14 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
     "flexprefill_histunroll1": [("sparsebench.kernels.cover.triton", "HIST_UNROLL", 1)],
     # the setting session 13's default replaced: the query-aware block scores by torch's four launches
     "flexprefill_noqascoreskernel": [("sparsebench.methods.flexprefill", "_QA_SCORES_KERNEL", False)],
-    # session 13, not a default until timed: the whole graph's means of q and k in one resident launch
-    "flexprefill_meanspair1": [("sparsebench.methods.flexprefill", "_WHOLE_MEANS_PAIR", 1)],
+    # the settings session 13's defaults replaced: the query-aware block scores and cover after the pattern switch
+    # (query-aware heads only), or that and session 12's graph (a program a unit in the stats pass, the means' branch
+    # forked first, one stream priority)
+    "flexprefill_noqaside": [("sparsebench.methods.flexprefill", "_QA_SIDE", False)],
+    "flexprefill_s12graph": [("sparsebench.methods.flexprefill", "_QA_SIDE", False),
+                             ("sparsebench.methods.flexprefill", "_LATE_FORK", False),
+                             ("sparsebench.methods.flexprefill", "_MAIN_PRIORITY", False),
+                             ("sparsebench.methods.flexprefill", "_WHOLE_STATS_PERSIST", None)],
     # kernels/cover's digit blocks of 256 entries, or chunks of 2048 (defaults 128 and 4096)
     "flexprefill_coverb256": [("sparsebench.kernels.cover.triton", "BLOCK", 256)],
     "flexprefill_cover2k": [("sparsebench.kernels.cover.triton", "CHUNK", 2048),

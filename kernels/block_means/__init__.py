@@ -1,15 +1,15 @@
 """Block means of queries or keys (FlexPrefill's pooled queries and keys, `methods/flexprefill.py` steps 5 and 7):
 naive.py pins them in torch; triton.py reads each block once and writes its mean, rounded and scaled, in one
-launch (or the means of q and k together in one launch of a few resident programs)."""
+launch."""
 from .naive import block_means_naive
 
-__all__ = ["block_means_naive", "block_means_pair_triton", "block_means_triton"]
+__all__ = ["block_means_naive", "block_means_triton"]
 
 
 def __getattr__(name):
     # importing the package must not import triton: load the kernel on first use
-    if name in ("block_means_triton", "block_means_pair_triton"):
+    if name == "block_means_triton":
         from . import triton
 
-        return getattr(triton, name)
+        return triton.block_means_triton
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

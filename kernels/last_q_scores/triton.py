@@ -340,26 +340,47 @@ def _lastq_stats_rows(Q, K, MT, LT, sqb, sqh, sqt, skb, skh, sks, smb, smt, S, L
                       KM=None, sqfb=0, sqfh=0, sqft=0, sqmb=0, sqmh=0, skmb=0, skmh=0, NB=1, SJ=1, q_scale=1.0,
                       MBS: tl.constexpr = 128, BR: tl.constexpr = 32, DT: tl.constexpr = tl.bfloat16,
                       I_QB: tl.constexpr = 0, I_KB: tl.constexpr = 0, KT=None, kslot=0,
-                      K_TABLE: tl.constexpr = False):
+                      K_TABLE: tl.constexpr = False, PERSIST: tl.constexpr = False, NBH=1, NUNITS=1,
+                      I_UN: tl.constexpr = 0):
     """Row-block pass 1: program (run of TPP key tiles, query head, block of RB rows); the rows' (m, l) over its
     tiles by the online rule, one (m, l) per row and program. With `MEANS` the launch has SJ more programs per query
     head along axis 0 (from NPT on, row block 0 only) that compute block means instead (`_side_means`): bound by
     memory bandwidth, they run beside the stats programs, which are bound by instruction latency. With `K_TABLE` K's
-    address is read from `KT[kslot]` when the kernel runs (K then only types the pointer)."""
+    address is read from `KT[kslot]` when the kernel runs (K then only types the pointer). With `PERSIST` (not with
+    `MEANS`) a 1-D grid of programs takes the NUNITS = NPT * NBH * row blocks units of that grid in turn (unit u:
+    run u % NPT, head (u // NPT) % NBH, row block u // (NPT * NBH)): the same values, from fewer programs."""
     if K_TABLE:
         # 16-byte alignment promised (the callers check the address): without it the K loads were not pipelined
         K = tl.multiple_of(tl.load(KT + kslot).to(tl.pointer_type(K.dtype.element_ty)), 16)
+    if PERSIST:
+        for i in range(0, I_UN if INTERPRET else tl.cdiv(NUNITS - tl.program_id(0), tl.num_programs(0))):
+            u = tl.program_id(0) + i * tl.num_programs(0)
+            if u < NUNITS:
+                _stats_unit(Q, K, MT, LT, sqb, sqh, sqt, skb, skh, sks, smb, smt, S, L, H, G, scale, u % NPT,
+                            ((u // NPT) % NBH).to(tl.int64), u // (NPT * NBH), D, RB, BLOCK_N, TPP, INTERPRET, PREC,
+                            CAUSAL, ROUND_DOT, FAST, EVEN, ASM_ROUND)
+        return
     pid_t = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
-    b = bh // H
-    h = bh % H
     if MEANS:
         if pid_t >= NPT:
             if tl.program_id(2) == 0:
-                _side_means(QF, K, QM, KM, pid_t - NPT, b, h, H, G, S, sqfb, sqfh, sqft, skb, skh, sks, sqmb, sqmh,
-                            skmb, skmh, NB, SJ, q_scale, D, MBS, BR, DT, I_QB, I_KB, INTERPRET)
+                _side_means(QF, K, QM, KM, pid_t - NPT, bh // H, bh % H, H, G, S, sqfb, sqfh, sqft, skb, skh, sks,
+                            sqmb, sqmh, skmb, skmh, NB, SJ, q_scale, D, MBS, BR, DT, I_QB, I_KB, INTERPRET)
             return
-    row = tl.program_id(2) * RB + tl.arange(0, RB)
+    _stats_unit(Q, K, MT, LT, sqb, sqh, sqt, skb, skh, sks, smb, smt, S, L, H, G, scale, pid_t, bh,
+                tl.program_id(2), D, RB, BLOCK_N, TPP, INTERPRET, PREC, CAUSAL, ROUND_DOT, FAST, EVEN, ASM_ROUND)
+
+
+def _stats_unit(Q, K, MT, LT, sqb, sqh, sqt, skb, skh, sks, smb, smt, S, L, H, G, scale, pid_t, bh, rbi,
+                D: tl.constexpr, RB: tl.constexpr, BLOCK_N: tl.constexpr, TPP: tl.constexpr,
+                INTERPRET: tl.constexpr, PREC: tl.constexpr, CAUSAL: tl.constexpr, ROUND_DOT: tl.constexpr,
+                FAST: tl.constexpr, EVEN: tl.constexpr, ASM_ROUND: tl.constexpr):
+    """`_lastq_stats_rows`' work for run `pid_t` of key tiles, query head `bh` (batch entry and head), row block
+    `rbi`."""
+    b = bh // H
+    h = bh % H
+    row = rbi * RB + tl.arange(0, RB)
     row_ok = row < L
     q = _block_rows(Q + b * sqb + h * sqh, row, row_ok, sqt, D, INTERPRET)
     k_base = K + b * skb + (h // G) * skh
@@ -580,7 +601,7 @@ _kernels = per_mode((_lastq_stats, _lastq_scores, _lastq_stats_rows, _lastq_scor
                      _scaled_last_rows, _stats_reduce),
                     (_tile_logits, _block_logits, _block_rows, _round_and_mask, _ex2, _probs, _exp_sum, _whole_tile,
                      _round_bf16, _block_logits_t, _scores_tiles_t, _side_means, _to_dtype, _block_mean, _part_stats,
-                     _k_tile))
+                     _k_tile, _stats_unit))
 
 
 def _pow2ceil(x: int) -> int:
@@ -634,6 +655,18 @@ _STATS_KERNEL = True
 # `flexprefill_statsbl128`: 0.663 / 1.345 / 3.116 ms)
 _STATS_BL = 32
 _STATS_BP = 64
+# `stats_programs` (`_rows_path`, FlexPrefill's whole graph): the row-block stats pass (where it does not compute the
+# means) as that many resident programs a multiprocessor, each taking the launch's units in turn (`PERSIST`), instead
+# of a program a unit (3.9 waves at FlexPrefill's 32K): one wave, all placed at once, so that a kernel launched after
+# it on a concurrent branch (FlexPrefill's block means) takes the slots the stats programs leave at once (two stats
+# programs a multiprocessor by shared memory; 26,624 registers free at 152 each). Timed in session 13 with
+# FlexPrefill's `_LATE_FORK` (`methods/flexprefill.py`). Tests: `_STATS_PERSIST_PROGRAMS` forces PERSIST with that
+# many programs on any device
+_STATS_PERSIST_PROGRAMS: int | None = None
+# the persistent stats programs' register cap (None: the compiler's choice, 193 offline on sm_90 at FlexPrefill's
+# shapes, against 146 a program a unit; 152 builds without spills): at 152 two of them leave room for three programs
+# of kernels/block_means (56 registers, 4 warps), at 193 for two
+_STATS_PERSIST_MAXNREG: int | None = 152
 
 
 def _overlap_add(dg: torch.Tensor, S: int, L: int, block_n: int) -> torch.Tensor:
@@ -852,12 +885,14 @@ def _use_rows(rows: bool | None, D: int, pack_heads: bool, L: int, importance: b
 
 
 def _rows_path(q, k, scale: float, L: int, S: int, importance: bool, block_n: int, tpp: int, num_warps: int,
-               num_stages: int, interpret: bool, prec: str, G: int, means=None, k_table=None, stacked=None):
+               num_stages: int, interpret: bool, prec: str, G: int, means=None, k_table=None, stacked=None,
+               stats_programs: int | None = None):
     """Both passes through the row-block kernels: `(vertical, slash)` (slash None with `importance`, where `S` is
     n_keys and vertical holds the column means). `means` `(q_full [B, H, S, D], size, q_scale, k_mean, q_mean)`:
     the stats launch also writes the block means into `k_mean [B, HKV, nb, D]` and `q_mean [B, H, nb, D]`.
     `k_table` `(table, slot)`: both passes read K's address from the int64 device tensor `table[slot]` when they run
-    (k only gives shape, strides and dtype)."""
+    (k only gives shape, strides and dtype). `stats_programs`: on CUDA, the stats pass as that many resident programs
+    a multiprocessor (module comment at `_STATS_PERSIST_PROGRAMS`)."""
     B, H, _, D = q.shape
     # a unit scale (FlexPrefill's queries come scaled) as the int 1, which Triton specializes as a constant: the
     # passes' products by it fold away (one multiply a logit fewer)
@@ -888,10 +923,23 @@ def _rows_path(q, k, scale: float, L: int, S: int, importance: bool, block_n: in
     if k_table is not None and means is not None:
         raise ValueError("k_table and means together are not supported")
     ktab = {} if k_table is None else {"KT": k_table[0], "kslot": k_table[1], "K_TABLE": True}
-    kernels[2][(npg + sj, B * H, -(-L // rb_stats))](q, k, mt, lt, *strides, mt.stride(0), mt.stride(1), S, L, H, G,
-                                                      scale, CAUSAL=not importance, ROUND_DOT=importance,
-                                                      EVEN=L % rb_stats == 0, ASM_ROUND=asm_round,
-                                                      **{**common, "RB": rb_stats}, **side, **ktab)
+    sgrid, persist = (npg + sj, B * H, -(-L // rb_stats)), {}
+    units = npg * B * H * sgrid[2]
+    if stats_programs and means is None and dev.type == "cuda":
+        progs = min(units, stats_programs * torch.cuda.get_device_properties(dev).multi_processor_count)
+        sgrid, persist = (progs,), {"PERSIST": True, "NPT": npg, "NBH": B * H, "NUNITS": units}
+        if _STATS_PERSIST_MAXNREG:
+            persist["maxnreg"] = _STATS_PERSIST_MAXNREG
+    elif _STATS_PERSIST_PROGRAMS and means is None:  # tests: a fixed program count (any device)
+        progs = min(units, _STATS_PERSIST_PROGRAMS)
+        sgrid, persist = (progs,), {"PERSIST": True, "NPT": npg, "NBH": B * H, "NUNITS": units,
+                                    "I_UN": -(-units // progs) if interpret else 0}
+        if _STATS_PERSIST_MAXNREG and not interpret:
+            persist["maxnreg"] = _STATS_PERSIST_MAXNREG
+    kernels[2][sgrid](q, k, mt, lt, *strides, mt.stride(0), mt.stride(1), S, L, H, G,
+                      scale, CAUSAL=not importance, ROUND_DOT=importance,
+                      EVEN=L % rb_stats == 0, ASM_ROUND=asm_round,
+                      **{**common, "RB": rb_stats}, **side, **ktab, **persist)
     grid = (npg, B * H, NRB)
     fused = _FUSED_ROW_STATS if _FUSED_ROW_STATS is not None else NRB <= _FUSED_STATS_MAX_RB and S <= _FUSED_STATS_MAX_S
     if fused:
@@ -984,21 +1032,22 @@ def last_q_scores_and_means_triton(q_last: torch.Tensor, k: torch.Tensor, scale:
 
 
 def last_q_scores_stacked_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float, n: int,
-                                 k_table: tuple[torch.Tensor, int] | None = None) -> torch.Tensor:
+                                 k_table: tuple[torch.Tensor, int] | None = None,
+                                 stats_programs: int | None = None) -> torch.Tensor:
     """`torch.stack([vertical, slash.flip(-1)]).div_(n)` `[2, B, H, S]` of `last_q_scores_triton(q_last, k, scale,
     k_table=k_table)` (FlexPrefill's `scores`, the slash sums in diagonal order): on the row-block path with the
     combine kernel written so by it (`_STACK_IN_COMBINE`) where n is a power of two (a product by 1 / n: exact, as
-    torch's division), else by torch (`naive.stack_scores`)."""
+    torch's division), else by torch (`naive.stack_scores`). `stats_programs`: as `_rows_path` takes it."""
     stacked = n if _STACK_IN_COMBINE and n & (n - 1) == 0 else None
-    got = last_q_scores_triton(q_last, k, scale, k_table=k_table, _stacked=stacked)
+    got = last_q_scores_triton(q_last, k, scale, k_table=k_table, _stacked=stacked, _stats_programs=stats_programs)
     return got if isinstance(got, torch.Tensor) else stack_scores(*got, n)
 
 
 def last_q_scores_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float, block_n: int | None = None,
                          num_warps: int = 4, num_stages: int | None = None, pack_heads: bool = False,
                          rows: bool | None = None, tiles_per_program: int | None = None,
-                         k_table: tuple[torch.Tensor, int] | None = None, _stacked: int | None = None
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
+                         k_table: tuple[torch.Tensor, int] | None = None, _stacked: int | None = None,
+                         _stats_programs: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """`(vertical [B, H, S], slash [B, H, S])` fp32 of `last_q_scores_naive` (arguments as there).
 
     `pack_heads`: one program per (key tile, KV head) serving its G query heads, else one per (key tile, query
@@ -1029,7 +1078,7 @@ def last_q_scores_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float, bl
     if use_rows:
         vertical, slash = _rows_path(q, k, scale, L, S, False, block_n, tiles_per_program or _TPP, num_warps,
                                      num_stages or _ROWS_STAGES, interpret, prec, G, k_table=k_table,
-                                     stacked=_stacked)
+                                     stacked=_stacked, stats_programs=_stats_programs)
         if slash is None:  # the combine kernel wrote them stacked
             return vertical.view(2, B, H, S)
         return vertical.view(B, H, S), slash.reshape(B, H, S)

@@ -78,44 +78,6 @@ def test_table_needs_a_view():
         block_means_triton(x, 4, table=torch.zeros(1, dtype=torch.int64))
 
 
-def _check_pair(case, device="cpu"):
-    """`block_means_pair_triton`: the key means and the scaled query means in one launch of a few resident programs
-    (one, several, more than the blocks), from the tensors or from a table of their addresses."""
-    from sparsebench.kernels.block_means import block_means_pair_triton
-
-    H, HKV, N, D, bs, dt, scale = case
-    q, k = _x((1, H, N, D), dt, 0).to(device), _x((1, HKV, N, D), dt, 1).to(device)
-    want_k, want_q = block_means_naive(k.cpu(), bs), block_means_naive(q.cpu(), bs, scale)
-    table = torch.tensor([q.data_ptr(), k.data_ptr()], dtype=torch.int64, device=device)
-    for programs, tab in ((1, None), (3, None), (1000, None), (3, table)):
-        args = (torch.empty_like(q), torch.empty_like(k)) if tab is not None else (q, k)
-        got_k, got_q = block_means_pair_triton(*args, bs, scale, programs, table=tab)
-        assert got_k.shape == want_k.shape and got_q.shape == want_q.shape and got_q.dtype == q.dtype
-        for got, want in ((got_k, want_k), (got_q, want_q)):
-            if dt == "float32":
-                assert torch.allclose(got.cpu(), want, rtol=1e-6, atol=1e-6)
-            else:
-                assert torch.equal(got.cpu(), want)
-
-
-# (H, HKV, N, D, block, dtype, scale): ragged last blocks, grouped heads, a head dim below 16, a block size that is
-# not a power of two (its tile holds rows of the next block, masked)
-PAIR_CASES = [pytest.param(c, id="pair-H{}-HKV{}-N{}-D{}-bs{}-{}-{}".format(*c)) for c in (
-    (4, 2, 100, 64, 32, "bfloat16", 0.125), (2, 1, 77, 8, 24, "float16", 0.3), (3, 3, 50, 32, 32, "float32", 0.7))]
-
-
-def test_pair_bad_input_names_the_value():
-    from sparsebench.kernels.block_means import block_means_pair_triton
-
-    q, k = torch.zeros(1, 2, 16, 8), torch.zeros(1, 1, 16, 8)
-    with pytest.raises(ValueError, match="programs=0 must be at least 1"):
-        block_means_pair_triton(q, k, 4, 1.0, 0)
-    with pytest.raises(ValueError, match="must share N, D and dtype"):
-        block_means_pair_triton(q, torch.zeros(1, 1, 15, 8), 4, 1.0, 1)
-    with pytest.raises(ValueError, match="size=512 with head dim 256"):
-        block_means_pair_triton(torch.zeros(1, 1, 16, 256), torch.zeros(1, 1, 16, 256), 512, 1.0, 1)
-
-
 def _check_flex(shape):
     """FlexPrefill's official selection with `_POOL_KERNEL` equals its selection through torch (bf16 inputs)."""
     flexprefill_off_and_on("_POOL_KERNEL", shape, dtype="bfloat16", tau=0.5)
@@ -124,7 +86,7 @@ def _check_flex(shape):
 FLEX_CASES = flex_cases()
 
 
-@pytest.mark.parametrize("case", CASES + FLEX_CASES + TABLE_CASES + PAIR_CASES)
+@pytest.mark.parametrize("case", CASES + FLEX_CASES + TABLE_CASES)
 def test_triton_interpret_matches_reference(case, request, interpret_verdicts):
     assert_verdict(interpret_verdicts, request)
 
@@ -136,16 +98,7 @@ def test_triton_gpu_matches_reference(case):
     _check(case, device="cuda")
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("case", PAIR_CASES + [pytest.param((32, 8, 32768, 128, 128, "bfloat16", 0.0884),
-                                                            id="pair-32K")])
-def test_triton_gpu_pair_matches_reference(case):
-    _check_pair(case, device="cuda")
-
-
 if __name__ == "__main__" and sys.argv[1:] == ["--interpret"]:
     report_verdicts(_check, CASES)
     report_verdicts(_check_flex, FLEX_CASES)
     report_verdicts(_check_table, TABLE_CASES)
-    report_verdicts(_check_pair, PAIR_CASES)

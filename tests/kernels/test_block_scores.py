@@ -73,7 +73,35 @@ def _check_flex(shape):
 FLEX_CASES = flex_cases()
 
 
-@pytest.mark.parametrize("case", CASES + FLEX_CASES)
+def _check_early(shape):
+    """FlexPrefill's rule with every head's query-aware block scores and global cover worked out before the pattern
+    switch (`early`: the `_QA_SIDE` path of its whole graph, whose branch joins where the cover is read) lists the
+    same blocks and decides the same patterns as the rule that covers the query-aware heads after the switch; at a
+    tau that leaves both kinds of heads, and at one that makes every head query-aware."""
+    import sparsebench.methods.flexprefill as fp
+
+    T, H, HKV, D, seed = shape
+    g = torch.Generator().manual_seed(seed)
+    q, k = torch.randn(1, H, T, D, generator=g), torch.randn(1, HKV, T, D, generator=g)
+    reads = fp.official_reads(q, k, block_size=32, scale=D ** -0.5, scores_kernel="torch")
+    kinds = set()
+    for tau in (0.3, 0.0):
+        rule = {"gamma": 0.9, "tau": tau, "minb": 2, "maxb": T // 32, "block_size": 32}
+        want = fp._lists_from_reads(reads, rule, True)
+        early = fp._early_cover(reads[3], reads[2], rule["gamma"])
+        joined = []
+        got = fp._lists_from_reads(tuple(reads) + ((early, lambda: joined.append(True)),), rule, True)
+        assert joined == [True]
+        for a, b in zip(got, want):
+            assert torch.equal(a, b)
+        kinds |= set(want[2].view(-1).tolist())
+    assert kinds == {True, False}  # both kinds of heads were decided
+
+
+EARLY_CASES = [pytest.param(c.values[0], id="early-" + c.id) for c in FLEX_CASES]
+
+
+@pytest.mark.parametrize("case", CASES + FLEX_CASES + EARLY_CASES)
 def test_triton_interpret_matches_reference(case, request, interpret_verdicts):
     assert_verdict(interpret_verdicts, request)
 
@@ -91,3 +119,4 @@ def test_triton_gpu_matches_reference(case, grid):
 if __name__ == "__main__" and sys.argv[1:] == ["--interpret"]:
     report_verdicts(_check, CASES)
     report_verdicts(_check_flex, FLEX_CASES)
+    report_verdicts(_check_early, EARLY_CASES)

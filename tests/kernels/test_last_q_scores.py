@@ -456,6 +456,48 @@ def test_stats_kernel_gpu():
     _check_stats_kernel((32, 32, 128, 32768), device="cuda")
 
 
+def _check_stats_persist(case, device="cpu", per_sm=None):
+    """The row-block stats pass as a few programs taking its units in turn (`PERSIST`: fewer programs than units,
+    one, and more than units) gives exactly the scores of a program a unit: one and two row blocks in either pass
+    (the stats pass takes 128 rows a block), a ragged last
+    run of tiles, grouped heads, K's address from a table or not. `per_sm` (CUDA): also as `stats_programs` takes it,
+    that many programs a multiprocessor."""
+    from sparsebench.kernels.last_q_scores import triton as lq
+
+    H, HKV, L, S, D, dtype = case
+    g = torch.Generator().manual_seed(4)
+    dt = getattr(torch, dtype)
+    q = torch.randn(1, H, L, D, generator=g).to(dt).to(device)
+    k = torch.randn(1, HKV, S, D, generator=g).to(dt).to(device)
+    table = torch.tensor([0, k.data_ptr()], dtype=torch.int64, device=device)
+    for k_table, counts in ((None, (3, 1, 10_000)), ((table, 1), (3,))):
+        with switched(lq, _TPP=2):
+            want = lq.last_q_scores_triton(q, k, 0.2, rows=True, k_table=k_table)
+            for progs in counts:
+                with switched(lq, _STATS_PERSIST_PROGRAMS=progs):
+                    got = lq.last_q_scores_triton(q, k, 0.2, rows=True, k_table=k_table)
+                assert all(torch.equal(a, b) for a, b in zip(got, want)), progs
+            if per_sm:
+                got = lq.last_q_scores_triton(q, k, 0.2, rows=True, k_table=k_table, _stats_programs=per_sm)
+                assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+STATS_PERSIST_CASES = [pytest.param((4, 2, 128, 200, 32, "float32"), id="persist-L128-two-row-blocks"),
+                       pytest.param((2, 1, 256, 300, 16, "bfloat16"), id="persist-L256-bf16-two-stats-row-blocks")]
+
+
+@pytest.mark.parametrize("case", STATS_PERSIST_CASES)
+def test_stats_persist_interpret(case, request, interpret_verdicts):
+    assert_verdict(interpret_verdicts, request)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_stats_persist_gpu():
+    _check_stats_persist((32, 8, 128, 32768, 128, "bfloat16"), device="cuda", per_sm=2)
+    _check_stats_persist((8, 2, 128, 5000, 128, "bfloat16"), device="cuda", per_sm=1)
+
+
 TABLE_READS_CASES = [pytest.param((4, 2, 300, 64, "bfloat16"), id="tablereads-H4-HKV2-T300-bf16"),
                      pytest.param((2, 1, 200, 32, "float32"), id="tablereads-H2-HKV1-T200-fp32")]
 
@@ -788,7 +830,8 @@ if __name__ == "__main__" and sys.argv[1:] == ["--interpret"]:
                          (_with_switches(_check_importance), IMP_SWITCH_CASES), (_check_combine, COMBINE_CASES),
                          (_check_means, MEANS_CASES), (_check_flex_means, FLEX_MEANS_CASES),
                          (_check_table, TABLE_CASES), (_check_table_reads, TABLE_READS_CASES),
-                         (_check_stacked, STACKED_CASES), (_check_stats_kernel, STATS_KERNEL_CASES)):
+                         (_check_stacked, STACKED_CASES), (_check_stats_kernel, STATS_KERNEL_CASES),
+                         (_check_stats_persist, STATS_PERSIST_CASES)):
         report_verdicts(check, cases)
 
 
@@ -808,7 +851,7 @@ def test_compiled_kernels_keep_their_constexprs():
     assert [p.name for p in stats_rows.params if p.is_constexpr] == ["D", "RB", "BLOCK_N", "TPP", "INTERPRET", "PREC",
                                                                      "CAUSAL", "ROUND_DOT", "FAST", "EVEN",
                                                                      "ASM_ROUND", "MEANS", "MBS", "BR", "DT", "I_QB",
-                                                                     "I_KB", "K_TABLE"]
+                                                                     "I_KB", "K_TABLE", "PERSIST", "I_UN"]
     assert [p.name for p in scores_rows.params if p.is_constexpr] == ["D", "RB", "BLOCK_N", "BT", "TPP", "INTERPRET",
                                                                       "PREC", "IMPORTANCE", "FAST", "EVEN", "WRAP",
                                                                       "STATS_IN", "PB", "I_NPG", "ASM_ROUND",

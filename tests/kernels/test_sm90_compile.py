@@ -148,6 +148,20 @@ def test_last_q_scores(L, D, pack, compiled):
     _check(compiled, 2)
 
 
+def test_last_q_stats_persist(compiled, monkeypatch):
+    """The row-block stats pass as resident programs (`PERSIST`, FlexPrefill's 32K shapes, K's address from a table)
+    within its register cap, without spills."""
+    from sparsebench.kernels.last_q_scores import triton as lq
+
+    monkeypatch.setattr(lq, "_STATS_PERSIST_PROGRAMS", 264)
+    q = torch.zeros(1, 32, 128, 128, dtype=torch.bfloat16)
+    k = torch.zeros(1, 8, 32768, 128, dtype=torch.bfloat16)
+    lq.last_q_scores_stacked_triton(q, k, 1.0, 128, k_table=(torch.zeros(2, dtype=torch.int64), 1))
+    assert compiled[0][0] == "_lastq_stats_rows"
+    use = _ptxas_usage(compiled[0][1])
+    assert use["spill_stores"] == use["spill_loads"] == 0 and use["registers"] <= lq._STATS_PERSIST_MAXNREG, use
+
+
 @pytest.mark.parametrize("importance", [False, True])
 def test_last_q_fused_row_stats(importance, compiled, monkeypatch):
     """The row-block scores kernel reducing pass 1's partials itself (`_FUSED_ROW_STATS` forced on; by default it
@@ -239,20 +253,6 @@ def test_block_means(D, compiled):
     _check(compiled, 1)
     use = _ptxas_usage(compiled[0][1])
     assert use["spill_stores"] == use["spill_loads"] == 0, use
-
-
-@pytest.mark.parametrize("D", [64, 128])
-def test_block_means_pair(D, compiled):
-    """kernels/block_means' paired resident launch at FlexPrefill's shapes (bf16, block 128, addresses from a table):
-    within its register cap (the room beside two stats programs) without spills."""
-    from sparsebench.kernels.block_means import block_means_pair_triton
-    from sparsebench.kernels.block_means import triton as bm
-
-    q, k = torch.zeros(1, 32, 4096, D, dtype=torch.bfloat16), torch.zeros(1, 8, 4096, D, dtype=torch.bfloat16)
-    block_means_pair_triton(q, k, 128, 0.088, 132, table=torch.zeros(2, dtype=torch.int64))
-    _check(compiled, 1)
-    use = _ptxas_usage(compiled[0][1])
-    assert use["spill_stores"] == use["spill_loads"] == 0 and use["registers"] <= bm.PAIR_MAXNREG, use
 
 
 def _ptxas_usage(kernel) -> dict:

@@ -669,11 +669,16 @@ def test_gpu_session10_switches_select_the_same(T, H, HKV, D):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("T,H,HKV,D", [(8192, 8, 2, 128), (5000, 4, 1, 256)])
-@pytest.mark.parametrize("side,pair", [(True, None), (False, None), (True, 1)])
-def test_gpu_whole_graph_equals_eager(T, H, HKV, D, side, pair):
+@pytest.mark.parametrize("sw", [{}, {"_WHOLE_SIDE": False}, {"_QA_SIDE": False},
+                                {"_QA_SIDE": False, "_LATE_FORK": False, "_MAIN_PRIORITY": False,
+                                 "_WHOLE_STATS_PERSIST": None},
+                                {"_WHOLE_SIDE": False, "_QA_SIDE": False}],
+                         ids=["defaults", "noside", "noqaside", "session12-graph", "noside-noqaside"])
+def test_gpu_whole_graph_equals_eager(T, H, HKV, D, sw):
     """The whole estimate replayed from one CUDA graph (`_WHOLE_GRAPH`), its means on a branch of their own
-    (`_WHOLE_SIDE`) or not, by two launches or by one resident launch for both (`_WHOLE_MEANS_PAIR`; a block of head
-    dim 256 is too large for it: the two launches), lists the same
+    (`_WHOLE_SIDE`) or not, with every head's query-aware cover beside them (`_QA_SIDE`) or not, with session 13's
+    branch forked late, main chain at a high priority and stats pass as resident programs (`_LATE_FORK`,
+    `_MAIN_PRIORITY`, `_WHOLE_STATS_PERSIST`) or not, lists the same
     blocks and decides the same patterns as the eager reads with the same means kernel (`_POOL_KERNEL`), call after
     call on new q and k of one layout (the table carries their addresses); a layout it cannot take (q not 16-byte
     aligned) runs the usual path and still agrees."""
@@ -683,8 +688,7 @@ def test_gpu_whole_graph_equals_eager(T, H, HKV, D, side, pair):
     ctx = AttnContext(0, H, HKV, D, D ** -0.5)
     same = {"_POOL_KERNEL": True, "_SIDE_MEANS": False}
     q, k, eager = _replays_agree(m, ctx, (H, HKV, T, D), {**same, "_WHOLE_GRAPH": False},
-                                 {**same, "_WHOLE_GRAPH": True, "_WHOLE_SIDE": side, "_WHOLE_MEANS_PAIR": pair},
-                                 fp._whole_graphs)
+                                 {**same, "_WHOLE_GRAPH": True, **sw}, fp._whole_graphs)
     q_odd = torch.empty(q.numel() + 1, dtype=q.dtype, device="cuda")[1:].view(q.shape).copy_(q)  # 2 bytes off
     with switched(fp, _POOL_KERNEL=True, _SIDE_MEANS=False, _WHOLE_GRAPH=True):
         assert not fp._whole_ok(q_odd, k, m.block_size, m.scores_kernel)
