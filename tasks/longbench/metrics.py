@@ -78,14 +78,26 @@ def qa_f1_zh_score(prediction: str, ground_truth: str, **_) -> float:
     return f1_score(pred, gold)
 
 
+# CPython's default recursion limit, under which upstream's scores were computed: the package's recursive LCS
+# back-trace overflows on long sentences (then 0.0), and importing torch._dynamo raises the process's limit to 2000+
+_UPSTREAM_RECURSION_LIMIT = 1000
+
+
 def rouge_score(prediction: str, ground_truth: str, **_) -> float:
-    """ROUGE-L F of the `rouge` package, as upstream calls it (0.0 on any error)."""
+    """ROUGE-L F of the `rouge` package, as upstream calls it (0.0 on any error), at CPython's default recursion
+    limit whatever the process's limit is (the same score whichever libraries were imported)."""
+    import sys
+
     from rouge import Rouge
 
+    old = sys.getrecursionlimit()
     try:
+        sys.setrecursionlimit(_UPSTREAM_RECURSION_LIMIT)
         scores = Rouge().get_scores([prediction], [ground_truth], avg=True)
     except Exception:  # noqa: BLE001 - upstream: bare except -> 0.0 (empty hypotheses, RecursionError on long sentences)
         return 0.0
+    finally:
+        sys.setrecursionlimit(old)
     return float(scores["rouge-l"]["f"])
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -478,6 +479,13 @@ def test_rouge_l_is_the_rouge_package_summary_level_score():
     # except turns that into 0.0 (kept: it is what published numbers used); 500 words are fine
     long = " ".join(f"w{i}" for i in range(1500))
     assert metrics.rouge_score(long, long) == 0.0
+    # whatever the process's limit (importing torch._dynamo raises it to 2000+), and the limit is restored
+    old = sys.getrecursionlimit()
+    try:
+        sys.setrecursionlimit(5000)
+        assert metrics.rouge_score(long, long) == 0.0 and sys.getrecursionlimit() == 5000
+    finally:
+        sys.setrecursionlimit(old)
     assert metrics.rouge_score(long[:2500], long[:2500]) == pytest.approx(1.0, abs=1e-7)
     assert metrics.rouge_zh_score("会议决定十月发布", "会议决定十月发布") == pytest.approx(1.0, abs=1e-7)
     assert metrics.rouge_zh_score("天气很好", "会议决定十月发布") == 0.0
