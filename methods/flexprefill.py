@@ -463,7 +463,7 @@ def official_reads(q: torch.Tensor, k: torch.Tensor, *, block_size: int, scale: 
 
 def parts_from_reads(scores: torch.Tensor, q_last: torch.Tensor, k_mean: torch.Tensor, q_mean: torch.Tensor, *,
                      gamma: float, tau: float, minb: int, maxb: int, block_size: int, use_triton: bool,
-                     early: torch.Tensor | None = None
+                     early: torch.Tensor | tuple | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """`official_parts` from `official_reads`' tensors (`use_triton`: the kernel switches apply). No host
     synchronisation and shapes fixed by the input shapes: on CUDA it can be captured in a graph (`_GRAPH_TAIL`).

@@ -925,13 +925,13 @@ def _rows_path(q, k, scale: float, L: int, S: int, importance: bool, block_n: in
     ktab = {} if k_table is None else {"KT": k_table[0], "kslot": k_table[1], "K_TABLE": True}
     sgrid, persist = (npg + sj, B * H, -(-L // rb_stats)), {}
     units = npg * B * H * sgrid[2]
-    if stats_programs and means is None and dev.type == "cuda":
-        progs = min(units, stats_programs * torch.cuda.get_device_properties(dev).multi_processor_count)
-        sgrid, persist = (progs,), {"PERSIST": True, "NPT": npg, "NBH": B * H, "NUNITS": units}
-        if _STATS_PERSIST_MAXNREG:
-            persist["maxnreg"] = _STATS_PERSIST_MAXNREG
-    elif _STATS_PERSIST_PROGRAMS and means is None:  # tests: a fixed program count (any device)
-        progs = min(units, _STATS_PERSIST_PROGRAMS)
+    progs = None
+    if means is None and stats_programs and dev.type == "cuda":
+        progs = stats_programs * torch.cuda.get_device_properties(dev).multi_processor_count
+    elif means is None and _STATS_PERSIST_PROGRAMS:  # tests: a fixed program count (any device)
+        progs = _STATS_PERSIST_PROGRAMS
+    if progs:
+        progs = min(units, progs)
         sgrid, persist = (progs,), {"PERSIST": True, "NPT": npg, "NBH": B * H, "NUNITS": units,
                                     "I_UN": -(-units // progs) if interpret else 0}
         if _STATS_PERSIST_MAXNREG and not interpret:
