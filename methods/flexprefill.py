@@ -209,6 +209,20 @@ _LATE_FORK = True
 # the means, which fill what is left (profiled at 32K: the scores pass right after the stats pass instead of after
 # the query means). On since session 13
 _MAIN_PRIORITY = True
+# the means' branch of the whole graph at a priority above the main chain's (-2, against `_MAIN_PRIORITY`'s -1), the
+# scores pass capped at `_WHOLE_SCORES_MAXNREG` registers and the branch's block scores (`_BRANCH_BLOCK_SCORES`: key
+# blocks a step, a register cap) sized so that one 4-warp program of the branch (the means, the block scores, the
+# global cover's kernels: at most 64 registers) fits on a multiprocessor beside the scores pass's two (255 registers
+# uncapped: then nothing else fits, and the branch waited for the scores pass to end). The branch then runs beside the
+# scores pass instead of after it. On since session 14: on an H200 (Llama-3.1-8B heads, random q and k, do_bench,
+# medians of 3) 573.6 / 1195.8 / 2797.6 us against 588.3 / 1238.0 / 2856.9 us at 32K / 64K / 128K; at 32K the
+# priority alone 585.2, with the cap alone 582.6, the block scores alone 578.9 us; a 216-register cap 577.4, 232
+# 588.5 us; the branch at the main chain's priority 598.9 us (`results/logs/flexprefill_knobs_s14.txt`; bench row
+# `flexprefill_s13graph` turns all three off). The same kernels and values, save the block scores' sums, added 32
+# key blocks at a time instead of 64 (equal up to rounding)
+_SIDE_PRIORITY = -2
+_WHOLE_SCORES_MAXNREG: int | None = 224
+_BRANCH_BLOCK_SCORES: tuple[int, int] | None = (32, 64)
 # the graph's stats pass as this many resident programs a multiprocessor (`kernels/last_q_scores`' `persist`: one
 # wave, so that the means launched after it find the slots it leaves at once; two stats programs a multiprocessor by
 # shared memory, capped at `_STATS_PERSIST_MAXNREG` registers). None: a program a unit. On (2) since session 13
@@ -216,10 +230,10 @@ _WHOLE_STATS_PERSIST: int | None = 2
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def _side_stream(device: torch.device) -> torch.cuda.Stream:
-    side = _side_streams.get(device)
+def _side_stream(device: torch.device, priority: int = 0) -> torch.cuda.Stream:
+    side = _side_streams.get((device, priority))
     if side is None:
-        side = _side_streams[device] = torch.cuda.Stream(device=device)
+        side = _side_streams[(device, priority)] = torch.cuda.Stream(device=device, priority=priority)
     return side
 
 
@@ -500,7 +514,8 @@ def parts_from_reads(scores: torch.Tensor, q_last: torch.Tensor, k_mean: torch.T
     if _QA_SCORES_KERNEL and use_triton and D >= 16:
         from sparsebench.kernels.block_scores import block_scores_triton
 
-        attn = block_scores_triton(q_mean, k_mean)
+        bn, maxnreg = _BRANCH_BLOCK_SCORES or (None, None)  # the whole graph's setting: the same sums
+        attn = block_scores_triton(q_mean, k_mean, bn=bn, maxnreg=maxnreg)
     else:
         logits = torch.matmul(q_mean.view(B, HKV, G * nb, D), k_mean.transpose(-1, -2)).view(B, H, nb, nb)
         attn = torch.softmax(logits.masked_fill_(above, float("-inf")), dim=-1, dtype=torch.float32)
@@ -532,7 +547,8 @@ def _early_cover(q_mean: torch.Tensor, k_mean: torch.Tensor, gamma: float) -> to
     from sparsebench.kernels.cover import cover_mask_triton
 
     B, H, nb, _ = q_mean.shape
-    attn = block_scores_triton(q_mean, k_mean)
+    bn, maxnreg = _BRANCH_BLOCK_SCORES or (None, None)
+    attn = block_scores_triton(q_mean, k_mean, bn=bn, maxnreg=maxnreg)
     return cover_mask_triton(attn.view(B * H, nb * nb), gamma * nb, nb).view(B, H, nb, nb)
 
 
@@ -566,7 +582,7 @@ def _table_reads(q: torch.Tensor, k: torch.Tensor, table: torch.Tensor, block_si
     if side_branch:
         # captured as a fork and a join: the graph then holds the means and the score passes as parallel branches
         main = torch.cuda.current_stream(q.device)
-        side = _side_stream(q.device)
+        side = _side_stream(q.device, _SIDE_PRIORITY)
         if not late:
             side.wait_stream(main)
             with torch.cuda.stream(side):
@@ -576,7 +592,8 @@ def _table_reads(q: torch.Tensor, k: torch.Tensor, table: torch.Tensor, block_si
         forked = torch.cuda.Event()
         forked.record(main)
     scores = last_q_scores_stacked_triton(q_last, k, 1.0, block_size, k_table=(table, 1),
-                                          stats_programs=_WHOLE_STATS_PERSIST if q.is_cuda else None)
+                                          stats_programs=_WHOLE_STATS_PERSIST if q.is_cuda else None,
+                                          scores_maxnreg=_WHOLE_SCORES_MAXNREG)
     if late:
         side.wait_event(forked)
         with torch.cuda.stream(side):
@@ -671,12 +688,15 @@ def _switches_key() -> tuple:
     means = sys.modules.get("sparsebench.kernels.block_means.triton")
     switch = sys.modules.get("sparsebench.kernels.flex_switch.triton")
     blocks = sys.modules.get("sparsebench.kernels.flex_blocks.triton")
+    scores = sys.modules.get("sparsebench.kernels.block_scores.triton")
     return (_COVER_KERNEL, _COVER_SKIP, _BLOCKS_KERNEL, _SWITCH_KERNEL, _QA_SCORES_KERNEL, _WHOLE_SIDE,
-            _QA_SIDE, _LATE_FORK, _MAIN_PRIORITY, _WHOLE_STATS_PERSIST, torch.is_inference_mode_enabled(),
+            _QA_SIDE, _LATE_FORK, _MAIN_PRIORITY, _SIDE_PRIORITY, _WHOLE_STATS_PERSIST, _WHOLE_SCORES_MAXNREG,
+            _BRANCH_BLOCK_SCORES, torch.is_inference_mode_enabled(),
             (means.TILE, means.WARPS)
             if means else None,
             (switch.Q_TILE, switch.K_TILE, switch.WARPS) if switch else None,
             blocks.ONE_WALK if blocks else None,
+            (scores.BM, scores.BN, scores.WARPS) if scores else None,
             (cover.CHUNK, cover.SHORT_CHUNK, cover.SHORT_ROWS, cover.BLOCK, cover.SKIP_FROM, cover.HIST_2D,
              cover.SKIP_UPPER, cover.EMPTY_EXIT, cover.DECIDE_CB, cover.DECIDE_WARPS,
              cover.HIST_UNROLL)

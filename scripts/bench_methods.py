@@ -102,12 +102,16 @@ GPU_COST_VARIANTS = (("minference_vs_torch", "minference", {"pattern": "vertical
                      ("flexprefill_histunroll1", "flexprefill", {}),
                      ("flexprefill_noqascoreskernel", "flexprefill", {}),
                      ("flexprefill_noqaside", "flexprefill", {}),
-                     ("flexprefill_s12graph", "flexprefill", {}))
+                     ("flexprefill_s12graph", "flexprefill", {}),
+                     ("flexprefill_s13graph", "flexprefill", {}))
 # environment a variant runs under (switches that are not constructor knobs, read at call time)
 VARIANT_ENV = {"xattn_s8_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"},
                "xattn_s16_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"}}
 # module attributes a variant runs under (switches read from the module at call time): (module, name, value)
 _ANTIDIAG = "sparsebench.kernels.antidiag_score.triton"
+_S13_GRAPH = [("sparsebench.methods.flexprefill", "_SIDE_PRIORITY", 0),
+              ("sparsebench.methods.flexprefill", "_WHOLE_SCORES_MAXNREG", None),
+              ("sparsebench.methods.flexprefill", "_BRANCH_BLOCK_SCORES", None)]
 _LASTQ = "sparsebench.kernels.last_q_scores.triton"
 _SWITCH = "sparsebench.kernels.flex_switch.triton"
 _VS = "sparsebench.kernels.vertical_slash.triton"
@@ -206,7 +210,11 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
     "flexprefill_s12graph": [("sparsebench.methods.flexprefill", "_QA_SIDE", False),
                              ("sparsebench.methods.flexprefill", "_LATE_FORK", False),
                              ("sparsebench.methods.flexprefill", "_MAIN_PRIORITY", False),
-                             ("sparsebench.methods.flexprefill", "_WHOLE_STATS_PERSIST", None)],
+                             ("sparsebench.methods.flexprefill", "_WHOLE_STATS_PERSIST", None),
+                             *_S13_GRAPH],
+    # the settings session 14's defaults replaced: the means' branch at the lowest priority, the scores pass and the
+    # branch's block scores uncapped
+    "flexprefill_s13graph": _S13_GRAPH,
     # kernels/cover's digit blocks of 256 entries, or chunks of 2048 (defaults 128 and 4096)
     "flexprefill_coverb256": [("sparsebench.kernels.cover.triton", "BLOCK", 256)],
     "flexprefill_cover2k": [("sparsebench.kernels.cover.triton", "CHUNK", 2048),

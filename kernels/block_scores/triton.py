@@ -78,9 +78,13 @@ BN = 64
 WARPS = 4
 
 
-def block_scores_triton(q_mean: torch.Tensor, k_mean: torch.Tensor) -> torch.Tensor:
+def block_scores_triton(q_mean: torch.Tensor, k_mean: torch.Tensor, bn: int | None = None,
+                        maxnreg: int | None = None) -> torch.Tensor:
     """`attn [B, H, nb, nb]` fp32 of `block_scores_naive(q_mean, k_mean)`, up to the rounding in the module
-    docstring. Head dims of at least 16."""
+    docstring. Head dims of at least 16. `bn`: key blocks a step (default `BN`; a power of two, at least 16);
+    `maxnreg`: a register cap for the compiled kernel (CUDA only)."""
+    if bn is not None and (isinstance(bn, bool) or not isinstance(bn, int) or bn < 16 or bn & (bn - 1)):
+        raise ValueError(f"bn={bn!r} must be a power of two of at least 16")
     _check(q_mean, k_mean)
     if q_mean.dtype not in _DTYPES:
         raise ValueError(f"q_mean dtype {q_mean.dtype} is not one of {sorted(map(str, _DTYPES))}")
@@ -93,10 +97,11 @@ def block_scores_triton(q_mean: torch.Tensor, k_mean: torch.Tensor) -> torch.Ten
     out = torch.empty(B, H, nb, nb, dtype=torch.float32, device=q_mean.device)
     bd = triton.next_power_of_2(D)
     bm = min(BM, max(16, triton.next_power_of_2(nb)))
-    bn = min(BN, max(16, triton.next_power_of_2(nb)))
+    bn = min(bn or BN, max(16, triton.next_power_of_2(nb)))
     _kernel(interpret)[(B * H, -(-nb // bm))](
         q_mean, k_mean, out, H, H // k_mean.shape[1], nb, D, q_mean.stride(0), q_mean.stride(1), q_mean.stride(2),
         k_mean.stride(0), k_mean.stride(1), k_mean.stride(2), out.stride(0), out.stride(1), out.stride(2),
         BD=bd, BM=bm, BN=bn, DT=_DTYPES[q_mean.dtype], I_NB=-(-nb // bn) * bn if interpret else 0,
-        INTERPRET=interpret, PREC="ieee" if q_mean.dtype == torch.float32 else "tf32", num_warps=WARPS)
+        INTERPRET=interpret, PREC="ieee" if q_mean.dtype == torch.float32 else "tf32", num_warps=WARPS,
+        **({"maxnreg": maxnreg} if maxnreg and not interpret else {}))
     return out

@@ -886,13 +886,14 @@ def _use_rows(rows: bool | None, D: int, pack_heads: bool, L: int, importance: b
 
 def _rows_path(q, k, scale: float, L: int, S: int, importance: bool, block_n: int, tpp: int, num_warps: int,
                num_stages: int, interpret: bool, prec: str, G: int, means=None, k_table=None, stacked=None,
-               stats_programs: int | None = None):
+               stats_programs: int | None = None, scores_maxnreg: int | None = None):
     """Both passes through the row-block kernels: `(vertical, slash)` (slash None with `importance`, where `S` is
     n_keys and vertical holds the column means). `means` `(q_full [B, H, S, D], size, q_scale, k_mean, q_mean)`:
     the stats launch also writes the block means into `k_mean [B, HKV, nb, D]` and `q_mean [B, H, nb, D]`.
     `k_table` `(table, slot)`: both passes read K's address from the int64 device tensor `table[slot]` when they run
     (k only gives shape, strides and dtype). `stats_programs`: on CUDA, the stats pass as that many resident programs
-    a multiprocessor (module comment at `_STATS_PERSIST_PROGRAMS`)."""
+    a multiprocessor (module comment at `_STATS_PERSIST_PROGRAMS`). `scores_maxnreg`: on CUDA, a register cap for the
+    scores pass."""
     B, H, _, D = q.shape
     # a unit scale (FlexPrefill's queries come scaled) as the int 1, which Triton specializes as a constant: the
     # passes' products by it fold away (one multiply a logit fewer)
@@ -960,7 +961,8 @@ def _rows_path(q, k, scale: float, L: int, S: int, importance: bool, block_n: in
                      IMPORTANCE=importance, EVEN=L % RB == 0,
                      WRAP=_WRAP_GATHER and not importance and RB <= block_n and BT == 2 * block_n, **stats_in,
                      ASM_ROUND=asm_round, TRANS=_TRANS_SCORES and _WRAP_GATHER and not importance and RB == block_n,
-                     FOLD_L=_TRANS_FOLD_L, **common, **ktab)
+                     FOLD_L=_TRANS_FOLD_L, **common, **ktab,
+                     **({"maxnreg": scores_maxnreg} if scores_maxnreg and dev.type == "cuda" else {}))
     if importance:
         vertical = v[0] if NRB == 1 else v.sum(0)
         return vertical / L, None
@@ -1033,13 +1035,16 @@ def last_q_scores_and_means_triton(q_last: torch.Tensor, k: torch.Tensor, scale:
 
 def last_q_scores_stacked_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float, n: int,
                                  k_table: tuple[torch.Tensor, int] | None = None,
-                                 stats_programs: int | None = None) -> torch.Tensor:
+                                 stats_programs: int | None = None, scores_maxnreg: int | None = None
+                                 ) -> torch.Tensor:
     """`torch.stack([vertical, slash.flip(-1)]).div_(n)` `[2, B, H, S]` of `last_q_scores_triton(q_last, k, scale,
     k_table=k_table)` (FlexPrefill's `scores`, the slash sums in diagonal order): on the row-block path with the
     combine kernel written so by it (`_STACK_IN_COMBINE`) where n is a power of two (a product by 1 / n: exact, as
-    torch's division), else by torch (`naive.stack_scores`). `stats_programs`: as `_rows_path` takes it."""
+    torch's division), else by torch (`naive.stack_scores`). `stats_programs`, `scores_maxnreg`: as `_rows_path`
+    takes them."""
     stacked = n if _STACK_IN_COMBINE and n & (n - 1) == 0 else None
-    got = last_q_scores_triton(q_last, k, scale, k_table=k_table, _stacked=stacked, _stats_programs=stats_programs)
+    got = last_q_scores_triton(q_last, k, scale, k_table=k_table, _stacked=stacked, _stats_programs=stats_programs,
+                               _scores_maxnreg=scores_maxnreg)
     return got if isinstance(got, torch.Tensor) else stack_scores(*got, n)
 
 
@@ -1047,7 +1052,8 @@ def last_q_scores_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float, bl
                          num_warps: int = 4, num_stages: int | None = None, pack_heads: bool = False,
                          rows: bool | None = None, tiles_per_program: int | None = None,
                          k_table: tuple[torch.Tensor, int] | None = None, _stacked: int | None = None,
-                         _stats_programs: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                         _stats_programs: int | None = None, _scores_maxnreg: int | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """`(vertical [B, H, S], slash [B, H, S])` fp32 of `last_q_scores_naive` (arguments as there).
 
     `pack_heads`: one program per (key tile, KV head) serving its G query heads, else one per (key tile, query
@@ -1061,7 +1067,8 @@ def last_q_scores_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float, bl
     multiple of 16 bytes.
 
     Scratch: fp32 `[B*H, n_tiles, L]` twice (pass 1) and `[B*H, n_tiles, BT]` (diagonal partials), n_tiles =
-    ceil(S / block_n), BT = next power of two >= block_n + L - 1. (`_stacked`: `last_q_scores_stacked_triton`'s.)
+    ceil(S / block_n), BT = next power of two >= block_n + L - 1. (`_stacked`, `_scores_maxnreg`:
+    `last_q_scores_stacked_triton`'s.)
     """
     B, H, L, D, HKV, S = _check(q_last, k)
     why = supports(D, L)
@@ -1078,7 +1085,8 @@ def last_q_scores_triton(q_last: torch.Tensor, k: torch.Tensor, scale: float, bl
     if use_rows:
         vertical, slash = _rows_path(q, k, scale, L, S, False, block_n, tiles_per_program or _TPP, num_warps,
                                      num_stages or _ROWS_STAGES, interpret, prec, G, k_table=k_table,
-                                     stacked=_stacked, stats_programs=_stats_programs)
+                                     stacked=_stacked, stats_programs=_stats_programs,
+                                     scores_maxnreg=_scores_maxnreg)
         if slash is None:  # the combine kernel wrote them stacked
             return vertical.view(2, B, H, S)
         return vertical.view(B, H, S), slash.reshape(B, H, S)

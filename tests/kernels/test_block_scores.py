@@ -31,6 +31,14 @@ def test_bad_shapes_name_the_value():
         block_scores_naive(torch.zeros(1, 2, 4, 8), torch.zeros(1, 1, 4, 8, dtype=torch.bfloat16))
 
 
+def test_bad_bn_names_the_value():
+    from sparsebench.kernels.block_scores import block_scores_triton
+
+    for bad in (8, 48, True, 32.0):
+        with pytest.raises(ValueError, match=f"bn={bad!r} must be a power of two"):
+            block_scores_triton(torch.zeros(1, 2, 4, 16), torch.zeros(1, 2, 4, 16), bn=bad)
+
+
 def _inputs(B, H, HKV, nb, D, dtype, seed, grid=True):
     g = torch.Generator().manual_seed(seed)
     if grid:  # multiples of 1/8 below 1: every product and sum exact in fp32, the logits the reference's exactly
@@ -42,17 +50,20 @@ def _inputs(B, H, HKV, nb, D, dtype, seed, grid=True):
     return q.to(dtype), k.to(dtype)
 
 
-# (B, H, HKV, nb, D, dtype, seed): ragged block counts (several row blocks and column steps), grouped heads
-CASES = [pytest.param(c, id="B{}-H{}-HKV{}-nb{}-D{}-{}-s{}".format(*c)) for c in (
-    (1, 4, 2, 37, 64, "bfloat16", 0), (2, 2, 1, 100, 32, "float32", 1), (1, 2, 2, 16, 256, "float16", 2))]
+# (B, H, HKV, nb, D, dtype, seed): ragged block counts (several row blocks and column steps), grouped heads; the
+# fourth case with `bn=16` key blocks a step (FlexPrefill's whole graph takes 32, `_BRANCH_BLOCK_SCORES`)
+CASES = [pytest.param(c, id="B{}-H{}-HKV{}-nb{}-D{}-{}-s{}".format(*c) + (f"-bn{c[7]}" if len(c) > 7 else ""))
+         for c in ((1, 4, 2, 37, 64, "bfloat16", 0), (2, 2, 1, 100, 32, "float32", 1),
+                   (1, 2, 2, 16, 256, "float16", 2), (1, 4, 2, 37, 64, "bfloat16", 3, 16))]
 
 
 def _check(case, device="cpu", grid=True):
     from sparsebench.kernels.block_scores import block_scores_triton
 
-    B, H, HKV, nb, D, dt, seed = case
+    B, H, HKV, nb, D, dt, seed, *bn = case
     q, k = (t.to(device) for t in _inputs(B, H, HKV, nb, D, getattr(torch, dt), seed, grid))
-    got = block_scores_triton(q, k).cpu()
+    # with bn, the register cap of FlexPrefill's graph too (ignored off CUDA)
+    got = block_scores_triton(q, k, bn=bn[0], maxnreg=64).cpu() if bn else block_scores_triton(q, k).cpu()
     want = block_scores_naive(q.cpu(), k.cpu())
     assert got.dtype == torch.float32 and got.shape == want.shape
     above = torch.ones(nb, nb, dtype=torch.bool).triu(1)
@@ -110,6 +121,7 @@ def test_triton_interpret_matches_reference(case, request, interpret_verdicts):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("grid", [True, False], ids=["grid", "random"])
 @pytest.mark.parametrize("case", CASES + [pytest.param((1, 32, 8, 256, 128, "bfloat16", 4), id="llama-32K"),
+                                          pytest.param((1, 32, 8, 256, 128, "bfloat16", 4, 32), id="llama-32K-bn32"),
                                           pytest.param((1, 32, 8, 1024, 128, "bfloat16", 5), id="llama-128K"),
                                           pytest.param((1, 4, 1, 128, 256, "bfloat16", 6), id="gemma-16K")])
 def test_triton_gpu_matches_reference(case, grid):
