@@ -127,6 +127,12 @@ _COVER_SKIP = True
 # 2.78 / 6.37 ms with it against 3.01 / 3.08 / 7.38 ms without at 32K / 64K / 128K (H200, Llama-3.1-8B heads, same
 # run, `bench_methods_cost_s9.csv`; row `flexprefill_noblockskernel` turns it off)
 _BLOCKS_KERNEL = True
+# with the early query-aware cover (`_QA_SIDE`), the budgets worked out from the cover counts by kernels/flex_blocks'
+# first launch (`flex_blocks_from_counts_triton`), which also reads the cover on the query-aware heads only, instead
+# of five torch launches for the budgets and one for the cover's mask; the same lists. On since session 14: on an H200
+# (do_bench, 32K) 559.0 against 573.9 us (`results/logs/flexprefill_knobs_s14.txt`; bench row `flexprefill_s14agraph`
+# turns it and `_WHOLE_MEANS` off)
+_BUDGET_IN_KEEP = True
 # the pattern switch (probe, softmax over the key blocks, Jensen-Shannon distance, decision) by `kernels/flex_switch`
 # in one launch instead of about twenty torch ops; equal up to fp32 summation order (a distance within rounding of
 # tau may decide the other way). On by default since session 9: 2.81 / 3.05 / 7.36 ms against 3.01 / 3.08 / 7.38 ms
@@ -221,6 +227,12 @@ _MAIN_PRIORITY = True
 # `flexprefill_s13graph` turns all three off). The same kernels and values, save the block scores' sums, added 32
 # key blocks at a time instead of 64 (equal up to rounding)
 _SIDE_PRIORITY = -2
+# the whole graph's block means (kernels/block_means) at this many elements a step and warps (None: its defaults,
+# 4096 and 4, the fastest alone). Beside the stats pass, fewer warps with more loads in flight each did better: on an
+# H200 (session 14, do_bench, 32K, with `_BUDGET_IN_KEEP`) 528.1 us at (2048, 2) against 558.1 at the defaults, 533.1
+# at (4096, 2), 532.8 at (4096, 1), 542.0 at (8192, 2), 654.4 us at (4096, 8); 1114.4 against 1165.2 us at 64K with
+# (4096, 2) (`results/logs/flexprefill_knobs_s14.txt`)
+_WHOLE_MEANS: tuple[int, int] | None = (2048, 2)
 _WHOLE_SCORES_MAXNREG: int | None = 224
 _BRANCH_BLOCK_SCORES: tuple[int, int] | None = (32, 64)
 # the graph's stats pass as this many resident programs a multiprocessor (`kernels/last_q_scores`' `persist`: one
@@ -477,12 +489,14 @@ def official_reads(q: torch.Tensor, k: torch.Tensor, *, block_size: int, scale: 
 
 def parts_from_reads(scores: torch.Tensor, q_last: torch.Tensor, k_mean: torch.Tensor, q_mean: torch.Tensor, *,
                      gamma: float, tau: float, minb: int, maxb: int, block_size: int, use_triton: bool,
-                     early: torch.Tensor | tuple | None = None
+                     early: torch.Tensor | tuple | None = None, raw: bool = False
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """`official_parts` from `official_reads`' tensors (`use_triton`: the kernel switches apply). No host
     synchronisation and shapes fixed by the input shapes: on CUDA it can be captured in a graph (`_GRAPH_TAIL`).
     `early`: the global cover of every head's query-aware block scores, already worked out (`_early_cover`), or
-    `(that mask, a function to call before reading it)` (the graph's branch that computes it joins there)."""
+    `(that mask, a function to call before reading it)` (the graph's branch that computes it joins there). `raw`
+    (with `early`): the cover counts `[2, B, H]` in place of the budgets and the cover unmasked (every head's), for
+    `kernels/flex_blocks`' `flex_blocks_from_counts_triton`, which finishes both."""
     _, B, H, N = scores.shape
     HKV, nb, D = k_mean.shape[1], k_mean.shape[2], k_mean.shape[3]
     G = H // HKV
@@ -505,10 +519,12 @@ def parts_from_reads(scores: torch.Tensor, q_last: torch.Tensor, k_mean: torch.T
 
         qa = query_aware.view(-1)
         counts = cover_count_triton(scores.view(-1, N), gamma, skip=torch.cat((qa, qa)) if _COVER_SKIP else None)
-        budget = budget_from_count(counts.view(2, B, H), minb, maxb)
         if isinstance(early, tuple):
             early, join = early
             join()
+        if raw:
+            return pooled, counts.view(2, B, H), early, query_aware
+        budget = budget_from_count(counts.view(2, B, H), minb, maxb)
         return pooled, budget.masked_fill(query_aware, minb), early & query_aware[..., None, None], query_aware
     _, _, above, tril = block_tables(nb, scores.device)
     if _QA_SCORES_KERNEL and use_triton and D >= 16:
@@ -565,8 +581,9 @@ def _table_reads(q: torch.Tensor, k: torch.Tensor, table: torch.Tensor, block_si
     from sparsebench.kernels.last_q_scores.triton import last_q_scores_stacked_triton, scaled_last_rows
 
     def means():
-        return (block_means_triton(k, block_size, table=table, slot=1),
-                block_means_triton(q, block_size, scale, table=table, slot=0))
+        tile, warps = _WHOLE_MEANS or (None, None)
+        return (block_means_triton(k, block_size, table=table, slot=1, tile=tile, warps=warps),
+                block_means_triton(q, block_size, scale, table=table, slot=0, tile=tile, warps=warps))
 
     keys_done = torch.cuda.Event() if q.is_cuda else None
 
@@ -689,9 +706,10 @@ def _switches_key() -> tuple:
     switch = sys.modules.get("sparsebench.kernels.flex_switch.triton")
     blocks = sys.modules.get("sparsebench.kernels.flex_blocks.triton")
     scores = sys.modules.get("sparsebench.kernels.block_scores.triton")
-    return (_COVER_KERNEL, _COVER_SKIP, _BLOCKS_KERNEL, _SWITCH_KERNEL, _QA_SCORES_KERNEL, _WHOLE_SIDE,
-            _QA_SIDE, _LATE_FORK, _MAIN_PRIORITY, _SIDE_PRIORITY, _WHOLE_STATS_PERSIST, _WHOLE_SCORES_MAXNREG,
-            _BRANCH_BLOCK_SCORES, torch.is_inference_mode_enabled(),
+    return (_COVER_KERNEL, _COVER_SKIP, _BLOCKS_KERNEL, _BUDGET_IN_KEEP, _SWITCH_KERNEL,
+            _QA_SCORES_KERNEL, _WHOLE_SIDE, _QA_SIDE, _LATE_FORK, _MAIN_PRIORITY, _SIDE_PRIORITY,
+            _WHOLE_STATS_PERSIST, _WHOLE_SCORES_MAXNREG, _BRANCH_BLOCK_SCORES, _WHOLE_MEANS,
+            torch.is_inference_mode_enabled(),
             (means.TILE, means.WARPS)
             if means else None,
             (switch.Q_TILE, switch.K_TILE, switch.WARPS) if switch else None,
@@ -721,7 +739,16 @@ def official_lists(q: torch.Tensor, k: torch.Tensor, *, gamma: float, tau: float
 
 
 def _lists_from_reads(reads, rule: dict, use_triton: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    parts = parts_from_reads(*reads[:4], **rule, use_triton=use_triton, early=reads[4] if len(reads) > 4 else None)
+    early = reads[4] if len(reads) > 4 else None
+    if early is not None and _BLOCKS_KERNEL and use_triton and _BUDGET_IN_KEEP:
+        from sparsebench.kernels.flex_blocks import flex_blocks_from_counts_triton
+
+        pooled, counts, cover, query_aware = parts_from_reads(*reads[:4], **rule, use_triton=use_triton, early=early,
+                                                              raw=True)
+        idx, counts = flex_blocks_from_counts_triton(pooled, counts, rule["minb"], min(rule["maxb"], pooled.shape[-1]),
+                                                     TOKENS_PER_BUDGET_BLOCK, cover, query_aware)
+        return idx, counts, query_aware
+    parts = parts_from_reads(*reads[:4], **rule, use_triton=use_triton, early=early)
     if _BLOCKS_KERNEL and use_triton:
         from sparsebench.kernels.flex_blocks import flex_blocks_triton
 

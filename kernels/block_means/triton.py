@@ -83,12 +83,16 @@ WARPS = 4
 
 
 def block_means_triton(x: torch.Tensor, size: int, scale: float | None = None, table: torch.Tensor | None = None,
-                       slot: int = 0) -> torch.Tensor:
+                       slot: int = 0, tile: int | None = None, warps: int | None = None) -> torch.Tensor:
     """`block_means_naive(x, size, scale)` (arguments as there) for `x [..., N, D]` of fp32, fp16 or bf16, up to the
     order of the fp32 sums. With `table` (int64, on x's device) the kernel reads the address of the tensor to average
-    from `table[slot]` when it runs: `x` then only gives the shape, strides and dtype of that tensor."""
+    from `table[slot]` when it runs: `x` then only gives the shape, strides and dtype of that tensor. `tile`, `warps`:
+    the launch's elements a step and warps (default `TILE`, `WARPS`; powers of two)."""
     if x.dim() < 2 or size < 1:
         raise ValueError(f"x must be [..., N, D] and size >= 1; got {tuple(x.shape)}, size={size}")
+    for name, v in (("tile", tile), ("warps", warps)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1 or v & (v - 1)):
+            raise ValueError(f"{name}={v!r} must be a power of two")
     if x.dtype not in _DTYPES:
         raise ValueError(f"x dtype {x.dtype} is not one of {sorted(map(str, _DTYPES))}")
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
@@ -106,7 +110,7 @@ def block_means_triton(x: torch.Tensor, size: int, scale: float | None = None, t
     _kernel(interpret)[(xr.shape[0], nb)](
         xr, out, N, D, size, xr.stride(0), xr.stride(1), out.stride(0), out.stride(1),
         1.0 if scale is None else float(scale), HAS_SCALE=scale is not None, DT=_DTYPES[x.dtype], BD=bd,
-        BR=max(1, min(triton.next_power_of_2(size), TILE // bd)), I_S=size if interpret else 0, INTERPRET=interpret,
-        num_warps=WARPS, XT=table, slot=slot, FROM_TABLE=table is not None)
+        BR=max(1, min(triton.next_power_of_2(size), (tile or TILE) // bd)), I_S=size if interpret else 0,
+        INTERPRET=interpret, num_warps=warps or WARPS, XT=table, slot=slot, FROM_TABLE=table is not None)
     return out.view(*lead, nb, D)
 

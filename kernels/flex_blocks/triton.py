@@ -23,7 +23,7 @@ import triton.language as tl
 from .._jit import per_mode
 from .naive import _check
 
-__all__ = ["flex_blocks_triton"]
+__all__ = ["flex_blocks_from_counts_triton", "flex_blocks_triton"]
 
 
 def _forced(row_ptr, idx, ok, forced_at):
@@ -33,11 +33,17 @@ def _forced(row_ptr, idx, ok, forced_at):
 
 
 def _fb_keep(P, BUD, KEEP, NB, BH, BI: tl.constexpr, BJ: tl.constexpr, I_NB: tl.constexpr,
-             INTERPRET: tl.constexpr):
+             INTERPRET: tl.constexpr, COUNTS: tl.constexpr = False, QAW=None, minb=0, maxb=0, per_block=1):
     row = tl.program_id(0).to(tl.int64)  # kind * BH + head
     kind = row // BH
     forced_at = tl.where(kind == 0, 0, NB - 1)  # block 0 of the columns, the main diagonal of the slashes
-    budget = tl.load(BUD + row)
+    if COUNTS:
+        # BUD holds cover counts: the budget is count // per_block + 1 clamped to [minb, maxb] (min, then max: the
+        # official order), minb on the query-aware heads
+        budget = tl.minimum(tl.maximum(tl.load(BUD + row).to(tl.int64) // per_block + 1, minb), maxb)
+        budget = tl.where(tl.load(QAW + row % BH) != 0, minb, budget)
+    else:
+        budget = tl.load(BUD + row)
     row_ptr = P + row * NB
     ii = tl.program_id(1) * BI + tl.arange(0, BI)
     xi = _forced(row_ptr, ii, ii < NB, forced_at)
@@ -103,12 +109,34 @@ def flex_blocks_triton(pooled: torch.Tensor, budget: torch.Tensor, qa_blocks: to
                        query_aware: torch.Tensor, block: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """`(kv_indices [B, H, nb, nb], kv_counts [B, H, nb])` int32 of `flex_blocks_naive` (arguments as there)."""
     _check(pooled, budget, qa_blocks, query_aware)
+    return _launch(pooled, budget.to(torch.int32), qa_blocks, query_aware, block, {})
+
+
+def flex_blocks_from_counts_triton(pooled: torch.Tensor, counts: torch.Tensor, minb: int, maxb: int, per_block: int,
+                                   qa_cover: torch.Tensor, query_aware: torch.Tensor, block: int = 64
+                                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`flex_blocks_triton(pooled, budget, qa_cover & query_aware[..., None, None], query_aware)` with
+    `budget = (counts // per_block + 1).clamp(min=minb, max=maxb)`, minb on the query-aware heads: FlexPrefill's
+    budgets from its cover counts (`counts [2, B, H]`, integers; any value on the query-aware heads) worked out by the
+    first launch, and the cover read only on the query-aware heads (which the lists kernel does anyway), instead of
+    five torch launches for the budgets and one for the mask. `qa_cover`: bool `[B, H, nb, nb]`, any values on the
+    other heads."""
+    _check(pooled, counts, qa_cover, query_aware)
+    if counts.dtype.is_floating_point or counts.dtype == torch.bool:
+        raise ValueError(f"counts must be integers; got {counts.dtype}")
+    if isinstance(per_block, bool) or not isinstance(per_block, int) or per_block < 1:
+        raise ValueError(f"per_block={per_block!r} must be a positive integer")
+    return _launch(pooled, counts, qa_cover, query_aware, block,
+                   {"COUNTS": True, "minb": int(minb), "maxb": int(maxb), "per_block": per_block})
+
+
+def _launch(pooled, bud, qa_blocks, query_aware, block: int, keep_kw: dict) -> tuple[torch.Tensor, torch.Tensor]:
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
     _, B, H, nb = pooled.shape
     BH = B * H
     dev = pooled.device
     p = pooled.contiguous()
-    bud = budget.to(torch.int32).contiguous()
+    bud = bud.contiguous()
     qa = qa_blocks.contiguous().view(torch.int8)
     qaw = query_aware.contiguous().view(torch.int8)
     keep = torch.empty(2, BH, nb, dtype=torch.int8, device=dev)
@@ -119,7 +147,10 @@ def flex_blocks_triton(pooled: torch.Tensor, budget: torch.Tensor, qa_blocks: to
     i_nb = nb if interpret else 0
     # one program per (kind, head, block of BI entries): a program per (kind, head) left most of the GPU idle (64
     # programs for Llama-3.1-8B heads), each walking all nb^2 pairs (session 9; not yet timed apart)
-    keep_k[(2 * BH, -(-nb // bi))](p, bud, keep, nb, BH, BI=bi, BJ=bi, I_NB=i_nb, INTERPRET=interpret, num_warps=4)
+    if keep_kw:
+        keep_kw = {**keep_kw, "QAW": qaw}
+    keep_k[(2 * BH, -(-nb // bi))](p, bud, keep, nb, BH, BI=bi, BJ=bi, I_NB=i_nb, INTERPRET=interpret, num_warps=4,
+                                   **keep_kw)
     bc = min(1024, max(16, triton.next_power_of_2(nb)))
     lists_k[(nb, BH)](keep, qa, qaw, idx, cnt, nb, BH, BC=bc, I_NB=i_nb, INTERPRET=interpret, num_warps=4,
                       ONE=ONE_WALK and nb <= bc)

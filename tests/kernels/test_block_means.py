@@ -41,13 +41,15 @@ def _check(case, device="cpu"):
 
     lead, N, D, bs, dt, scale = case
     x = _x((*lead, N, D), dt, 0).to(device)
-    got = block_means_triton(x, bs, scale)
     want = block_means_naive(x.cpu(), bs, scale)
-    assert got.dtype == want.dtype and got.shape == want.shape
-    if dt == "float32":
-        assert torch.allclose(got.cpu(), want, rtol=1e-6, atol=1e-6)
-    else:
-        assert torch.equal(got.cpu(), want)
+    # the defaults, and FlexPrefill's whole-graph launch (`_WHOLE_MEANS`: 2048 elements a step, 2 warps)
+    for kw in ({}, {"tile": 2048, "warps": 2}):
+        got = block_means_triton(x, bs, scale, **kw)
+        assert got.dtype == want.dtype and got.shape == want.shape
+        if dt == "float32":
+            assert torch.allclose(got.cpu(), want, rtol=1e-6, atol=1e-6)
+        else:
+            assert torch.equal(got.cpu(), want)
 
 
 def _check_table(case):
@@ -68,6 +70,14 @@ def _check_table(case):
 
 
 TABLE_CASES = [pytest.param(c.values[0], id=f"table-{c.id}") for c in CASES[:2]]
+
+
+def test_bad_tile_or_warps_names_the_value():
+    from sparsebench.kernels.block_means import block_means_triton
+
+    for kw, bad in (({"tile": 3000}, "tile=3000"), ({"warps": 0}, "warps=0"), ({"warps": True}, "warps=True")):
+        with pytest.raises(ValueError, match=f"{bad} must be a power of two"):
+            block_means_triton(torch.zeros(1, 8, 16), 4, **kw)
 
 
 def test_table_needs_a_view():

@@ -53,6 +53,18 @@ def test_bad_shapes_name_the_value():
         flex_blocks_naive(pooled, budget, qa.float(), aw)
 
 
+def test_from_counts_bad_input_names_the_value():
+    from sparsebench.kernels.flex_blocks import flex_blocks_from_counts_triton
+
+    pooled, budget, qa, aw = _inputs(1, 2, 4, ties=False)
+    with pytest.raises(ValueError, match="counts must be integers; got torch.float32"):
+        flex_blocks_from_counts_triton(pooled, budget.float(), 1, 4, 128, qa, aw)
+    with pytest.raises(ValueError, match="per_block=0 must be a positive integer"):
+        flex_blocks_from_counts_triton(pooled, budget, 1, 4, 0, qa, aw)
+    with pytest.raises(ValueError, match=r"budget must be \[2, B, H\]"):
+        flex_blocks_from_counts_triton(pooled, budget[:, :, :1], 1, 4, 128, qa, aw)
+
+
 CASES = [pytest.param(c, id="B{}-H{}-nb{}-ties{}-s{}".format(*c)) for c in (
     (1, 2, 5, True, 0), (2, 3, 37, True, 1), (1, 4, 64, False, 2), (1, 2, 100, True, 3), (1, 1, 1, False, 4),
     (2, 2, 130, False, 5))]
@@ -71,6 +83,19 @@ def _check(case, device="cpu"):
             got = FB.flex_blocks_triton(*args, block=32)  # several rank blocks a row from nb 37 on
         for a, b in zip(got, want):
             assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.cpu(), b)
+    # the budgets from cover counts (FlexPrefill's rule: count // 4 + 1 clamped to [2, nb - 1] here, 2 on the
+    # query-aware heads, whose counts are junk) and a cover left unmasked on the other heads
+    pooled, _, cover, aware = args
+    g = torch.Generator().manual_seed(seed + 100)
+    counts = torch.randint(0, 4 * nb + 8, (2, B, H), generator=g)
+    counts[:, aware.cpu()] = 10 ** 6  # would give maxb
+    minb, maxb = 2, max(1, nb - 1)
+    budget = (counts // 4 + 1).clamp(min=minb, max=maxb).masked_fill(aware.cpu(), minb)
+    want = flex_blocks_naive(pooled.cpu(), budget, cover.cpu() & aware.cpu()[..., None, None], aware.cpu())
+    cover = cover | ~torch.ones_like(cover).tril()  # junk above the diagonal too: never read
+    got = FB.flex_blocks_from_counts_triton(pooled, counts.to(device), minb, maxb, 4, cover, aware, block=32)
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.cpu(), b)
 
 
 def _check_flex(shape):
