@@ -133,6 +133,15 @@ _BLOCKS_KERNEL = True
 # (do_bench, 32K) 559.0 against 573.9 us (`results/logs/flexprefill_knobs_s14.txt`; bench row `flexprefill_s14agraph`
 # turns it and `_WHOLE_MEANS` off)
 _BUDGET_IN_KEEP = True
+# with the early query-aware cover, the vertical and slash counts by kernels/cover's resident path (one launch, one
+# program a row bisecting on the key; `RESIDENT`) instead of its 17 digit launches, which are bound by launch latency
+# on the critical path (the resident path stays off for the global cover on the means' branch: its 32-warp programs
+# would not fit beside the scores pass). On since session 14: on an H200 (do_bench, 32K, Llama-3.1-8B heads) 498.5
+# against 529.7 us on random q and k (every head query-aware: the counts all skipped), 551.0 against 590.7 us on q
+# near its keys (every head vertical-slash; the counts 50.5 us in one launch against 89 us in 17), the same lists
+# (`results/logs/flexprefill_knobs_s14.txt`); the estimate 0.503 against 0.532 ms at 32K (`bench_methods_cost_s14d.csv`,
+# row `flexprefill_chaincounts`). Rows longer than kernels/cover's `RESIDENT_MAX` (33K entries) take the launches
+_RESIDENT_COUNTS = True
 # the pattern switch (probe, softmax over the key blocks, Jensen-Shannon distance, decision) by `kernels/flex_switch`
 # in one launch instead of about twenty torch ops; equal up to fp32 summation order (a distance within rounding of
 # tau may decide the other way). On by default since session 9: 2.81 / 3.05 / 7.36 ms against 3.01 / 3.08 / 7.38 ms
@@ -518,7 +527,8 @@ def parts_from_reads(scores: torch.Tensor, q_last: torch.Tensor, k_mean: torch.T
         from sparsebench.kernels.cover import cover_count_triton
 
         qa = query_aware.view(-1)
-        counts = cover_count_triton(scores.view(-1, N), gamma, skip=torch.cat((qa, qa)) if _COVER_SKIP else None)
+        counts = cover_count_triton(scores.view(-1, N), gamma, skip=torch.cat((qa, qa)) if _COVER_SKIP else None,
+                                    resident=_RESIDENT_COUNTS or None)
         if isinstance(early, tuple):
             early, join = early
             join()
@@ -706,7 +716,7 @@ def _switches_key() -> tuple:
     switch = sys.modules.get("sparsebench.kernels.flex_switch.triton")
     blocks = sys.modules.get("sparsebench.kernels.flex_blocks.triton")
     scores = sys.modules.get("sparsebench.kernels.block_scores.triton")
-    return (_COVER_KERNEL, _COVER_SKIP, _BLOCKS_KERNEL, _BUDGET_IN_KEEP, _SWITCH_KERNEL,
+    return (_COVER_KERNEL, _COVER_SKIP, _BLOCKS_KERNEL, _BUDGET_IN_KEEP, _RESIDENT_COUNTS, _SWITCH_KERNEL,
             _QA_SCORES_KERNEL, _WHOLE_SIDE, _QA_SIDE, _LATE_FORK, _MAIN_PRIORITY, _SIDE_PRIORITY,
             _WHOLE_STATS_PERSIST, _WHOLE_SCORES_MAXNREG, _BRANCH_BLOCK_SCORES, _WHOLE_MEANS,
             torch.is_inference_mode_enabled(),

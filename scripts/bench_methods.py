@@ -104,7 +104,8 @@ GPU_COST_VARIANTS = (("minference_vs_torch", "minference", {"pattern": "vertical
                      ("flexprefill_noqaside", "flexprefill", {}),
                      ("flexprefill_s12graph", "flexprefill", {}),
                      ("flexprefill_s13graph", "flexprefill", {}),
-                     ("flexprefill_s14agraph", "flexprefill", {}))
+                     ("flexprefill_s14agraph", "flexprefill", {}),
+                     ("flexprefill_chaincounts", "flexprefill", {}))
 # environment a variant runs under (switches that are not constructor knobs, read at call time)
 VARIANT_ENV = {"xattn_s8_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"},
                "xattn_s16_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"}}
@@ -114,7 +115,8 @@ _S13_GRAPH = [("sparsebench.methods.flexprefill", "_SIDE_PRIORITY", 0),
               ("sparsebench.methods.flexprefill", "_WHOLE_SCORES_MAXNREG", None),
               ("sparsebench.methods.flexprefill", "_BRANCH_BLOCK_SCORES", None),
               ("sparsebench.methods.flexprefill", "_WHOLE_MEANS", None),
-              ("sparsebench.methods.flexprefill", "_BUDGET_IN_KEEP", False)]
+              ("sparsebench.methods.flexprefill", "_BUDGET_IN_KEEP", False),
+              ("sparsebench.methods.flexprefill", "_RESIDENT_COUNTS", False)]
 _LASTQ = "sparsebench.kernels.last_q_scores.triton"
 _SWITCH = "sparsebench.kernels.flex_switch.triton"
 _VS = "sparsebench.kernels.vertical_slash.triton"
@@ -216,10 +218,12 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
                              ("sparsebench.methods.flexprefill", "_WHOLE_STATS_PERSIST", None),
                              *_S13_GRAPH],
     # the settings session 14's defaults replaced: the means' branch at the lowest priority, the scores pass and the
-    # branch's block scores uncapped, the means at kernels/block_means' defaults, the budgets by torch; or only the
-    # last two
+    # branch's block scores uncapped, the means at kernels/block_means' defaults, the budgets by torch, the counts by
+    # the digit launches; or only the last three
     "flexprefill_s13graph": _S13_GRAPH,
     "flexprefill_s14agraph": _S13_GRAPH[3:],
+    # the vertical and slash counts by kernels/cover's digit launches (session 14's resident path replaced them)
+    "flexprefill_chaincounts": _S13_GRAPH[5:],
     # kernels/cover's digit blocks of 256 entries, or chunks of 2048 (defaults 128 and 4096)
     "flexprefill_coverb256": [("sparsebench.kernels.cover.triton", "BLOCK", 256)],
     "flexprefill_cover2k": [("sparsebench.kernels.cover.triton", "CHUNK", 2048),

@@ -616,11 +616,11 @@ def _support_len(n2: int, cols: int) -> int:
     return sq * (sq + 1) // 2 + (rows - sq) * cols
 
 
-def _resident_fits(x, x2, cols) -> bool:
-    """Whether the resident path takes the call: `RESIDENT` on, and every row's participating entries (x's rows, x2's
-    lower triangles; either may be None) between 1 and `RESIDENT_MAX`."""
+def _resident_fits(x, x2, cols, resident: bool | None = None) -> bool:
+    """Whether the resident path takes the call: `resident` (None: `RESIDENT`) on, and every row's participating
+    entries (x's rows, x2's lower triangles; either may be None) between 1 and `RESIDENT_MAX`."""
     lens = ([] if x is None else [x.shape[1]]) + ([] if x2 is None else [_support_len(x2.shape[1], cols)])
-    return RESIDENT and 0 < min(lens) and max(lens) <= RESIDENT_MAX
+    return (RESIDENT if resident is None else resident) and 0 < min(lens) and max(lens) <= RESIDENT_MAX
 
 
 def _resident(x, target, x2, target2, cols, skip=None):
@@ -717,12 +717,14 @@ def _launch(x, target, x2, target2, cols, chunk, block, num_warps, skip=None):
 
 
 def cover_count_triton(x: torch.Tensor, target: float, chunk: int | None = None, block: int | None = None,
-                       num_warps: int = 4, skip: torch.Tensor | None = None) -> torch.Tensor:
+                       num_warps: int = 4, skip: torch.Tensor | None = None, resident: bool | None = None
+                       ) -> torch.Tensor:
     """int64 `[R]` of `cover_count_naive` (arguments as there), up to the rounding in the module docstring; rows cut
     into chunks of `chunk` entries (a power of two), each program walking its chunk `block` entries at a time.
-    `skip` (bool `[R]` on the device): flagged rows are left out, their counts 0."""
+    `skip` (bool `[R]` on the device): flagged rows are left out, their counts 0. `resident`: the resident path
+    (one launch) where the rows fit it, or not (None: `RESIDENT`)."""
     _check(x, target)
-    if _resident_fits(x, None, 1):
+    if _resident_fits(x, None, 1, resident):
         return _resident(x, target, None, 0.0, 1, skip)[0]
     return _launch(x, target, None, 0.0, 1, chunk or _default_chunk(x, None), block or BLOCK, num_warps, skip)[0]
 

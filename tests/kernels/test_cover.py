@@ -201,6 +201,9 @@ def _check_resident(case):
         assert CT._resident_fits(x, x2, cols) == (max(N, CT._support_len(N2, cols)) <= limit)
         got = (CT.cover_count_triton(x, target), CT.cover_mask_triton(x2, target2, cols))
         pair = CT.cover_pair_triton(x, target, x2, target2, cols, skip=skip)
+    with switched(CT, RESIDENT=False, RESIDENT_MAX=limit):  # the per-call switch (FlexPrefill's counts)
+        assert torch.equal(CT.cover_count_triton(x, target, resident=True), got[0])
+        assert CT._resident_fits(x, None, 1, True) == (N <= limit) and not CT._resident_fits(x, None, 1)
     assert got[0].dtype == torch.int64 and got[1].dtype == torch.bool and got[1].shape == x2.shape
     if kind != "soft" and kind2 != "tril":
         assert torch.equal(got[0], cover_count_naive(x, target))
