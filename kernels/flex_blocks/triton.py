@@ -4,7 +4,7 @@ scan and scatter).
 
 1. `_fb_keep`, one program per (kind, head, block of entries): each entry's rank in the stable descending order,
    counted directly (the entries above it, plus the equal ones at lower indices; the forced entry as +inf), kept
-   below the budget.
+   below the budget (given, or with `flex_blocks_from_counts_triton` worked out from FlexPrefill's cover counts).
 2. `_fb_lists`, one program per (head, query-block row): the row's flags from the kept columns and diagonals and
    the query-aware cover, written as `stable_partition` writes them (listed blocks ascending, then the others
    ascending) in two walks over the row, and their count.
@@ -117,10 +117,10 @@ def flex_blocks_from_counts_triton(pooled: torch.Tensor, counts: torch.Tensor, m
                                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """`flex_blocks_triton(pooled, budget, qa_cover & query_aware[..., None, None], query_aware)` with
     `budget = (counts // per_block + 1).clamp(min=minb, max=maxb)`, minb on the query-aware heads: FlexPrefill's
-    budgets from its cover counts (`counts [2, B, H]`, integers; any value on the query-aware heads) worked out by the
-    first launch, and the cover read only on the query-aware heads (which the lists kernel does anyway), instead of
-    five torch launches for the budgets and one for the mask. `qa_cover`: bool `[B, H, nb, nb]`, any values on the
-    other heads."""
+    budgets from its cover counts (`counts [2, B, H]`, non-negative integers; any value on the query-aware heads),
+    worked out by the first launch, and the cover read only on the query-aware heads (which the lists kernel does
+    anyway), instead of five torch launches for the budgets and one for the mask. `qa_cover`: bool `[B, H, nb, nb]`,
+    any values on the other heads."""
     _check(pooled, counts, qa_cover, query_aware)
     if counts.dtype.is_floating_point or counts.dtype == torch.bool:
         raise ValueError(f"counts must be integers; got {counts.dtype}")
