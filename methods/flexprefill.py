@@ -244,6 +244,10 @@ _SIDE_PRIORITY = -2
 _WHOLE_MEANS: tuple[int, int] | None = (2048, 2)
 _WHOLE_SCORES_MAXNREG: int | None = 224
 _BRANCH_BLOCK_SCORES: tuple[int, int] | None = (32, 64)
+# those two caps apply up to this head dim only: at 256 (gemma3) one scores program fills a multiprocessor's shared
+# memory (144 KB, offline sm_90), so there is room beside it anyway, and the caps would only spill (the scores pass
+# spills 96 registers uncapped, the block scores 144 at the cap against none)
+_SHARED_MAX_D = 128
 # the graph's stats pass as this many resident programs a multiprocessor (`kernels/last_q_scores`' `persist`: one
 # wave, so that the means launched after it find the slots it leaves at once; two stats programs a multiprocessor by
 # shared memory, capped at `_STATS_PERSIST_MAXNREG` registers). None: a program a unit. On (2) since session 13
@@ -540,7 +544,7 @@ def parts_from_reads(scores: torch.Tensor, q_last: torch.Tensor, k_mean: torch.T
     if _QA_SCORES_KERNEL and use_triton and D >= 16:
         from sparsebench.kernels.block_scores import block_scores_triton
 
-        bn, maxnreg = _BRANCH_BLOCK_SCORES or (None, None)  # the whole graph's setting: the same sums
+        bn, maxnreg = _block_scores_launch(D)  # the whole graph's setting: the same sums
         attn = block_scores_triton(q_mean, k_mean, bn=bn, maxnreg=maxnreg)
     else:
         logits = torch.matmul(q_mean.view(B, HKV, G * nb, D), k_mean.transpose(-1, -2)).view(B, H, nb, nb)
@@ -567,13 +571,18 @@ def parts_from_reads(scores: torch.Tensor, q_last: torch.Tensor, k_mean: torch.T
     return pooled, budget.masked_fill(query_aware, minb), qa_blocks, query_aware
 
 
+def _block_scores_launch(D: int) -> tuple[int | None, int | None]:
+    """`(bn, maxnreg)` of the query-aware block scores for head dim D (`_BRANCH_BLOCK_SCORES`, `_SHARED_MAX_D`)."""
+    return _BRANCH_BLOCK_SCORES if _BRANCH_BLOCK_SCORES and D <= _SHARED_MAX_D else (None, None)
+
+
 def _early_cover(q_mean: torch.Tensor, k_mean: torch.Tensor, gamma: float) -> torch.Tensor:
     """bool `[B, H, nb, nb]`: every head's global cover of its query-aware block scores (`_QA_SIDE`)."""
     from sparsebench.kernels.block_scores import block_scores_triton
     from sparsebench.kernels.cover import cover_mask_triton
 
     B, H, nb, _ = q_mean.shape
-    bn, maxnreg = _BRANCH_BLOCK_SCORES or (None, None)
+    bn, maxnreg = _block_scores_launch(q_mean.shape[-1])
     attn = block_scores_triton(q_mean, k_mean, bn=bn, maxnreg=maxnreg)
     return cover_mask_triton(attn.view(B * H, nb * nb), gamma * nb, nb).view(B, H, nb, nb)
 
@@ -620,7 +629,8 @@ def _table_reads(q: torch.Tensor, k: torch.Tensor, table: torch.Tensor, block_si
         forked.record(main)
     scores = last_q_scores_stacked_triton(q_last, k, 1.0, block_size, k_table=(table, 1),
                                           stats_programs=_WHOLE_STATS_PERSIST if q.is_cuda else None,
-                                          scores_maxnreg=_WHOLE_SCORES_MAXNREG)
+                                          scores_maxnreg=_WHOLE_SCORES_MAXNREG if q.shape[-1] <= _SHARED_MAX_D
+                                          else None)
     if late:
         side.wait_event(forked)
         with torch.cuda.stream(side):
@@ -718,7 +728,7 @@ def _switches_key() -> tuple:
     scores = sys.modules.get("sparsebench.kernels.block_scores.triton")
     return (_COVER_KERNEL, _COVER_SKIP, _BLOCKS_KERNEL, _BUDGET_IN_KEEP, _RESIDENT_COUNTS, _SWITCH_KERNEL,
             _QA_SCORES_KERNEL, _WHOLE_SIDE, _QA_SIDE, _LATE_FORK, _MAIN_PRIORITY, _SIDE_PRIORITY,
-            _WHOLE_STATS_PERSIST, _WHOLE_SCORES_MAXNREG, _BRANCH_BLOCK_SCORES, _WHOLE_MEANS,
+            _WHOLE_STATS_PERSIST, _WHOLE_SCORES_MAXNREG, _BRANCH_BLOCK_SCORES, _SHARED_MAX_D, _WHOLE_MEANS,
             torch.is_inference_mode_enabled(),
             (means.TILE, means.WARPS)
             if means else None,

@@ -549,6 +549,15 @@ def test_config_composes_with_official_defaults(compose):
 
 
 # ------------------------------------------------------------------------------------------------ GPU
+def test_branch_caps_only_up_to_shared_max_d():
+    """The whole graph's register caps (scores pass, block scores) apply up to `_SHARED_MAX_D` only: at head dim 256
+    one scores program fills a multiprocessor's shared memory and the caps would only spill."""
+    assert fp._SHARED_MAX_D == 128 and fp._BRANCH_BLOCK_SCORES is not None
+    for D in (64, 128):
+        assert fp._block_scores_launch(D) == fp._BRANCH_BLOCK_SCORES
+    assert fp._block_scores_launch(256) == (None, None)
+
+
 @pytest.mark.gpu
 def test_gpu_matches_cpu_fp32():
     q, k = _qk(1203, H=4, HKV=2, D=64, sink_heads=(1,))
