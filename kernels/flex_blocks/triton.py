@@ -147,10 +147,8 @@ def _launch(pooled, bud, qa_blocks, query_aware, block: int, keep_kw: dict) -> t
     i_nb = nb if interpret else 0
     # one program per (kind, head, block of BI entries): a program per (kind, head) left most of the GPU idle (64
     # programs for Llama-3.1-8B heads), each walking all nb^2 pairs (session 9; not yet timed apart)
-    if keep_kw:
-        keep_kw = {**keep_kw, "QAW": qaw}
     keep_k[(2 * BH, -(-nb // bi))](p, bud, keep, nb, BH, BI=bi, BJ=bi, I_NB=i_nb, INTERPRET=interpret, num_warps=4,
-                                   **keep_kw)
+                                   QAW=qaw, **keep_kw)
     bc = min(1024, max(16, triton.next_power_of_2(nb)))
     lists_k[(nb, BH)](keep, qa, qaw, idx, cnt, nb, BH, BC=bc, I_NB=i_nb, INTERPRET=interpret, num_warps=4,
                       ONE=ONE_WALK and nb <= bc)
