@@ -669,7 +669,7 @@ def _lastq_switches() -> tuple:
     lq = sys.modules.get("sparsebench.kernels.last_q_scores.triton")
     names = ("_TRANS_SCORES", "_TRANS_FOLD_L", "_ROWS_STAGES", "_WRAP_GATHER", "_FAST", "_ASM_ROUND", "_RB_SCORES",
              "_RB_STATS", "_TPP", "_ROWS_BLOCK_N", "_FUSED_ROW_STATS", "_FUSED_STATS_MAX_RB", "_COMBINE_KERNEL",
-             "_STATS_KERNEL", "_STACK_IN_COMBINE", "_STATS_BL", "_STATS_BP", "_STATS_PERSIST_MAXNREG")
+             "_STATS_KERNEL", "_STACK_IN_COMBINE", "_STATS_BL", "_STATS_BP", "_STATS_PERSIST_MAXNREG", "_KEY_GATHER")
     return tuple(getattr(lq, n, None) for n in names) if lq else ()
 
 

@@ -105,7 +105,9 @@ GPU_COST_VARIANTS = (("minference_vs_torch", "minference", {"pattern": "vertical
                      ("flexprefill_s12graph", "flexprefill", {}),
                      ("flexprefill_s13graph", "flexprefill", {}),
                      ("flexprefill_s14agraph", "flexprefill", {}),
-                     ("flexprefill_chaincounts", "flexprefill", {}))
+                     ("flexprefill_chaincounts", "flexprefill", {}),
+                     ("flexprefill_nokeygather", "flexprefill", {}),
+                     ("minference_vs_nokeygather", "minference", {"pattern": "vertical_slash"}))
 # environment a variant runs under (switches that are not constructor knobs, read at call time)
 VARIANT_ENV = {"xattn_s8_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"},
                "xattn_s16_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"}}
@@ -224,6 +226,9 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
     "flexprefill_s14agraph": _S13_GRAPH[3:],
     # the vertical and slash counts by kernels/cover's digit launches (session 14's resident path replaced them)
     "flexprefill_chaincounts": _S13_GRAPH[5:],
+    # the scores pass's diagonal skew along the rows (session 15's skew along the keys replaced it)
+    "flexprefill_nokeygather": [(_LASTQ, "_KEY_GATHER", False)],
+    "minference_vs_nokeygather": [(_LASTQ, "_KEY_GATHER", False)],
     # kernels/cover's digit blocks of 256 entries, or chunks of 2048 (defaults 128 and 4096)
     "flexprefill_coverb256": [("sparsebench.kernels.cover.triton", "BLOCK", 256)],
     "flexprefill_cover2k": [("sparsebench.kernels.cover.triton", "CHUNK", 2048),

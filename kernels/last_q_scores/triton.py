@@ -31,7 +31,9 @@ pass-2 skew is cyclic within the key tile: a `[rows, BLOCK_N]` gather whose wrap
 BLOCK_N further on, summed apart into the same `[.., 2 * BLOCK_N]` partials. With `_TRANS_SCORES` (the default
 since session 10, where the row block is as long as the key tile) the scores pass computes each tile transposed,
 `[keys, rows]` (`_scores_tiles_t`): the column sums and the skew stay within a quad of a warp, and the wrapped
-diagonals of a tile are carried into the next one down (the same offsets), one cross-warp sum a tile.
+diagonals of a tile are carried into the next one down (the same offsets), one cross-warp sum a tile; with
+`_KEY_GATHER` (the default since session 15) the skew runs along the keys instead, through shared memory, and the
+diagonal sums stay within quads too.
 
 The diagonal partials of either kind of kernel (per key tile, and per row block) are added into `slash` by one
 more kernel (`_combine_parts`, fixed order, deterministic), which also adds the row blocks' column sums.
@@ -236,6 +238,35 @@ def _lastq_scores(Q, K, M, LS, V, DG, sqb, sqh, sqt, skb, skh, sks, smb, svb, sd
             tl.store(DG + bhg[:, None] * sdb + pid_n.to(tl.int64) * sdt + tt[None, :], diag, mask=hg_ok[:, None])
 
 
+def _like(x, ref):
+    """`x` (int32) unchanged, in `ref`'s register layout (compiled kernels only): an opaque copy whose operands
+    must share a layout, so the compiler gives `x` the one `ref` (a dot's result) has."""
+    return tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r,f", [x, ref], dtype=tl.int32, is_pure=True, pack=1)
+
+
+def _st(ptr, x, mask):
+    """`tl.store(ptr, x, mask)` for fp32 `x` as inline PTX (compiled kernels only), from `x`'s own register layout:
+    Triton moves a reduction's result through shared memory (two barriers) to a store layout without the copies
+    that a reduction leaves in the lanes of a quad; these copies store the same value to the same address."""
+    tl.inline_asm_elementwise("{ .reg .pred p; setp.ne.b32 p, $3, 0; @p st.global.f32 [$1], $2; mov.b32 $0, 0; }",
+                              "=r,l,f,r", [ptr.to(tl.int64), x, mask.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
+
+
+def _flat_tile(p, BLOCK_N: tl.constexpr, RB: tl.constexpr):
+    """The `[BLOCK_N keys, RB rows]` tile flat, in the order `_flat_slot` gives (bits of the flat index, high to
+    low: key / 8, row / 8, row % 2, row / 2 % 4, key % 8). Triton's shared-memory gather stores and loads at the flat
+    index: in this order the stores of a tile in a dot's register layout (a quad's lanes on row bits 1-2, the quads on
+    key bits 0-2) and the loads of the diagonal skew (key = row - diagonal - 1) each fall on 32 distinct banks, where
+    the plain row-major order put every load on 4 banks (8-way conflicts)."""
+    x = tl.reshape(p, [BLOCK_N // 8, 8, RB // 8, 4, 2])
+    return tl.reshape(tl.permute(x, (0, 2, 4, 3, 1)), [BLOCK_N * RB])
+
+
+def _flat_slot(key, row, BLOCK_N: tl.constexpr, RB: tl.constexpr):
+    """Where `_flat_tile` puts entry (key, row)."""
+    return (((key >> 3) * (RB // 8) + (row >> 3)) * 2 + (row & 1)) * 32 + ((row >> 1) & 3) * 8 + (key & 7)
+
+
 def _whole_tile(tile, S, L, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, FAST: tl.constexpr, EVEN: tl.constexpr):
     """Whether key tile `tile` needs no mask (`FAST` only, and only where the caller's row tiles are all inside,
     `EVEN`): all its keys exist and, with `CAUSAL`, lie at or before the first of the last L positions."""
@@ -429,7 +460,8 @@ def _lastq_scores_rows(Q, K, M, LS, V, DG, sqb, sqh, sqt, skb, skh, sks, smb, sv
                        FAST: tl.constexpr = False, EVEN: tl.constexpr = False, WRAP: tl.constexpr = False,
                        NPG=1, smt=0, STATS_IN: tl.constexpr = False, PB: tl.constexpr = 16,
                        I_NPG: tl.constexpr = 0, ASM_ROUND: tl.constexpr = False, TRANS: tl.constexpr = False,
-                       FOLD_L: tl.constexpr = False, KT=None, kslot=0, K_TABLE: tl.constexpr = False):
+                       FOLD_L: tl.constexpr = False, KT=None, kslot=0, K_TABLE: tl.constexpr = False,
+                       KEY_GATHER: tl.constexpr = False):
     """Row-block pass 2 (`_lastq_scores`' outputs, per row block): each tile's column sums over the block's rows go
     to `V[row block]`, its diagonal sums (indexed by the row within the block) to `DG[row block]`; `_combine` adds
     the row blocks. The diagonal sums skew the `[RB, BLOCK_N]` probabilities in registers (`tl.gather`) so that
@@ -462,7 +494,7 @@ def _lastq_scores_rows(Q, K, M, LS, V, DG, sqb, sqh, sqt, skb, skh, sks, smb, sv
     d_base = DG + rb.to(tl.int64) * sdr + bh * sdb
     if TRANS:
         _scores_tiles_t(q, k_base, sks, m, inv_l, row, row_ok, v_base, d_base, sdt, pid_t, scale, S, L, NT, D, RB,
-                        BLOCK_N, TPP, INTERPRET, PREC, FAST, EVEN, ASM_ROUND, FOLD_L)
+                        BLOCK_N, TPP, INTERPRET, PREC, FAST, EVEN, ASM_ROUND, FOLD_L, KEY_GATHER)
         return
     for t in range(TPP):
         tile = pid_t * TPP + t
@@ -496,19 +528,28 @@ def _lastq_scores_rows(Q, K, M, LS, V, DG, sqb, sqh, sqt, skb, skh, sks, smb, sv
 def _scores_tiles_t(q, k_base, sks, m, inv_l, row, row_ok, v_base, d_base, sdt, pid_t, scale, S, L, NT,
                     D: tl.constexpr, RB: tl.constexpr, BLOCK_N: tl.constexpr, TPP: tl.constexpr,
                     INTERPRET: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr, EVEN: tl.constexpr,
-                    ASM_ROUND: tl.constexpr, FOLD_L: tl.constexpr):
+                    ASM_ROUND: tl.constexpr, FOLD_L: tl.constexpr, KEY_GATHER: tl.constexpr = False):
     """`TRANS` (RB == BLOCK_N): the row-block scores pass on transposed tiles `[BLOCK_N keys, RB rows]`, its tiles
     in descending order. A key's column sum is then a sum within one quad of a warp, and so is the cyclic skew
     (`WRAP`'s, transposed); only the diagonal sums cross warps. The part of tile j's skew that wrapped (diagonals
     BLOCK_N further on) lies on the same offsets as tile j - 1's unwrapped part: it is carried to the next tile
     (the one below) and summed with it, one cross-warp sum a tile instead of two; the carry of the program's last
     tile is stored in its second half of `DG` (zeros in the others). The same partial sums land on the same
-    offsets; the combine kernel reads them unchanged."""
+    offsets; the combine kernel reads them unchanged. `KEY_GATHER` (`_KEY_GATHER`): the skew along the keys, row u
+    holding diagonal u, so the diagonal sums and the carry (a vector) stay within quads too."""
     ju = tl.arange(0, BLOCK_N)
-    # column u of key j's skew holds row (u + j + 1) mod BN, on diagonal u + BN (wrapped: far) where u + j + 1 < BN
-    src = (ju[None, :] + ju[:, None] + 1) & (BLOCK_N - 1)
-    far = ((ju[None, :] + ju[:, None] + 1) < BLOCK_N).to(tl.float32)
-    carry = tl.zeros([BLOCK_N, RB], dtype=tl.float32)
+    if KEY_GATHER:
+        # row u of the skew holds, in row r's column, key (r - u - 1) mod BN: diagonal u, far (BN further on) where
+        # r > u (the key did not wrap)
+        src = (ju[None, :] - ju[:, None] - 1) & (BLOCK_N - 1)
+        far = (ju[None, :] > ju[:, None]).to(tl.float32)
+        carry = tl.zeros([BLOCK_N], dtype=tl.float32)
+    else:
+        # column u of key j's skew holds row (u + j + 1) mod BN, on diagonal u + BN (wrapped: far) where
+        # u + j + 1 < BN
+        src = (ju[None, :] + ju[:, None] + 1) & (BLOCK_N - 1)
+        far = ((ju[None, :] + ju[:, None] + 1) < BLOCK_N).to(tl.float32)
+        carry = tl.zeros([BLOCK_N, RB], dtype=tl.float32)
     zeros = tl.zeros([BLOCK_N], dtype=tl.float32)
     if FAST:
         # FOLD_L: 1 / l folded into the exponent, exp(s - m - log l) (one product fewer an entry; other rounding)
@@ -525,15 +566,32 @@ def _scores_tiles_t(q, k_base, sks, m, inv_l, row, row_ok, v_base, d_base, sdt, 
             p = _ex2(s * _LOG2E - m2[None, :], INTERPRET) * inv_l[None, :]
         else:
             p = tl.exp(s - m[None, :]) * inv_l[None, :]
-        tl.store(v_base + keys, tl.sum(p, 1), mask=key_ok)
-        g = tl.gather(p, src, 1)
         d_tile = d_base + tile.to(tl.int64) * sdt
-        tl.store(d_tile + ju, tl.sum(g * (1.0 - far) + carry, 0), mask=tile < NT)
+        if KEY_GATHER and not INTERPRET:
+            _st(v_base + keys, tl.sum(p, 1), key_ok)
+        else:
+            tl.store(v_base + keys, tl.sum(p, 1), mask=key_ok)
+        if KEY_GATHER:
+            # one flat gather: rank-1 gathers keep their layouts (Triton gives 2-D ones a warp-local layout, whose
+            # shuffles and layout changes cost more than a pass through shared memory)
+            fidx = _flat_slot(src, ju[None, :], BLOCK_N, RB)
+            if not INTERPRET:
+                fidx = _like(fidx, p)
+            g = tl.reshape(tl.gather(_flat_tile(p, BLOCK_N, RB), tl.reshape(fidx, [BLOCK_N * RB]), 0), [BLOCK_N, RB])
+            if INTERPRET:
+                tl.store(d_tile + ju, tl.sum(g * (1.0 - far), 1) + carry, mask=tile < NT)
+            else:
+                _st(d_tile + ju, tl.sum(g * (1.0 - far), 1) + carry, (ju < BLOCK_N) & (tile < NT))
+            carry = tl.sum(g * far, 1)
+        else:
+            g = tl.gather(p, src, 1)
+            tl.store(d_tile + ju, tl.sum(g * (1.0 - far) + carry, 0), mask=tile < NT)
+            carry = g * far
         # (not the program's last tile: its carry is stored after the loop, maybe by other threads)
         tl.store(d_tile + BLOCK_N + ju, zeros, mask=(tile < NT) & (t < TPP - 1))
-        carry = g * far
     last = pid_t * TPP
-    tl.store(d_base + last.to(tl.int64) * sdt + BLOCK_N + ju, tl.sum(carry, 0), mask=last < NT)
+    tl.store(d_base + last.to(tl.int64) * sdt + BLOCK_N + ju, carry if KEY_GATHER else tl.sum(carry, 0),
+             mask=last < NT)
 
 
 def _combine_parts(DG, V, OUT_S, OUT_V, sdr, sdn, sdt, svr, svn, S, L, NT, RB, NRB: tl.constexpr,
@@ -600,7 +658,7 @@ def _scaled_last_rows(Q, OUT, QT, qslot, T, sqb, sqh, sqt, H, scale, D: tl.const
 _kernels = per_mode((_lastq_stats, _lastq_scores, _lastq_stats_rows, _lastq_scores_rows, _combine_parts,
                      _scaled_last_rows, _stats_reduce),
                     (_tile_logits, _block_logits, _block_rows, _round_and_mask, _ex2, _probs, _exp_sum, _whole_tile,
-                     _round_bf16, _block_logits_t, _scores_tiles_t, _side_means, _to_dtype, _block_mean, _part_stats,
+                     _round_bf16, _like, _st, _flat_tile, _flat_slot, _block_logits_t, _scores_tiles_t, _side_means, _to_dtype, _block_mean, _part_stats,
                      _k_tile, _stats_unit))
 
 
@@ -840,6 +898,18 @@ _TRANS_SCORES = True
 # faster on the H200 (session 10: FlexPrefill 0.898 / 1.742 / 4.318 ms against 0.889 / 1.733 / 4.280 ms without,
 # `bench_methods_cost_s10c.csv`, rows `*_transfold`)
 _TRANS_FOLD_L = False
+# The transposed scores pass's diagonal skew gathered along the keys (`KEY_GATHER` of `_scores_tiles_t`): row u of
+# the skewed tile holds diagonal u, so its near and far sums are sums along a row within a quad of a warp and the carry
+# to the next tile is a vector, where the skew along the rows needed a cross-warp sum of diagonals every tile. The
+# gather is one flat `tl.gather` of the tile in `_flat_tile`'s order, through shared memory (Triton lowers a 2-D
+# gather through a warp-local layout, with shuffles and layout changes), its index in the dot's register layout
+# (`_like`), and the tile's two sum vectors are stored by inline PTX from that layout (`_st`: without the two
+# barriers of Triton's store layout change). Offline sm_90 builds (128 queries, D=128, 64-key tiles): 2 barriers a
+# tile instead of 9, 12 shuffles instead of 72, 216 registers instead of 255. In plain row-major flat order every load
+# of the skew fell on 4 banks: FlexPrefill's estimate took 581 against 501 us without at 32K on an H200 (session 15);
+# in `_flat_tile`'s order 431 against 499 us at 32K, 933 against 1109 us at 64K (`.cache/gpu/tl.py`, random Llama
+# shaped tensors, medians of 3; the same lists). bench_methods rows `*_nokeygather` turn it off.
+_KEY_GATHER = True
 # software pipeline depth of the row-block score passes' K tile loads when the caller gives none. 3 since session 10:
 # 0.421 / 0.749 ms against 0.474 / 0.901 ms with 2 for 128 queries at 32K / 64K keys (both passes and the combine,
 # transposed tiles; `results/logs/bench_methods_s10c.txt`, lq10); FlexPrefill's estimate 0.854 / 1.670 / 4.098 ms
@@ -961,7 +1031,7 @@ def _rows_path(q, k, scale: float, L: int, S: int, importance: bool, block_n: in
                      IMPORTANCE=importance, EVEN=L % RB == 0,
                      WRAP=_WRAP_GATHER and not importance and RB <= block_n and BT == 2 * block_n, **stats_in,
                      ASM_ROUND=asm_round, TRANS=_TRANS_SCORES and _WRAP_GATHER and not importance and RB == block_n,
-                     FOLD_L=_TRANS_FOLD_L, **common, **ktab,
+                     FOLD_L=_TRANS_FOLD_L, KEY_GATHER=_KEY_GATHER, **common, **ktab,
                      **({"maxnreg": scores_maxnreg} if scores_maxnreg and dev.type == "cuda" else {}))
     if importance:
         vertical = v[0] if NRB == 1 else v.sum(0)

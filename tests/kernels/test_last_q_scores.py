@@ -683,6 +683,7 @@ def test_triton_gpu_wrap_gather_matches_reference(case):
     _with_switches(lambda c: _check_case(c, device="cuda", tol=1e-4))(case, {"_FUSED_ROW_STATS": False})
     _with_switches(lambda c: _check_case(c, device="cuda", tol=1e-4))(case, {"_TRANS_SCORES": False})
     _with_switches(lambda c: _check_case(c, device="cuda", tol=1e-4))(case, {"_TRANS_FOLD_L": True})
+    _with_switches(lambda c: _check_case(c, device="cuda", tol=1e-4))(case, {"_KEY_GATHER": False})
     _with_switches(lambda c: _check_case(c, device="cuda", tol=1e-4))(case, {"_ROWS_STAGES": 2})
 
 
@@ -766,15 +767,15 @@ def test_importance_gpu_bf16_matches_pbs_torch_path(S):
 # module switches that are not the defaults: the plain arithmetic (`_FAST` off), the fast arithmetic in the
 # per-tile causal kernels too (`_FAST_TILE`), the partial sums added by torch (`_COMBINE_KERNEL` off), the
 # row-block scores pass's plain diagonal skew (`_WRAP_GATHER` off, which also leaves the transposed tiles; the
-# other modes ignore it), its untransposed tiles (`_TRANS_SCORES` off) and 1 / l in the exponent on the transposed
-# ones (`_TRANS_FOLD_L`), the row-block path's
+# other modes ignore it), its untransposed tiles (`_TRANS_SCORES` off), 1 / l in the exponent on the transposed
+# ones (`_TRANS_FOLD_L`) and their skew along the rows (`_KEY_GATHER` off), the row-block path's
 # (m, l) reduced inside its scores kernel or by torch whatever the shape (`_FUSED_ROW_STATS` True / False; by
 # default it depends on the shape, so the defaults' cases take both); each case
 # against the reference as above. Shapes with whole tiles (no mask) and, in rows mode, runs of tiles past the keys.
 SWITCH_CASES = [pytest.param(case.values[0], sw, id=f"{case.id}-{'-'.join(f'{k}{v}' for k, v in sw.items())}")
                 for sw in ({"_FAST": False}, {"_FAST_TILE": True}, {"_COMBINE_KERNEL": False}, {"_WRAP_GATHER": False},
                            {"_FUSED_ROW_STATS": True}, {"_FUSED_ROW_STATS": False}, {"_TRANS_SCORES": False},
-                           {"_TRANS_FOLD_L": True})
+                           {"_TRANS_FOLD_L": True}, {"_KEY_GATHER": False})
                 for case in (*_both(1, 4, 1, 64, 333, 64, "float16"), *_both(1, 2, 2, 100, 333, 64))]
 IMP_SWITCH_CASES = [pytest.param(case.values[0], {"_FAST": False}, id=f"{case.id}-_FASTFalse")
                     for case in _imp_both(1, 4, 1, 128, 300, 256, 64)]
