@@ -142,6 +142,13 @@ _BUDGET_IN_KEEP = True
 # (`results/logs/flexprefill_knobs_s14.txt`); the estimate 0.503 against 0.532 ms at 32K (`bench_methods_cost_s14d.csv`,
 # row `flexprefill_chaincounts`). Rows longer than kernels/cover's `RESIDENT_MAX` (33K entries) take the launches
 _RESIDENT_COUNTS = True
+# with the early query-aware cover, its global cover (every head's block scores, on the means' branch) by
+# kernels/cover's resident path too. Off in session 14 (its 32-warp programs would not fit beside the scores pass);
+# on since session 15, once the scores pass got shorter (`last_q_scores`' `_KEY_GATHER`) and the branch's 17 cover
+# launches (~167 us beside it) became the longer chain: on an H200 (do_bench, 32K, Llama-3.1-8B heads, medians of 3)
+# 408.2 against 434.1 us on random q and k, 455.1 against 469.9 us on q near its keys, the same lists
+# (`results/logs/flexprefill_knobs_s15.txt`). Rows longer than `RESIDENT_MAX` (64K keys and up) take the launches
+_RESIDENT_COVER = True
 # the pattern switch (probe, softmax over the key blocks, Jensen-Shannon distance, decision) by `kernels/flex_switch`
 # in one launch instead of about twenty torch ops; equal up to fp32 summation order (a distance within rounding of
 # tau may decide the other way). On by default since session 9: 2.81 / 3.05 / 7.36 ms against 3.01 / 3.08 / 7.38 ms
@@ -584,7 +591,8 @@ def _early_cover(q_mean: torch.Tensor, k_mean: torch.Tensor, gamma: float) -> to
     B, H, nb, _ = q_mean.shape
     bn, maxnreg = _block_scores_launch(q_mean.shape[-1])
     attn = block_scores_triton(q_mean, k_mean, bn=bn, maxnreg=maxnreg)
-    return cover_mask_triton(attn.view(B * H, nb * nb), gamma * nb, nb).view(B, H, nb, nb)
+    return cover_mask_triton(attn.view(B * H, nb * nb), gamma * nb, nb, resident=_RESIDENT_COVER or None
+                             ).view(B, H, nb, nb)
 
 
 def _qa_side_ok(q: torch.Tensor) -> bool:
@@ -726,8 +734,8 @@ def _switches_key() -> tuple:
     switch = sys.modules.get("sparsebench.kernels.flex_switch.triton")
     blocks = sys.modules.get("sparsebench.kernels.flex_blocks.triton")
     scores = sys.modules.get("sparsebench.kernels.block_scores.triton")
-    return (_COVER_KERNEL, _COVER_SKIP, _BLOCKS_KERNEL, _BUDGET_IN_KEEP, _RESIDENT_COUNTS, _SWITCH_KERNEL,
-            _QA_SCORES_KERNEL, _WHOLE_SIDE, _QA_SIDE, _LATE_FORK, _MAIN_PRIORITY, _SIDE_PRIORITY,
+    return (_COVER_KERNEL, _COVER_SKIP, _BLOCKS_KERNEL, _BUDGET_IN_KEEP, _RESIDENT_COUNTS, _RESIDENT_COVER,
+            _SWITCH_KERNEL, _QA_SCORES_KERNEL, _WHOLE_SIDE, _QA_SIDE, _LATE_FORK, _MAIN_PRIORITY, _SIDE_PRIORITY,
             _WHOLE_STATS_PERSIST, _WHOLE_SCORES_MAXNREG, _BRANCH_BLOCK_SCORES, _SHARED_MAX_D, _WHOLE_MEANS,
             torch.is_inference_mode_enabled(),
             (means.TILE, means.WARPS)
@@ -737,7 +745,7 @@ def _switches_key() -> tuple:
             (scores.BM, scores.BN, scores.WARPS) if scores else None,
             (cover.CHUNK, cover.SHORT_CHUNK, cover.SHORT_ROWS, cover.BLOCK, cover.SKIP_FROM, cover.HIST_2D,
              cover.SKIP_UPPER, cover.EMPTY_EXIT, cover.DECIDE_CB, cover.DECIDE_WARPS,
-             cover.HIST_UNROLL)
+             cover.HIST_UNROLL, cover.RESIDENT_MAX, cover.RESIDENT_WARPS)
             if _COVER_KERNEL and cover else None)
 
 

@@ -107,7 +107,8 @@ GPU_COST_VARIANTS = (("minference_vs_torch", "minference", {"pattern": "vertical
                      ("flexprefill_s14agraph", "flexprefill", {}),
                      ("flexprefill_chaincounts", "flexprefill", {}),
                      ("flexprefill_nokeygather", "flexprefill", {}),
-                     ("minference_vs_nokeygather", "minference", {"pattern": "vertical_slash"}))
+                     ("minference_vs_nokeygather", "minference", {"pattern": "vertical_slash"}),
+                     ("flexprefill_noresidentcover", "flexprefill", {}))
 # environment a variant runs under (switches that are not constructor knobs, read at call time)
 VARIANT_ENV = {"xattn_s8_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"},
                "xattn_s16_torchsel": {"SPARSEBENCH_XATTN_SELECT_KERNEL": "0"}}
@@ -229,6 +230,9 @@ VARIANT_PATCH = {# session 4's XAttention scorer: every key tile through the mas
     # the scores pass's diagonal skew along the rows (session 15's skew along the keys replaced it)
     "flexprefill_nokeygather": [(_LASTQ, "_KEY_GATHER", False)],
     "minference_vs_nokeygather": [(_LASTQ, "_KEY_GATHER", False)],
+    # the global cover of the query-aware block scores by kernels/cover's digit launches (session 15's resident path
+    # replaced them at 32K)
+    "flexprefill_noresidentcover": [("sparsebench.methods.flexprefill", "_RESIDENT_COVER", False)],
     # kernels/cover's digit blocks of 256 entries, or chunks of 2048 (defaults 128 and 4096)
     "flexprefill_coverb256": [("sparsebench.kernels.cover.triton", "BLOCK", 256)],
     "flexprefill_cover2k": [("sparsebench.kernels.cover.triton", "CHUNK", 2048),

@@ -730,13 +730,13 @@ def cover_count_triton(x: torch.Tensor, target: float, chunk: int | None = None,
 
 
 def cover_mask_triton(x: torch.Tensor, target: float, cols: int, chunk: int | None = None,
-                      block: int | None = None, num_warps: int = 4, skip: torch.Tensor | None = None
-                      ) -> torch.Tensor:
+                      block: int | None = None, num_warps: int = 4, skip: torch.Tensor | None = None,
+                      resident: bool | None = None) -> torch.Tensor:
     """bool like `x` of `cover_mask_naive` (arguments as there), up to the rounding in the module docstring. `skip`
-    (bool `[R]` on the device): flagged rows are left out, all False."""
+    (bool `[R]` on the device): flagged rows are left out, all False. `resident`: as `cover_count_triton` takes it."""
     _check(x, target)
     _check_cols(x, cols)
-    if _resident_fits(None, x, cols):
+    if _resident_fits(None, x, cols, resident):
         return _resident(None, 0.0, x, target, cols, skip)[1]
     return _launch(None, 0.0, x, target, cols, chunk or _default_chunk(None, x), block or BLOCK, num_warps,
                    skip)[1]

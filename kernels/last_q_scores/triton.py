@@ -249,7 +249,8 @@ def _st(ptr, x, mask):
     Triton moves a reduction's result through shared memory (two barriers) to a store layout without the copies
     that a reduction leaves in the lanes of a quad; these copies store the same value to the same address."""
     tl.inline_asm_elementwise("{ .reg .pred p; setp.ne.b32 p, $3, 0; @p st.global.f32 [$1], $2; mov.b32 $0, 0; }",
-                              "=r,l,f,r", [ptr.to(tl.int64), x, mask.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
+                              "=r,l,f,r", [ptr.to(tl.int64), x, mask.to(tl.int32)], dtype=tl.int32, is_pure=False,
+                              pack=1)
 
 
 def _flat_tile(p, BLOCK_N: tl.constexpr, RB: tl.constexpr):
@@ -658,8 +659,8 @@ def _scaled_last_rows(Q, OUT, QT, qslot, T, sqb, sqh, sqt, H, scale, D: tl.const
 _kernels = per_mode((_lastq_stats, _lastq_scores, _lastq_stats_rows, _lastq_scores_rows, _combine_parts,
                      _scaled_last_rows, _stats_reduce),
                     (_tile_logits, _block_logits, _block_rows, _round_and_mask, _ex2, _probs, _exp_sum, _whole_tile,
-                     _round_bf16, _like, _st, _flat_tile, _flat_slot, _block_logits_t, _scores_tiles_t, _side_means, _to_dtype, _block_mean, _part_stats,
-                     _k_tile, _stats_unit))
+                     _round_bf16, _like, _st, _flat_tile, _flat_slot, _block_logits_t, _scores_tiles_t, _side_means,
+                     _to_dtype, _block_mean, _part_stats, _k_tile, _stats_unit))
 
 
 def _pow2ceil(x: int) -> int:

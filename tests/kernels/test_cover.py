@@ -204,6 +204,9 @@ def _check_resident(case):
     with switched(CT, RESIDENT=False, RESIDENT_MAX=limit):  # the per-call switch (FlexPrefill's counts)
         assert torch.equal(CT.cover_count_triton(x, target, resident=True), got[0])
         assert CT._resident_fits(x, None, 1, True) == (N <= limit) and not CT._resident_fits(x, None, 1)
+        # (FlexPrefill's global cover)
+        assert torch.equal(CT.cover_mask_triton(x2, target2, cols, resident=True), got[1])
+        assert CT._resident_fits(None, x2, cols, True) == (CT._support_len(N2, cols) <= limit)
     assert got[0].dtype == torch.int64 and got[1].dtype == torch.bool and got[1].shape == x2.shape
     if kind != "soft" and kind2 != "tril":
         assert torch.equal(got[0], cover_count_naive(x, target))

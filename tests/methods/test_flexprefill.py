@@ -682,10 +682,12 @@ def test_gpu_session10_switches_select_the_same(T, H, HKV, D):
                                 {"_QA_SIDE": False, "_LATE_FORK": False, "_MAIN_PRIORITY": False,
                                  "_WHOLE_STATS_PERSIST": None},
                                 {"_SIDE_PRIORITY": 0, "_WHOLE_SCORES_MAXNREG": None, "_BRANCH_BLOCK_SCORES": None,
-                                 "_WHOLE_MEANS": None, "_BUDGET_IN_KEEP": False, "_RESIDENT_COUNTS": False},
+                                 "_WHOLE_MEANS": None, "_BUDGET_IN_KEEP": False, "_RESIDENT_COUNTS": False,
+                                 "_RESIDENT_COVER": False},
+                                {"_RESIDENT_COVER": False},
                                 {"_WHOLE_SIDE": False, "_QA_SIDE": False}],
                          ids=["defaults", "noside", "noqaside", "session12-graph", "session13-graph",
-                              "noside-noqaside"])
+                              "session14-graph", "noside-noqaside"])
 def test_gpu_whole_graph_equals_eager(T, H, HKV, D, sw):
     """The whole estimate replayed from one CUDA graph (`_WHOLE_GRAPH`), its means on a branch of their own
     (`_WHOLE_SIDE`) or not, with every head's query-aware cover beside them (`_QA_SIDE`) or not, with session 13's
@@ -693,8 +695,8 @@ def test_gpu_whole_graph_equals_eager(T, H, HKV, D, sw):
     `_MAIN_PRIORITY`, `_WHOLE_STATS_PERSIST`) or not, with session 14's branch above the main chain's priority and
     the scores pass and block scores capped, the means at 2 warps, the budgets worked out by kernels/flex_blocks,
     the counts by kernels/cover's resident path (`_SIDE_PRIORITY`, `_WHOLE_SCORES_MAXNREG`, `_BRANCH_BLOCK_SCORES`,
-    `_WHOLE_MEANS`, `_BUDGET_IN_KEEP`, `_RESIDENT_COUNTS`) or not,
-    lists the same
+    `_WHOLE_MEANS`, `_BUDGET_IN_KEEP`, `_RESIDENT_COUNTS`) or not, with session 15's global cover by kernels/cover's
+    resident path (`_RESIDENT_COVER`) or not, lists the same
     blocks and decides the same patterns as the eager reads with the same means kernel (`_POOL_KERNEL`), call after
     call on new q and k of one layout (the table carries their addresses); a layout it cannot take (q not 16-byte
     aligned) runs the usual path and still agrees."""
