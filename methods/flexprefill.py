@@ -147,7 +147,8 @@ _RESIDENT_COUNTS = True
 # on since session 15, once the scores pass got shorter (`last_q_scores`' `_KEY_GATHER`) and the branch's 17 cover
 # launches (~167 us beside it) became the longer chain: on an H200 (do_bench, 32K, Llama-3.1-8B heads, medians of 3)
 # 408.2 against 434.1 us on random q and k, 455.1 against 469.9 us on q near its keys, the same lists
-# (`results/logs/flexprefill_knobs_s15.txt`). Rows longer than `RESIDENT_MAX` (64K keys and up) take the launches
+# (`results/logs/flexprefill_knobs_s15.txt`); the estimate 0.412 against 0.432 ms at 32K (`bench_methods_cost_s15a.csv`,
+# row `flexprefill_noresidentcover`). Rows longer than `RESIDENT_MAX` (64K keys and up) take the launches
 _RESIDENT_COVER = True
 # the pattern switch (probe, softmax over the key blocks, Jensen-Shannon distance, decision) by `kernels/flex_switch`
 # in one launch instead of about twenty torch ops; equal up to fp32 summation order (a distance within rounding of

@@ -909,7 +909,9 @@ _TRANS_FOLD_L = False
 # tile instead of 9, 12 shuffles instead of 72, 216 registers instead of 255. In plain row-major flat order every load
 # of the skew fell on 4 banks: FlexPrefill's estimate took 581 against 501 us without at 32K on an H200 (session 15);
 # in `_flat_tile`'s order 431 against 499 us at 32K, 933 against 1109 us at 64K (`.cache/gpu/tl.py`, random Llama
-# shaped tensors, medians of 3; the same lists). bench_methods rows `*_nokeygather` turn it off.
+# shaped tensors, medians of 3; the same lists); in bench_methods (`bench_methods_cost_s15a.csv`) FlexPrefill's estimate
+# 0.412 / 0.943 / 2.307 ms against 0.490 / 1.109 / 2.618 ms at 32K / 64K / 128K, MInference's vertical-slash 0.537 /
+# 0.641 / 1.241 against 0.538 / 0.716 / 1.389 ms (32K host-bound). Rows `*_nokeygather` turn it off.
 _KEY_GATHER = True
 # software pipeline depth of the row-block score passes' K tile loads when the caller gives none. 3 since session 10:
 # 0.421 / 0.749 ms against 0.474 / 0.901 ms with 2 for 128 queries at 32K / 64K keys (both passes and the combine,
