@@ -856,7 +856,7 @@ def test_compiled_kernels_keep_their_constexprs():
     assert [p.name for p in scores_rows.params if p.is_constexpr] == ["D", "RB", "BLOCK_N", "BT", "TPP", "INTERPRET",
                                                                       "PREC", "IMPORTANCE", "FAST", "EVEN", "WRAP",
                                                                       "STATS_IN", "PB", "I_NPG", "ASM_ROUND",
-                                                                      "TRANS", "FOLD_L", "K_TABLE"]
+                                                                      "TRANS", "FOLD_L", "K_TABLE", "KEY_GATHER"]
 
 
 def test_rows_kernel_needs_unpacked_heads_and_a_power_of_two_head_dim():
