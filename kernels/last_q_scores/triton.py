@@ -244,13 +244,17 @@ def _like(x, ref):
     return tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r,f", [x, ref], dtype=tl.int32, is_pure=True, pack=1)
 
 
-def _st(ptr, x, mask):
-    """`tl.store(ptr, x, mask)` for fp32 `x` as inline PTX (compiled kernels only), from `x`'s own register layout:
-    Triton moves a reduction's result through shared memory (two barriers) to a store layout without the copies
-    that a reduction leaves in the lanes of a quad; these copies store the same value to the same address."""
-    tl.inline_asm_elementwise("{ .reg .pred p; setp.ne.b32 p, $3, 0; @p st.global.f32 [$1], $2; mov.b32 $0, 0; }",
-                              "=r,l,f,r", [ptr.to(tl.int64), x, mask.to(tl.int32)], dtype=tl.int32, is_pure=False,
-                              pack=1)
+def _st(ptr, x, mask, INTERPRET: tl.constexpr):
+    """`tl.store(ptr, x, mask)` for fp32 `x` (`mask` a tensor like `x`); compiled, as inline PTX from `x`'s own
+    register layout: Triton moves a reduction's result through shared memory (two barriers) to a store layout without
+    the copies that a reduction leaves in the lanes of a quad; these copies store the same value to the same
+    address."""
+    if INTERPRET:
+        tl.store(ptr, x, mask=mask)
+    else:
+        tl.inline_asm_elementwise("{ .reg .pred p; setp.ne.b32 p, $3, 0; @p st.global.f32 [$1], $2; mov.b32 $0, 0; }",
+                                  "=r,l,f,r", [ptr.to(tl.int64), x, mask.to(tl.int32)], dtype=tl.int32,
+                                  is_pure=False, pack=1)
 
 
 def _flat_tile(p, BLOCK_N: tl.constexpr, RB: tl.constexpr):
@@ -568,23 +572,18 @@ def _scores_tiles_t(q, k_base, sks, m, inv_l, row, row_ok, v_base, d_base, sdt, 
         else:
             p = tl.exp(s - m[None, :]) * inv_l[None, :]
         d_tile = d_base + tile.to(tl.int64) * sdt
-        if KEY_GATHER and not INTERPRET:
-            _st(v_base + keys, tl.sum(p, 1), key_ok)
-        else:
-            tl.store(v_base + keys, tl.sum(p, 1), mask=key_ok)
         if KEY_GATHER:
+            _st(v_base + keys, tl.sum(p, 1), key_ok, INTERPRET)
             # one flat gather: rank-1 gathers keep their layouts (Triton gives 2-D ones a warp-local layout, whose
             # shuffles and layout changes cost more than a pass through shared memory)
             fidx = _flat_slot(src, ju[None, :], BLOCK_N, RB)
             if not INTERPRET:
                 fidx = _like(fidx, p)
             g = tl.reshape(tl.gather(_flat_tile(p, BLOCK_N, RB), tl.reshape(fidx, [BLOCK_N * RB]), 0), [BLOCK_N, RB])
-            if INTERPRET:
-                tl.store(d_tile + ju, tl.sum(g * (1.0 - far), 1) + carry, mask=tile < NT)
-            else:
-                _st(d_tile + ju, tl.sum(g * (1.0 - far), 1) + carry, (ju < BLOCK_N) & (tile < NT))
+            _st(d_tile + ju, tl.sum(g * (1.0 - far), 1) + carry, (ju < BLOCK_N) & (tile < NT), INTERPRET)
             carry = tl.sum(g * far, 1)
         else:
+            tl.store(v_base + keys, tl.sum(p, 1), mask=key_ok)
             g = tl.gather(p, src, 1)
             tl.store(d_tile + ju, tl.sum(g * (1.0 - far) + carry, 0), mask=tile < NT)
             carry = g * far
